@@ -1,0 +1,333 @@
+// Package kvm talks to QEMU: the QMP client, the QEMU 7.2 pre-copy migration stream codec, the guest RAM reader and
+// the launch of a destination QEMU from a source QEMU's command line. It is the edge of vmscatter towards QEMU: the
+// rest of the project sees typed values, never QMP JSON or stream bytes.
+package kvm
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// maxQMPLine bounds one QMP message. QEMU's answers to query commands are a few KiB; 64 MiB leaves room for
+// human-monitor output of large guests while still refusing a runaway peer.
+const maxQMPLine = 64 << 20
+
+// QMPError is an error answer from QEMU ({"error":{"class":...,"desc":...}}).
+type QMPError struct {
+	Command string
+	Class   string
+	Desc    string
+}
+
+func (e *QMPError) Error() string {
+	return fmt.Sprintf("qmp %s: %s: %s", e.Command, e.Class, e.Desc)
+}
+
+// ErrQMPClosed is returned for commands issued after the connection ended.
+var ErrQMPClosed = errors.New("qmp: connection closed")
+
+// Event is an asynchronous QMP event.
+type Event struct {
+	Name      string          `json:"event"`
+	Data      json.RawMessage `json:"data"`
+	Timestamp struct {
+		Seconds      int64 `json:"seconds"`
+		Microseconds int64 `json:"microseconds"`
+	} `json:"timestamp"`
+}
+
+// Time is the event's QEMU-side timestamp.
+func (e Event) Time() time.Time {
+	return time.Unix(e.Timestamp.Seconds, e.Timestamp.Microseconds*1000)
+}
+
+// maxBufferedEvents bounds the events kept for WaitEvent callers; older ones are dropped first.
+const maxBufferedEvents = 256
+
+// QMP is a client for one QMP socket. It is safe for concurrent use: commands are matched to answers by id, and one
+// reader goroutine owns the socket's read side.
+type QMP struct {
+	conn net.Conn
+	path string
+
+	writeMu sync.Mutex // serializes writes
+
+	mu      sync.Mutex // guards the fields below
+	nextID  uint64
+	pending map[string]chan qmpReply
+	events  []Event       // recent events, bounded
+	evSig   chan struct{} // closed and replaced whenever an event arrives
+	err     error         // set once the reader stops
+	done    chan struct{}
+}
+
+type qmpReply struct {
+	Return json.RawMessage `json:"return"`
+	Error  *struct {
+		Class string `json:"class"`
+		Desc  string `json:"desc"`
+	} `json:"error"`
+	ID    json.RawMessage `json:"id"`
+	Event string          `json:"event"`
+	QMP   json.RawMessage `json:"QMP"`
+}
+
+// DialQMP connects to a QMP unix socket, reads the greeting and enters command mode (qmp_capabilities).
+func DialQMP(ctx context.Context, socketPath string) (*QMP, error) {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", socketPath)
+	if err != nil {
+		return nil, fmt.Errorf("qmp: connect %s: %w (is the VM running with -qmp unix:%s,server=on,wait=off?)", socketPath, err, socketPath)
+	}
+	q := &QMP{conn: conn, path: socketPath, pending: map[string]chan qmpReply{}, evSig: make(chan struct{}), done: make(chan struct{})}
+	br := bufio.NewReaderSize(conn, 64<<10)
+	// The greeting comes first and unprompted.
+	if dl, ok := ctx.Deadline(); ok {
+		_ = conn.SetReadDeadline(dl)
+	}
+	line, err := readLine(br)
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("qmp: %s: reading greeting: %w", socketPath, err)
+	}
+	var greet qmpReply
+	if err := json.Unmarshal(line, &greet); err != nil || greet.QMP == nil {
+		conn.Close()
+		return nil, fmt.Errorf("qmp: %s: not a QMP greeting: %.80q", socketPath, line)
+	}
+	_ = conn.SetReadDeadline(time.Time{})
+	go q.readLoop(br)
+	if err := q.Execute(ctx, "qmp_capabilities", nil, nil); err != nil {
+		q.Close()
+		return nil, err
+	}
+	return q, nil
+}
+
+// readLine reads one newline-terminated message of any length up to maxQMPLine.
+func readLine(br *bufio.Reader) ([]byte, error) {
+	var buf []byte
+	for {
+		chunk, err := br.ReadSlice('\n')
+		if len(buf)+len(chunk) > maxQMPLine {
+			return nil, fmt.Errorf("qmp: message longer than %d bytes", maxQMPLine)
+		}
+		buf = append(buf, chunk...)
+		if err == nil {
+			return bytes.TrimSpace(buf), nil
+		}
+		if !errors.Is(err, bufio.ErrBufferFull) {
+			return nil, err
+		}
+	}
+}
+
+func (q *QMP) readLoop(br *bufio.Reader) {
+	var err error
+	for {
+		var line []byte
+		line, err = readLine(br)
+		if err != nil {
+			break
+		}
+		if len(line) == 0 {
+			continue
+		}
+		var r qmpReply
+		if jerr := json.Unmarshal(line, &r); jerr != nil {
+			err = fmt.Errorf("qmp: bad message: %w", jerr)
+			break
+		}
+		if r.Event != "" {
+			var ev Event
+			if json.Unmarshal(line, &ev) == nil {
+				q.mu.Lock()
+				if len(q.events) >= maxBufferedEvents {
+					q.events = q.events[1:]
+				}
+				q.events = append(q.events, ev)
+				close(q.evSig)
+				q.evSig = make(chan struct{})
+				q.mu.Unlock()
+			}
+			continue
+		}
+		id := string(r.ID)
+		q.mu.Lock()
+		ch := q.pending[id]
+		delete(q.pending, id)
+		q.mu.Unlock()
+		if ch != nil {
+			ch <- r // buffered, never blocks
+		}
+	}
+	q.mu.Lock()
+	q.err = fmt.Errorf("%w (%v)", ErrQMPClosed, err)
+	for id, ch := range q.pending {
+		close(ch)
+		delete(q.pending, id)
+	}
+	close(q.done)
+	q.mu.Unlock()
+}
+
+// Execute runs one command. args is marshalled as "arguments" unless nil; the "return" value is unmarshalled into
+// result unless result is nil. A QEMU error answer comes back as *QMPError.
+func (q *QMP) Execute(ctx context.Context, command string, args any, result any) error {
+	q.mu.Lock()
+	if q.err != nil {
+		err := q.err
+		q.mu.Unlock()
+		return err
+	}
+	q.nextID++
+	id := strconv.FormatUint(q.nextID, 10)
+	ch := make(chan qmpReply, 1)
+	q.pending[strconv.Quote(id)] = ch
+	q.mu.Unlock()
+
+	msg := map[string]any{"execute": command, "id": id}
+	if args != nil {
+		msg["arguments"] = args
+	}
+	b, err := json.Marshal(msg)
+	if err != nil {
+		q.forget(id)
+		return fmt.Errorf("qmp %s: %w", command, err)
+	}
+	b = append(b, '\n')
+	q.writeMu.Lock()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = q.conn.SetWriteDeadline(dl)
+	} else {
+		_ = q.conn.SetWriteDeadline(time.Time{})
+	}
+	_, err = q.conn.Write(b)
+	q.writeMu.Unlock()
+	if err != nil {
+		q.forget(id)
+		return fmt.Errorf("qmp %s: %w", command, err)
+	}
+	select {
+	case r, ok := <-ch:
+		if !ok {
+			return fmt.Errorf("qmp %s: %w", command, q.closedErr())
+		}
+		if r.Error != nil {
+			return &QMPError{Command: command, Class: r.Error.Class, Desc: r.Error.Desc}
+		}
+		if result != nil && len(r.Return) > 0 {
+			if err := json.Unmarshal(r.Return, result); err != nil {
+				return fmt.Errorf("qmp %s: decoding answer: %w", command, err)
+			}
+		}
+		return nil
+	case <-ctx.Done():
+		q.forget(id)
+		return fmt.Errorf("qmp %s: %w", command, ctx.Err())
+	}
+}
+
+func (q *QMP) forget(id string) {
+	q.mu.Lock()
+	delete(q.pending, strconv.Quote(id))
+	q.mu.Unlock()
+}
+
+func (q *QMP) closedErr() error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.err != nil {
+		return q.err
+	}
+	return ErrQMPClosed
+}
+
+// HMP runs a human-monitor command through QMP and returns its text output.
+func (q *QMP) HMP(ctx context.Context, cmdline string) (string, error) {
+	var out string
+	err := q.Execute(ctx, "human-monitor-command", map[string]any{"command-line": cmdline}, &out)
+	return out, err
+}
+
+// WaitEvent waits for the next event with this name that arrives after the call, or one already buffered that has
+// not been consumed by an earlier WaitEvent for the same name. It returns ErrQMPClosed if QEMU goes away first.
+func (q *QMP) WaitEvent(ctx context.Context, name string) (Event, error) {
+	for {
+		q.mu.Lock()
+		for i, ev := range q.events {
+			if ev.Name == name {
+				q.events = append(q.events[:i:i], q.events[i+1:]...)
+				q.mu.Unlock()
+				return ev, nil
+			}
+		}
+		sig, done, err := q.evSig, q.done, q.err
+		q.mu.Unlock()
+		if err != nil {
+			return Event{}, err
+		}
+		select {
+		case <-sig:
+		case <-done:
+		case <-ctx.Done():
+			return Event{}, fmt.Errorf("qmp: waiting for event %s: %w", name, ctx.Err())
+		}
+	}
+}
+
+// DrainEvents forgets every buffered event with this name.
+func (q *QMP) DrainEvents(name string) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	kept := q.events[:0]
+	for _, ev := range q.events {
+		if ev.Name != name {
+			kept = append(kept, ev)
+		}
+	}
+	q.events = kept
+}
+
+// Done is closed when the connection ends (QEMU quit or Close was called).
+func (q *QMP) Done() <-chan struct{} { return q.done }
+
+// PeerPID returns the process id of the QEMU at the other end of the socket (SO_PEERCRED).
+func (q *QMP) PeerPID() (int, error) {
+	uc, ok := q.conn.(*net.UnixConn)
+	if !ok {
+		return 0, errors.New("qmp: not a unix socket, cannot learn the QEMU pid")
+	}
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var cred *unix.Ucred
+	var cerr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return 0, err
+	}
+	if cerr != nil {
+		return 0, fmt.Errorf("qmp: SO_PEERCRED on %s: %w", q.path, cerr)
+	}
+	return int(cred.Pid), nil
+}
+
+// Close ends the connection.
+func (q *QMP) Close() error {
+	err := q.conn.Close()
+	<-q.done
+	return err
+}

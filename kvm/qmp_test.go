@@ -1,0 +1,212 @@
+package kvm
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// fakeQMP serves a scripted QMP peer on a unix socket. handle gets each command and returns the line(s) to send.
+func fakeQMP(t *testing.T, handle func(cmd map[string]any) []string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "qmp.sock")
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		fmt.Fprintf(c, `{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}}, "capabilities": []}}`+"\n")
+		sc := bufio.NewScanner(c)
+		sc.Buffer(nil, 1<<20)
+		for sc.Scan() {
+			var cmd map[string]any
+			if json.Unmarshal(sc.Bytes(), &cmd) != nil {
+				return
+			}
+			for _, l := range handle(cmd) {
+				if _, err := c.Write([]byte(l + "\n")); err != nil {
+					return
+				}
+			}
+		}
+	}()
+	return path
+}
+
+func reply(cmd map[string]any, ret string) string {
+	id, _ := json.Marshal(cmd["id"])
+	return fmt.Sprintf(`{"return": %s, "id": %s}`, ret, id)
+}
+
+func TestQMPCommandsEventsAndLongLines(t *testing.T) {
+	long := strings.Repeat("x", 3<<20) // far beyond any bufio buffer
+	path := fakeQMP(t, func(cmd map[string]any) []string {
+		switch cmd["execute"] {
+		case "qmp_capabilities":
+			return []string{reply(cmd, "{}")}
+		case "query-status":
+			// An event arrives before the answer; the answer must still match by id.
+			return []string{
+				`{"event": "STOP", "data": {}, "timestamp": {"seconds": 1, "microseconds": 2}}`,
+				reply(cmd, `{"status": "paused", "running": false}`),
+			}
+		case "human-monitor-command":
+			return []string{reply(cmd, `"`+long+`"`)}
+		case "bad":
+			id, _ := json.Marshal(cmd["id"])
+			return []string{fmt.Sprintf(`{"error": {"class": "CommandNotFound", "desc": "The command bad has not been found"}, "id": %s}`, id)}
+		case "never":
+			return nil
+		}
+		return nil
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	q, err := DialQMP(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+
+	var st struct {
+		Status string `json:"status"`
+	}
+	if err := q.Execute(ctx, "query-status", nil, &st); err != nil || st.Status != "paused" {
+		t.Fatalf("query-status = %+v, %v", st, err)
+	}
+	ev, err := q.WaitEvent(ctx, "STOP")
+	if err != nil || ev.Name != "STOP" || ev.Time().Unix() != 1 {
+		t.Fatalf("WaitEvent = %+v, %v", ev, err)
+	}
+	out, err := q.HMP(ctx, "info something")
+	if err != nil || len(out) != len(long) {
+		t.Fatalf("HMP: len %d, err %v", len(out), err)
+	}
+	var qe *QMPError
+	if err := q.Execute(ctx, "bad", nil, nil); !errors.As(err, &qe) || qe.Class != "CommandNotFound" {
+		t.Fatalf("bad command error = %v", err)
+	}
+	short, cancel2 := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel2()
+	if err := q.Execute(short, "never", nil, nil); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("deadline: %v", err)
+	}
+}
+
+func TestQMPPeerGoneFailsPendingCommands(t *testing.T) {
+	path := fakeQMP(t, func(cmd map[string]any) []string {
+		if cmd["execute"] == "qmp_capabilities" {
+			return []string{reply(cmd, "{}")}
+		}
+		return []string{"this is not json"}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	q, err := DialQMP(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	if err := q.Execute(ctx, "query-status", nil, nil); !errors.Is(err, ErrQMPClosed) {
+		t.Fatalf("got %v, want ErrQMPClosed", err)
+	}
+	if _, err := q.WaitEvent(ctx, "STOP"); !errors.Is(err, ErrQMPClosed) {
+		t.Fatalf("WaitEvent after close: %v", err)
+	}
+}
+
+func TestQMPNotAQMPSocket(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "x.sock")
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			c.Write([]byte("hello there\n"))
+			c.Close()
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := DialQMP(ctx, path); err == nil || !strings.Contains(err.Error(), "not a QMP greeting") {
+		t.Fatalf("got %v", err)
+	}
+}
+
+// requireQEMU skips the test with a reason when QEMU is not installed.
+func requireQEMU(t *testing.T) string {
+	t.Helper()
+	bin, err := exec.LookPath("qemu-system-x86_64")
+	if err != nil {
+		t.Skip("qemu-system-x86_64 not installed (make deps installs it)")
+	}
+	return bin
+}
+
+func TestQMPRealQEMU(t *testing.T) {
+	bin := requireQEMU(t)
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "qmp.sock")
+	cmd := exec.Command(bin, "-accel", "tcg", "-machine", "pc", "-m", "32", "-nodefaults", "-display", "none",
+		"-no-user-config", "-S", "-qmp", "unix:"+sock+",server=on,wait=off")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	q := dialWhenReady(ctx, t, sock)
+	defer q.Close()
+	pid, err := q.PeerPID()
+	if err != nil || pid != cmd.Process.Pid {
+		t.Fatalf("PeerPID = %d, %v; want %d", pid, err, cmd.Process.Pid)
+	}
+	var st struct {
+		Status string `json:"status"`
+	}
+	if err := q.Execute(ctx, "query-status", nil, &st); err != nil || st.Status != "prelaunch" {
+		t.Fatalf("query-status = %+v, %v", st, err)
+	}
+	if err := q.Execute(ctx, "cont", nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q.WaitEvent(ctx, "RESUME"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// dialWhenReady retries until QEMU has created its QMP socket.
+func dialWhenReady(ctx context.Context, t *testing.T, sock string) *QMP {
+	t.Helper()
+	for {
+		if _, err := os.Stat(sock); err == nil {
+			q, err := DialQMP(ctx, sock)
+			if err == nil {
+				return q
+			}
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("QMP socket %s never answered", sock)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
