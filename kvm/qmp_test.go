@@ -210,3 +210,12 @@ func dialWhenReady(ctx context.Context, t *testing.T, sock string) *QMP {
 		}
 	}
 }
+
+func readFile(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
