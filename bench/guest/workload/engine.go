@@ -1,0 +1,198 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/vmscatter/vmscatter/bench/guest/guestlog"
+	"github.com/vmscatter/vmscatter/bench/guest/pageset"
+)
+
+// maxWSS bounds the working set: far above any test guest, below what would wrap an int on 32-bit math.
+const maxWSS = 64 << 30
+
+// config is the workload's flags.
+type config struct {
+	wss     byteSize
+	rate    float64 // pages dirtied per second
+	pattern string  // seq or random
+	seed    uint64
+	salt    uint64
+	private float64
+	period  time.Duration // between ok lines
+	vperiod time.Duration // for one full verify pass
+}
+
+func (c *config) register(fs *flag.FlagSet) {
+	c.wss = 32 << 20
+	fs.Var(&c.wss, "wss", "working set size in bytes, with optional K, M or G suffix")
+	fs.Float64Var(&c.rate, "rate", 1000, "pages dirtied per second")
+	fs.StringVar(&c.pattern, "pattern", "seq", "dirtying pattern: seq (walk, like NPB MG) or random (like NPB IS)")
+	fs.Uint64Var(&c.seed, "seed", 1, "content seed: guests with the same seed share their non-private pages")
+	fs.Uint64Var(&c.salt, "salt", 0, "per-guest salt for private and dirtied content (0: derive from the clock)")
+	fs.Float64Var(&c.private, "private", 0, "fraction of pages whose initial content is private to this guest")
+	fs.DurationVar(&c.period, "period", 100*time.Millisecond, "interval between ok lines")
+	fs.DurationVar(&c.vperiod, "vperiod", time.Second, "time for one full verification pass over the working set")
+}
+
+func (c *config) validate() error {
+	switch {
+	case c.wss < pageset.PageSize || c.wss > maxWSS || c.wss%pageset.PageSize != 0:
+		return fmt.Errorf("wss %d: want a multiple of %d in [%d, %d]", c.wss, pageset.PageSize, pageset.PageSize, int64(maxWSS))
+	case !(c.rate >= 0 && c.rate < 1e9):
+		return fmt.Errorf("rate %v: want [0, 1e9)", c.rate)
+	case c.pattern != "seq" && c.pattern != "random":
+		return fmt.Errorf("pattern %q: want seq or random", c.pattern)
+	case c.period < time.Millisecond || c.vperiod < time.Millisecond:
+		return errors.New("period and vperiod must be at least 1ms")
+	}
+	return nil
+}
+
+// byteSize is a flag value like 32M.
+type byteSize int64
+
+func (b *byteSize) String() string { return strconv.FormatInt(int64(*b), 10) }
+
+func (b *byteSize) Set(s string) error {
+	mult := int64(1)
+	switch {
+	case strings.HasSuffix(s, "K"):
+		mult = 1 << 10
+	case strings.HasSuffix(s, "M"):
+		mult = 1 << 20
+	case strings.HasSuffix(s, "G"):
+		mult = 1 << 30
+	}
+	if mult != 1 {
+		s = s[:len(s)-1]
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < 0 || n > maxWSS/mult {
+		return fmt.Errorf("bad size %q", s)
+	}
+	*b = byteSize(n * mult)
+	return nil
+}
+
+// engine dirties, verifies and reports. It owns no clock: advance is told the time.
+type engine struct {
+	cfg  config
+	set  *pageset.Set
+	line []byte
+
+	start0   time.Time
+	nextLine time.Time
+	last     time.Time
+
+	dirtyCredit  float64
+	verifyCredit float64
+	cursor       int    // next page of the sequential pattern
+	rng          uint64 // state of the random pattern
+	vcursor      int    // next page to verify
+
+	seq      uint64
+	gen      uint64 // dirty writes since start
+	dirtied  uint64 // since the last line
+	verified uint64 // since the last line
+	pass     uint64
+	bad      uint64
+}
+
+func newEngine(cfg config, mem []byte, now time.Time) (*engine, error) {
+	if cfg.salt == 0 {
+		cfg.salt = uint64(now.UnixNano())
+	}
+	set, err := pageset.New(mem, pageset.Params{Seed: cfg.seed, Salt: cfg.salt, Private: cfg.private})
+	if err != nil {
+		return nil, err
+	}
+	set.Fill()
+	return &engine{cfg: cfg, set: set, start0: now, last: now, nextLine: now.Add(cfg.period), rng: cfg.salt | 1}, nil
+}
+
+func (e *engine) start(out io.Writer) {
+	fmt.Fprintf(out, "ready wss=%d pages=%d rate=%g pattern=%s seed=%d private=%g period=%s\n",
+		int64(e.cfg.wss), e.set.Len(), e.cfg.rate, e.cfg.pattern, e.cfg.seed, e.cfg.private, e.cfg.period)
+}
+
+// advance does the work due by now: dirty pages at the configured rate, verify pages so that a full pass takes
+// vperiod, and print the ok lines that fell due. Credits are capped at one period's worth, so a guest that was
+// stopped does not burst afterwards.
+func (e *engine) advance(now time.Time, out io.Writer) {
+	dt := now.Sub(e.last).Seconds()
+	if dt < 0 {
+		dt = 0
+	}
+	e.last = now
+	n := e.set.Len()
+	p := e.cfg.period.Seconds()
+
+	e.dirtyCredit = math.Min(e.dirtyCredit+dt*e.cfg.rate, math.Max(1, e.cfg.rate*p))
+	for ; e.dirtyCredit >= 1; e.dirtyCredit-- {
+		e.set.Dirty(e.nextDirty(n))
+		e.gen++
+		e.dirtied++
+	}
+
+	vrate := float64(n) / e.cfg.vperiod.Seconds()
+	e.verifyCredit = math.Min(e.verifyCredit+dt*vrate, math.Max(1, vrate*p))
+	for ; e.verifyCredit >= 1; e.verifyCredit-- {
+		e.verify(e.vcursor, out)
+		e.verified++
+		e.vcursor++
+		if e.vcursor == n {
+			e.vcursor = 0
+			e.pass++
+		}
+	}
+
+	if !now.Before(e.nextLine) {
+		e.seq++
+		ok := guestlog.OK{Seq: e.seq, UnixMilli: now.UnixMilli(), Gen: e.gen, Dirtied: e.dirtied,
+			Verified: e.verified, Pass: e.pass, Bad: e.bad}
+		e.emit(out, ok.Append(e.line[:0]))
+		e.dirtied, e.verified = 0, 0
+		e.nextLine = e.nextLine.Add(e.cfg.period)
+		if now.After(e.nextLine) { // fell behind (or was stopped): resume the cadence from now
+			e.nextLine = now.Add(e.cfg.period)
+		}
+	}
+}
+
+func (e *engine) nextDirty(n int) int {
+	if e.cfg.pattern == "random" {
+		e.rng ^= e.rng << 13
+		e.rng ^= e.rng >> 7
+		e.rng ^= e.rng << 17
+		return int(e.rng % uint64(n))
+	}
+	i := e.cursor
+	e.cursor = (e.cursor + 1) % n
+	return i
+}
+
+func (e *engine) verify(i int, out io.Writer) {
+	err := e.set.Check(i)
+	if err == nil {
+		return
+	}
+	e.bad++
+	var pe *pageset.PageError
+	if errors.As(err, &pe) {
+		e.emit(out, guestlog.Bad{Page: uint64(pe.Page), Reason: pe.Reason, Got: pe.Got, Want: pe.Want}.Append(e.line[:0]))
+	}
+	e.set.Repair(i) // report each corruption once
+}
+
+// emit writes one line in one write, so lines from one guest never interleave.
+func (e *engine) emit(out io.Writer, line []byte) {
+	e.line = append(line, '\n')
+	out.Write(e.line) //nolint:errcheck // the console is all we have; nothing to do if it fails
+}
