@@ -1,0 +1,18 @@
+// Package dedup finds and proves shared guest memory.
+//
+// It holds the pure logic between a guest's RAM and the wire:
+//
+//   - page fingerprints (xxhash64, injectable for tests) and zero-page detection;
+//   - Scan, which reads RAM blocks through caller-given io.ReaderAt values with a bounded
+//     pipeline and builds the SharingMap: each distinct non-zero content, who holds it, and
+//     which contents each VM holds;
+//   - exactness: a Digester (SHA-256 over a per-session salt and the page) and the HeldIndex,
+//     which turns page bytes into the ContentID a target holds only when the digest matches,
+//     so that a crafted xxhash collision can never become a reference to other bytes;
+//   - page compression (Codec: none, s2, zstd) with bounded decoding;
+//   - the page record codec carried on the data channel (Zero, Literal, Ref records);
+//   - the receiver's ContentStore, bounded in bytes and reference-counted per VM.
+//
+// The package opens no files and no sockets. docs/dedup.md describes the mechanisms and the
+// record format byte by byte.
+package dedup
