@@ -1,0 +1,93 @@
+package dedup
+
+import (
+	"bytes"
+	"math/rand/v2"
+	"testing"
+)
+
+func testDigester() *Digester {
+	var salt [32]byte
+	copy(salt[:], "vmscatter dedup test salt 000001")
+	return NewDigester(salt)
+}
+
+// TestHeldIndexCollisions is the collision test: with a fingerprint of the first byte
+// only, most pages collide. Lookup must never return an id whose bytes differ from the
+// page, and must find every held page.
+func TestHeldIndexCollisions(t *testing.T) {
+	weak := func(p []byte) Fingerprint { return Fingerprint(p[0]) }
+	r := rand.New(rand.NewPCG(7, 7))
+	newPage := func() []byte {
+		p := make([]byte, PageSize)
+		for i := range p {
+			p[i] = byte(r.IntN(4)) // small alphabet: first bytes collide constantly
+		}
+		return p
+	}
+	h := NewHeldIndex(weak, testDigester())
+	held := map[ContentID][]byte{}
+	var probes [][]byte
+	for i := range 3000 {
+		p := newPage()
+		switch i % 3 {
+		case 0: // held
+			id := ContentID(r.Uint32())
+			if _, dup := held[id]; dup {
+				continue
+			}
+			if !h.AddPage(id, p) {
+				t.Fatalf("AddPage(%d) refused a new page", id)
+			}
+			held[id] = p
+			probes = append(probes, p)
+			// A near twin: same first byte, one byte changed further on.
+			twin := bytes.Clone(p)
+			twin[1+r.IntN(PageSize-1)] ^= 0x80
+			probes = append(probes, twin)
+		default: // not held
+			probes = append(probes, p)
+		}
+	}
+	found := 0
+	for _, p := range probes {
+		id, ok := h.Lookup(p)
+		if !ok {
+			continue
+		}
+		if !bytes.Equal(held[id], p) {
+			t.Fatalf("Lookup returned id %d whose bytes differ from the page", id)
+		}
+		found++
+	}
+	if found != len(held) || h.Len() != len(held) {
+		t.Fatalf("found %d of %d held pages (Len %d)", found, len(held), h.Len())
+	}
+}
+
+func TestHeldIndexAddTwice(t *testing.T) {
+	h := NewHeldIndex(nil, testDigester())
+	p := pageOf(3)
+	if !h.AddPage(5, p) || h.AddPage(5, p) || h.AddPage(6, p) {
+		t.Fatal("a second Add of the same bytes must be refused")
+	}
+	if id, ok := h.Lookup(p); !ok || id != 5 {
+		t.Fatalf("Lookup = %d, %v", id, ok)
+	}
+	// A wrong digest under the right fingerprint never matches.
+	q := pageOf(4)
+	h.Add(9, XXHash(q), Digest{1, 2, 3})
+	if id, ok := h.Lookup(q); ok {
+		t.Fatalf("Lookup matched id %d with a wrong digest", id)
+	}
+}
+
+func TestHeldIndexOtherSaltNeverMatches(t *testing.T) {
+	h := NewHeldIndex(nil, testDigester())
+	p := pageOf(8)
+	other := NewDigester([32]byte{1})
+	h.Add(1, XXHash(p), other.Sum(p))
+	if _, ok := h.Lookup(p); ok {
+		t.Fatal("a digest under another salt matched")
+	}
+}
