@@ -87,7 +87,6 @@ type engine struct {
 	set  *pageset.Set
 	line []byte
 
-	start0   time.Time
 	nextLine time.Time
 	last     time.Time
 
@@ -105,6 +104,7 @@ type engine struct {
 	bad      uint64
 }
 
+// newEngine lays the working set over mem and fills it. salt 0 in cfg is replaced by one derived from now.
 func newEngine(cfg config, mem []byte, now time.Time) (*engine, error) {
 	if cfg.salt == 0 {
 		cfg.salt = uint64(now.UnixNano())
@@ -114,10 +114,14 @@ func newEngine(cfg config, mem []byte, now time.Time) (*engine, error) {
 		return nil, err
 	}
 	set.Fill()
-	return &engine{cfg: cfg, set: set, start0: now, last: now, nextLine: now.Add(cfg.period), rng: cfg.salt | 1}, nil
+	e := &engine{cfg: cfg, set: set, rng: cfg.salt | 1}
+	e.last, e.nextLine = now, now.Add(cfg.period)
+	return e, nil
 }
 
-func (e *engine) start(out io.Writer) {
+// begin prints the ready line and starts the clocks at now (after the fill, which takes a while in a slow guest).
+func (e *engine) begin(now time.Time, out io.Writer) {
+	e.last, e.nextLine = now, now.Add(e.cfg.period)
 	fmt.Fprintf(out, "ready wss=%d pages=%d rate=%g pattern=%s seed=%d private=%g period=%s\n",
 		int64(e.cfg.wss), e.set.Len(), e.cfg.rate, e.cfg.pattern, e.cfg.seed, e.cfg.private, e.cfg.period)
 }

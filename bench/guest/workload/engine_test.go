@@ -121,7 +121,7 @@ func TestReadyLine(t *testing.T) {
 		t.Fatal(err)
 	}
 	var out bytes.Buffer
-	e.start(&out)
+	e.begin(time.Now(), &out)
 	line, _ := bufio.NewReader(&out).ReadString('\n')
 	if !strings.HasPrefix(line, "ready wss=65536 pages=16 rate=1000 pattern=seq") {
 		t.Fatalf("ready line %q", line)

@@ -57,7 +57,7 @@ func run(args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	e.start(out)
+	e.begin(time.Now(), out)
 	tick := min(cfg.period, 10*time.Millisecond)
 	for {
 		e.advance(time.Now(), out)
