@@ -1,0 +1,686 @@
+package kvm
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"io"
+)
+
+// decodeBufferSize is the decoder's largest read buffer. It must hold the largest item read in one piece: a
+// command of 64 KiB plus its header, or a page record (8 + 1 + 255 + PageSize bytes).
+const (
+	decodeBufferSize  = 256 << 10
+	decodeInitialSize = 8 << 10
+)
+
+// maxEmptyReads bounds consecutive (0, nil) answers from a misbehaving io.Reader.
+const maxEmptyReads = 100
+
+// streamReader is a read buffer over the input that hands out slices of itself (zero copy) and tracks the stream
+// offset. While recording, consumed bytes are also appended to rec (the prefix).
+type streamReader struct {
+	src       io.Reader
+	buf       []byte
+	r, w      int
+	off       int64 // stream offset of buf[r]
+	err       error // sticky error from src
+	recording bool
+	rec       []byte
+}
+
+// fill makes at least n bytes available at buf[r:]. n must not exceed decodeBufferSize. The buffer starts small
+// and doubles, up to decodeBufferSize, whenever a read fills it: short streams stay cheap, long ones get big reads.
+func (s *streamReader) fill(n int) error {
+	empty := 0
+	for s.w-s.r < n {
+		if s.err != nil {
+			if s.err == io.EOF {
+				return io.ErrUnexpectedEOF
+			}
+			return s.err
+		}
+		if n > len(s.buf) {
+			s.grow(n)
+		}
+		if s.r == s.w {
+			s.r, s.w = 0, 0
+		} else if len(s.buf)-s.r < n {
+			s.w = copy(s.buf, s.buf[s.r:s.w])
+			s.r = 0
+		}
+		m, err := s.src.Read(s.buf[s.w:])
+		s.w += m
+		if s.w == len(s.buf) && len(s.buf) < decodeBufferSize {
+			s.grow(0) // the input has more to give than fits
+		}
+		if err != nil {
+			s.err = err
+		} else if m == 0 {
+			if empty++; empty >= maxEmptyReads {
+				s.err = io.ErrNoProgress
+			}
+		}
+	}
+	return nil
+}
+
+func (s *streamReader) grow(n int) {
+	size := max(2*len(s.buf), n, decodeInitialSize)
+	size = min(size, decodeBufferSize)
+	b := make([]byte, size)
+	s.w = copy(b, s.buf[s.r:s.w])
+	s.r = 0
+	s.buf = b
+}
+
+func (s *streamReader) peek(n int) ([]byte, error) {
+	if err := s.fill(n); err != nil {
+		return nil, err
+	}
+	return s.buf[s.r : s.r+n], nil
+}
+
+func (s *streamReader) take(n int) ([]byte, error) {
+	b, err := s.peek(n)
+	if err != nil {
+		return nil, err
+	}
+	if s.recording {
+		s.rec = append(s.rec, b...)
+	}
+	s.r += n
+	s.off += int64(n)
+	return b, nil
+}
+
+// takeAvailable returns the buffered bytes, or, when none are buffered, the result of one Read of the input. It
+// returns io.EOF at the end of the input.
+func (s *streamReader) takeAvailable() ([]byte, error) {
+	for empty := 0; s.r == s.w; empty++ {
+		if s.err != nil {
+			return nil, s.err
+		}
+		if empty >= maxEmptyReads {
+			s.err = io.ErrNoProgress
+			continue
+		}
+		if len(s.buf) == 0 {
+			s.grow(1)
+		}
+		s.r, s.w = 0, 0
+		m, err := s.src.Read(s.buf)
+		s.w = m
+		if err != nil {
+			s.err = err
+		}
+	}
+	b := s.buf[s.r:s.w]
+	s.off += int64(len(b))
+	s.r = s.w
+	return b, nil
+}
+
+type decodeState uint8
+
+const (
+	stPrefix   decodeState = iota // nothing read yet
+	stRAMStart                    // prefix returned; the ram START section is next
+	stBetween                     // between RAM sections
+	stSection                     // inside a PART or END section
+	stTail                        // copying the tail
+)
+
+// Decoder reads a QEMU 7.2 pre-copy migration stream and returns it as events: one Prefix, one RAMStart, then
+// SectionBegin, Page..., SectionEnd for each RAM section, then Tail chunks until io.EOF. It is not safe for
+// concurrent use.
+type Decoder struct {
+	in           streamReader
+	state        decodeState
+	err          error // sticky: returned by every Next after the first failure (or io.EOF)
+	ignoreShared bool
+	ramID        uint32
+	blocks       []RAMBlock
+	index        map[string]int
+	cur          int // block of the last page record; like QEMU, it carries across sections
+}
+
+// NewDecoder returns a decoder reading from r. It reads ahead in chunks of up to 256 KiB but never waits for more
+// bytes than the event it is decoding needs.
+func NewDecoder(r io.Reader) *Decoder {
+	return &Decoder{in: streamReader{src: r}, cur: -1}
+}
+
+// InputOffset is the number of input bytes consumed so far.
+func (d *Decoder) InputOffset() int64 { return d.in.off }
+
+// Next returns the next event. Byte slices in a Page or Tail alias the decoder's buffer and stay valid only until
+// the next call. After the tail, Next returns io.EOF. Malformed input gives a *StreamError, a feature the codec
+// refuses an *UnsupportedError; a failed read of the input is returned wrapped. Errors are sticky.
+func (d *Decoder) Next() (StreamEvent, error) {
+	if d.err != nil {
+		return nil, d.err
+	}
+	var ev StreamEvent
+	var err error
+	switch d.state {
+	case stPrefix:
+		ev, err = d.readPrefix()
+	case stRAMStart:
+		ev, err = d.readRAMStart()
+	case stBetween:
+		ev, err = d.readBetween()
+	case stSection:
+		ev, err = d.readRecord()
+	case stTail:
+		ev, err = d.readTail()
+	}
+	if err != nil {
+		d.err = err
+		return nil, err
+	}
+	return ev, nil
+}
+
+func malformed(at int64, class error, format string, args ...any) error {
+	return &StreamError{Offset: at, Err: class, Detail: fmt.Sprintf(format, args...)}
+}
+
+func unsupported(at int64, feature, format string, args ...any) error {
+	return &UnsupportedError{Feature: feature, Offset: at, Detail: fmt.Sprintf(format, args...)}
+}
+
+// readErr turns a failed read into the error Next returns: truncation is malformed input, anything else is the
+// input's own failure.
+func (d *Decoder) readErr(err error, what string) error {
+	if err == io.ErrUnexpectedEOF {
+		return &StreamError{Offset: d.in.off, Err: io.ErrUnexpectedEOF, Detail: "stream ends inside " + what}
+	}
+	return fmt.Errorf("reading migration stream at byte %d (%s): %w", d.in.off, what, err)
+}
+
+func (d *Decoder) take(n int, what string) ([]byte, error) {
+	b, err := d.in.take(n)
+	if err != nil {
+		return nil, d.readErr(err, what)
+	}
+	return b, nil
+}
+
+func (d *Decoder) peekByte(what string) (byte, error) {
+	b, err := d.in.peek(1)
+	if err != nil {
+		return 0, d.readErr(err, what)
+	}
+	return b[0], nil
+}
+
+func (d *Decoder) u8(what string) (byte, error) {
+	b, err := d.take(1, what)
+	if err != nil {
+		return 0, err
+	}
+	return b[0], nil
+}
+
+func (d *Decoder) be16(what string) (uint16, error) {
+	b, err := d.take(2, what)
+	if err != nil {
+		return 0, err
+	}
+	return binary.BigEndian.Uint16(b), nil
+}
+
+func (d *Decoder) be32(what string) (uint32, error) {
+	b, err := d.take(4, what)
+	if err != nil {
+		return 0, err
+	}
+	return binary.BigEndian.Uint32(b), nil
+}
+
+func (d *Decoder) be64(what string) (uint64, error) {
+	b, err := d.take(8, what)
+	if err != nil {
+		return 0, err
+	}
+	return binary.BigEndian.Uint64(b), nil
+}
+
+// counted reads a string of one length byte and that many bytes (qemu_get_counted_string). The slice aliases the
+// buffer.
+func (d *Decoder) counted(what string) ([]byte, error) {
+	n, err := d.u8(what)
+	if err != nil {
+		return nil, err
+	}
+	return d.take(int(n), what)
+}
+
+func (d *Decoder) readPrefix() (StreamEvent, error) {
+	d.in.recording = true
+	defer func() { d.in.recording = false }()
+	hdr, err := d.take(8, "header")
+	if err != nil {
+		return nil, err
+	}
+	switch magic := binary.BigEndian.Uint32(hdr); magic {
+	case streamMagic:
+	case multifdMagic:
+		return nil, unsupported(0, FeatureMultifd, "this connection is a multifd channel")
+	default:
+		return nil, malformed(0, ErrBadHeader, "magic %#08x, want %#08x (QEVM)", magic, streamMagic)
+	}
+	if v := binary.BigEndian.Uint32(hdr[4:]); v != streamVersion {
+		return nil, malformed(4, ErrBadHeader, "version %d, want %d", v, streamVersion)
+	}
+	p := Prefix{}
+	if err := d.readConfiguration(&p); err != nil {
+		return nil, err
+	}
+	for {
+		at := d.in.off
+		if len(d.in.rec) > maxPrefix {
+			return nil, malformed(at, ErrTooLong, "more than %d bytes before the ram section", maxPrefix)
+		}
+		t, err := d.peekByte("section type")
+		if err != nil {
+			return nil, err
+		}
+		switch t {
+		case secStart:
+			p.Raw = bytes.Clone(d.in.rec)
+			d.state = stRAMStart
+			return p, nil
+		case secCommand:
+			if err := d.readPrefixCommand(&p); err != nil {
+				return nil, err
+			}
+		case secFull:
+			return nil, unsupported(at, FeatureEarlyDevice, "a FULL section comes before the ram START section")
+		default:
+			return nil, malformed(at, ErrBadSection, "section type %#02x before the ram START section", t)
+		}
+	}
+}
+
+func (d *Decoder) readConfiguration(p *Prefix) error {
+	at := d.in.off
+	t, err := d.u8("configuration section")
+	if err != nil {
+		return err
+	}
+	if t != secConfig {
+		return malformed(at, ErrBadConfiguration, "section type %#02x where the configuration section belongs", t)
+	}
+	n, err := d.be32("machine name length")
+	if err != nil {
+		return err
+	}
+	if n > maxMachineName {
+		return malformed(at, ErrTooLong, "machine name of %d bytes (limit %d)", n, maxMachineName)
+	}
+	name, err := d.take(int(n), "machine name")
+	if err != nil {
+		return err
+	}
+	p.Machine = string(name)
+	seen := map[string]bool{}
+	for {
+		t, err := d.peekByte("section type")
+		if err != nil {
+			return err
+		}
+		if t != secSubsection {
+			return nil
+		}
+		at := d.in.off
+		d.in.take(1)
+		raw, err := d.counted("subsection name")
+		if err != nil {
+			return err
+		}
+		sub := string(raw)
+		if seen[sub] {
+			return malformed(at, ErrBadConfiguration, "subsection %q twice", sub)
+		}
+		seen[sub] = true
+		ver, err := d.be32("subsection version")
+		if err != nil {
+			return err
+		}
+		switch sub {
+		case "configuration/target-page-bits", "configuration/capabilities", "configuration/uuid":
+		default:
+			return malformed(at, ErrUnknownSubsection, "%q", sub)
+		}
+		if ver != 1 {
+			return malformed(at, ErrBadConfiguration, "subsection %q version %d, want 1", sub, ver)
+		}
+		switch sub {
+		case "configuration/target-page-bits":
+			bits, err := d.be32("target page bits")
+			if err != nil {
+				return err
+			}
+			if bits != PageBits {
+				return unsupported(at, FeaturePageSize, "target page bits %d, this codec handles %d", bits, PageBits)
+			}
+		case "configuration/capabilities":
+			count, err := d.be32("capability count")
+			if err != nil {
+				return err
+			}
+			if count > maxCapabilities {
+				return malformed(at, ErrTooLong, "%d capabilities (limit %d)", count, maxCapabilities)
+			}
+			for range count {
+				c, err := d.counted("capability")
+				if err != nil {
+					return err
+				}
+				p.Capabilities = append(p.Capabilities, string(c))
+				if string(c) == capIgnoreShared {
+					d.ignoreShared = true
+				}
+			}
+		case "configuration/uuid":
+			if _, err := d.take(16, "uuid"); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// commandLen is the fixed payload length of the commands allowed before RAM (mig_cmd_args in savevm.c).
+var commandLen = map[uint16]uint16{cmdOpenReturnPath: 0, cmdPing: 4}
+
+func (d *Decoder) readCommandHeader() (cmd uint16, data []byte, err error) {
+	if _, err = d.take(1, "command"); err != nil {
+		return
+	}
+	if cmd, err = d.be16("command"); err != nil {
+		return
+	}
+	var n uint16
+	if n, err = d.be16("command length"); err != nil {
+		return
+	}
+	data, err = d.take(int(n), "command data")
+	return
+}
+
+func (d *Decoder) readPrefixCommand(p *Prefix) error {
+	at := d.in.off
+	cmd, data, err := d.readCommandHeader()
+	if err != nil {
+		return err
+	}
+	if f := commandFeature(cmd); f != "" {
+		return unsupported(at, f, "command %d", cmd)
+	}
+	want, ok := commandLen[cmd]
+	if !ok {
+		return malformed(at, ErrBadCommand, "unknown command %d", cmd)
+	}
+	if len(data) != int(want) {
+		return malformed(at, ErrBadCommand, "command %d with %d bytes of data, want %d", cmd, len(data), want)
+	}
+	if cmd == cmdOpenReturnPath {
+		p.ReturnPath = true
+	}
+	return nil
+}
+
+// readSectionHeader reads a START or FULL header after its type byte: section id, idstr, instance and version.
+func (d *Decoder) readStartHeader() (id uint32, idstr []byte, inst, ver uint32, err error) {
+	if id, err = d.be32("section id"); err != nil {
+		return
+	}
+	if idstr, err = d.counted("section idstr"); err != nil {
+		return
+	}
+	if inst, err = d.be32("instance id"); err != nil {
+		return
+	}
+	ver, err = d.be32("version id")
+	return
+}
+
+func (d *Decoder) readRAMStart() (StreamEvent, error) {
+	at := d.in.off
+	if _, err := d.take(1, "section type"); err != nil {
+		return nil, err
+	}
+	id, idstr, inst, ver, err := d.readStartHeader()
+	if err != nil {
+		return nil, err
+	}
+	if string(idstr) != ramIDStr {
+		return nil, unsupported(at, featureOfSection(string(idstr)), "iterable section %q", idstr)
+	}
+	if ver != ramVersion {
+		return nil, malformed(at, ErrBadSection, "ram section version %d, want %d", ver, ramVersion)
+	}
+	recAt := d.in.off
+	w, err := d.be64("MEM_SIZE record")
+	if err != nil {
+		return nil, err
+	}
+	if w&ramFlagMask != ramFlagMemSize {
+		return nil, malformed(recAt, ErrBadRAMList, "START begins with flags %#x, want MEM_SIZE", w&ramFlagMask)
+	}
+	left := w &^ ramFlagMask
+	s := RAMStart{SectionID: id, InstanceID: inst, VersionID: ver, IgnoreShared: d.ignoreShared}
+	index := map[string]int{}
+	for left > 0 {
+		bAt := d.in.off
+		if len(s.Blocks) == maxRAMBlocks {
+			return nil, malformed(bAt, ErrTooLong, "more than %d RAM blocks", maxRAMBlocks)
+		}
+		name, err := d.counted("block id")
+		if err != nil {
+			return nil, err
+		}
+		if len(name) == 0 {
+			return nil, malformed(bAt, ErrBadRAMList, "empty block id")
+		}
+		if _, dup := index[string(name)]; dup {
+			return nil, malformed(bAt, ErrBadRAMList, "block %q twice", name)
+		}
+		b := RAMBlock{ID: string(name)}
+		if b.Length, err = d.be64("block length"); err != nil {
+			return nil, err
+		}
+		if b.Length == 0 || b.Length%PageSize != 0 || b.Length > left {
+			return nil, malformed(bAt, ErrBadRAMList, "block %q of %d bytes (empty, unaligned, or past %d left of MEM_SIZE)",
+				b.ID, b.Length, left)
+		}
+		if d.ignoreShared {
+			if b.Addr, err = d.be64("block address"); err != nil {
+				return nil, err
+			}
+		}
+		left -= b.Length
+		index[b.ID] = len(s.Blocks)
+		s.Blocks = append(s.Blocks, b)
+	}
+	eosAt := d.in.off
+	eos, err := d.be64("EOS record")
+	if err != nil {
+		return nil, err
+	}
+	if eos != ramFlagEOS {
+		if err := refusedRecord(eosAt, eos); err != nil {
+			return nil, err
+		}
+		return nil, malformed(eosAt, ErrBadRAMList, "record %#x after the block list, want EOS", eos)
+	}
+	if err := d.footer(id); err != nil {
+		return nil, err
+	}
+	d.ramID, d.blocks, d.index = id, s.Blocks, index
+	d.state = stBetween
+	return s, nil
+}
+
+func (d *Decoder) footer(id uint32) error {
+	at := d.in.off
+	b, err := d.take(5, "section footer")
+	if err != nil {
+		return err
+	}
+	if b[0] != secFooter {
+		return malformed(at, ErrBadFooter, "byte %#02x where the footer of section %d belongs", b[0], id)
+	}
+	if got := binary.BigEndian.Uint32(b[1:]); got != id {
+		return malformed(at, ErrBadFooter, "footer names section %d inside section %d", got, id)
+	}
+	return nil
+}
+
+func (d *Decoder) readBetween() (StreamEvent, error) {
+	at := d.in.off
+	t, err := d.peekByte("section type")
+	if err != nil {
+		return nil, err
+	}
+	switch t {
+	case secPart, secEnd:
+		b, err := d.take(5, "section header")
+		if err != nil {
+			return nil, err
+		}
+		id := binary.BigEndian.Uint32(b[1:])
+		if id != d.ramID {
+			return nil, malformed(at, ErrBadSection, "section %d is not the ram section (%d)", id, d.ramID)
+		}
+		d.state = stSection
+		return SectionBegin{Kind: SectionKind(t), SectionID: id}, nil
+	case secFull, secEOF:
+		d.state = stTail
+		return d.readTail()
+	case secStart:
+		d.in.take(1)
+		_, idstr, _, _, err := d.readStartHeader()
+		if err != nil {
+			return nil, err
+		}
+		if string(idstr) == ramIDStr {
+			return nil, malformed(at, ErrBadSection, "second ram START section")
+		}
+		return nil, unsupported(at, featureOfSection(string(idstr)), "iterable section %q", idstr)
+	case secCommand:
+		cmd, _, err := d.readCommandHeader()
+		if err != nil {
+			return nil, err
+		}
+		if f := commandFeature(cmd); f != "" {
+			return nil, unsupported(at, f, "command %d", cmd)
+		}
+		return nil, malformed(at, ErrBadCommand, "command %d between RAM sections", cmd)
+	}
+	return nil, malformed(at, ErrBadSection, "unknown section type %#02x", t)
+}
+
+// refusedRecord names the feature behind a record's flags when the codec refuses it.
+func refusedRecord(at int64, w uint64) error {
+	flags := w & ramFlagMask
+	switch {
+	case flags&ramFlagXBZRLE != 0:
+		return unsupported(at, FeatureXBZRLE, "XBZRLE page")
+	case flags&ramFlagCompress != 0:
+		return unsupported(at, FeatureCompress, "RAM_SAVE_FLAG_COMPRESS_PAGE")
+	case flags&ramFlagHook != 0:
+		return unsupported(at, FeatureRDMA, "RAM_SAVE_FLAG_HOOK")
+	case flags&ramFlagMultifdFlush != 0:
+		return unsupported(at, FeatureMultifd, "RAM_SAVE_FLAG_MULTIFD_FLUSH")
+	}
+	return nil
+}
+
+func (d *Decoder) readRecord() (StreamEvent, error) {
+	at := d.in.off
+	w, err := d.be64("RAM record")
+	if err != nil {
+		return nil, err
+	}
+	if err := refusedRecord(at, w); err != nil {
+		return nil, err
+	}
+	flags := w & ramFlagMask
+	off := RAMOffset(w &^ ramFlagMask)
+	switch flags &^ ramFlagContinue {
+	case ramFlagEOS:
+		if w != ramFlagEOS {
+			return nil, malformed(at, ErrBadRecord, "EOS record %#x", w)
+		}
+		if err := d.footer(d.ramID); err != nil {
+			return nil, err
+		}
+		d.state = stBetween
+		return SectionEnd{}, nil
+	case ramFlagZero, ramFlagPage:
+	case ramFlagMemSize:
+		return nil, malformed(at, ErrBadRecord, "MEM_SIZE outside the START section")
+	default:
+		return nil, malformed(at, ErrBadRecord, "unknown flags %#x", flags)
+	}
+	if flags&ramFlagContinue != 0 {
+		if d.cur < 0 {
+			return nil, malformed(at, ErrNoPreviousBlock, "")
+		}
+	} else {
+		name, err := d.counted("block id")
+		if err != nil {
+			return nil, err
+		}
+		i, ok := d.index[string(name)]
+		if !ok {
+			return nil, malformed(at, ErrUnknownBlock, "%q", name)
+		}
+		d.cur = i
+	}
+	if b := d.blocks[d.cur]; uint64(off) >= b.Length {
+		return nil, malformed(at, ErrBadOffset, "offset %#x in block %q of %#x bytes", uint64(off), b.ID, b.Length)
+	}
+	if flags&ramFlagZero != 0 {
+		fill, err := d.u8("zero page fill byte")
+		if err != nil {
+			return nil, err
+		}
+		return Page{Block: d.cur, Offset: off, Zero: true, Fill: fill}, nil
+	}
+	data, err := d.take(PageSize, "page data")
+	if err != nil {
+		return nil, err
+	}
+	return Page{Block: d.cur, Offset: off, Data: data}, nil
+}
+
+func (d *Decoder) readTail() (StreamEvent, error) {
+	b, err := d.in.takeAvailable()
+	if err == io.EOF {
+		return nil, io.EOF
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading migration stream tail at byte %d: %w", d.in.off, err)
+	}
+	return Tail{Raw: b}, nil
+}
+
+// ParsePrefix validates raw as a complete stream prefix (everything before the ram START section, as in
+// Prefix.Raw) and returns what it says.
+func ParsePrefix(raw []byte) (Prefix, error) {
+	d := NewDecoder(io.MultiReader(bytes.NewReader(raw), bytes.NewReader([]byte{secStart})))
+	ev, err := d.Next()
+	if err != nil {
+		return Prefix{}, err
+	}
+	p := ev.(Prefix)
+	if len(p.Raw) != len(raw) {
+		return Prefix{}, malformed(int64(len(p.Raw)), ErrBadSection, "prefix has %d bytes after its end",
+			len(raw)-len(p.Raw))
+	}
+	return p, nil
+}
