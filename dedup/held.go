@@ -2,6 +2,7 @@ package dedup
 
 import (
 	"encoding/binary"
+	"slices"
 	"sync"
 )
 
@@ -62,6 +63,16 @@ func (h *HeldIndex) Add(id ContentID, fp Fingerprint, dg Digest) bool {
 	h.held = append(h.held, heldContent{dg: dg, id: id})
 	h.fps.getOrInsert(fp, 0)
 	return true
+}
+
+// Grow makes room for n more contents, so that a sender that knows how many it will prime
+// to the target pays for no rehashing.
+func (h *HeldIndex) Grow(n int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.fps.grow(n)
+	h.byDigest.grow(n)
+	h.held = slices.Grow(h.held, n)
 }
 
 // AddPage is Add with the fingerprint and digest computed from page, the bytes sent.

@@ -94,4 +94,11 @@ func (t *fpTable) getOrInsert(k Fingerprint, v uint32) (got uint32, inserted boo
 	}
 }
 
+// grow makes room for n more keys without a resize.
+func (t *fpTable) grow(n int) {
+	if s := slotsFor(t.n + n); s > len(t.slots) {
+		t.resize(s)
+	}
+}
+
 func (t *fpTable) len() int { return t.n }
