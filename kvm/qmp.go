@@ -98,7 +98,7 @@ func DialQMP(ctx context.Context, socketPath string) (*QMP, error) {
 	line, err := readLine(br)
 	if err != nil {
 		conn.Close()
-		return nil, fmt.Errorf("qmp: %s: reading greeting: %w", socketPath, err)
+		return nil, fmt.Errorf("qmp: %s: no greeting (%w): QEMU serves one client per QMP socket; if another tool holds this one, give the VM a second -qmp socket for vmscatter", socketPath, err)
 	}
 	var greet qmpReply
 	if err := json.Unmarshal(line, &greet); err != nil || greet.QMP == nil {

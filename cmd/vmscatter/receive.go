@@ -1,0 +1,68 @@
+package main
+
+import (
+	"context"
+	"net"
+	"os/signal"
+	"syscall"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/vmscatter/vmscatter/scatter"
+)
+
+func receiveCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "receive",
+		Usage: "run the receiver daemon on a target host",
+		Description: `Accepts authenticated sessions from 'vmscatter send', starts a destination QEMU per VM under
+   DATA-DIR/<vm>/ (qmp.sock, serial.log, qemu.pid) and feeds it the migration stream. Connections that do not
+   prove knowledge of the key are refused and logged. SIGTERM or SIGINT stops it cleanly: in-flight migrations are
+   rolled back (their sources resume), VMs that already run here keep running.`,
+		ArgsUsage: " ",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "listen", Value: ":7400", Usage: "control and data address, `ADDR:PORT`"},
+			&cli.StringFlag{Name: "data-dir", Value: "/var/lib/vmscatter", Usage: "where destination VMs' files live"},
+			&cli.StringFlag{Name: "key-file", Required: true, Usage: "the shared key (vmscatter keygen)"},
+			&cli.StringFlag{Name: "store-limit", Value: "4G", Usage: "memory for primed page contents per session"},
+			&cli.StringFlag{Name: "capacity", Usage: "memory offered to migrated VMs, for placement (e.g. 64G); default: what is available"},
+			&cli.IntFlag{Name: "max-vms", Usage: "VMs accepted per run, for placement; default no limit"},
+			logLevelFlag,
+		},
+		Action: func(c *cli.Context) error {
+			log, err := logger(c.String("log-level"), c.App.ErrWriter)
+			if err != nil {
+				return err
+			}
+			key, err := scatter.LoadKey(c.String("key-file"))
+			if err != nil {
+				return withCode(ExitError, err)
+			}
+			limit, err := parseSize(c.String("store-limit"))
+			if err != nil {
+				return usageError("--store-limit: %v", err)
+			}
+			var capacity int64
+			if s := c.String("capacity"); s != "" {
+				if capacity, err = parseSize(s); err != nil {
+					return usageError("--capacity: %v", err)
+				}
+			}
+			r, err := scatter.NewReceiver(scatter.ReceiverConfig{DataDir: c.String("data-dir"), Key: key, StoreLimit: limit,
+				Capacity: uint64(capacity), MaxVMs: c.Int("max-vms"), Log: log})
+			if err != nil {
+				return withCode(ExitError, err)
+			}
+			ln, err := net.Listen("tcp", c.String("listen"))
+			if err != nil {
+				return withCode(ExitError, err)
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			if err := r.Serve(ctx, ln); err != nil {
+				return withCode(ExitError, err)
+			}
+			return nil
+		},
+	}
+}

@@ -1,0 +1,110 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+)
+
+// Run runs the vmscatter command line and returns the error that decides the exit code.
+func Run(args []string) error {
+	return newApp(os.Stdout, os.Stderr).Run(args)
+}
+
+func newApp(stdout, stderr io.Writer) *cli.App {
+	cli.HelpFlag = &cli.BoolFlag{Name: "help", Aliases: []string{"h"}, Usage: "show help"}
+	return &cli.App{
+		Name:  "vmscatter",
+		Usage: "live-migrate many QEMU/KVM VMs from one host to several, each distinct page sent once",
+		Description: `On every target host run the receiver as a daemon:
+     vmscatter receive --listen :7400 --data-dir /var/lib/vmscatter --key-file /etc/vmscatter/key
+   On the source host move the VMs:
+     vmscatter send --vms web1=/run/qemu/web1.qmp,web2=/run/qemu/web2.qmp \
+                    --targets hostA:7400,hostB:7400 --key-file /etc/vmscatter/key --report run.json
+   Create the shared key once with 'vmscatter keygen --out FILE' and copy it to every host (mode 0600).`,
+		Writer:                 stdout,
+		ErrWriter:              stderr,
+		HideVersion:            true,
+		UseShortOptionHandling: true,
+		CustomAppHelpTemplate:  cli.AppHelpTemplate + "\n" + exitCodesHelp + "\n",
+		Commands:               []*cli.Command{sendCommand(), receiveCommand(), planCommand(), keygenCommand()},
+		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
+			return usageError("%v (see --help)", err)
+		},
+		ExitErrHandler: func(*cli.Context, error) {}, // exit codes are decided in one place: exitCode
+	}
+}
+
+// logger builds the structured logger for --log-level, writing to stderr.
+func logger(level string, w io.Writer) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, usageError("--log-level %q: use debug, info, warn or error", level)
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l})), nil
+}
+
+var logLevelFlag = &cli.StringFlag{Name: "log-level", Value: "info", Usage: "log detail: debug, info, warn, error"}
+
+// parsePairs parses NAME=VALUE,NAME=VALUE lists.
+func parsePairs(flag string, items []string) ([][2]string, error) {
+	var out [][2]string
+	seen := map[string]bool{}
+	for _, item := range items {
+		for _, part := range strings.Split(item, ",") {
+			part = strings.TrimSpace(part)
+			if part == "" {
+				continue
+			}
+			k, v, ok := strings.Cut(part, "=")
+			if !ok || k == "" || v == "" {
+				return nil, usageError("--%s: %q is not NAME=VALUE", flag, part)
+			}
+			if seen[k] {
+				return nil, usageError("--%s: %s is given twice", flag, k)
+			}
+			seen[k] = true
+			out = append(out, [2]string{k, v})
+		}
+	}
+	return out, nil
+}
+
+func splitList(items []string) []string {
+	var out []string
+	for _, item := range items {
+		for _, p := range strings.Split(item, ",") {
+			if p = strings.TrimSpace(p); p != "" {
+				out = append(out, p)
+			}
+		}
+	}
+	return out
+}
+
+// parseSize parses a byte count with an optional K, M, G or T suffix (powers of 1024).
+func parseSize(s string) (int64, error) {
+	s = strings.TrimSpace(strings.TrimSuffix(strings.TrimSuffix(s, "iB"), "B"))
+	mult := int64(1)
+	if n := len(s); n > 0 {
+		switch s[n-1] {
+		case 'k', 'K':
+			mult, s = 1<<10, s[:n-1]
+		case 'm', 'M':
+			mult, s = 1<<20, s[:n-1]
+		case 'g', 'G':
+			mult, s = 1<<30, s[:n-1]
+		case 't', 'T':
+			mult, s = 1<<40, s[:n-1]
+		}
+	}
+	var v float64
+	if _, err := fmt.Sscanf(s, "%g", &v); err != nil || v < 0 {
+		return 0, fmt.Errorf("%q is not a size (e.g. 512M, 4G)", s)
+	}
+	return int64(v * float64(mult)), nil
+}

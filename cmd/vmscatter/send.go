@@ -1,0 +1,110 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/vmscatter/vmscatter/scatter"
+)
+
+func sendCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "send",
+		Usage: "migrate running VMs from this host to the targets",
+		Description: `Connects to each VM's QMP socket and to every target's receiver, places the VMs on the targets,
+   primes the targets with the pages the VMs share, then live-migrates every VM through vmscatter. A source QEMU
+   quits only after its destination runs; any failure before that resumes the source VM. Progress goes to stderr,
+   the JSON report to --report.`,
+		ArgsUsage: " ",
+		Flags: []cli.Flag{
+			&cli.StringSliceFlag{Name: "vms", Required: true, Usage: "VMs to move, `NAME=QMP_SOCKET[,...]`"},
+			&cli.StringSliceFlag{Name: "targets", Required: true, Usage: "receivers, `ADDR:PORT[,...]`"},
+			&cli.StringFlag{Name: "key-file", Required: true, Usage: "the shared key (vmscatter keygen)"},
+			&cli.StringFlag{Name: "report", Value: "vmscatter-report.json", Usage: "where to write the JSON report"},
+			&cli.StringSliceFlag{Name: "placement", Usage: "pin VMs to targets, `NAME=ADDR:PORT[,...]`; the rest are placed automatically"},
+			&cli.StringFlag{Name: "algorithm", Value: "ours", Usage: "placement: ours, greedy (VMScatter's), exact (≤ 12 VMs, ≤ 4 targets)"},
+			&cli.IntFlag{Name: "parallel", Usage: "migrations at once (default min(4, VMs))"},
+			&cli.DurationFlag{Name: "timeout", Value: 10 * time.Minute, Usage: "bound on each VM's migration; past it the VM rolls back"},
+			&cli.StringFlag{Name: "policy", Value: "precopy", Usage: "convergence: precopy, autoconverge, timebound, membound"},
+			&cli.DurationFlag{Name: "downtime", Value: scatter.DefaultDowntime, Usage: "precopy/autoconverge: downtime limit"},
+			&cli.IntFlag{Name: "throttle-initial", Value: 20, Usage: "autoconverge: first vCPU throttle, percent"},
+			&cli.IntFlag{Name: "throttle-increment", Value: 10, Usage: "autoconverge: throttle step, percent"},
+			&cli.DurationFlag{Name: "deadline", Usage: "timebound: switch over by this time"},
+			&cli.Float64Flag{Name: "marker", Value: 0.5, Usage: "timebound: fraction of the first pass after which vCPUs are over-committed"},
+			&cli.IntFlag{Name: "overcommit-cpus", Value: 1, Usage: "timebound: host CPUs the vCPUs are pinned onto after the marker"},
+			&cli.StringFlag{Name: "compress", Value: "s2", Usage: "literal page compression: s2, zstd, none"},
+			&cli.BoolFlag{Name: "no-dedup", Usage: "skip the scan and the prime: every page travels literal"},
+			&cli.StringFlag{Name: "max-bandwidth", Usage: "cap on each source QEMU's migration rate (bytes/s, e.g. 100M); default none"},
+			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "no progress lines"},
+			logLevelFlag,
+		},
+		Action: runSend,
+	}
+}
+
+func runSend(c *cli.Context) error {
+	log, err := logger(c.String("log-level"), c.App.ErrWriter)
+	if err != nil {
+		return err
+	}
+	key, err := scatter.LoadKey(c.String("key-file"))
+	if err != nil {
+		return withCode(ExitError, err)
+	}
+	pairs, err := parsePairs("vms", c.StringSlice("vms"))
+	if err != nil {
+		return err
+	}
+	cfg := scatter.SendConfig{Targets: splitList(c.StringSlice("targets")), Key: key, Parallel: c.Int("parallel"),
+		Timeout: c.Duration("timeout"), Algorithm: c.String("algorithm"), Compress: c.String("compress"), NoDedup: c.Bool("no-dedup"), Log: log,
+		Policy: scatter.Policy{Kind: c.String("policy"), Downtime: c.Duration("downtime"),
+			ThrottleInitial: c.Int("throttle-initial"), ThrottleIncrement: c.Int("throttle-increment"),
+			Deadline: c.Duration("deadline"), Marker: c.Float64("marker"), OvercommitCPUs: c.Int("overcommit-cpus")}}
+	for _, p := range pairs {
+		cfg.VMs = append(cfg.VMs, scatter.VMSpec{Name: p[0], QMP: p[1]})
+	}
+	if pins, err := parsePairs("placement", c.StringSlice("placement")); err != nil {
+		return err
+	} else if len(pins) > 0 {
+		cfg.Placement = map[string]string{}
+		for _, p := range pins {
+			cfg.Placement[p[0]] = p[1]
+		}
+	}
+	if s := c.String("max-bandwidth"); s != "" {
+		if cfg.MaxBandwidth, err = parseSize(s); err != nil {
+			return usageError("--max-bandwidth: %v", err)
+		}
+	}
+	if !c.Bool("quiet") {
+		cfg.Progress = c.App.ErrWriter
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	rep, err := scatter.Send(ctx, cfg)
+	if rep != nil {
+		if werr := rep.WriteFile(c.String("report")); werr != nil {
+			return withCode(ExitFailed, fmt.Errorf("writing the report: %w", werr))
+		}
+		t := rep.Totals
+		fmt.Fprintf(c.App.ErrWriter, "vmscatter: %d of %d VMs migrated, %d rolled back, %d failed; %.1f MiB on the wire in %.1f s; report: %s\n",
+			t.Migrated, t.VMs, t.RolledBack, t.Failed, float64(t.WireBytes)/(1<<20), float64(t.ElapsedMS)/1000, c.String("report"))
+	}
+	switch {
+	case errors.Is(err, scatter.ErrNothingMigrated):
+		return withCode(ExitRolledBack, err)
+	case err != nil:
+		return withCode(ExitError, err)
+	case rep.Totals.Failed > 0:
+		return withCode(ExitFailed, errors.New("some VMs need an operator: see the report"))
+	case rep.Totals.RolledBack > 0:
+		return withCode(ExitRolledBack, errors.New("some VMs rolled back: their sources run on"))
+	}
+	return nil
+}

@@ -1,0 +1,357 @@
+package scatter
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vmscatter/vmscatter/kvm"
+)
+
+// These tests run real QEMU guests (SeaBIOS only, no kernel: they boot in well under a second under TCG) and a real
+// receiver on loopback, with the sender in-process. Guests with a real kernel and workload, between network
+// namespaces, are in package bench.
+
+func requireQEMU(t *testing.T) string {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("QEMU end-to-end test skipped in -short mode")
+	}
+	bin, err := exec.LookPath("qemu-system-x86_64")
+	if err != nil {
+		t.Skip("qemu-system-x86_64 not installed (make deps installs it)")
+	}
+	return bin
+}
+
+type testGuest struct {
+	name string
+	qmp  string
+	cmd  *exec.Cmd
+	q    *kvm.QMP
+}
+
+// startGuest starts a BIOS-only source guest and returns it connected over QMP.
+func startGuest(t *testing.T, bin, dir, name string, memMiB int) *testGuest {
+	t.Helper()
+	sock := filepath.Join(dir, name+".qmp")
+	cmd := exec.Command(bin, "-accel", "tcg", "-machine", "pc", "-m", strconv.Itoa(memMiB), "-nodefaults",
+		"-display", "none", "-no-user-config", "-name", name, "-qmp", "unix:"+sock+",server=on,wait=off",
+		"-pidfile", filepath.Join(dir, name+".pid"))
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for {
+		if q, err := kvm.DialQMP(ctx, sock); err == nil {
+			g := &testGuest{name: name, qmp: sock, cmd: cmd, q: q}
+			t.Cleanup(func() { g.q.Close() })
+			return g
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("guest %s never opened QMP", name)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// release closes the test's QMP connection: QEMU serves one QMP client at a time, and the sender needs it.
+func (g *testGuest) release() { g.q.Close() }
+
+func (g *testGuest) status(t *testing.T) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	q, err := kvm.DialQMP(ctx, g.qmp)
+	if err != nil {
+		return "gone: " + err.Error()
+	}
+	defer q.Close()
+	s, err := queryStatus(ctx, q)
+	if err != nil {
+		return "gone: " + err.Error()
+	}
+	return s
+}
+
+func (g *testGuest) pmemsave(t *testing.T, q *kvm.QMP, size int, path string) []byte {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := q.Execute(ctx, "pmemsave", map[string]any{"val": 0, "size": size, "filename": path}, nil); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+type testReceiver struct {
+	addr    string
+	dataDir string
+	cancel  context.CancelFunc
+	done    chan struct{}
+	log     *bytes.Buffer
+	r       *Receiver
+}
+
+// startReceiver runs a receiver on 127.0.0.1. Destination QEMUs it leaves running are killed by pidfile at cleanup.
+func startReceiver(t *testing.T, key []byte, mutate func(*ReceiverConfig)) *testReceiver {
+	t.Helper()
+	dir := t.TempDir()
+	logBuf := &bytes.Buffer{}
+	cfg := ReceiverConfig{DataDir: dir, Key: key, Log: slog.New(slog.NewTextHandler(&lockedWriter{w: io.MultiWriter(logBuf, testLogWriter{t})}, nil))}
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	r, err := NewReceiver(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	tr := &testReceiver{addr: ln.Addr().String(), dataDir: dir, cancel: cancel, done: make(chan struct{}), log: logBuf, r: r}
+	go func() { r.Serve(ctx, ln); close(tr.done) }()
+	t.Cleanup(func() {
+		cancel()
+		<-tr.done
+		killDestinations(dir)
+	})
+	return tr
+}
+
+// killDestinations kills, by the pid in their pidfiles, the destination QEMUs under a data directory.
+func killDestinations(dataDir string) {
+	files, _ := filepath.Glob(filepath.Join(dataDir, "*", "qemu.pid"))
+	for _, f := range files {
+		if pid := runningPID(f); pid > 0 {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+}
+
+type testLogWriter struct{ t *testing.T }
+
+func (w testLogWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
+
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+func destQMP(t *testing.T, r *testReceiver, vm string) *kvm.QMP {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	q, err := kvm.DialQMP(ctx, filepath.Join(r.dataDir, vm, "qmp.sock"))
+	if err != nil {
+		t.Fatalf("destination of %s: %v", vm, err)
+	}
+	t.Cleanup(func() { q.Close() })
+	return q
+}
+
+func sendCfg(key []byte, targets []string, guests ...*testGuest) SendConfig {
+	cfg := SendConfig{Targets: targets, Key: key, Timeout: 2 * time.Minute, Progress: io.Discard}
+	for _, g := range guests {
+		g.release()
+		cfg.VMs = append(cfg.VMs, VMSpec{Name: g.name, QMP: g.qmp})
+	}
+	return cfg
+}
+
+func waitExit(t *testing.T, g *testGuest) {
+	t.Helper()
+	done := make(chan struct{})
+	go func() { g.cmd.Process.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("source QEMU of %s still runs after its migration", g.name)
+	}
+}
+
+func TestMigrateTwoVMsToTwoReceiversOverLoopback(t *testing.T) {
+	bin := requireQEMU(t)
+	dir := t.TempDir()
+	running := startGuest(t, bin, dir, "run1", 64)
+	paused := startGuest(t, bin, dir, "frozen1", 64)
+	r1, r2 := startReceiver(t, testKey, nil), startReceiver(t, testKey, nil)
+	time.Sleep(time.Second) // let SeaBIOS write into RAM
+	ctx := context.Background()
+	if err := paused.q.Execute(ctx, "stop", nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	want := paused.pmemsave(t, paused.q, 64<<20, filepath.Join(dir, "src.mem"))
+
+	cfg := sendCfg(testKey, []string{r1.addr, r2.addr}, running, paused)
+	cfg.Placement = map[string]string{"run1": r1.addr, "frozen1": r2.addr}
+	rep, err := Send(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range rep.VMs {
+		if v.Status != StatusMigrated {
+			t.Fatalf("%s: %s: %s", v.Name, v.Status, v.Error)
+		}
+		if v.Pages.Total == 0 || v.Pages.Total != v.Pages.Zero+v.Pages.Literal+v.Pages.Referenced || v.WireBytes == 0 {
+			t.Errorf("%s: page counts %+v, wire %d", v.Name, v.Pages, v.WireBytes)
+		}
+	}
+	if rep.VMs[0].Target != r1.addr || rep.VMs[1].Target != r2.addr {
+		t.Errorf("pinned placement not honoured: %s, %s", rep.VMs[0].Target, rep.VMs[1].Target)
+	}
+	// The scan primed both targets, so most non-zero pages travel as references; the paused guest's memory does
+	// not change after the scan, so all of its non-zero pages do.
+	if rep.Totals.DistinctPages == 0 || rep.Totals.PrimeBytes == 0 {
+		t.Errorf("no prime: %+v", rep.Totals)
+	}
+	for _, v := range rep.VMs {
+		if v.Pages.Referenced == 0 {
+			t.Errorf("%s: no page travelled as a reference: %+v", v.Name, v.Pages)
+		}
+	}
+	if v := rep.VMs[1]; v.ScanNonZero == 0 || v.Pages.Referenced < v.ScanNonZero {
+		t.Errorf("paused guest: %d pages referenced, want at least the %d non-zero RAM pages of the scan (its memory did not change since)",
+			v.Pages.Referenced, v.ScanNonZero)
+	}
+	t.Logf("warnings %q", rep.Warnings)
+	t.Logf("totals %+v; %s pages %+v; %s pages %+v", rep.Totals, rep.VMs[0].Name, rep.VMs[0].Pages, rep.VMs[1].Name, rep.VMs[1].Pages)
+	waitExit(t, running)
+	waitExit(t, paused)
+
+	q1 := destQMP(t, r1, "run1")
+	if s, _ := queryStatus(ctx, q1); s != "running" {
+		t.Errorf("run1 on its target is %q, want running", s)
+	}
+	q2 := destQMP(t, r2, "frozen1")
+	if s, _ := queryStatus(ctx, q2); s != "paused" {
+		t.Errorf("frozen1 on its target is %q, want paused (it was paused at the source)", s)
+	}
+	got := paused.pmemsave(t, q2, 64<<20, filepath.Join(dir, "dst.mem"))
+	if !bytes.Equal(got, want) {
+		t.Fatalf("destination memory differs from the source's (%d of %d bytes differ)", diffCount(got, want), len(want))
+	}
+}
+
+func diffCount(a, b []byte) int {
+	n := 0
+	for i := range min(len(a), len(b)) {
+		if a[i] != b[i] {
+			n++
+		}
+	}
+	return n + max(len(a), len(b)) - min(len(a), len(b))
+}
+
+func TestWrongKeyRollsBack(t *testing.T) {
+	bin := requireQEMU(t)
+	g := startGuest(t, bin, t.TempDir(), "vm1", 32)
+	r := startReceiver(t, []byte("another key, not the sender's!!"), nil)
+	rep, err := Send(context.Background(), sendCfg(testKey, []string{r.addr}, g))
+	if !errors.Is(err, ErrNothingMigrated) {
+		t.Fatalf("err = %v", err)
+	}
+	if v := rep.VMs[0]; v.Status != StatusRolledBack || !strings.Contains(v.Error, "key") {
+		t.Fatalf("report: %+v", v)
+	}
+	if s := g.status(t); s != "running" {
+		t.Fatalf("source is %q", s)
+	}
+	if !strings.Contains(r.log.String(), "does not know the key") {
+		t.Errorf("receiver did not log the refusal:\n%s", r.log.String())
+	}
+}
+
+func TestUnreachableReceiverRollsBack(t *testing.T) {
+	bin := requireQEMU(t)
+	g := startGuest(t, bin, t.TempDir(), "vm1", 32)
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := ln.Addr().String()
+	ln.Close() // nothing listens there now
+	rep, err := Send(context.Background(), sendCfg(testKey, []string{addr}, g))
+	if err == nil || rep == nil || rep.VMs[0].Status != StatusRolledBack || !strings.Contains(rep.VMs[0].Error, "unreachable") {
+		t.Fatalf("err %v, report %+v", err, rep)
+	}
+	if s := g.status(t); s != "running" {
+		t.Fatalf("source is %q", s)
+	}
+}
+
+// TestStreamFaultsRollBack breaks the stream in ways a real network or a dying receiver would: the stream cut
+// short, the receiver gone mid-stream, and a timeout. Each time the source VM must run again afterwards and the
+// receiver must hold no destination.
+func TestStreamFaultsRollBack(t *testing.T) {
+	bin := requireQEMU(t)
+	for _, tc := range []struct {
+		name    string
+		fault   faults
+		die     int
+		timeout time.Duration
+		want    string
+	}{
+		{"truncated stream", faults{truncateAfterPages: 500}, 0, 0, "stream"},
+		{"receiver dies mid-stream", faults{}, 500, 0, "receiver"},
+		{"timeout", faults{stallAfterPages: 500}, 0, 3 * time.Second, "timed out"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := startGuest(t, bin, t.TempDir(), "vm1", 32)
+			r := startReceiver(t, testKey, func(c *ReceiverConfig) {
+				c.LoadTimeout = 10 * time.Second
+				c.dieAfterPages = tc.die
+			})
+			cfg := sendCfg(testKey, []string{r.addr}, g)
+			cfg.faults = tc.fault
+			if tc.timeout > 0 {
+				cfg.Timeout = tc.timeout
+			}
+			rep, _ := Send(context.Background(), cfg)
+			v := rep.VMs[0]
+			if v.Status != StatusRolledBack || !strings.Contains(v.Error, tc.want) {
+				t.Fatalf("report: %+v", v)
+			}
+			if s := g.status(t); s != "running" {
+				t.Fatalf("source is %q after the rollback", s)
+			}
+			deadline := time.Now().Add(10 * time.Second)
+			for runningPID(filepath.Join(r.dataDir, "vm1", "qemu.pid")) > 0 {
+				if time.Now().After(deadline) {
+					t.Fatal("the receiver left its destination QEMU running")
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+		})
+	}
+}
+
+var _ = fmt.Sprintf

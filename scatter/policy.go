@@ -1,0 +1,235 @@
+package scatter
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/vmscatter/vmscatter/kvm"
+)
+
+// Policy is a convergence policy: how QEMU is steered to switch a VM over.
+//
+//   - precopy: QEMU's pre-copy; it switches over once the rest fits in Downtime at the measured rate.
+//   - autoconverge: pre-copy plus QEMU's vCPU throttling while dirtying outruns the link (Jin et al. 2011).
+//   - timebound: finish within Deadline. Once the first pass passes Marker (a fraction of RAM sent), the VM's vCPU
+//     threads are pinned onto OvercommitCPUs host CPUs to slow dirtying (Chanchio's TLM); at the deadline the
+//     switch-over is forced.
+//   - membound: send all memory once, then one dirty pass, then switch over whatever remains (MPLM, Chanchio &
+//     Yaothanee 2018); no downtime parameter.
+type Policy struct {
+	Kind              string
+	Downtime          time.Duration
+	ThrottleInitial   int // autoconverge: cpu-throttle-initial, percent
+	ThrottleIncrement int // autoconverge: cpu-throttle-increment, percent
+	Deadline          time.Duration
+	Marker            float64
+	OvercommitCPUs    int
+}
+
+// Policy kinds.
+const (
+	PolicyPrecopy      = "precopy"
+	PolicyAutoconverge = "autoconverge"
+	PolicyTimebound    = "timebound"
+	PolicyMembound     = "membound"
+)
+
+// DefaultDowntime is QEMU-precopy's downtime limit unless --downtime says otherwise.
+const DefaultDowntime = 300 * time.Millisecond
+
+// forcedDowntime is the downtime limit set to force a switch-over (QEMU's maximum is 2000 s).
+const forcedDowntime = 2000 * 1000
+
+// Name is the policy's name for reports.
+func (p Policy) Name() string {
+	if p.Kind == "" {
+		return PolicyPrecopy
+	}
+	return p.Kind
+}
+
+func (p *Policy) validate() error {
+	if p.Kind == "" {
+		p.Kind = PolicyPrecopy
+	}
+	if p.Downtime == 0 {
+		p.Downtime = DefaultDowntime
+	}
+	switch p.Kind {
+	case PolicyPrecopy:
+	case PolicyAutoconverge:
+		if p.ThrottleInitial == 0 {
+			p.ThrottleInitial = 20
+		}
+		if p.ThrottleIncrement == 0 {
+			p.ThrottleIncrement = 10
+		}
+		if p.ThrottleInitial < 1 || p.ThrottleInitial > 99 || p.ThrottleIncrement < 1 || p.ThrottleIncrement > 99 {
+			return fmt.Errorf("throttle percentages must be within 1..99 (got initial %d, increment %d)", p.ThrottleInitial, p.ThrottleIncrement)
+		}
+	case PolicyTimebound:
+		if p.Deadline <= 0 {
+			return fmt.Errorf("policy timebound needs --deadline (e.g. --deadline 60s)")
+		}
+		if p.Marker == 0 {
+			p.Marker = 0.5
+		}
+		if p.Marker <= 0 || p.Marker >= 1 {
+			return fmt.Errorf("--marker must be between 0 and 1 (got %v)", p.Marker)
+		}
+		if p.OvercommitCPUs == 0 {
+			p.OvercommitCPUs = 1
+		}
+		if p.OvercommitCPUs < 0 {
+			return fmt.Errorf("--overcommit-cpus must be positive")
+		}
+	case PolicyMembound:
+	default:
+		return fmt.Errorf("unknown policy %q: use precopy, autoconverge, timebound or membound", p.Kind)
+	}
+	return nil
+}
+
+// capabilities are the source's migration capabilities for this policy. Everything the stream codec refuses stays
+// off; the destination gets the ones it must share.
+func (p Policy) capabilities() map[string]bool {
+	return map[string]bool{"auto-converge": p.Kind == PolicyAutoconverge, "events": true}
+}
+
+// apply sets the source's capabilities and parameters before `migrate`.
+func (p Policy) apply(ctx context.Context, q *kvm.QMP, caps map[string]bool, maxBandwidth int64) error {
+	if err := q.Execute(ctx, "migrate-set-capabilities", map[string]any{"capabilities": capabilityList(caps)}, nil); err != nil {
+		return err
+	}
+	if maxBandwidth <= 0 {
+		maxBandwidth = 1 << 40 // vmscatter's link governs, not QEMU's default 128 MiB/s cap
+	}
+	params := map[string]any{"downtime-limit": p.Downtime.Milliseconds(), "max-bandwidth": maxBandwidth}
+	if p.Kind == PolicyMembound || p.Kind == PolicyTimebound {
+		// Their switch-over is decided by steer; until then QEMU must not decide it alone.
+		params["downtime-limit"] = 1
+	}
+	if p.Kind == PolicyAutoconverge {
+		params["cpu-throttle-initial"] = p.ThrottleInitial
+		params["cpu-throttle-increment"] = p.ThrottleIncrement
+	}
+	return q.Execute(ctx, "migrate-set-parameters", params, nil)
+}
+
+// steer runs beside a migration until ctx ends, for the policies that act during it.
+func (p Policy) steer(ctx context.Context, q *kvm.QMP, log *slog.Logger) {
+	switch p.Kind {
+	case PolicyTimebound:
+		p.steerTimebound(ctx, q, log)
+	case PolicyMembound:
+		p.steerMembound(ctx, q, log)
+	}
+}
+
+const steerPeriod = 100 * time.Millisecond
+
+func (p Policy) steerMembound(ctx context.Context, q *kvm.QMP, log *slog.Logger) {
+	t := time.NewTicker(steerPeriod)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		var mi migrateInfo
+		if q.Execute(ctx, "query-migrate", nil, &mi) != nil || !migrationActive(mi.Status) {
+			continue
+		}
+		// dirty-sync-count is 1 during the first pass, 2 during the first dirty pass; at 3 both are done.
+		if mi.RAM.Iterations >= 3 {
+			log.Info("membound: full pass and one dirty pass done, switching over", "remaining", mi.RAM.Remaining)
+			_ = q.Execute(ctx, "migrate-set-parameters", map[string]any{"downtime-limit": forcedDowntime}, nil)
+			return
+		}
+	}
+}
+
+func (p Policy) steerTimebound(ctx context.Context, q *kvm.QMP, log *slog.Logger) {
+	deadline := time.NewTimer(p.Deadline)
+	defer deadline.Stop()
+	t := time.NewTicker(steerPeriod)
+	defer t.Stop()
+	var restore func()
+	defer func() {
+		if restore != nil && ctx.Err() != nil {
+			// Only a migration that did not finish runs on here; give its vCPUs their CPUs back.
+			restore()
+		}
+	}()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-deadline.C:
+			log.Info("timebound: deadline reached, forcing the switch-over")
+			_ = q.Execute(context.Background(), "migrate-set-parameters", map[string]any{"downtime-limit": forcedDowntime}, nil)
+			<-ctx.Done()
+			return
+		case <-t.C:
+		}
+		if restore != nil {
+			continue
+		}
+		var mi migrateInfo
+		if q.Execute(ctx, "query-migrate", nil, &mi) != nil || mi.RAM.Total == 0 {
+			continue
+		}
+		if float64(mi.RAM.Transferred)/float64(mi.RAM.Total) >= p.Marker || mi.RAM.Iterations >= 2 {
+			r, err := pinVCPUs(ctx, q, p.OvercommitCPUs)
+			if err != nil {
+				log.Warn("timebound: pinning vCPUs failed", "err", err)
+				restore = func() {}
+				continue
+			}
+			log.Info("timebound: marker passed, vCPUs over-committed", "cpus", p.OvercommitCPUs)
+			restore = r
+		}
+	}
+}
+
+// pinVCPUs pins every vCPU thread of the VM onto the first n CPUs it may use, and returns a function that
+// restores each thread's original affinity.
+func pinVCPUs(ctx context.Context, q *kvm.QMP, n int) (func(), error) {
+	var cpus []struct {
+		Thread int `json:"thread-id"`
+	}
+	if err := q.Execute(ctx, "query-cpus-fast", nil, &cpus); err != nil {
+		return nil, err
+	}
+	var saved []unix.CPUSet
+	var tids []int
+	for _, c := range cpus {
+		var orig unix.CPUSet
+		if err := unix.SchedGetaffinity(c.Thread, &orig); err != nil {
+			return nil, fmt.Errorf("affinity of vCPU thread %d: %w", c.Thread, err)
+		}
+		var set unix.CPUSet
+		k := 0
+		for cpu := 0; cpu < 1024 && k < n; cpu++ {
+			if orig.IsSet(cpu) {
+				set.Set(cpu)
+				k++
+			}
+		}
+		if err := unix.SchedSetaffinity(c.Thread, &set); err != nil {
+			return nil, fmt.Errorf("pinning vCPU thread %d: %w", c.Thread, err)
+		}
+		saved = append(saved, orig)
+		tids = append(tids, c.Thread)
+	}
+	return func() {
+		for i, tid := range tids {
+			_ = unix.SchedSetaffinity(tid, &saved[i])
+		}
+	}, nil
+}

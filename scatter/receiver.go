@@ -1,0 +1,234 @@
+package scatter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"sync"
+	"time"
+
+	"github.com/vmscatter/vmscatter/dedup"
+)
+
+// ReceiverConfig configures the receiver daemon.
+type ReceiverConfig struct {
+	DataDir    string       // destination VMs live in DataDir/<vm>/
+	Key        []byte       // the shared key (see LoadKey)
+	StoreLimit int64        // bytes of primed content held per session; 0 means DefaultStoreLimit
+	Capacity   uint64       // memory offered to migrated VMs, for placement; 0 means what is available
+	MaxVMs     int          // VMs accepted per run, for placement; 0 means no limit
+	Log        *slog.Logger // nil logs nowhere
+
+	LoadTimeout time.Duration // from the end of the source stream to the destination being loaded; 0 means 2 min
+	RefWait     time.Duration // how long a reference may wait for content still in flight; 0 means 30 s
+
+	dieAfterPages int // for this package's tests: drop the VM connection mid-stream, as a dying receiver would
+}
+
+// DefaultStoreLimit bounds a session's content store when no limit is configured.
+const DefaultStoreLimit = 4 << 30
+
+// Receiver accepts sessions from senders and runs destination QEMUs. It is safe for concurrent use: each connection
+// has its own goroutine; the session table is guarded by mu.
+type Receiver struct {
+	cfg ReceiverConfig
+	log *slog.Logger
+
+	mu       sync.Mutex
+	sessions map[SessionID]*session
+	vms      map[string]bool // VM names with a migration in flight
+	wg       sync.WaitGroup
+}
+
+// session is one sender's run on this receiver: its content store, shared by the VMs it migrates here.
+type session struct {
+	id    SessionID
+	store *dedup.ContentStore
+	users int // control connection + VM connections still open
+}
+
+// NewReceiver checks the configuration and returns a receiver.
+func NewReceiver(cfg ReceiverConfig) (*Receiver, error) {
+	if len(cfg.Key) < minKeyLen {
+		return nil, fmt.Errorf("the key must be at least %d bytes (create one with `vmscatter keygen`)", minKeyLen)
+	}
+	if cfg.DataDir == "" {
+		return nil, errors.New("no data directory (--data-dir)")
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
+		return nil, fmt.Errorf("data directory: %w", err)
+	}
+	if cfg.StoreLimit == 0 {
+		cfg.StoreLimit = DefaultStoreLimit
+	}
+	if cfg.LoadTimeout == 0 {
+		cfg.LoadTimeout = 2 * time.Minute
+	}
+	if cfg.RefWait == 0 {
+		cfg.RefWait = 30 * time.Second
+	}
+	log := cfg.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Receiver{cfg: cfg, log: log, sessions: map[SessionID]*session{}, vms: map[string]bool{}}, nil
+}
+
+// Serve accepts connections until ctx ends, then closes the listener and waits for in-flight connections, whose
+// destinations are torn down unless the VM already runs there.
+func (r *Receiver) Serve(ctx context.Context, ln net.Listener) error {
+	r.log.Info("receiver listening", "addr", ln.Addr().String(), "data_dir", r.cfg.DataDir)
+	go func() { <-ctx.Done(); ln.Close() }()
+	var conns sync.Map
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return err
+		}
+		conns.Store(c, true)
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			defer conns.Delete(c)
+			r.handle(ctx, c)
+		}()
+	}
+	conns.Range(func(k, _ any) bool { k.(net.Conn).Close(); return true })
+	r.wg.Wait()
+	r.log.Info("receiver stopped")
+	return nil
+}
+
+func (r *Receiver) handle(ctx context.Context, c net.Conn) {
+	defer c.Close()
+	peer := c.RemoteAddr().String()
+	sc, role, err := serverHandshake(c, r.cfg.Key)
+	if err != nil {
+		if errors.Is(err, ErrAuth) {
+			r.log.Warn("refused connection: the peer does not know the key", "peer", peer, "err", err)
+		} else {
+			r.log.Warn("refused connection", "peer", peer, "err", err)
+		}
+		return
+	}
+	// A connection's goroutine ends when the peer hangs up or ctx ends.
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	defer stop()
+	switch role {
+	case roleControl:
+		err = r.serveControl(ctx, sc, peer)
+	case roleVM:
+		err = r.serveVM(ctx, sc, peer)
+	}
+	if err != nil && ctx.Err() == nil {
+		r.log.Warn("connection ended with an error", "peer", peer, "err", err)
+	}
+}
+
+func (r *Receiver) serveControl(ctx context.Context, sc *secureConn, peer string) error {
+	var hello helloMsg
+	if err := expect(sc, frameHello, &hello); err != nil {
+		return err
+	}
+	s := r.attach(hello.Session, true)
+	defer r.detach(s)
+	r.log.Info("session opened", "session", s.id, "sender", hello.Sender, "peer", peer)
+	host, _ := os.Hostname()
+	total, avail := memInfo()
+	if err := sendJSON(sc, frameInfo, infoMsg{Host: host, MemTotal: total, MemAvailable: avail, CPUs: runtime.NumCPU(),
+		StoreLimit: r.cfg.StoreLimit, Capacity: r.cfg.Capacity, MaxVMs: r.cfg.MaxVMs}); err != nil {
+		return err
+	}
+	for {
+		t, b, err := sc.Recv()
+		if err != nil {
+			return err
+		}
+		switch t {
+		case frameContent:
+			if err := putContentRecords(s.store, b); err != nil {
+				r.log.Warn("prime content refused", "session", s.id, "err", err)
+				return sendJSON(sc, frameError, errorMsg{Error: err.Error()})
+			}
+		case framePrimeDone:
+			var m primeDoneMsg
+			if err := decodeJSON(t, b, &m); err != nil {
+				return err
+			}
+			st := s.store.Stats()
+			if err := sendJSON(sc, framePrimeAck, primeAckMsg{Held: st.Contents, Bytes: st.Used}); err != nil {
+				return err
+			}
+		case frameBye:
+			return nil
+		default:
+			return fmt.Errorf("%w: %s on a control connection", ErrFrame, t)
+		}
+	}
+}
+
+// attach finds or creates a session and counts one more user of it.
+func (r *Receiver) attach(id SessionID, create bool) *session {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := r.sessions[id]
+	if s == nil {
+		if !create {
+			return nil
+		}
+		s = &session{id: id, store: dedup.NewContentStore(r.cfg.StoreLimit, nil)}
+		r.sessions[id] = s
+	}
+	s.users++
+	return s
+}
+
+// detach drops one user; the last one frees the session's content store.
+func (r *Receiver) detach(s *session) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s.users--
+	if s.users == 0 {
+		delete(r.sessions, s.id)
+		s.store.Close()
+		r.log.Info("session closed", "session", s.id)
+	}
+}
+
+var vmNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+
+// claimVM marks a VM name as in flight here, so two migrations of one name cannot collide in one directory.
+func (r *Receiver) claimVM(name string) error {
+	if !vmNameRE.MatchString(name) {
+		return fmt.Errorf("invalid VM name %q: use letters, digits, '.', '_' and '-'", name)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.vms[name] {
+		return fmt.Errorf("a migration of VM %s is already in progress here", name)
+	}
+	if pid := runningPID(filepath.Join(r.cfg.DataDir, name, "qemu.pid")); pid > 0 {
+		return fmt.Errorf("VM %s already runs here (pid %d): stop it or choose another target", name, pid)
+	}
+	r.vms[name] = true
+	return nil
+}
+
+func (r *Receiver) releaseVM(name string) {
+	r.mu.Lock()
+	delete(r.vms, name)
+	r.mu.Unlock()
+}

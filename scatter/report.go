@@ -1,0 +1,104 @@
+package scatter
+
+import (
+	"encoding/json"
+	"os"
+	"time"
+)
+
+// Report is what one run of `vmscatter send` writes as JSON (--report). docs/report.md documents every field.
+type Report struct {
+	Version   int             `json:"version"`
+	Session   string          `json:"session"`
+	Started   time.Time       `json:"started"`
+	Transport string          `json:"transport"`
+	Policy    string          `json:"policy"`
+	Placement PlacementReport `json:"placement"`
+	VMs       []VMReport      `json:"vms"`
+	Totals    Totals          `json:"totals"`
+	Warnings  []string        `json:"warnings,omitempty"`
+}
+
+// ReportVersion is the report format's version.
+const ReportVersion = 1
+
+// VM statuses in the report.
+const (
+	StatusMigrated   = "migrated"    // runs on its target; the source QEMU has quit
+	StatusRolledBack = "rolled_back" // the migration failed and the source VM runs on at the source
+	StatusFailed     = "failed"      // the migration failed and the VM's state needs an operator (see error)
+)
+
+// VMReport is one VM's line in the report.
+type VMReport struct {
+	Name        string     `json:"name"`
+	Target      string     `json:"target"`
+	Status      string     `json:"status"`
+	Error       string     `json:"error,omitempty"`
+	RAMBytes    int64      `json:"ram_bytes"`
+	WireBytes   int64      `json:"wire_bytes"`
+	Pages       PageCounts `json:"pages"`
+	MigrationMS int64      `json:"migration_ms"`
+	DowntimeMS  int64      `json:"downtime_ms"`
+	Policy      string     `json:"policy"`
+	ScanNonZero int64      `json:"scan_nonzero_pages"` // non-zero pages the scan found in this VM's RAM
+	SourcePID   int        `json:"source_pid,omitempty"`
+	TargetPID   int        `json:"target_pid,omitempty"`
+}
+
+// PageCounts counts the RAM pages of one VM's stream by how they travelled.
+type PageCounts struct {
+	Total      int64 `json:"total"`
+	Zero       int64 `json:"zero"`
+	Literal    int64 `json:"literal"`
+	Referenced int64 `json:"referenced"`
+}
+
+// Totals sums the run.
+type Totals struct {
+	VMs             int   `json:"vms"`
+	Migrated        int   `json:"migrated"`
+	RolledBack      int   `json:"rolled_back"`
+	Failed          int   `json:"failed"`
+	RAMBytes        int64 `json:"ram_bytes"`
+	WireBytes       int64 `json:"wire_bytes"`
+	PrimeBytes      int64 `json:"prime_bytes"`
+	ElapsedMS       int64 `json:"elapsed_ms"`
+	ScanMS          int64 `json:"scan_ms"`
+	NonZeroPages    int64 `json:"nonzero_pages"`
+	DistinctPages   int64 `json:"distinct_pages"`
+	LowerBoundBytes int64 `json:"lower_bound_bytes"`
+}
+
+func (r *Report) sum() {
+	t := Totals{ElapsedMS: r.Totals.ElapsedMS, ScanMS: r.Totals.ScanMS, PrimeBytes: r.Totals.PrimeBytes,
+		NonZeroPages: r.Totals.NonZeroPages, DistinctPages: r.Totals.DistinctPages, LowerBoundBytes: r.Totals.LowerBoundBytes}
+	t.VMs = len(r.VMs)
+	t.WireBytes = t.PrimeBytes
+	for _, v := range r.VMs {
+		switch v.Status {
+		case StatusMigrated:
+			t.Migrated++
+		case StatusRolledBack:
+			t.RolledBack++
+		default:
+			t.Failed++
+		}
+		t.RAMBytes += v.RAMBytes
+		t.WireBytes += v.WireBytes
+	}
+	r.Totals = t
+}
+
+// WriteFile writes the report as indented JSON, atomically (temp file and rename).
+func (r *Report) WriteFile(path string) error {
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, append(b, '\n'), 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}

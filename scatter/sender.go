@@ -1,0 +1,364 @@
+package scatter
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/vmscatter/vmscatter/dedup"
+	"github.com/vmscatter/vmscatter/kvm"
+)
+
+// VMSpec names one source VM and its QMP socket.
+type VMSpec struct {
+	Name string
+	QMP  string
+}
+
+// SendConfig configures one scatter run.
+type SendConfig struct {
+	VMs       []VMSpec
+	Targets   []string          // receiver addresses, host:port
+	Placement map[string]string // VM name -> target address; VMs not named here are placed by the planner
+	Algorithm string            // placement: greedy, ours (default) or exact
+	Key       []byte
+
+	Parallel     int           // migrations at once; 0 means min(4, VMs)
+	Timeout      time.Duration // bound on each VM's migration; 0 means 10 min
+	DialTimeout  time.Duration // bound on connecting to a receiver; 0 means 10 s
+	MaxBandwidth int64         // bytes/s QEMU may write into vmscatter; 0 means unlimited
+	Policy       Policy
+
+	Compress string // literal page compression: s2 (default), zstd, none
+	NoDedup  bool   // skip the scan and prime: every page travels literal
+
+	Progress io.Writer    // progress lines; nil means none
+	Log      *slog.Logger // nil logs nowhere
+
+	faults faults // failure injection, for this package's tests only
+}
+
+// faults injects failures for tests; the zero value injects none.
+type faults struct {
+	truncateAfterPages int // end the stream (STREAM_END) early, as a source stream cut short would
+	stallAfterPages    int // stop forwarding the stream, as a link that went silent would
+}
+
+// sourceVM is what the inventory learned of one VM.
+type sourceVM struct {
+	spec       VMSpec
+	qmp        *kvm.QMP
+	pid        int
+	argv       []string
+	wasRunning bool
+	ramBytes   int64
+	target     *targetConn
+	report     *VMReport
+}
+
+// targetConn is the control connection to one receiver.
+type targetConn struct {
+	addr string
+	sc   *secureConn
+	info infoMsg
+	err  error      // set if the receiver could not be reached
+	held heldLookup // contents the receiver confirmed holding; nil before the prime
+}
+
+// ErrNothingMigrated is returned when the run could not start at all.
+var ErrNothingMigrated = errors.New("no VM could be migrated")
+
+// Send runs one scatter: inventory, sessions, scan, placement, prime, the migrations, and the report. The report
+// is returned even when some VMs failed; the error is non-nil only when the run could not start at all.
+func Send(ctx context.Context, cfg SendConfig) (*Report, error) {
+	s, err := newSender(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return s.run(ctx)
+}
+
+func newSender(cfg SendConfig) (*sender, error) {
+	if len(cfg.VMs) == 0 {
+		return nil, errors.New("no VMs given (--vms NAME=QMP_SOCKET,...)")
+	}
+	if len(cfg.Targets) == 0 {
+		return nil, errors.New("no targets given (--targets HOST:PORT,...)")
+	}
+	seen := map[string]bool{}
+	for _, vm := range cfg.VMs {
+		if !vmNameRE.MatchString(vm.Name) {
+			return nil, fmt.Errorf("invalid VM name %q: use letters, digits, '.', '_' and '-'", vm.Name)
+		}
+		if seen[vm.Name] {
+			return nil, fmt.Errorf("VM %s is named twice", vm.Name)
+		}
+		seen[vm.Name] = true
+	}
+	if cfg.Parallel <= 0 {
+		cfg.Parallel = min(4, len(cfg.VMs))
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = 10 * time.Minute
+	}
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = 10 * time.Second
+	}
+	if cfg.Compress == "" {
+		cfg.Compress = "s2"
+	}
+	if err := cfg.Policy.validate(); err != nil {
+		return nil, err
+	}
+	codec, err := parseCompress(cfg.Compress)
+	if err != nil {
+		return nil, err
+	}
+	log := cfg.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &sender{cfg: cfg, log: log, codec: codec, progress: newProgress(cfg.Progress)}
+	if _, err := rand.Read(s.session[:]); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+type sender struct {
+	cfg      SendConfig
+	log      *slog.Logger
+	codec    pageCodec
+	session  SessionID
+	progress *progress
+	vms      []*sourceVM
+	targets  []*targetConn
+	tmpDir   string
+	rams     []*kvm.GuestRAM // open for the scan and the prime
+}
+
+// prepare runs phases 0 and 1: the inventory of every VM and a session with every receiver, concurrently. Call
+// release when done.
+func (s *sender) prepare(ctx context.Context, rep *Report) error {
+	var err error
+	s.tmpDir, err = os.MkdirTemp("", "vmscatter-")
+	if err != nil {
+		return err
+	}
+	s.vms = make([]*sourceVM, len(s.cfg.VMs))
+	for i, spec := range s.cfg.VMs {
+		s.vms[i] = &sourceVM{spec: spec, report: &VMReport{Name: spec.Name, Policy: s.cfg.Policy.Name()}}
+	}
+	s.targets = make([]*targetConn, len(s.cfg.Targets))
+	for i, a := range s.cfg.Targets {
+		s.targets[i] = &targetConn{addr: a}
+	}
+	var g errgroup.Group
+	for _, vm := range s.vms {
+		g.Go(func() error { s.inventory(ctx, vm); return nil })
+	}
+	for _, t := range s.targets {
+		g.Go(func() error { s.openSession(ctx, t); return nil })
+	}
+	g.Wait()
+	for _, t := range s.targets {
+		if t.err != nil {
+			rep.Warnings = append(rep.Warnings, fmt.Sprintf("receiver %s: %v", t.addr, t.err))
+		}
+	}
+	return nil
+}
+
+// release closes the sessions and QMP connections and removes the sender's sockets.
+func (s *sender) release() {
+	s.closeSessions()
+	for _, r := range s.rams {
+		r.Close()
+	}
+	for _, vm := range s.vms {
+		if vm.qmp != nil {
+			vm.qmp.Close()
+		}
+	}
+	if s.tmpDir != "" {
+		os.RemoveAll(s.tmpDir)
+	}
+}
+
+func (s *sender) run(ctx context.Context) (*Report, error) {
+	start := time.Now()
+	rep := &Report{Version: ReportVersion, Session: s.session.String(), Started: start.UTC(), Transport: "unicast",
+		Policy: s.cfg.Policy.Name()}
+	if err := s.prepare(ctx, rep); err != nil {
+		return nil, err
+	}
+	defer s.release()
+
+	// Phase 2: the scan, unless turned off.
+	var sm *dedup.SharingMap
+	if !s.cfg.NoDedup {
+		sm = s.scan(ctx, rep)
+	}
+	// Phase 3: placement.
+	if err := s.place(sm, rep); err != nil {
+		return nil, err
+	}
+	// Phase 5: the prime. A failed prime costs bytes, never correctness: pages then travel literal.
+	if sm != nil {
+		if err := s.prime(ctx, sm, rep); err != nil {
+			rep.Warnings = append(rep.Warnings, fmt.Sprintf("prime failed, pages travel literal: %v", err))
+		}
+	}
+
+	// Phase 6: the migrations, a bounded number at once.
+	var mg errgroup.Group
+	mg.SetLimit(s.cfg.Parallel)
+	for _, vm := range s.vms {
+		if vm.report.Status != "" { // inventory or placement already settled it
+			continue
+		}
+		mg.Go(func() error { s.migrate(ctx, vm); return nil })
+	}
+	mg.Wait()
+	s.progress.stop()
+
+	for _, vm := range s.vms {
+		rep.VMs = append(rep.VMs, *vm.report)
+	}
+	rep.Totals.ElapsedMS = time.Since(start).Milliseconds()
+	rep.sum()
+	if rep.Totals.Migrated == 0 && rep.Totals.VMs > 0 && allUntouched(rep) {
+		return rep, fmt.Errorf("%w: %s", ErrNothingMigrated, rep.VMs[0].Error)
+	}
+	return rep, nil
+}
+
+func allUntouched(rep *Report) bool {
+	for _, v := range rep.VMs {
+		if v.Status != StatusRolledBack || v.MigrationMS != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// inventory learns a VM's QEMU: pid, command line, run state, RAM size, and refuses features the stream codec
+// does not support.
+func (s *sender) inventory(ctx context.Context, vm *sourceVM) {
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	fail := func(status string, err error) {
+		vm.report.Status, vm.report.Error = status, err.Error()
+		s.progress.set(vm.spec.Name, "error", err.Error())
+	}
+	s.progress.set(vm.spec.Name, "inventory", "")
+	q, err := kvm.DialQMP(ctx, vm.spec.QMP)
+	if err != nil {
+		fail(StatusFailed, err)
+		return
+	}
+	vm.qmp = q
+	if vm.pid, err = q.PeerPID(); err != nil {
+		fail(StatusRolledBack, err)
+		return
+	}
+	if vm.argv, err = kvm.ReadCommandLine(vm.pid); err != nil {
+		fail(StatusRolledBack, err)
+		return
+	}
+	vm.report.SourcePID = vm.pid
+	status, err := queryStatus(ctx, q)
+	if err != nil {
+		fail(StatusRolledBack, err)
+		return
+	}
+	switch status {
+	case "running":
+		vm.wasRunning = true
+	case "paused", "prelaunch":
+	default:
+		fail(StatusRolledBack, fmt.Errorf("VM is %q; only running or paused VMs can be migrated", status))
+		return
+	}
+	var mem struct {
+		Base int64 `json:"base-memory"`
+	}
+	if err := q.Execute(ctx, "query-memory-size-summary", nil, &mem); err != nil {
+		fail(StatusRolledBack, err)
+		return
+	}
+	vm.ramBytes = mem.Base
+	vm.report.RAMBytes = mem.Base
+	var caps []struct {
+		Name  string `json:"capability"`
+		State bool   `json:"state"`
+	}
+	if err := q.Execute(ctx, "query-migrate-capabilities", nil, &caps); err != nil {
+		fail(StatusRolledBack, err)
+		return
+	}
+	for _, c := range caps {
+		if c.State && unsupportedCapabilities[c.Name] {
+			fail(StatusRolledBack, fmt.Errorf("migration capability %q is on; vmscatter does not support it yet: turn it off (migrate-set-capabilities)", c.Name))
+			return
+		}
+	}
+	s.progress.set(vm.spec.Name, "ready", fmt.Sprintf("pid %d, %s RAM", vm.pid, fmtBytes(vm.ramBytes)))
+}
+
+var unsupportedCapabilities = map[string]bool{"multifd": true, "compress": true, "xbzrle": true, "postcopy-ram": true,
+	"block": true, "x-colo": true, "dirty-bitmaps": true, "background-snapshot": true, "zero-copy-send": true,
+	"postcopy-preempt": true, "x-ignore-shared": true, "release-ram": true}
+
+// openSession connects and authenticates the control connection to one receiver.
+func (s *sender) openSession(ctx context.Context, t *targetConn) {
+	sc, err := s.dial(ctx, t.addr, roleControl)
+	if err != nil {
+		t.err = err
+		return
+	}
+	host, _ := os.Hostname()
+	if err := sendJSON(sc, frameHello, helloMsg{Session: s.session, Sender: host}); err != nil {
+		sc.Close()
+		t.err = err
+		return
+	}
+	if err := expect(sc, frameInfo, &t.info); err != nil {
+		sc.Close()
+		t.err = err
+		return
+	}
+	t.sc = sc
+	s.log.Info("session open", "target", t.addr, "host", t.info.Host, "mem_available", t.info.MemAvailable)
+}
+
+func (s *sender) dial(ctx context.Context, addr string, role byte) (*secureConn, error) {
+	d := net.Dialer{Timeout: s.cfg.DialTimeout, KeepAlive: 15 * time.Second}
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("receiver %s unreachable: %w (is `vmscatter receive` running there?)", addr, err)
+	}
+	sc, err := clientHandshake(c, s.cfg.Key, role)
+	if err != nil {
+		c.Close()
+		return nil, fmt.Errorf("receiver %s: %w", addr, err)
+	}
+	return sc, nil
+}
+
+func (s *sender) closeSessions() {
+	for _, t := range s.targets {
+		if t.sc != nil {
+			_ = t.sc.Send(frameBye, nil, true)
+			t.sc.Close()
+		}
+	}
+}

@@ -1,0 +1,328 @@
+package scatter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/vmscatter/vmscatter/kvm"
+)
+
+// migrate moves one VM. The stages:
+//
+//  1. Open a VM connection to the target; the receiver starts the destination QEMU paused and says READY.
+//  2. Point the source QEMU's migration at a unix socket of ours (policy parameters set first).
+//  3. Pump: decode the source stream and send it as frames (pages as zero flags, references or compressed
+//     literals). A reader goroutine relays the destination's return path to the source and collects the
+//     receiver's answers. Both stop on the first error or at the deadline.
+//  4. LOADED: the destination holds the whole VM, paused. The source has completed and sits in postmigrate.
+//     START; RUNNING confirms the destination runs. Only then does the source QEMU quit; COMMIT.
+//
+// Any failure before START rolls back: the source migration is cancelled if still active, the source VM is resumed
+// (`cont`) if it was running, and the receiver is told to ABORT (tear the destination down). A failure after START
+// cannot be settled from here (the destination may run), so the source stays paused and the VM is reported failed.
+func (s *sender) migrate(ctx context.Context, vm *sourceVM) {
+	name := vm.spec.Name
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
+	defer cancel()
+	m := &vmMigration{s: s, vm: vm}
+	err := m.run(ctx)
+	vm.report.MigrationMS = time.Since(start).Milliseconds()
+	if m.sc != nil {
+		vm.report.WireBytes = m.sc.BytesOut()
+		m.sc.Close()
+	}
+	vm.report.Pages = m.pages
+	if err == nil {
+		vm.report.Status = StatusMigrated
+		s.progress.set(name, "migrated", fmt.Sprintf("%s on the wire, downtime %d ms", fmtBytes(vm.report.WireBytes), vm.report.DowntimeMS))
+		return
+	}
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		err = fmt.Errorf("timed out after %v: %w", s.cfg.Timeout, err)
+	}
+	vm.report.Error = err.Error()
+	if m.started {
+		vm.report.Status = StatusFailed
+		vm.report.Error += "; the destination may be running on " + vm.target.addr + ", so the source was left paused: check the target before resuming it"
+		s.progress.set(name, "FAILED", vm.report.Error)
+		return
+	}
+	if rerr := m.rollback(); rerr != nil {
+		vm.report.Status = StatusFailed
+		vm.report.Error += "; rollback failed: " + rerr.Error()
+		s.progress.set(name, "FAILED", vm.report.Error)
+		return
+	}
+	vm.report.Status = StatusRolledBack
+	s.progress.set(name, "rolled back", err.Error())
+}
+
+// vmMigration is the state of one VM's migration, owned by its migrate call.
+type vmMigration struct {
+	s       *sender
+	vm      *sourceVM
+	sc      *secureConn
+	src     net.Conn // the source QEMU's migration stream
+	pages   PageCounts
+	started bool // START was sent: the destination may run
+	litBuf  []byte
+
+	mu       sync.Mutex
+	srcWrite sync.Mutex // serializes return-path writes to src
+}
+
+func (m *vmMigration) run(ctx context.Context) error {
+	s, vm := m.s, m.vm
+	name := vm.spec.Name
+	s.progress.set(name, "connecting", vm.target.addr)
+	sc, err := s.dial(ctx, vm.target.addr, roleVM)
+	if err != nil {
+		return err
+	}
+	m.sc = sc
+	stopOnCancel := context.AfterFunc(ctx, func() { sc.Close() })
+	defer stopOnCancel()
+	caps := s.cfg.Policy.capabilities()
+	if err := sendJSON(sc, frameOpen, openMsg{Session: s.session, VM: name, Argv: vm.argv, Capabilities: destinationCaps(caps), Run: vm.wasRunning, Slot: s.vmIndex(vm)}); err != nil {
+		return err
+	}
+	var ready readyMsg
+	if err := expect(sc, frameReady, &ready); err != nil {
+		return fmt.Errorf("starting the destination on %s: %w", vm.target.addr, err)
+	}
+	vm.report.TargetPID = ready.PID
+
+	// Stage 2: the source migrates into our socket.
+	sock := filepath.Join(s.tmpDir, name+".sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
+	defer os.Remove(sock)
+	if err := s.cfg.Policy.apply(ctx, vm.qmp, caps, s.cfg.MaxBandwidth); err != nil {
+		return fmt.Errorf("setting migration parameters: %w", err)
+	}
+	vm.qmp.DrainEvents("STOP")
+	if err := vm.qmp.Execute(ctx, "migrate", map[string]any{"uri": "unix:" + sock}, nil); err != nil {
+		return fmt.Errorf("starting the source migration: %w", err)
+	}
+	src, err := acceptCtx(ctx, ln.(*net.UnixListener))
+	if err != nil {
+		return fmt.Errorf("source QEMU did not connect: %w", err)
+	}
+	m.src = src
+	defer src.Close()
+	s.progress.set(name, "migrating", "")
+
+	// Stage 3: pump and reader, concurrently.
+	replies := make(chan reply, 4)
+	readerErr := make(chan error, 1)
+	go func() { readerErr <- m.readReplies(replies) }()
+	pumpErr := make(chan error, 1)
+	pctx, stopPolicy := context.WithCancel(ctx)
+	defer stopPolicy()
+	go s.cfg.Policy.steer(pctx, vm.qmp, s.log.With("vm", name))
+	go func() { pumpErr <- m.pump(ctx) }()
+
+	var loaded bool
+	pumpDone := false
+	for !loaded || !pumpDone {
+		select {
+		case err := <-pumpErr:
+			if err != nil {
+				_ = sendJSON(sc, frameStreamCancel, errorMsg{Error: err.Error()})
+				return err
+			}
+			pumpDone = true
+		case err := <-readerErr:
+			if err == nil {
+				err = errors.New("receiver closed the connection")
+			}
+			return fmt.Errorf("receiver %s: %w", vm.target.addr, err)
+		case r := <-replies:
+			if r.t != frameLoaded {
+				return fmt.Errorf("receiver: unexpected %s", r.t)
+			}
+			loaded = true
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	stopPolicy()
+
+	// Stage 4: the switch-over.
+	var mi migrateInfo
+	if err := vm.qmp.Execute(ctx, "query-migrate", nil, &mi); err != nil {
+		return err
+	}
+	if mi.Status != "completed" {
+		return fmt.Errorf("source migration is %q after the destination loaded the stream", mi.Status)
+	}
+	vm.report.DowntimeMS = mi.Downtime
+	s.progress.set(name, "switching", "")
+	m.started = true
+	if err := sc.Send(frameStart, nil, true); err != nil {
+		return err
+	}
+	select {
+	case r := <-replies:
+		if r.t != frameRunning {
+			return fmt.Errorf("receiver: unexpected %s after START", r.t)
+		}
+	case err := <-readerErr:
+		return fmt.Errorf("receiver %s after START: %v", vm.target.addr, err)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	// The destination runs: the source QEMU may quit now, and only now.
+	if err := vm.qmp.Execute(ctx, "quit", nil, nil); err != nil && !errors.Is(err, kvm.ErrQMPClosed) {
+		s.log.Warn("source quit", "vm", name, "err", err)
+	}
+	select {
+	case <-vm.qmp.Done():
+	case <-time.After(10 * time.Second):
+		s.log.Warn("source QEMU still has its QMP socket open 10 s after quit", "vm", name)
+	}
+	_ = sc.Send(frameCommit, nil, true)
+	select {
+	case <-replies:
+	case <-readerErr:
+	case <-time.After(5 * time.Second):
+	}
+	return nil
+}
+
+type migrateInfo struct {
+	Status   string `json:"status"`
+	Downtime int64  `json:"downtime"`
+	Total    int64  `json:"total-time"`
+	RAM      struct {
+		Transferred int64   `json:"transferred"`
+		DirtyRate   int64   `json:"dirty-pages-rate"`
+		Iterations  int64   `json:"dirty-sync-count"`
+		Remaining   int64   `json:"remaining"`
+		Total       int64   `json:"total"`
+		MBps        float64 `json:"mbps"`
+	} `json:"ram"`
+	CPUThrottle int    `json:"cpu-throttle-percentage"`
+	ErrorDesc   string `json:"error-desc"`
+}
+
+type reply struct {
+	t frameType
+	b []byte
+}
+
+// readReplies owns sc's read side after READY: the return path goes to the source, answers go to replies.
+func (m *vmMigration) readReplies(replies chan<- reply) error {
+	for {
+		t, b, err := m.sc.Recv()
+		if err != nil {
+			return err
+		}
+		switch t {
+		case frameReturnPath:
+			m.srcWrite.Lock()
+			_, err := m.src.Write(b)
+			m.srcWrite.Unlock()
+			if err != nil {
+				return fmt.Errorf("return path to the source: %w", err)
+			}
+		case frameError:
+			var e errorMsg
+			_ = decodeJSON(t, b, &e)
+			return &PeerError{Msg: e.Error}
+		default:
+			replies <- reply{t: t, b: append([]byte(nil), b...)}
+		}
+	}
+}
+
+// rollback puts the source VM back as it was: migration cancelled, VM running if it ran before. The receiver is
+// told to tear its destination down.
+func (m *vmMigration) rollback() error {
+	vm := m.vm
+	if m.sc != nil {
+		_ = sendJSON(m.sc, frameAbort, errorMsg{Error: "migration rolled back"})
+	}
+	if m.src != nil {
+		m.src.Close()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	q := vm.qmp
+	var mi migrateInfo
+	if err := q.Execute(ctx, "query-migrate", nil, &mi); err != nil {
+		return err
+	}
+	if migrationActive(mi.Status) {
+		if err := q.Execute(ctx, "migrate_cancel", nil, nil); err != nil {
+			return err
+		}
+		for migrationActive(mi.Status) {
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("source migration still %q after migrate_cancel", mi.Status)
+			case <-time.After(20 * time.Millisecond):
+			}
+			if err := q.Execute(ctx, "query-migrate", nil, &mi); err != nil {
+				return err
+			}
+		}
+	}
+	status, err := queryStatus(ctx, q)
+	if err != nil {
+		return err
+	}
+	if vm.wasRunning && status != "running" {
+		if err := q.Execute(ctx, "cont", nil, nil); err != nil {
+			return fmt.Errorf("resuming the source VM (was %q): %w", status, err)
+		}
+		if status, err = queryStatus(ctx, q); err != nil || status != "running" {
+			return fmt.Errorf("source VM is %q after cont: %v", status, err)
+		}
+	}
+	return nil
+}
+
+func migrationActive(status string) bool {
+	switch status {
+	case "", "none", "completed", "failed", "cancelled":
+		return false
+	}
+	return true
+}
+
+func acceptCtx(ctx context.Context, ln *net.UnixListener) (net.Conn, error) {
+	for {
+		_ = ln.SetDeadline(time.Now().Add(100 * time.Millisecond))
+		c, err := ln.Accept()
+		if err == nil {
+			return c, nil
+		}
+		var ne net.Error
+		if !errors.As(err, &ne) || !ne.Timeout() {
+			return nil, err
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// destinationCaps are the capabilities the destination must share with the source.
+func destinationCaps(caps map[string]bool) map[string]bool {
+	out := map[string]bool{}
+	if caps["return-path"] {
+		out["return-path"] = true
+	}
+	return out
+}

@@ -1,0 +1,78 @@
+package scatter
+
+import (
+	"encoding/binary"
+	"fmt"
+
+	"github.com/vmscatter/vmscatter/dedup"
+)
+
+// A CONTENT frame holds records of: be32 content id · u8 n · n × be16 VM slot · a page record of kind literal.
+// The VM slots (the VMs' indices in the sender's --vms list) name the VMs on this target that will reference the
+// content; the receiver's store frees the content once all of them have finished.
+
+// maxSlotsPerContent bounds the VM list of one content record.
+const maxSlotsPerContent = 255
+
+func appendContentRecord(dst []byte, id dedup.ContentID, slots []int, rec dedup.PageRecord) []byte {
+	dst = binary.BigEndian.AppendUint32(dst, uint32(id))
+	dst = append(dst, byte(len(slots)))
+	for _, s := range slots {
+		dst = binary.BigEndian.AppendUint16(dst, uint16(s))
+	}
+	return dedup.AppendRecord(dst, rec)
+}
+
+// putContentRecords stores a CONTENT frame's records in the session's store.
+func putContentRecords(store *dedup.ContentStore, b []byte) error {
+	page := make([]byte, dedup.PageSize)
+	var slots []int
+	for len(b) > 0 {
+		if len(b) < 5 {
+			return fmt.Errorf("%w: truncated content record", ErrFrame)
+		}
+		id := dedup.ContentID(binary.BigEndian.Uint32(b))
+		n := int(b[4])
+		b = b[5:]
+		if len(b) < 2*n {
+			return fmt.Errorf("%w: truncated content record", ErrFrame)
+		}
+		slots = slots[:0]
+		for i := range n {
+			slots = append(slots, int(binary.BigEndian.Uint16(b[2*i:])))
+		}
+		b = b[2*n:]
+		rec, used, err := dedup.ParseRecord(b)
+		if err != nil {
+			return err
+		}
+		b = b[used:]
+		if rec.Kind != dedup.RecordLiteral {
+			return fmt.Errorf("%w: content record of kind %v", ErrFrame, rec.Kind)
+		}
+		if err := rec.Codec.Decode(page, rec.Data); err != nil {
+			return err
+		}
+		if err := store.Put(id, page, slots...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// heldLookup answers whether a target holds a page's exact content.
+type heldLookup interface {
+	Lookup(page []byte) (dedup.ContentID, bool)
+}
+
+type holdsNothing struct{}
+
+func (holdsNothing) Lookup([]byte) (dedup.ContentID, bool) { return 0, false }
+
+// heldFor returns what the target is known to hold (confirmed primes only).
+func (s *sender) heldFor(t *targetConn) heldLookup {
+	if t.held == nil {
+		return holdsNothing{}
+	}
+	return t.held
+}
