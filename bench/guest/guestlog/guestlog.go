@@ -3,7 +3,7 @@
 // Lines, one per write, fields separated by single spaces, numbers in decimal (got and want in hex with 0x):
 //
 //	vmscatter-guest: ready                                        (the init script, before the workload starts)
-//	ready wss=<bytes> pages=<n> rate=<pages/s> pattern=<seq|random> seed=<n> private=<fraction> period=<duration>
+//	ready wss=<bytes> pages=<n> rate=<pages/s> pattern=<seq|random> seed=<n> salt=<n> private=<fraction> period=<duration>
 //	ok seq=<n> t=<unix ms> gen=<total dirty writes> dirtied=<since last line> verified=<since last line> pass=<full verify passes> bad=<total>
 //	BAD page=<i> reason=<magic|index|gen|sum> got=<0x..> want=<0x..>
 //	vmscatter-guest: workload exited rc=<n>                       (the init script, if the workload ends)

@@ -122,8 +122,8 @@ func newEngine(cfg config, mem []byte, now time.Time) (*engine, error) {
 // begin prints the ready line and starts the clocks at now (after the fill, which takes a while in a slow guest).
 func (e *engine) begin(now time.Time, out io.Writer) {
 	e.last, e.nextLine = now, now.Add(e.cfg.period)
-	fmt.Fprintf(out, "ready wss=%d pages=%d rate=%g pattern=%s seed=%d private=%g period=%s\n",
-		int64(e.cfg.wss), e.set.Len(), e.cfg.rate, e.cfg.pattern, e.cfg.seed, e.cfg.private, e.cfg.period)
+	fmt.Fprintf(out, "ready wss=%d pages=%d rate=%g pattern=%s seed=%d salt=%d private=%g period=%s\n",
+		int64(e.cfg.wss), e.set.Len(), e.cfg.rate, e.cfg.pattern, e.cfg.seed, e.cfg.salt, e.cfg.private, e.cfg.period)
 }
 
 // advance does the work due by now: dirty pages at the configured rate, verify pages so that a full pass takes
