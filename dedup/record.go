@@ -180,3 +180,39 @@ func ParseRecords(b []byte, fn func(PageRecord) error) error {
 	}
 	return nil
 }
+
+// AppendPage appends the record for one page of a VM in migration, applying the rule that
+// makes references exact:
+//
+//   - a zero page becomes a RecordZero with fill 0;
+//   - a page whose exact bytes the target holds (held.Lookup: fingerprint, then salted
+//     SHA-256) becomes a RecordRef;
+//   - any other page becomes a RecordLiteral compressed with c, or stored raw when
+//     compression does not make it smaller.
+//
+// held may be nil: no references. It returns the kind it chose. The compressed data is
+// written straight into dst. It panics if offset is not a multiple of PageSize or page is
+// not PageSize long.
+func AppendPage(dst []byte, block uint16, offset uint64, page []byte, held *HeldIndex, c Codec) ([]byte, RecordKind) {
+	if len(page) != PageSize || offset%PageSize != 0 || !c.Valid() {
+		panic(fmt.Sprintf("dedup: AppendPage of %d bytes at %#x with %v", len(page), offset, c))
+	}
+	if IsZero(page) {
+		return AppendRecord(dst, PageRecord{Kind: RecordZero, Block: block, Offset: offset}), RecordZero
+	}
+	if held != nil {
+		if id, ok := held.Lookup(page); ok {
+			return AppendRecord(dst, PageRecord{Kind: RecordRef, Block: block, Offset: offset, Ref: id}), RecordRef
+		}
+	}
+	start := len(dst)
+	dst = append(dst, byte(RecordLiteral))
+	dst = binary.BigEndian.AppendUint16(dst, block)
+	dst = binary.BigEndian.AppendUint64(dst, offset)
+	dst = append(dst, 0, 0, 0) // codec and length, set below
+	dst, used := c.Compress(dst, page)
+	n := len(dst) - start - literalHeaderLen
+	dst[start+recordHeaderLen] = byte(used)
+	binary.BigEndian.PutUint16(dst[start+recordHeaderLen+1:], uint16(n))
+	return dst, RecordLiteral
+}

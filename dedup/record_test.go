@@ -111,3 +111,64 @@ func FuzzPageRecordRoundTrip(f *testing.F) {
 		}
 	})
 }
+
+func TestAppendPage(t *testing.T) {
+	h := NewHeldIndex(nil, testDigester())
+	held := textPage(10)
+	h.AddPage(42, held)
+	random := pageOf(11)
+	cases := []struct {
+		page  []byte
+		codec Codec
+		kind  RecordKind
+	}{
+		{make([]byte, PageSize), CodecS2, RecordZero},
+		{held, CodecS2, RecordRef},
+		{textPage(12), CodecS2, RecordLiteral},
+		{textPage(12), CodecZstd, RecordLiteral},
+		{textPage(12), CodecNone, RecordLiteral},
+		{random, CodecS2, RecordLiteral},
+	}
+	var batch []byte
+	for i, c := range cases {
+		var kind RecordKind
+		batch, kind = AppendPage(batch, uint16(i), uint64(i)*PageSize, c.page, h, c.codec)
+		if kind != c.kind {
+			t.Fatalf("case %d: kind %v, want %v", i, kind, c.kind)
+		}
+	}
+	i := 0
+	page := make([]byte, PageSize)
+	err := ParseRecords(batch, func(r PageRecord) error {
+		c := cases[i]
+		if r.Kind != c.kind || r.Block != uint16(i) || r.Offset != uint64(i)*PageSize {
+			t.Fatalf("record %d: %+v", i, r)
+		}
+		switch r.Kind {
+		case RecordRef:
+			if r.Ref != 42 {
+				t.Fatalf("ref %d", r.Ref)
+			}
+		case RecordLiteral:
+			if err := r.Codec.Decode(page, r.Data); err != nil || !bytes.Equal(page, c.page) {
+				t.Fatalf("record %d (%v): %v", i, r.Codec, err)
+			}
+			want := c.codec
+			if bytes.Equal(c.page, random) {
+				want = CodecNone // incompressible: sent raw
+			}
+			if r.Codec != want {
+				t.Fatalf("record %d: codec %v, want %v", i, r.Codec, want)
+			}
+		}
+		i++
+		return nil
+	})
+	if err != nil || i != len(cases) {
+		t.Fatalf("parsed %d records: %v", i, err)
+	}
+	// Without an index nothing becomes a reference.
+	if _, kind := AppendPage(nil, 0, 0, held, nil, CodecS2); kind != RecordLiteral {
+		t.Fatalf("kind %v without an index", kind)
+	}
+}
