@@ -432,14 +432,17 @@ func (d *Decoder) readPrefixCommand(p *Prefix) error {
 	return nil
 }
 
-// readSectionHeader reads a START or FULL header after its type byte: section id, idstr, instance and version.
-func (d *Decoder) readStartHeader() (id uint32, idstr []byte, inst, ver uint32, err error) {
+// readStartHeader reads a START or FULL header after its type byte: section id, idstr, instance and version.
+// (idstr is copied: the reads after it may move the buffer.)
+func (d *Decoder) readStartHeader() (id uint32, idstr string, inst, ver uint32, err error) {
 	if id, err = d.be32("section id"); err != nil {
 		return
 	}
-	if idstr, err = d.counted("section idstr"); err != nil {
+	var raw []byte
+	if raw, err = d.counted("section idstr"); err != nil {
 		return
 	}
+	idstr = string(raw)
 	if inst, err = d.be32("instance id"); err != nil {
 		return
 	}
@@ -456,8 +459,8 @@ func (d *Decoder) readRAMStart() (StreamEvent, error) {
 	if err != nil {
 		return nil, err
 	}
-	if string(idstr) != ramIDStr {
-		return nil, unsupported(at, featureOfSection(string(idstr)), "iterable section %q", idstr)
+	if idstr != ramIDStr {
+		return nil, unsupported(at, featureOfSection(idstr), "iterable section %q", idstr)
 	}
 	if ver != ramVersion {
 		return nil, malformed(at, ErrBadSection, "ram section version %d, want %d", ver, ramVersion)
@@ -566,10 +569,10 @@ func (d *Decoder) readBetween() (StreamEvent, error) {
 		if err != nil {
 			return nil, err
 		}
-		if string(idstr) == ramIDStr {
+		if idstr == ramIDStr {
 			return nil, malformed(at, ErrBadSection, "second ram START section")
 		}
-		return nil, unsupported(at, featureOfSection(string(idstr)), "iterable section %q", idstr)
+		return nil, unsupported(at, featureOfSection(idstr), "iterable section %q", idstr)
 	case secCommand:
 		cmd, _, err := d.readCommandHeader()
 		if err != nil {

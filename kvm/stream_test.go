@@ -10,6 +10,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"testing/iotest"
 	"time"
 )
 
@@ -342,6 +343,35 @@ func TestDecodeTruncatedAnywhere(t *testing.T) {
 		if last := normalize(evs)[len(normalize(evs))-1].(Tail); len(last.Raw) != n-tailAt {
 			t.Fatalf("cut at %d: tail of %d bytes", n, len(last.Raw))
 		}
+	}
+}
+
+// TestDecodeAnyReadSizes decodes through readers that return one byte, or half of what is asked, at a time.
+func TestDecodeAnyReadSizes(t *testing.T) {
+	in := append(validStream(), bytes.Repeat([]byte{0xee}, 300<<10)...) // a long tail grows the buffer
+	want, err := decodeAll(bytes.NewReader(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, r := range map[string]io.Reader{
+		"one byte":   iotest.OneByteReader(bytes.NewReader(in)),
+		"half":       iotest.HalfReader(bytes.NewReader(in)),
+		"data + EOF": iotest.DataErrReader(bytes.NewReader(in)),
+	} {
+		got, err := decodeAll(r)
+		if err != nil || !reflect.DeepEqual(normalize(got), normalize(want)) {
+			t.Fatalf("%s: %v\n%s", name, err, describe(normalize(got)))
+		}
+	}
+}
+
+// TestDecodeReadFailure checks that a failing input is reported as such, not as malformed input.
+func TestDecodeReadFailure(t *testing.T) {
+	in := validStream()
+	_, err := decodeAll(io.MultiReader(bytes.NewReader(in[:100]), iotest.ErrReader(iotest.ErrTimeout)))
+	var se *StreamError
+	if !errors.Is(err, iotest.ErrTimeout) || errors.As(err, &se) {
+		t.Fatalf("got %v", err)
 	}
 }
 
