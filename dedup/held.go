@@ -1,10 +1,15 @@
 package dedup
 
 import (
-	"encoding/binary"
 	"slices"
 	"sync"
 )
+
+// MaxCandidates bounds the held contents that share one fingerprint. Real xxhash64
+// collisions are rare (about n²/2⁶⁵ among n contents); many contents with one
+// fingerprint mean a guest that crafts collisions, and the bound keeps its pages from
+// making lookups slow: beyond it, Add refuses, and such pages travel as literals.
+const MaxCandidates = 8
 
 // HeldIndex is the sender's view of what one target holds: the contents primed to it,
 // each under its ContentID with the salted digest of the exact bytes that were sent.
@@ -13,30 +18,30 @@ import (
 //
 // A fingerprint match is never taken as proof. Lookup works in two steps:
 //
-//  1. the page's fingerprint is looked up in a set of the held fingerprints; most pages
-//     that the target does not hold stop here, for the cost of one fingerprint;
-//  2. otherwise the page's salted SHA-256 is computed and looked up in a table of held
-//     digests, keyed by the digest's first 8 bytes and confirmed on all 32.
+//  1. the page's fingerprint is looked up in an open-addressing table of the held
+//     fingerprints; most pages that the target does not hold stop here, for the cost of
+//     the fingerprint and one probe;
+//  2. otherwise the page's salted SHA-256 is computed once and compared with the digests
+//     of the candidates under that fingerprint (at most MaxCandidates).
 //
-// So a page becomes a reference only to a content whose digest equals the page's, and a
-// guest that crafts fingerprint collisions gains one SHA-256 per crafted page, never a
-// wrong reference, and no longer lookups: the candidates are found by digest, not by
-// walking the colliding fingerprints.
+// So a page becomes a reference only to a content whose digest equals the page's. A guest
+// that crafts fingerprint collisions gains at most one SHA-256 and MaxCandidates digest
+// comparisons per page, never a wrong reference.
 //
 // A HeldIndex is safe for concurrent use: Lookups run in parallel, Add excludes them.
 type HeldIndex struct {
 	fp FingerprintFunc
 	d  *Digester
 
-	mu       sync.RWMutex
-	fps      *fpTable // set of the fingerprints of held contents
-	byDigest *fpTable // digest prefix -> index into held
-	held     []heldContent
+	mu   sync.RWMutex
+	fps  *fpTable // fingerprint -> index in held of its first candidate
+	held []heldContent
 }
 
 type heldContent struct {
-	dg Digest
-	id ContentID
+	dg   Digest
+	id   ContentID
+	next uint32 // index+1 in held of the next candidate with the same fingerprint; 0 ends
 }
 
 // NewHeldIndex returns an empty index. fp nil means XXHash. d holds the session salt.
@@ -44,25 +49,7 @@ func NewHeldIndex(fp FingerprintFunc, d *Digester) *HeldIndex {
 	if fp == nil {
 		fp = XXHash
 	}
-	return &HeldIndex{fp: fp, d: d, fps: newFPTable(0), byDigest: newFPTable(0)}
-}
-
-func digestKey(dg *Digest) Fingerprint { return Fingerprint(binary.LittleEndian.Uint64(dg[:8])) }
-
-// Add records that the target holds content id, whose bytes have fingerprint fp and digest
-// dg. Both must be computed over the bytes that were actually sent to the target, not over
-// the bytes seen at scan time. It returns false, and changes nothing, when the target
-// already holds a content with that digest (under this id or another one: either serves as
-// a reference) or, with odds of 2^-64 per pair, one whose digest shares its first 8 bytes.
-func (h *HeldIndex) Add(id ContentID, fp Fingerprint, dg Digest) bool {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if _, inserted := h.byDigest.getOrInsert(digestKey(&dg), uint32(len(h.held))); !inserted {
-		return false
-	}
-	h.held = append(h.held, heldContent{dg: dg, id: id})
-	h.fps.getOrInsert(fp, 0)
-	return true
+	return &HeldIndex{fp: fp, d: d, fps: newFPTable(0)}
 }
 
 // Grow makes room for n more contents, so that a sender that knows how many it will prime
@@ -71,8 +58,38 @@ func (h *HeldIndex) Grow(n int) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.fps.grow(n)
-	h.byDigest.grow(n)
 	h.held = slices.Grow(h.held, n)
+}
+
+// Add records that the target holds content id, whose bytes have fingerprint fp and digest
+// dg. Both must be computed over the bytes that were actually sent to the target, not over
+// the bytes seen at scan time. It returns false, and changes nothing, when the target
+// already holds a content with that digest (under this id or another one: either serves as
+// a reference), or when MaxCandidates contents already share fp.
+func (h *HeldIndex) Add(id ContentID, fp Fingerprint, dg Digest) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	first, inserted := h.fps.getOrInsert(fp, uint32(len(h.held)))
+	if !inserted {
+		n, last := 0, first
+		for j := first; ; {
+			e := &h.held[j]
+			if e.dg == dg {
+				return false
+			}
+			n, last = n+1, j
+			if e.next == 0 {
+				break
+			}
+			j = e.next - 1
+		}
+		if n >= MaxCandidates {
+			return false
+		}
+		h.held[last].next = uint32(len(h.held)) + 1
+	}
+	h.held = append(h.held, heldContent{dg: dg, id: id})
+	return true
 }
 
 // AddPage is Add with the fingerprint and digest computed from page, the bytes sent.
@@ -89,19 +106,24 @@ func (h *HeldIndex) Lookup(page []byte) (ContentID, bool) {
 // the index's FingerprintFunc).
 func (h *HeldIndex) LookupFP(page []byte, fp Fingerprint) (ContentID, bool) {
 	h.mu.RLock()
-	_, candidate := h.fps.get(fp)
+	first, candidate := h.fps.get(fp)
 	h.mu.RUnlock()
 	if !candidate {
 		return 0, false
 	}
-	dg := h.d.Sum(page)
+	dg := h.d.Sum(page) // outside the lock: the slow part
 	h.mu.RLock()
 	defer h.mu.RUnlock()
-	i, ok := h.byDigest.get(digestKey(&dg))
-	if !ok || h.held[i].dg != dg {
-		return 0, false
+	for j := first; ; {
+		e := &h.held[j]
+		if e.dg == dg {
+			return e.id, true
+		}
+		if e.next == 0 {
+			return 0, false
+		}
+		j = e.next - 1
 	}
-	return h.held[i].id, true
 }
 
 // Len returns the number of contents held.

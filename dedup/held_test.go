@@ -13,39 +13,37 @@ func testDigester() *Digester {
 }
 
 // TestHeldIndexCollisions is the collision test: with a fingerprint of the first byte
-// only, most pages collide. Lookup must never return an id whose bytes differ from the
-// page, and must find every held page.
+// only, most pages collide, and each held page has a twin that differs in one byte past the
+// first. Lookup must never return an id whose bytes differ from the page, and must find
+// every page that Add accepted.
 func TestHeldIndexCollisions(t *testing.T) {
 	weak := func(p []byte) Fingerprint { return Fingerprint(p[0]) }
 	r := rand.New(rand.NewPCG(7, 7))
 	newPage := func() []byte {
 		p := make([]byte, PageSize)
-		for i := range p {
-			p[i] = byte(r.IntN(4)) // small alphabet: first bytes collide constantly
+		p[0] = byte(r.IntN(64)) // 64 fingerprints in all
+		for i := 1; i < len(p); i++ {
+			p[i] = byte(r.IntN(4))
 		}
 		return p
 	}
 	h := NewHeldIndex(weak, testDigester())
 	held := map[ContentID][]byte{}
+	refused := 0
 	var probes [][]byte
 	for i := range 3000 {
 		p := newPage()
-		switch i % 3 {
-		case 0: // held
-			id := ContentID(r.Uint32())
-			if _, dup := held[id]; dup {
-				continue
+		if i%3 == 0 {
+			id := ContentID(i)
+			if h.AddPage(id, p) {
+				held[id] = p
+			} else {
+				refused++ // MaxCandidates pages already share p's fingerprint
 			}
-			if !h.AddPage(id, p) {
-				t.Fatalf("AddPage(%d) refused a new page", id)
-			}
-			held[id] = p
-			probes = append(probes, p)
-			// A near twin: same first byte, one byte changed further on.
 			twin := bytes.Clone(p)
 			twin[1+r.IntN(PageSize-1)] ^= 0x80
-			probes = append(probes, twin)
-		default: // not held
+			probes = append(probes, p, twin)
+		} else {
 			probes = append(probes, p)
 		}
 	}
@@ -60,8 +58,24 @@ func TestHeldIndexCollisions(t *testing.T) {
 		}
 		found++
 	}
-	if found != len(held) || h.Len() != len(held) {
-		t.Fatalf("found %d of %d held pages (Len %d)", found, len(held), h.Len())
+	if found != len(held) || h.Len() != len(held) || len(held) != 64*MaxCandidates || refused != 1000-len(held) {
+		t.Fatalf("found %d of %d held pages (Len %d, refused %d)", found, len(held), h.Len(), refused)
+	}
+}
+
+func TestHeldIndexCandidateBound(t *testing.T) {
+	same := func([]byte) Fingerprint { return 1 }
+	h := NewHeldIndex(same, testDigester())
+	for i := range 2 * MaxCandidates {
+		if got := h.AddPage(ContentID(i), pageOf(i+1)); got != (i < MaxCandidates) {
+			t.Fatalf("AddPage %d = %v", i, got)
+		}
+	}
+	for i := range 2 * MaxCandidates {
+		id, ok := h.Lookup(pageOf(i + 1))
+		if ok != (i < MaxCandidates) || ok && id != ContentID(i) {
+			t.Fatalf("Lookup %d = %d, %v", i, id, ok)
+		}
 	}
 }
 
