@@ -32,7 +32,7 @@ const pagesFrameTarget = 64 << 10
 func (m *vmMigration) pump(ctx context.Context) error {
 	dec := kvm.NewDecoder(m.src)
 	sc := m.sc
-	held := m.s.heldFor(m.vm.target)
+	held := m.s.heldFor(m.vm)
 	var batch []byte
 	flush := func(force bool) error {
 		if len(batch) > 0 {
@@ -54,9 +54,9 @@ func (m *vmMigration) pump(ctx context.Context) error {
 		ev, err := dec.Next()
 		if errors.Is(err, io.EOF) {
 			if err := flush(false); err != nil {
-				return toReceiver(err)
+				return m.toReceiver(err)
 			}
-			return toReceiver(sc.Send(frameStreamEnd, nil, true))
+			return m.toReceiver(sc.Send(frameStreamEnd, nil, true))
 		}
 		if err != nil {
 			return fmt.Errorf("source stream: %w", err)
@@ -112,7 +112,7 @@ func (m *vmMigration) pump(ctx context.Context) error {
 			return fmt.Errorf("source stream: unexpected event %T", ev)
 		}
 		if err != nil {
-			return toReceiver(err)
+			return m.toReceiver(err)
 		}
 		if time.Since(lastProgress) > 500*time.Millisecond {
 			sent = sc.BytesOut()
@@ -123,11 +123,11 @@ func (m *vmMigration) pump(ctx context.Context) error {
 }
 
 // toReceiver labels a failed send as the receiver's side of the story.
-func toReceiver(err error) error {
+func (m *vmMigration) toReceiver(err error) error {
 	if err == nil {
 		return nil
 	}
-	return fmt.Errorf("sending to the receiver: %w", err)
+	return fmt.Errorf("receiver %s: connection lost while sending the stream (did the receiver stop?): %w", m.vm.target.addr, err)
 }
 
 // errInjectedDeath ends a VM connection without a word, as a receiver that died would.

@@ -83,10 +83,12 @@ func (s *sender) prime(ctx context.Context, sm *dedup.SharingMap, rep *Report) e
 		}
 	}
 	held := make([]*dedup.HeldIndex, len(s.targets))
+	pinned := make([][]uint64, len(s.targets))
 	frames := make([][]byte, len(s.targets))
 	sent := make([]int, len(s.targets))
 	for i := range held {
 		held[i] = dedup.NewHeldIndex(dedup.XXHash, digester)
+		pinned[i] = make([]uint64, (sm.Distinct()+63)/64)
 	}
 	flush := func(ti int) error {
 		if len(frames[ti]) == 0 {
@@ -123,9 +125,14 @@ func (s *sender) prime(ctx context.Context, sm *dedup.SharingMap, rep *Report) e
 		for _, ti := range want {
 			slots = slots[:0]
 			for _, vmi := range holders {
-				if vm := s.vms[vmi]; vm.target == s.targets[ti] && len(slots) < maxSlotsPerContent {
+				if vm := s.vms[vmi]; vm.target == s.targets[ti] {
 					slots = append(slots, vmi)
 				}
+			}
+			if len(slots) > maxSlotsPerContent {
+				// Too many to name: the receiver keeps it for the whole session, and every VM may use it.
+				slots = slots[:0]
+				pinned[ti][id/64] |= 1 << (id % 64)
 			}
 			rec := dedup.PageRecord{Kind: dedup.RecordLiteral, Codec: codec, Data: lit}
 			frames[ti] = appendContentRecord(frames[ti], cid, slots, rec)
@@ -167,7 +174,7 @@ func (s *sender) prime(ctx context.Context, sm *dedup.SharingMap, rep *Report) e
 			rep.Warnings = append(rep.Warnings, fmt.Sprintf("prime to %s failed, its VMs' pages travel literal: %v", t.addr, err))
 			continue
 		}
-		t.held = held[ti]
+		t.held, t.pinned = held[ti], pinned[ti]
 		rep.Totals.PrimeBytes += t.sc.BytesOut()
 		s.log.Info("prime done", "target", t.addr, "contents", ack.Held, "bytes", ack.Bytes)
 	}

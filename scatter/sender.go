@@ -66,11 +66,12 @@ type sourceVM struct {
 
 // targetConn is the control connection to one receiver.
 type targetConn struct {
-	addr string
-	sc   *secureConn
-	info infoMsg
-	err  error      // set if the receiver could not be reached
-	held heldLookup // contents the receiver confirmed holding; nil before the prime
+	addr   string
+	sc     *secureConn
+	info   infoMsg
+	err    error            // set if the receiver could not be reached
+	held   *dedup.HeldIndex // contents the receiver confirmed holding; nil before the prime
+	pinned []uint64         // bitset of contents it holds for no VM in particular (until the session ends)
 }
 
 // ErrNothingMigrated is returned when the run could not start at all.
@@ -143,6 +144,7 @@ type sender struct {
 	targets  []*targetConn
 	tmpDir   string
 	rams     []*kvm.GuestRAM // open for the scan and the prime
+	sharing  *dedup.SharingMap
 }
 
 // prepare runs phases 0 and 1: the inventory of every VM and a session with every receiver, concurrently. Call
@@ -206,6 +208,7 @@ func (s *sender) run(ctx context.Context) (*Report, error) {
 	var sm *dedup.SharingMap
 	if !s.cfg.NoDedup {
 		sm = s.scan(ctx, rep)
+		s.sharing = sm
 	}
 	// Phase 3: placement.
 	if err := s.place(sm, rep); err != nil {

@@ -1,0 +1,49 @@
+# vmscatter: the two set-up commands of the README are `make demo` and `make test`; both install what they need.
+SHELL := /bin/bash
+export PATH := /usr/local/go/bin:$(PATH)
+GO ?= go
+BIN := bin/vmscatter
+# CI has 90 minutes for everything; the suite takes far less. The bound keeps a hung QEMU from eating it all.
+TEST_TIMEOUT ?= 40m
+
+.PHONY: all build deps fixture test test-unit verify demo bench-quick bench clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/vmscatter
+
+# System packages (QEMU, busybox-static, iproute2, ...): idempotent, a no-op when present.
+deps:
+	@if [ "$$(id -u)" -ne 0 ]; then echo "make deps: run as root (it installs packages and the tests create network namespaces)"; exit 1; fi
+	./scripts/install-deps.sh
+
+# The guest kernel and initramfs, built once into the cache.
+fixture: deps
+	$(GO) run ./bench/fixture/cmd/build-fixture
+
+test: deps fixture verify
+	$(GO) test -race -timeout $(TEST_TIMEOUT) ./...
+
+test-unit:
+	$(GO) test -race -short ./...
+
+verify:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	@cp go.mod /tmp/vmscatter.go.mod.bak; cp go.sum /tmp/vmscatter.go.sum.bak; \
+	 $(GO) mod tidy; \
+	 if ! diff -q go.mod /tmp/vmscatter.go.mod.bak >/dev/null || ! diff -q go.sum /tmp/vmscatter.go.sum.bak >/dev/null; then \
+	   cp /tmp/vmscatter.go.mod.bak go.mod; cp /tmp/vmscatter.go.sum.bak go.sum; echo "go.mod/go.sum are not tidy: run go mod tidy"; exit 1; fi
+
+demo: deps fixture build
+	./$(BIN) demo
+
+bench-quick: deps fixture build
+	./$(BIN) bench --quick --out out/bench-quick
+
+bench: deps fixture build
+	./$(BIN) bench --out out/bench
+
+clean:
+	rm -rf bin out

@@ -1,0 +1,276 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vmscatter/vmscatter/bench/fixture"
+	"github.com/vmscatter/vmscatter/bench/guest/guestlog"
+	"github.com/vmscatter/vmscatter/bench/lab"
+	"github.com/vmscatter/vmscatter/kvm"
+)
+
+// The tests here scatter real guests (the Debian cloud kernel, a busybox initramfs and the self-verifying
+// workload, under TCG) between network namespaces, through the vmscatter binary.
+
+var vmscatterBin string
+
+func TestMain(m *testing.M) {
+	code := func() int {
+		dir, err := os.MkdirTemp("", "vmscatter-bin-")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer os.RemoveAll(dir)
+		vmscatterBin = filepath.Join(dir, "vmscatter")
+		out, err := exec.Command("go", "build", "-o", vmscatterBin, "github.com/vmscatter/vmscatter/cmd/vmscatter").CombinedOutput()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "building vmscatter: %v\n%s", err, out)
+			return 1
+		}
+		return m.Run()
+	}()
+	os.Exit(code)
+}
+
+// requireLab skips, with the reason, where the integration tests cannot run.
+func requireLab(t *testing.T) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("namespace integration test skipped in -short mode")
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for network namespaces (run make test as root)")
+	}
+	for _, bin := range []string{"qemu-system-x86_64", "ip", "tc"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			t.Skipf("%s not installed (make deps installs it)", bin)
+		}
+	}
+}
+
+func newCluster(t *testing.T, ctx context.Context, cfg ClusterConfig) *Cluster {
+	t.Helper()
+	cfg.Bin = vmscatterBin
+	if cfg.Dir == "" {
+		cfg.Dir = t.TempDir()
+	}
+	c, err := NewCluster(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			for i := range c.Targets {
+				b, _ := os.ReadFile(c.ReceiverLog(i))
+				t.Logf("receiver %s log:\n%s", c.Targets[i].Name, b)
+			}
+		}
+		c.Close()
+	})
+	return c
+}
+
+// workload is what test guests run: a 16 MiB working set, shared across guests except 25%, dirtied at 200 pages/s.
+var workload = fixture.Workload{WSS: 16 << 20, Rate: 200, Seed: 7, Private: 0.25}
+
+// waitOKAfter waits until a console log has n more progress lines than it had, and checks it has no BAD line.
+func waitOK(t *testing.T, ctx context.Context, serial string, n int) guestlog.Summary {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		b, _ := os.ReadFile(serial)
+		s, _ := guestlog.Summarize(bytes.NewReader(b))
+		if len(s.Bad) > 0 {
+			t.Fatalf("%s: the guest found corrupted memory: %+v", serial, s.Bad[0])
+		}
+		if s.OKs >= n {
+			return s
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			t.Fatalf("%s: %d progress lines after 60 s, want %d; log tail:\n%s", serial, s.OKs, n, tail(b, 800))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func tail(b []byte, n int) []byte {
+	if len(b) > n {
+		return b[len(b)-n:]
+	}
+	return b
+}
+
+func qmpStatus(ctx context.Context, path string) (string, error) {
+	q, err := kvm.DialQMP(ctx, path)
+	if err != nil {
+		return "", err
+	}
+	defer q.Close()
+	var st struct {
+		Status string `json:"status"`
+	}
+	err = q.Execute(ctx, "query-status", nil, &st)
+	return st.Status, err
+}
+
+// TestScatterRealGuestsAcrossNamespaces is the spine's acceptance test: three running guests and one paused guest
+// move from the source to two targets through vmscatter. Every guest must run on its target and keep verifying its
+// memory; the paused guest's memory on its target must equal its memory at the source byte for byte.
+func TestScatterRealGuestsAcrossNamespaces(t *testing.T) {
+	requireLab(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	c := newCluster(t, ctx, ClusterConfig{Targets: 2, TargetCapacity: "300M"})
+	guests, err := c.StartGuests(ctx, "vm", 4, fixture.GuestOptions{MemoryMiB: 128, Workload: workload})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, g := range guests {
+		waitOK(t, ctx, g.SerialPath, 3)
+	}
+	// Freeze vm4 and keep a copy of its memory.
+	frozen := guests[3]
+	want := pmemsave(t, ctx, frozen.QMPPath, true, 128<<20, filepath.Join(t.TempDir(), "src.mem"))
+
+	res, err := c.Send(ctx, guests, "--parallel", "2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("send stderr:\n%s", res.Stderr)
+	if res.Exit != 0 {
+		t.Fatalf("exit %d", res.Exit)
+	}
+	used := map[string]int{}
+	for _, v := range res.Report.VMs {
+		if v.Status != "migrated" {
+			t.Fatalf("%s: %s: %s", v.Name, v.Status, v.Error)
+		}
+		used[v.Target]++
+	}
+	if len(used) != 2 {
+		t.Errorf("placement used %d targets, want 2 (capacity 300M each): %v", len(used), used)
+	}
+	for _, g := range guests {
+		select {
+		case <-g.Done():
+		case <-time.After(20 * time.Second):
+			t.Errorf("source QEMU of %s still runs after its migration", g.Name)
+		}
+	}
+	for _, v := range res.Report.VMs {
+		ti := c.TargetIndex(v.Target)
+		dir := c.DestinationDir(ti, v.Name)
+		st, err := qmpStatus(ctx, filepath.Join(dir, "qmp.sock"))
+		if v.Name == frozen.Name {
+			if st != "paused" {
+				t.Errorf("%s on %s: %q, %v; want paused", v.Name, v.Target, st, err)
+			}
+			continue
+		}
+		if st != "running" {
+			t.Errorf("%s on %s: %q, %v; want running", v.Name, v.Target, st, err)
+		}
+		// The guest goes on verifying its own memory on the target.
+		waitOK(t, ctx, filepath.Join(dir, "serial.log"), 10)
+	}
+	for _, g := range guests {
+		b, _ := os.ReadFile(g.SerialPath)
+		if s, _ := guestlog.Summarize(bytes.NewReader(b)); len(s.Bad) > 0 {
+			t.Errorf("%s found corrupted memory at the source: %+v", g.Name, s.Bad[0])
+		}
+	}
+	var fdir string
+	for _, v := range res.Report.VMs {
+		if v.Name == frozen.Name {
+			fdir = c.DestinationDir(c.TargetIndex(v.Target), v.Name)
+		}
+	}
+	got := pmemsave(t, ctx, filepath.Join(fdir, "qmp.sock"), false, 128<<20, filepath.Join(t.TempDir(), "dst.mem"))
+	if !bytes.Equal(got, want) {
+		t.Fatalf("%s: destination memory differs from the source's", frozen.Name)
+	}
+	tot := res.Report.Totals
+	t.Logf("source tx %d bytes, wire %d, prime %d, lower bound %d, distinct %d of %d non-zero pages",
+		res.SourceTx, tot.WireBytes, tot.PrimeBytes, tot.LowerBoundBytes, tot.DistinctPages, tot.NonZeroPages)
+	if res.SourceTx < uint64(tot.WireBytes) {
+		t.Errorf("interface counters show %d bytes, fewer than the report's %d on the wire", res.SourceTx, tot.WireBytes)
+	}
+}
+
+func pmemsave(t *testing.T, ctx context.Context, qmp string, stop bool, size int, path string) []byte {
+	t.Helper()
+	q, err := kvm.DialQMP(ctx, qmp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	if stop {
+		if err := q.Execute(ctx, "stop", nil, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := q.Execute(ctx, "pmemsave", map[string]any{"val": 0, "size": size, "filename": path}, nil); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// TestReceiverKilledMidMigration kills the target's receiver process while a guest's stream flows. The guest must
+// run on at the source, and the sender must say so and exit non-zero.
+func TestReceiverKilledMidMigration(t *testing.T) {
+	requireLab(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	c := newCluster(t, ctx, ClusterConfig{Targets: 1})
+	guests, err := c.StartGuests(ctx, "vm", 1, fixture.GuestOptions{MemoryMiB: 128, Workload: fixture.Workload{WSS: 32 << 20, Rate: 2000, Seed: 3, Private: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := guests[0]
+	waitOK(t, ctx, g.SerialPath, 3)
+	// A slow source link keeps the stream flowing long enough to kill the receiver in the middle of it.
+	if err := c.Source.Shape(lab.Shaping{Rate: 40e6}); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		pid := filepath.Join(c.DestinationDir(0, g.Name), "qemu.pid")
+		for ctx.Err() == nil {
+			if _, err := os.Stat(pid); err == nil {
+				time.Sleep(1500 * time.Millisecond) // the stream is flowing by now
+				c.KillReceiver(0)
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+	res, err := c.Send(ctx, guests, "--no-dedup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := res.Report.VMs[0]
+	if res.Exit != 3 || v.Status != "rolled_back" {
+		t.Fatalf("exit %d, %s: %s\n%s", res.Exit, v.Status, v.Error, res.Stderr)
+	}
+	t.Logf("reported: %s", v.Error)
+	if st, err := qmpStatus(ctx, g.QMPPath); st != "running" {
+		t.Fatalf("source is %q (%v) after the rollback", st, err)
+	}
+	before := waitOK(t, ctx, g.SerialPath, 0).OKs
+	waitOK(t, ctx, g.SerialPath, before+5)
+	if !strings.Contains(v.Error, "receiver") {
+		t.Errorf("the error does not name the receiver: %s", v.Error)
+	}
+}
