@@ -37,7 +37,7 @@ verify:
 	   cp /tmp/vmscatter.go.mod.bak go.mod; cp /tmp/vmscatter.go.sum.bak go.sum; echo "go.mod/go.sum are not tidy: run go mod tidy"; exit 1; fi
 
 demo: deps fixture build
-	./$(BIN) demo
+	./$(BIN) demo --dir out/demo
 
 bench-quick: deps fixture build
 	./$(BIN) bench --quick --out out/bench-quick

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -49,9 +50,13 @@ type Cluster struct {
 	KeyFile string
 	Guests  []*fixture.Guest
 
+	// Progress, if set, also receives the stderr of `vmscatter send` (its progress lines) as they come.
+	Progress io.Writer
+
 	cfg       ClusterConfig
 	mu        sync.Mutex
 	receivers []*exec.Cmd // by target index; nil once killed
+	sends     int
 }
 
 // NewCluster builds the lab, writes a key and starts a receiver on every target.
@@ -199,12 +204,13 @@ func (c *Cluster) StartGuests(ctx context.Context, prefix string, n int, o fixtu
 
 // SendResult is what one `vmscatter send` run gave.
 type SendResult struct {
-	Report   scatter.Report
-	Exit     int
-	Stderr   string
-	SourceTx uint64 // bytes that left the source host's interface (its counters)
-	TargetRx []uint64
-	Elapsed  time.Duration
+	Report     scatter.Report
+	ReportPath string
+	Exit       int
+	Stderr     string
+	SourceTx   uint64 // bytes that left the source host's interface (its counters)
+	TargetRx   []uint64
+	Elapsed    time.Duration
 }
 
 // Send runs `vmscatter send` on the source host for the given guests, to every target, with extra arguments.
@@ -213,7 +219,10 @@ func (c *Cluster) Send(ctx context.Context, guests []*fixture.Guest, extra ...st
 	for _, g := range guests {
 		vms = append(vms, g.Name+"="+g.QMPPath)
 	}
-	report := filepath.Join(c.cfg.Dir, fmt.Sprintf("report-%d.json", time.Now().UnixNano()))
+	c.mu.Lock()
+	c.sends++
+	report := filepath.Join(c.cfg.Dir, fmt.Sprintf("report-%d.json", c.sends))
+	c.mu.Unlock()
 	args := append([]string{"send", "--vms", strings.Join(vms, ","), "--targets", strings.Join(c.ReceiverAddrs(), ","),
 		"--key-file", c.KeyFile, "--report", report}, extra...)
 	_, tx0, _ := c.Source.Counters()
@@ -221,9 +230,12 @@ func (c *Cluster) Send(ctx context.Context, guests []*fixture.Guest, extra ...st
 	var stderr bytes.Buffer
 	cmd := c.Source.Command(ctx, c.cfg.Bin, args...)
 	cmd.Stderr = &stderr
+	if c.Progress != nil {
+		cmd.Stderr = io.MultiWriter(&stderr, c.Progress)
+	}
 	start := time.Now()
 	err := cmd.Run()
-	res := &SendResult{Stderr: stderr.String(), Elapsed: time.Since(start)}
+	res := &SendResult{Stderr: stderr.String(), Elapsed: time.Since(start), ReportPath: report}
 	_, tx1, _ := c.Source.Counters()
 	res.SourceTx = tx1 - tx0
 	for i, rx := range c.targetRx() {

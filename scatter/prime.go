@@ -101,7 +101,7 @@ func (s *sender) prime(ctx context.Context, sm *dedup.SharingMap, rep *Report) e
 	page := make([]byte, dedup.PageSize)
 	var lit []byte
 	var holders, slots []int
-	var lowerBound int64
+	var lowerBound, lowerCompressed int64
 	lastProgress := time.Now()
 	for id := range sm.Contents {
 		cid := dedup.ContentID(id)
@@ -122,6 +122,7 @@ func (s *sender) prime(ctx context.Context, sm *dedup.SharingMap, rep *Report) e
 		var codec dedup.Codec
 		lit, codec = s.codec.Compress(lit[:0], page)
 		holders = sm.HolderVMs(holders[:0], cid)
+		lowerCompressed += int64(len(want) * len(lit))
 		for _, ti := range want {
 			slots = slots[:0]
 			for _, vmi := range holders {
@@ -153,6 +154,7 @@ func (s *sender) prime(ctx context.Context, sm *dedup.SharingMap, rep *Report) e
 		}
 	}
 	rep.Totals.LowerBoundBytes = lowerBound
+	rep.Totals.LowerBoundCompressedBytes = lowerCompressed
 	for ti, t := range s.targets {
 		if t.sc == nil || sent[ti] == 0 {
 			continue

@@ -68,11 +68,14 @@ type Totals struct {
 	NonZeroPages    int64 `json:"nonzero_pages"`
 	DistinctPages   int64 `json:"distinct_pages"`
 	LowerBoundBytes int64 `json:"lower_bound_bytes"`
+	// LowerBoundCompressedBytes is the same bound with each content compressed as the prime sent it.
+	LowerBoundCompressedBytes int64 `json:"lower_bound_compressed_bytes"`
 }
 
 func (r *Report) sum() {
 	t := Totals{ElapsedMS: r.Totals.ElapsedMS, ScanMS: r.Totals.ScanMS, PrimeBytes: r.Totals.PrimeBytes,
-		NonZeroPages: r.Totals.NonZeroPages, DistinctPages: r.Totals.DistinctPages, LowerBoundBytes: r.Totals.LowerBoundBytes}
+		NonZeroPages: r.Totals.NonZeroPages, DistinctPages: r.Totals.DistinctPages, LowerBoundBytes: r.Totals.LowerBoundBytes,
+		LowerBoundCompressedBytes: r.Totals.LowerBoundCompressedBytes}
 	t.VMs = len(r.VMs)
 	t.WireBytes = t.PrimeBytes
 	for _, v := range r.VMs {

@@ -31,7 +31,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		HideVersion:            true,
 		UseShortOptionHandling: true,
 		CustomAppHelpTemplate:  cli.AppHelpTemplate + "\n" + exitCodesHelp + "\n",
-		Commands:               []*cli.Command{sendCommand(), receiveCommand(), planCommand(), keygenCommand()},
+		Commands:               []*cli.Command{sendCommand(), receiveCommand(), planCommand(), keygenCommand(), demoCommand()},
 		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
 			return usageError("%v (see --help)", err)
 		},

@@ -42,7 +42,7 @@ func sendCommand() *cli.Command {
 			&cli.BoolFlag{Name: "no-dedup", Usage: "skip the scan and the prime: every page travels literal"},
 			&cli.StringFlag{Name: "max-bandwidth", Usage: "cap on each source QEMU's migration rate (bytes/s, e.g. 100M); default none"},
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "no progress lines"},
-			logLevelFlag,
+			&cli.StringFlag{Name: "log-level", Value: "warn", Usage: "log detail besides the progress lines: debug, info, warn, error"},
 		},
 		Action: runSend,
 	}
