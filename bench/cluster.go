@@ -85,6 +85,9 @@ func NewCluster(ctx context.Context, cfg ClusterConfig) (_ *Cluster, err error) 
 	for _, h := range hosts[1:] {
 		c.Targets = append(c.Targets, l.Host(h))
 	}
+	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
+		return nil, err
+	}
 	c.KeyFile = filepath.Join(cfg.Dir, "key")
 	os.Remove(c.KeyFile)
 	if err := scatter.WriteNewKey(c.KeyFile); err != nil {
@@ -236,6 +239,7 @@ func (c *Cluster) Send(ctx context.Context, guests []*fixture.Guest, extra ...st
 	start := time.Now()
 	err := cmd.Run()
 	res := &SendResult{Stderr: stderr.String(), Elapsed: time.Since(start), ReportPath: report}
+	_ = os.WriteFile(strings.TrimSuffix(report, ".json")+".stderr", stderr.Bytes(), 0o644)
 	_, tx1, _ := c.Source.Counters()
 	res.SourceTx = tx1 - tx0
 	for i, rx := range c.targetRx() {

@@ -238,7 +238,9 @@ func LaunchDestination(ctx context.Context, argv []string, p DestinationPaths) (
 	defer errLog.Close()
 	cmd := exec.Command(bin, argv[1:]...)
 	cmd.Stdout, cmd.Stderr = errLog, errLog
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	// Its own process group, and no parent-death signal: a migrated VM must outlive the receiver daemon (an
+	// unfinished incoming QEMU exits by itself when its stream closes).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("starting destination QEMU: %w", err)
 	}

@@ -31,7 +31,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		HideVersion:            true,
 		UseShortOptionHandling: true,
 		CustomAppHelpTemplate:  cli.AppHelpTemplate + "\n" + exitCodesHelp + "\n",
-		Commands:               []*cli.Command{sendCommand(), receiveCommand(), planCommand(), keygenCommand(), demoCommand()},
+		Commands:               []*cli.Command{sendCommand(), receiveCommand(), planCommand(), keygenCommand(), demoCommand(), benchCommand()},
 		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
 			return usageError("%v (see --help)", err)
 		},
@@ -107,4 +107,25 @@ func parseSize(s string) (int64, error) {
 		return 0, fmt.Errorf("%q is not a size (e.g. 512M, 4G)", s)
 	}
 	return int64(v * float64(mult)), nil
+}
+
+// parseRate parses a bit rate with an optional k, M or G suffix (powers of 1000, as link rates are quoted).
+func parseRate(s string) (int64, error) {
+	s = strings.TrimSuffix(strings.TrimSuffix(strings.TrimSpace(s), "bit/s"), "bps")
+	mult := 1.0
+	if n := len(s); n > 0 {
+		switch s[n-1] {
+		case 'k', 'K':
+			mult, s = 1e3, s[:n-1]
+		case 'm', 'M':
+			mult, s = 1e6, s[:n-1]
+		case 'g', 'G':
+			mult, s = 1e9, s[:n-1]
+		}
+	}
+	var v float64
+	if _, err := fmt.Sscanf(s, "%g", &v); err != nil || v <= 0 {
+		return 0, fmt.Errorf("%q is not a rate (e.g. 100M, 1G)", s)
+	}
+	return int64(v * mult), nil
 }

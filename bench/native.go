@@ -1,0 +1,172 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/vmscatter/vmscatter/bench/fixture"
+	"github.com/vmscatter/vmscatter/kvm"
+)
+
+// NativePortBase is the first TCP port destination QEMUs listen on for QEMU-native migration (one per VM).
+const NativePortBase = 7500
+
+// NativeVM is one VM's QEMU-native migration.
+type NativeVM struct {
+	Name        string `json:"name"`
+	Target      string `json:"target"`
+	Status      string `json:"status"` // completed, or what went wrong
+	TotalMS     int64  `json:"total_ms"`
+	DowntimeMS  int64  `json:"downtime_ms"`
+	Transferred int64  `json:"transferred_bytes"` // QEMU's own count of bytes it sent
+}
+
+// NativeResult is a run of QEMU's own live migration of every guest straight to its target, all at once, as an
+// operator would do it today.
+type NativeResult struct {
+	VMs      []NativeVM `json:"vms"`
+	SourceTx uint64     `json:"source_tx_bytes"`
+	TargetRx []uint64   `json:"target_rx_bytes"`
+	Elapsed  time.Duration
+}
+
+// MigrateNative migrates each guest to target assign[i] with QEMU's own TCP migration, all at once. The guests
+// must run in the source host's namespace (fixture.GuestOptions.Netns), so that they reach the targets. The
+// destination QEMUs start from each source's own command line with -incoming tcp:ADDR:PORT, in the targets'
+// namespaces, under the targets' data directories (Close kills them).
+func (c *Cluster) MigrateNative(ctx context.Context, guests []*fixture.Guest, assign []int, downtime time.Duration) (*NativeResult, error) {
+	if len(assign) != len(guests) {
+		return nil, errors.New("bench: one target per guest")
+	}
+	type prepared struct {
+		g    *fixture.Guest
+		dest *kvm.Destination
+		src  *kvm.QMP
+		uri  string
+		ti   int
+	}
+	preps := make([]*prepared, len(guests))
+	defer func() {
+		for _, p := range preps {
+			if p == nil {
+				continue
+			}
+			if p.src != nil {
+				p.src.Close()
+			}
+			if p.dest != nil && p.dest.QMP != nil {
+				p.dest.QMP.Close()
+			}
+		}
+	}()
+	for i, g := range guests {
+		ti := assign[i]
+		t := c.Targets[ti]
+		argv, err := kvm.ReadCommandLine(g.PID)
+		if err != nil {
+			return nil, err
+		}
+		if len(argv) > 4 && argv[0] == "ip" { // a guest started through ip netns exec still shows QEMU's argv
+			argv = argv[4:]
+		}
+		dir := filepath.Join(c.DataDir(ti), g.Name)
+		dargv, err := kvm.RewriteCommandLine(argv, dir)
+		if err != nil {
+			return nil, err
+		}
+		addr := net.JoinHostPort(t.Addr.String(), strconv.Itoa(NativePortBase+i))
+		dargv = append(dargv[:len(dargv)-1], "tcp:"+addr) // -incoming tcp:ADDR:PORT instead of defer
+		dargv = append([]string{"ip", "netns", "exec", t.NS}, dargv...)
+		lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		dest, err := kvm.LaunchDestination(lctx, dargv, kvm.PathsIn(dir))
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("%s: destination: %w", g.Name, err)
+		}
+		src, err := kvm.DialQMP(ctx, g.QMPPath)
+		if err != nil {
+			return nil, err
+		}
+		preps[i] = &prepared{g: g, dest: dest, src: src, uri: "tcp:" + addr, ti: ti}
+		params := map[string]any{"downtime-limit": downtime.Milliseconds(), "max-bandwidth": int64(1) << 40}
+		if err := src.Execute(ctx, "migrate-set-parameters", params, nil); err != nil {
+			return nil, err
+		}
+	}
+	// Give the destinations a moment to listen, then start every migration at once.
+	time.Sleep(300 * time.Millisecond)
+	_, tx0, _ := c.Source.Counters()
+	rx0 := c.targetRx()
+	res := &NativeResult{VMs: make([]NativeVM, len(guests))}
+	start := time.Now()
+	var wg sync.WaitGroup
+	for i, p := range preps {
+		res.VMs[i] = NativeVM{Name: p.g.Name, Target: c.Targets[p.ti].Addr.String()}
+		if err := p.src.Execute(ctx, "migrate", map[string]any{"uri": p.uri}, nil); err != nil {
+			res.VMs[i].Status = err.Error()
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			v := &res.VMs[i]
+			v.Status = waitNative(ctx, p.src, p.dest)
+			v.TotalMS = time.Since(start).Milliseconds()
+			var mi struct {
+				Downtime int64 `json:"downtime"`
+				RAM      struct {
+					Transferred int64 `json:"transferred"`
+				} `json:"ram"`
+			}
+			if p.src.Execute(ctx, "query-migrate", nil, &mi) == nil {
+				v.DowntimeMS, v.Transferred = mi.Downtime, mi.RAM.Transferred
+			}
+			_ = p.src.Execute(ctx, "quit", nil, nil)
+		}()
+	}
+	wg.Wait()
+	res.Elapsed = time.Since(start)
+	_, tx1, _ := c.Source.Counters()
+	res.SourceTx = tx1 - tx0
+	for i, rx := range c.targetRx() {
+		res.TargetRx = append(res.TargetRx, rx-rx0[i])
+	}
+	return res, nil
+}
+
+// waitNative waits until the source completed and the destination runs.
+func waitNative(ctx context.Context, src *kvm.QMP, dest *kvm.Destination) string {
+	for {
+		var mi struct {
+			Status string `json:"status"`
+			Error  string `json:"error-desc"`
+		}
+		if err := src.Execute(ctx, "query-migrate", nil, &mi); err != nil {
+			return err.Error()
+		}
+		switch mi.Status {
+		case "failed", "cancelled":
+			return "source migration " + mi.Status + ": " + mi.Error
+		case "completed":
+			var st struct {
+				Status string `json:"status"`
+			}
+			if err := dest.QMP.Execute(ctx, "query-status", nil, &st); err == nil && st.Status == "running" {
+				return "completed"
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err().Error()
+		case <-dest.Exited():
+			return dest.ExitError().Error()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}

@@ -1,0 +1,4 @@
+package bench
+
+// writePlots draws the comparison's charts next to results.json. Filled in once bench/plot lands.
+func writePlots(dir string, res *CompareResult) error { return nil }

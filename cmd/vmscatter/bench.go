@@ -1,0 +1,60 @@
+package main
+
+import (
+	"context"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/vmscatter/vmscatter/bench"
+	"github.com/vmscatter/vmscatter/bench/fixture"
+)
+
+func benchCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "bench",
+		Usage: "measure vmscatter against QEMU's own migration of the same guests, side by side (needs root)",
+		Description: `Builds a namespace lab (a source host and target hosts), shapes the source uplink with tc, boots
+   fresh guests from the fixture and moves them with vmscatter, then boots the same guests again and moves them
+   with QEMU's own live migration, straight to the same targets with the same placement, all at once. Writes
+   results.json, summary.md and SVG plots to --out.`,
+		ArgsUsage: " ",
+		Flags: []cli.Flag{
+			&cli.IntFlag{Name: "guests", Value: 4, Usage: "guests per run (4 or 8)"},
+			&cli.IntFlag{Name: "memory", Value: 128, Usage: "MiB of RAM per guest (128 or 256)"},
+			&cli.IntFlag{Name: "targets", Value: 2, Usage: "target hosts"},
+			&cli.StringFlag{Name: "uplink", Value: "1G", Usage: "source uplink rate in bit/s (k/M/G, powers of 1000)"},
+			&cli.DurationFlag{Name: "settle", Value: 5 * time.Second, Usage: "how long guests run before they move"},
+			&cli.Float64Flag{Name: "dirty-rate", Value: 200, Usage: "workload: pages dirtied per second per guest"},
+			&cli.BoolFlag{Name: "quick", Usage: "a small run that checks the bench works (2 guests, 1 target)"},
+			&cli.StringFlag{Name: "out", Value: "out/bench", Usage: "results directory"},
+		},
+		Action: func(c *cli.Context) error {
+			bin, err := os.Executable()
+			if err != nil {
+				return withCode(ExitError, err)
+			}
+			uplink, err := parseRate(c.String("uplink"))
+			if err != nil {
+				return usageError("--uplink: %v", err)
+			}
+			cfg := bench.CompareConfig{Bin: bin, Dir: c.String("out"), Guests: c.Int("guests"), MemoryMiB: c.Int("memory"),
+				Targets: c.Int("targets"), UplinkBps: uint64(uplink), Settle: c.Duration("settle"), Out: c.App.ErrWriter,
+				Workload: fixture.Workload{WSS: 16 << 20, Rate: c.Float64("dirty-rate"), Seed: 7, Private: 0.25}}
+			if c.Bool("quick") {
+				cfg.Guests, cfg.Targets, cfg.Settle = 2, 1, 2*time.Second
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			res, err := bench.RunCompare(ctx, cfg)
+			if err != nil {
+				return withCode(ExitError, err)
+			}
+			_, err = c.App.Writer.Write([]byte(res.Markdown()))
+			return err
+		},
+	}
+}
