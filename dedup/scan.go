@@ -98,7 +98,7 @@ func Scan(ctx context.Context, regions []Region, opt ScanOptions) (*SharingMap, 
 		chunkSize = DefaultChunkSize
 	}
 	if chunkSize < PageSize || chunkSize%PageSize != 0 || chunkSize > 1<<30 {
-		return nil, fmt.Errorf("%w: chunk size %d is not a multiple of %d up to 1 GiB", ErrBadRegion, chunkSize, PageSize)
+		return nil, fmt.Errorf("dedup: scan chunk size %d is not a multiple of %d up to 1 GiB", chunkSize, PageSize)
 	}
 	fp := opt.Fingerprint
 	if fp == nil {
@@ -124,6 +124,9 @@ func Scan(ctx context.Context, regions []Region, opt ScanOptions) (*SharingMap, 
 			return nil, fmt.Errorf("%w: region %d (VM %d block %q): no reader", ErrBadRegion, i, r.VM, r.Block)
 		}
 		total += r.Size / PageSize
+	}
+	if total >= maxRegionPages {
+		return nil, fmt.Errorf("%w: %d pages in all, more than one scan can number", ErrBadRegion, total)
 	}
 	s.index = newFPTable(int(min(total/4, 1<<20)))
 	for i, r := range regions {
