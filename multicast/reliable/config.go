@@ -1,0 +1,161 @@
+// Package reliable is the reliability engine of vmscatter's data plane: a pure state machine, one for the
+// sender and one for each receiver, in the style of etcd-raft and quic-go's loss detection. It owns no
+// sockets, timers or goroutines. The caller feeds it inputs with the current time (Start, OnPacket,
+// Tick) and carries out its outputs (Ready: packets to send and to which address class, objects
+// delivered, batches finished, and when to call Tick next).
+//
+// The protocol (docs/protocol-data.md has the rules in full):
+//
+//   - The sender splits each batch (a member set and a list of objects) into transfers of at most
+//     wire.MaxTransferChunks chunks. Every chunk fits one datagram and names its transfer, the transfer's
+//     chunk count and its members, so receivers need no handshake before data.
+//   - Receivers detect gaps and send NAKs to the group after a random delay. A receiver that hears another
+//     member's NAK for chunks it also lacks holds its own (suppression). The sender repairs NAKed chunks
+//     ahead of new data, and ignores a repeat NAK for a chunk it repaired less than a repair hold ago.
+//   - When every chunk of a transfer was sent once, the sender POLLs the members that have not confirmed;
+//     they answer with NAKs (possibly empty) or COMPLETE. Only a COMPLETE member counts as holding the data.
+//   - Rate: a token bucket at the current rate, never above Config.RateBps. Every rate window the sender
+//     compares the worst member's loss fraction with its running average: above it (by half, plus 2
+//     points) the rate drops by a quarter, otherwise it climbs back by a twentieth of the maximum. So the
+//     slowest receiver governs and stationary random loss does not push the rate to the floor.
+//   - A member is dropped from the session, reported, and sent a LEAVE when it stays above Config.SlowLoss
+//     for Config.SlowAfter, is silent for Config.DeadAfter while the sender waits on it, or still lacks
+//     data Config.StragglerAfter after the others (at least three quarters of the members) confirmed. The others go on.
+package reliable
+
+import (
+	"time"
+
+	"github.com/vmscatter/vmscatter/multicast/wire"
+)
+
+// Config tunes both engines. Zero fields take the defaults of Defaults.
+type Config struct {
+	RateBps    int64         // maximum send rate in bits per second, counting IP and UDP headers
+	MinRateBps int64         // the rate never drops below this (default RateBps/50)
+	Datagram   int           // UDP payload bytes per packet (link MTU - 28); default 1472
+	RTT        time.Duration // expected round trip; scales the timers below (default 5 ms)
+	NakDelay   time.Duration // receivers wait a random time in [0, NakDelay) before a NAK (default RTT)
+	NakHold    time.Duration // a chunk NAKed (by us or another) is not NAKed again for this long (default 4 RTT)
+	RepairHold time.Duration // the sender repairs one chunk at most once per this (default 2 RTT)
+	PollEvery  time.Duration // interval of POLLs once a transfer is fully sent (default 4 RTT)
+	RateWindow time.Duration // loss is measured and the rate adapted once per window (default 20 ms)
+	DeadAfter  time.Duration // a member silent this long while awaited is dropped (default 3 s)
+	SlowLoss   float64       // a member losing more than this fraction ... (default 0.4)
+	SlowAfter  time.Duration // ... for this long is dropped (default 5 s)
+	// StragglerAfter: a member still incomplete this long after all others confirmed is dropped (default 30 s).
+	StragglerAfter time.Duration
+}
+
+// Defaults fills the zero fields of c.
+func (c Config) Defaults() Config {
+	if c.RateBps <= 0 {
+		c.RateBps = 1e9
+	}
+	if c.MinRateBps <= 0 {
+		c.MinRateBps = c.RateBps / 50
+	}
+	if c.MinRateBps > c.RateBps {
+		c.MinRateBps = c.RateBps
+	}
+	if c.Datagram <= 0 {
+		c.Datagram = 1500 - wire.IPv4UDPOverhead
+	}
+	if c.Datagram > wire.MaxPacket {
+		c.Datagram = wire.MaxPacket
+	}
+	if c.RTT <= 0 {
+		c.RTT = 5 * time.Millisecond
+	}
+	if c.NakDelay <= 0 {
+		c.NakDelay = c.RTT
+	}
+	if c.NakHold <= 0 {
+		c.NakHold = 4 * c.RTT
+	}
+	if c.RepairHold <= 0 {
+		c.RepairHold = 2 * c.RTT
+	}
+	if c.PollEvery <= 0 {
+		c.PollEvery = 4 * c.RTT
+	}
+	if c.RateWindow <= 0 {
+		c.RateWindow = 20 * time.Millisecond
+	}
+	if c.DeadAfter <= 0 {
+		c.DeadAfter = 3 * time.Second
+	}
+	if c.SlowLoss <= 0 {
+		c.SlowLoss = 0.4
+	}
+	if c.SlowAfter <= 0 {
+		c.SlowAfter = 5 * time.Second
+	}
+	if c.StragglerAfter <= 0 {
+		c.StragglerAfter = 30 * time.Second
+	}
+	return c
+}
+
+// Object is one content: an id and its bytes (at most wire.MaxObject).
+type Object struct {
+	ID      uint64
+	Payload []byte
+}
+
+// Dest is the address class of an outgoing packet.
+type Dest uint8
+
+const (
+	// ToGroup goes to the multicast group (a unicast binding sends it to Outgoing.Members, or to every
+	// receiver when Members is nil).
+	ToGroup Dest = iota
+	// ToSender goes from a receiver to the sender (a multicast binding may send it to the group).
+	ToSender
+)
+
+// Outgoing is one packet the caller must send.
+type Outgoing struct {
+	To      Dest
+	Members wire.Mask // for ToGroup from the sender: the receivers that need it
+	Msg     wire.Message
+}
+
+// bitset is a fixed-size set of chunk indexes.
+type bitset []uint64
+
+func newBitset(n uint32) bitset       { return make(bitset, (n+63)/64) }
+func (b bitset) has(i uint32) bool    { return b[i/64]&(1<<(i%64)) != 0 }
+func (b bitset) set(i uint32)         { b[i/64] |= 1 << (i % 64) }
+func (b bitset) clear(i uint32)       { b[i/64] &^= 1 << (i % 64) }
+func (b bitset) word(i uint32) uint64 { return b[i/64] }
+func trimMask(m wire.Mask) wire.Mask {
+	for len(m) > 0 && m[len(m)-1] == 0 {
+		m = m[:len(m)-1]
+	}
+	return m
+}
+
+func maskMinus(a, b wire.Mask) wire.Mask {
+	out := make(wire.Mask, len(a))
+	for i := range a {
+		out[i] = a[i]
+		if i < len(b) {
+			out[i] &^= b[i]
+		}
+	}
+	return trimMask(out)
+}
+
+func maskEqual(a, b wire.Mask) bool {
+	a, b = trimMask(a), trimMask(b)
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}

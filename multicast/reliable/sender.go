@@ -1,0 +1,541 @@
+package reliable
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/vmscatter/vmscatter/multicast/wire"
+)
+
+// BatchResult says how one batch ended.
+type BatchResult struct {
+	Batch     uint64
+	Completed wire.Mask // members that confirmed every object of the batch
+	Dropped   wire.Mask // members dropped from the session (serve them another way)
+}
+
+// SenderStats counts the sender's work.
+type SenderStats struct {
+	DataPackets   uint64 // first transmissions of chunks
+	RepairPackets uint64 // retransmissions
+	DataBytes     uint64 // chunk payload bytes, first transmissions
+	RepairBytes   uint64 // chunk payload bytes, retransmissions
+	WireBytes     uint64 // every data packet's size on the wire, with IP and UDP headers
+	Naks          uint64
+	Polls         uint64
+	RateBps       int64 // the current rate
+	RateCuts      uint64
+}
+
+// SenderReady is what the caller must do after a Tick.
+type SenderReady struct {
+	Packets []Outgoing
+	Done    []BatchResult
+	// Next is when to call Tick again at the latest; zero means only on the next input.
+	Next time.Time
+}
+
+// ErrObject is returned by Start for an object over wire.MaxObject or a repeated id in one batch.
+var ErrObject = errors.New("reliable: bad object")
+
+type chunkRef struct {
+	obj uint32
+	off uint32
+	n   uint32
+}
+
+type txBatch struct {
+	id        uint64
+	members   wire.Mask
+	left      int // transfers not done
+	dropped   wire.Mask
+	cancelled bool
+}
+
+type txTransfer struct {
+	id       wire.Seq
+	batch    *txBatch
+	members  wire.Mask
+	objs     []Object
+	chunks   []chunkRef
+	next     uint32 // first never-sent chunk
+	repair   bitset // chunks to retransmit
+	nrepair  int
+	rcursor  uint32
+	repaired map[uint32]time.Time
+
+	complete, dropped wire.Mask
+	sentAll           time.Time // zero until every chunk went out once
+	nextPoll          time.Time
+	othersDone        time.Time // when every member but the stragglers confirmed
+}
+
+func (t *txTransfer) pending() wire.Mask {
+	return maskMinus(maskMinus(t.members, t.complete), t.dropped)
+}
+func (t *txTransfer) done() bool { return len(t.pending()) == 0 }
+
+type rxInfo struct {
+	lastHeard time.Time
+	loss      uint64 // chunks it NAKed in this rate window
+	slowSince time.Time
+	dropped   bool
+}
+
+// Sender is the sender's engine. Not safe for concurrent use: one goroutine drives it.
+type Sender struct {
+	cfg       Config
+	rate      float64 // bits per second
+	tokens    float64 // bytes
+	lastFill  time.Time
+	nextSeq   wire.Seq
+	nextBatch uint64
+	batches   map[uint64]*txBatch
+	active    []*txTransfer
+	rr        int
+	rx        map[uint16]*rxInfo
+
+	winStart  time.Time
+	nextAdapt time.Time
+	winSent   uint64
+	lossAvg   float64
+
+	out   []Outgoing
+	done  []BatchResult
+	stats SenderStats
+}
+
+// NewSender makes a sender engine. firstTransfer seeds the transfer numbering (pick it at random, so a
+// restarted sender does not collide with its earlier transfers in receivers' memory).
+func NewSender(cfg Config, firstTransfer wire.Seq) *Sender {
+	cfg = cfg.Defaults()
+	return &Sender{cfg: cfg, rate: float64(cfg.RateBps), nextSeq: firstTransfer,
+		batches: make(map[uint64]*txBatch), rx: make(map[uint16]*rxInfo)}
+}
+
+// Stats reports counters and the current rate.
+func (s *Sender) Stats() SenderStats {
+	st := s.stats
+	st.RateBps = int64(s.rate)
+	return st
+}
+
+// Dropped is the set of receivers dropped from the session so far.
+func (s *Sender) Dropped() wire.Mask {
+	var m wire.Mask
+	for id, r := range s.rx {
+		if r.dropped {
+			m = m.With(id)
+		}
+	}
+	return m
+}
+
+// ChunkPayload is the chunk size for a member set.
+func (s *Sender) ChunkPayload(members wire.Mask) int {
+	return wire.MaxDataPayload(s.cfg.Datagram, len(trimMask(members)))
+}
+
+func (s *Sender) info(id uint16, now time.Time) *rxInfo {
+	r := s.rx[id]
+	if r == nil {
+		r = &rxInfo{lastHeard: now}
+		s.rx[id] = r
+	}
+	return r
+}
+
+// Start queues a batch: every object goes to every member. It returns the batch id that the batch's
+// BatchResult will carry. The objects' payloads are read until the batch is done; do not change them.
+func (s *Sender) Start(now time.Time, members wire.Mask, objs []Object) (uint64, error) {
+	members = trimMask(append(wire.Mask(nil), members...))
+	if len(members) > wire.MaxMaskWords {
+		return 0, fmt.Errorf("%w: receiver id over %d", ErrObject, wire.MaxReceivers)
+	}
+	seen := make(map[uint64]struct{}, len(objs))
+	for _, o := range objs {
+		if len(o.Payload) > wire.MaxObject {
+			return 0, fmt.Errorf("%w: object %d has %d bytes", ErrObject, o.ID, len(o.Payload))
+		}
+		if _, dup := seen[o.ID]; dup {
+			return 0, fmt.Errorf("%w: object %d twice in a batch", ErrObject, o.ID)
+		}
+		seen[o.ID] = struct{}{}
+	}
+	s.nextBatch++
+	b := &txBatch{id: s.nextBatch, members: members}
+	for _, id := range members.IDs() {
+		if r := s.info(id, now); r.dropped {
+			b.dropped = b.dropped.With(id)
+		}
+	}
+	live := maskMinus(members, b.dropped)
+	s.batches[b.id] = b
+	if len(live) == 0 || len(objs) == 0 {
+		s.finishBatch(b)
+		return b.id, nil
+	}
+	payload := uint32(s.ChunkPayload(live))
+	var t *txTransfer
+	for i := range objs {
+		n := (uint32(len(objs[i].Payload)) + payload - 1) / payload
+		if n == 0 {
+			n = 1
+		}
+		if t == nil || uint32(len(t.chunks))+n > wire.MaxTransferChunks {
+			t = &txTransfer{id: s.nextSeq, batch: b, members: live}
+			s.nextSeq = s.nextSeq.Next()
+			s.active = append(s.active, t)
+			b.left++
+		}
+		oi := uint32(len(t.objs))
+		t.objs = append(t.objs, objs[i])
+		for c := uint32(0); c < n; c++ {
+			off := c * payload
+			ln := min(payload, uint32(len(objs[i].Payload))-off)
+			t.chunks = append(t.chunks, chunkRef{obj: oi, off: off, n: ln})
+		}
+	}
+	for _, t := range s.active {
+		if t.repair == nil {
+			t.repair = newBitset(uint32(len(t.chunks)))
+			t.repaired = make(map[uint32]time.Time)
+		}
+	}
+	return b.id, nil
+}
+
+// Cancel abandons a batch: its transfers stop and their pending members are told to LEAVE. No
+// BatchResult is reported for it.
+func (s *Sender) Cancel(batch uint64) {
+	b := s.batches[batch]
+	if b == nil {
+		return
+	}
+	b.cancelled = true
+	kept := s.active[:0]
+	for _, t := range s.active {
+		if t.batch != b {
+			kept = append(kept, t)
+			continue
+		}
+		if p := t.pending(); len(p) > 0 {
+			s.out = append(s.out, Outgoing{To: ToGroup, Members: p, Msg: &wire.Leave{Transfer: t.id, Dropped: p}})
+		}
+	}
+	clear(s.active[len(kept):])
+	s.active = kept
+	delete(s.batches, batch)
+}
+
+func (s *Sender) transfer(id wire.Seq) *txTransfer {
+	for _, t := range s.active {
+		if t.id == id {
+			return t
+		}
+	}
+	return nil
+}
+
+// OnPacket takes a packet from receiver from.
+func (s *Sender) OnPacket(now time.Time, from uint16, m wire.Message) {
+	if int(from) >= wire.MaxReceivers {
+		return
+	}
+	r := s.info(from, now)
+	r.lastHeard = now
+	switch m := m.(type) {
+	case *wire.Complete:
+		if t := s.transfer(m.Transfer); t != nil && t.members.Has(from) && !t.dropped.Has(from) {
+			t.complete = t.complete.With(from)
+		}
+	case *wire.Nak:
+		s.stats.Naks++
+		t := s.transfer(m.Transfer)
+		if t == nil || !t.members.Has(from) || t.dropped.Has(from) {
+			return
+		}
+		for _, rg := range m.Ranges {
+			if rg.First >= t.next {
+				continue
+			}
+			last := min(rg.Last, t.next-1)
+			r.loss += uint64(last-rg.First) + 1
+			for c := rg.First; c <= last; c++ {
+				if t.repair.has(c) {
+					continue
+				}
+				if at, ok := t.repaired[c]; ok && now.Sub(at) < s.cfg.RepairHold {
+					continue
+				}
+				t.repair.set(c)
+				t.nrepair++
+				if c < t.rcursor {
+					t.rcursor = c
+				}
+			}
+		}
+	}
+}
+
+func (s *Sender) dataCost(t *txTransfer, c chunkRef) int {
+	return wire.IPv4UDPOverhead + wire.HeaderLen + wire.TagLen + wire.DataFixedLen + 1 + 8*len(t.members) + int(c.n)
+}
+
+func (s *Sender) emitData(t *txTransfer, idx uint32) int {
+	c := t.chunks[idx]
+	o := t.objs[c.obj]
+	d := &wire.Data{Transfer: t.id, Total: uint32(len(t.chunks)), Index: idx, Object: o.ID,
+		ObjectLen: uint32(len(o.Payload)), Offset: c.off, Members: t.members, Payload: o.Payload[c.off : c.off+c.n]}
+	s.out = append(s.out, Outgoing{To: ToGroup, Members: t.pending(), Msg: d})
+	cost := s.dataCost(t, c)
+	s.stats.WireBytes += uint64(cost)
+	s.winSent++
+	return cost
+}
+
+// nextRepair finds the lowest chunk to repair at or after the cursor.
+func (t *txTransfer) nextRepair() uint32 {
+	for w := t.rcursor / 64; int(w) < len(t.repair); w++ {
+		if v := t.repair[w]; v != 0 {
+			for b := uint32(0); b < 64; b++ {
+				if v&(1<<b) != 0 && w*64+b >= t.rcursor {
+					t.rcursor = w*64 + b
+					return t.rcursor
+				}
+			}
+		}
+	}
+	t.rcursor = 0
+	for w := range t.repair {
+		if t.repair[w] != 0 {
+			return t.nextRepair()
+		}
+	}
+	panic("reliable: repair count out of step with the repair set")
+}
+
+const maxPacketsPerTick = 512
+
+// Tick advances time: it sends what the rate allows, polls, adapts the rate, drops slow members and
+// reports finished batches.
+func (s *Sender) Tick(now time.Time) SenderReady {
+	s.fill(now)
+	sent := 0
+	for sent < maxPacketsPerTick && len(s.active) > 0 {
+		t, repair := s.pick()
+		if t == nil {
+			break
+		}
+		var idx uint32
+		if repair {
+			idx = t.nextRepair()
+		} else {
+			idx = t.next
+		}
+		cost := float64(s.dataCost(t, t.chunks[idx]))
+		if s.tokens < cost {
+			break
+		}
+		s.tokens -= cost
+		s.emitData(t, idx)
+		sent++
+		if repair {
+			t.repair.clear(idx)
+			t.nrepair--
+			t.repaired[idx] = now
+			s.stats.RepairPackets++
+			s.stats.RepairBytes += uint64(t.chunks[idx].n)
+		} else {
+			t.next++
+			s.stats.DataPackets++
+			s.stats.DataBytes += uint64(t.chunks[idx].n)
+			if t.next == uint32(len(t.chunks)) {
+				t.sentAll = now
+				t.nextPoll = now
+			}
+		}
+	}
+	s.timers(now)
+	rd := SenderReady{Packets: s.out, Done: s.done}
+	s.out, s.done = nil, nil
+	rd.Next = s.next(now)
+	return rd
+}
+
+// pick chooses what to send next: repairs first (oldest transfer first), then new data round-robin.
+func (s *Sender) pick() (*txTransfer, bool) {
+	for _, t := range s.active {
+		if t.nrepair > 0 {
+			return t, true
+		}
+	}
+	for i := 0; i < len(s.active); i++ {
+		s.rr = (s.rr + 1) % len(s.active)
+		if t := s.active[s.rr]; t.next < uint32(len(t.chunks)) {
+			return t, false
+		}
+	}
+	return nil, false
+}
+
+func (s *Sender) fill(now time.Time) {
+	if s.lastFill.IsZero() {
+		s.lastFill = now
+		s.winStart = now
+		s.nextAdapt = now.Add(s.cfg.RateWindow)
+	}
+	dt := now.Sub(s.lastFill).Seconds()
+	s.lastFill = now
+	if dt <= 0 {
+		return
+	}
+	// The bucket holds about 1 ms of data, and at least a few packets.
+	capacity := max(s.rate/8/1000, float64(4*s.cfg.Datagram))
+	s.tokens = min(s.tokens+dt*s.rate/8, capacity)
+}
+
+func (s *Sender) timers(now time.Time) {
+	if !now.Before(s.nextAdapt) {
+		s.nextAdapt = now.Add(s.cfg.RateWindow)
+		s.adaptRate(now)
+	}
+	for _, t := range s.active {
+		s.checkMembers(now, t)
+		if !t.sentAll.IsZero() && !now.Before(t.nextPoll) && !t.done() {
+			s.stats.Polls++
+			p := t.pending()
+			s.out = append(s.out, Outgoing{To: ToGroup, Members: p,
+				Msg: &wire.Poll{Transfer: t.id, Total: uint32(len(t.chunks)), Members: t.members, Pending: p}})
+			t.nextPoll = now.Add(s.cfg.PollEvery)
+		}
+	}
+	kept := s.active[:0]
+	for _, t := range s.active {
+		if !t.done() {
+			kept = append(kept, t)
+			continue
+		}
+		b := t.batch
+		b.left--
+		for _, id := range t.dropped.IDs() {
+			b.dropped = b.dropped.With(id)
+		}
+		if b.left == 0 {
+			s.finishBatch(b)
+		}
+	}
+	clear(s.active[len(kept):])
+	s.active = kept
+}
+
+func (s *Sender) finishBatch(b *txBatch) {
+	delete(s.batches, b.id)
+	s.done = append(s.done, BatchResult{Batch: b.id, Completed: maskMinus(b.members, b.dropped), Dropped: trimMask(b.dropped)})
+}
+
+// checkMembers drops members of t that went silent or straggle.
+func (s *Sender) checkMembers(now time.Time, t *txTransfer) {
+	if t.sentAll.IsZero() {
+		return
+	}
+	pending := t.pending()
+	if len(pending) == 0 {
+		return
+	}
+	live := maskMinus(t.members, t.dropped)
+	if t.othersDone.IsZero() && len(t.complete) > 0 && pending.Count() <= max(1, live.Count()/4) {
+		t.othersDone = now // the rest are stragglers from now on
+	}
+	for _, id := range pending.IDs() {
+		r := s.info(id, now)
+		since := r.lastHeard
+		if since.Before(t.sentAll) {
+			since = t.sentAll
+		}
+		switch {
+		case now.Sub(since) >= s.cfg.DeadAfter:
+			s.drop(now, id)
+		case !t.othersDone.IsZero() && now.Sub(t.othersDone) >= s.cfg.StragglerAfter:
+			s.drop(now, id)
+		}
+	}
+}
+
+// drop removes receiver id from the session and from every active transfer.
+func (s *Sender) drop(now time.Time, id uint16) {
+	r := s.info(id, now)
+	r.dropped = true
+	for _, t := range s.active {
+		if t.members.Has(id) && !t.complete.Has(id) && !t.dropped.Has(id) {
+			t.dropped = t.dropped.With(id)
+			s.out = append(s.out, Outgoing{To: ToGroup, Members: wire.Mask(nil).With(id),
+				Msg: &wire.Leave{Transfer: t.id, Dropped: wire.Mask(nil).With(id)}})
+		}
+	}
+}
+
+func (s *Sender) adaptRate(now time.Time) {
+	if s.winSent < 32 && now.Sub(s.winStart) < 10*s.cfg.RateWindow {
+		return // too little traffic to judge; widen the window
+	}
+	sent := float64(max(s.winSent, 1))
+	worst := 0.0
+	for id, r := range s.rx {
+		if r.dropped {
+			continue
+		}
+		f := min(float64(r.loss)/sent, 1)
+		r.loss = 0
+		worst = max(worst, f)
+		if f > s.cfg.SlowLoss && s.winSent >= 32 {
+			if r.slowSince.IsZero() {
+				r.slowSince = now
+			} else if now.Sub(r.slowSince) >= s.cfg.SlowAfter {
+				s.drop(now, id)
+			}
+		} else {
+			r.slowSince = time.Time{}
+		}
+	}
+	if worst > 1.5*s.lossAvg+0.02 {
+		s.rate = max(s.rate*0.75, float64(s.cfg.MinRateBps))
+		s.stats.RateCuts++
+	} else {
+		s.rate = min(s.rate+float64(s.cfg.RateBps)/20, float64(s.cfg.RateBps))
+	}
+	s.lossAvg += (worst - s.lossAvg) / 8
+	s.winStart = now
+	s.winSent = 0
+}
+
+// next is the latest time the caller should Tick again.
+func (s *Sender) next(now time.Time) time.Time {
+	var next time.Time
+	earlier := func(t time.Time) {
+		if next.IsZero() || t.Before(next) {
+			next = t
+		}
+	}
+	sending := false
+	for _, t := range s.active {
+		if t.nrepair > 0 || t.next < uint32(len(t.chunks)) {
+			sending = true
+		}
+		if !t.sentAll.IsZero() {
+			earlier(t.nextPoll)
+		}
+	}
+	if sending {
+		// Time to earn a full-size packet's tokens, at least 100 µs, so Ticks come in small bursts.
+		need := float64(s.cfg.Datagram+wire.IPv4UDPOverhead) - s.tokens
+		wait := time.Duration(need / (s.rate / 8) * float64(time.Second))
+		earlier(now.Add(max(wait, 100*time.Microsecond)))
+	}
+	if len(s.active) > 0 {
+		earlier(s.nextAdapt)
+		earlier(now.Add(s.cfg.PollEvery)) // member checks
+	}
+	return next
+}
