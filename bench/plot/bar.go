@@ -149,8 +149,8 @@ func (c BarChart) SVG() []byte {
 	if !ys.log {
 		base = ys.pos(0)
 	}
-	d.line(left, plotBottom, width-right, plotBottom, axisColour, 1, "")
-	if base != plotBottom {
+	d.line(left, ys.p0, width-right, ys.p0, axisColour, 1, "")
+	if base != ys.p0 {
 		d.line(left, base, width-right, base, axisColour, 1, "")
 	}
 	if !any {
@@ -187,7 +187,7 @@ func (c BarChart) SVG() []byte {
 	}
 	d.raw("</g>\n")
 
-	// Category labels, under the middle of each group.
+	// Category labels, under the middle of each group, and under the labels of bars that hang down.
 	for j, name := range cats {
 		cx := left + (float64(j)+0.5)*groupW
 		d.line(cx, plotBottom, cx, plotBottom+tickLen, axisColour, 1, "")

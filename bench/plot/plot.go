@@ -120,7 +120,7 @@ func header(d *doc, title string, width float64) float64 {
 	if title == "" {
 		return y
 	}
-	short := fitText(title, width-2*pad, titleSize)
+	short := truncate(title, int((width-2*pad)/(titleSize*boldWidth)))
 	d.text(width/2, y+titleSize, short, title, titleSize, "middle", 0, ` font-weight="bold"`)
 	return y + titleSize + 10
 }

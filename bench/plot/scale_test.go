@@ -69,21 +69,3 @@ func TestCompact(t *testing.T) {
 		}
 	}
 }
-
-func TestTruncate(t *testing.T) {
-	for _, tc := range []struct {
-		s    string
-		max  int
-		want string
-	}{
-		{"short", 10, "short"},
-		{"exactly10!", 10, "exactly10!"},
-		{"a bit too long", 10, "a bit too…"},
-		{"日本語のテキスト", 4, "日本語…"},
-		{"abc", 0, "…"},
-	} {
-		if got := truncate(tc.s, tc.max); got != tc.want {
-			t.Errorf("truncate(%q, %d) = %q, want %q", tc.s, tc.max, got, tc.want)
-		}
-	}
-}

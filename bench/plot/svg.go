@@ -5,6 +5,7 @@ import (
 	"encoding/xml"
 	"math"
 	"strconv"
+	"strings"
 	"unicode/utf8"
 )
 
@@ -16,6 +17,7 @@ const (
 	tickSize  = 11
 	valueSize = 10
 	charWidth = 0.6
+	boldWidth = 0.66
 
 	fontFamily = "Helvetica, Arial, sans-serif"
 	inkColour  = "#222222"
@@ -108,7 +110,7 @@ func truncate(s string, max int) string {
 		return s
 	}
 	r := []rune(s)
-	return string(r[:max-1]) + "…"
+	return strings.TrimRight(string(r[:max-1]), " ") + "…"
 }
 
 // fitText shortens s so that it is drawn no wider than width at the given size.
