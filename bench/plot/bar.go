@@ -38,20 +38,20 @@ func (c BarChart) SVG() []byte {
 
 	// The value axis, from the drawable values.
 	var ys *scale
-	lo, hi, any, neg := math.Inf(1), math.Inf(-1), false, false
+	lo, hi, drawn, neg := math.Inf(1), math.Inf(-1), false, false
 	for _, s := range c.Series {
 		for _, v := range s.Values {
 			if !drawable(v, c.LogY) {
 				continue
 			}
-			lo, hi, any = math.Min(lo, v), math.Max(hi, v), true
+			lo, hi, drawn = math.Min(lo, v), math.Max(hi, v), true
 			neg = neg || v < 0
 		}
 	}
 	switch {
-	case !any && c.LogY:
+	case !drawn && c.LogY:
 		ys = logScale(1, 10, true)
-	case !any:
+	case !drawn:
 		ys = linearScale(0, 1)
 	case c.LogY:
 		ys = logScale(lo, hi, true)
@@ -67,7 +67,7 @@ func (c BarChart) SVG() []byte {
 	right := float64(pad)
 	width := math.Max(minChartWidth, left+right+float64(nCat)*(float64(nSer)*minBarWidth+groupPad))
 	plotW := width - left - right
-	groupW := plotW / float64(math.Max(float64(nCat), 1))
+	groupW := plotW / math.Max(float64(nCat), 1)
 	barW := math.Min(maxBarWidth, (groupW-groupPad)*0.85/float64(nSer))
 
 	// Category labels: as they are if they fit, shortened if that leaves enough, else turned.
@@ -130,11 +130,7 @@ func (c BarChart) SVG() []byte {
 		items = nil // one unnamed series needs no legend
 	}
 	leg := layoutLegend(items, pad, width-2*pad)
-	titleH := 0.0
-	if c.Title != "" {
-		titleH = titleSize + 10
-	}
-	legendTop := pad + titleH
+	legendTop := pad + titleHeight(c.Title)
 	plotTop := legendTop + leg.height() + 6
 	plotBottom := plotTop + headroom + barPlotHeight + foot
 	height := plotBottom + tickLen + catH + pad
@@ -153,7 +149,7 @@ func (c BarChart) SVG() []byte {
 	if base != ys.p0 {
 		d.line(left, base, width-right, base, axisColour, 1, "")
 	}
-	if !any {
+	if !drawn {
 		noData(d, left+plotW/2, (ys.p0+ys.p1)/2)
 	}
 

@@ -49,12 +49,12 @@ func (c LineChart) SVG() []byte {
 		}
 		sort.SliceStable(lines[i], func(a, b int) bool { return lines[i][a].X < lines[i][b].X })
 	}
-	any := xlo <= xhi
+	drawn := xlo <= xhi
 	var xs, ys *scale
 	switch {
-	case !any && c.LogX:
+	case !drawn && c.LogX:
 		xs = logScale(1, 10, false)
-	case !any:
+	case !drawn:
 		xs = linearScale(0, 1)
 	case c.LogX:
 		xs = logScale(xlo, xhi, false)
@@ -62,9 +62,9 @@ func (c LineChart) SVG() []byte {
 		xs = linearScale(xlo, xhi)
 	}
 	switch {
-	case !any && c.LogY:
+	case !drawn && c.LogY:
 		ys = logScale(1, 10, false)
-	case !any:
+	case !drawn:
 		ys = linearScale(0, 1)
 	case c.LogY:
 		ys = logScale(ylo, yhi, false)
@@ -90,11 +90,7 @@ func (c LineChart) SVG() []byte {
 		items = nil
 	}
 	leg := layoutLegend(items, pad, width-2*pad)
-	titleH := 0.0
-	if c.Title != "" {
-		titleH = titleSize + 10
-	}
-	legendTop := pad + titleH
+	legendTop := pad + titleHeight(c.Title)
 	plotTop := legendTop + leg.height() + 6 + markerSize
 	plotBottom := plotTop + linePlotHeight
 	height := plotBottom + tickLen + tickSize + 6 + pad
@@ -109,7 +105,7 @@ func (c LineChart) SVG() []byte {
 	ys.p0, ys.p1 = plotBottom, plotTop
 	yAxis(d, ys, left, width-right, c.YLabel, pad+labelSize)
 	xAxis(d, xs, plotTop, plotBottom, c.XLabel, height-pad-3)
-	if !any {
+	if !drawn {
 		noData(d, (xs.p0+xs.p1)/2, (ys.p0+ys.p1)/2)
 	}
 

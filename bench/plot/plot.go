@@ -114,15 +114,21 @@ func (l legendLayout) draw(d *doc, top float64) {
 	d.raw("</g>\n")
 }
 
-// header draws the title and returns the y below it.
-func header(d *doc, title string, width float64) float64 {
-	y := float64(pad)
+// titleHeight is the height the title takes at the top of a chart.
+func titleHeight(title string) float64 {
 	if title == "" {
-		return y
+		return 0
+	}
+	return titleSize + 10
+}
+
+// header draws the title, centred at the top.
+func header(d *doc, title string, width float64) {
+	if title == "" {
+		return
 	}
 	short := truncate(title, int((width-2*pad)/(titleSize*boldWidth)))
-	d.text(width/2, y+titleSize, short, title, titleSize, "middle", 0, ` font-weight="bold"`)
-	return y + titleSize + 10
+	d.text(width/2, pad+titleSize, short, title, titleSize, "middle", 0, ` font-weight="bold"`)
 }
 
 // yAxis draws the grid, ticks and tick labels of a vertical scale spanning x0..x1, and the axis label.

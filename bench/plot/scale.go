@@ -42,32 +42,32 @@ func drawable(v float64, log bool) bool {
 
 const linearTicks = 5 // about how many intervals a linear axis is cut into
 
-// linearScale covers [min, max] with ticks at round numbers: 1, 2 or 5 times a power of ten apart. The domain is
+// linearScale covers [from, to] with ticks at round numbers: 1, 2 or 5 times a power of ten apart. The domain is
 // widened to the outermost ticks. An empty or degenerate range becomes a small range around it.
-func linearScale(min, max float64) *scale {
-	if !(min <= max) || math.IsInf(min, 0) || math.IsInf(max, 0) {
-		min, max = 0, 1
+func linearScale(from, to float64) *scale {
+	if !(from <= to) || math.IsInf(from, 0) || math.IsInf(to, 0) {
+		from, to = 0, 1
 	}
-	if min == max {
-		d := math.Abs(min) * 0.1
+	if from == to {
+		d := math.Abs(from) * 0.1
 		if d == 0 {
 			d = 1
 		}
-		if min >= 0 && min-d < 0 {
-			min, max = 0, max+d // keep a non-negative range non-negative
+		if from >= 0 && from-d < 0 {
+			from, to = 0, to+d // keep a non-negative range non-negative
 		} else {
-			min, max = min-d, max+d
+			from, to = from-d, to+d
 		}
 	}
 	// Of the round steps near span/linearTicks, take the one whose ticks cut the range into the number of
 	// intervals nearest linearTicks; on a tie, the coarser.
-	mant, exp := niceStep((max - min) / linearTicks)
+	mant, exp := niceStep((to - from) / linearTicks)
 	var first, last int64
 	best := math.MaxInt
 	for e := exp - 1; e <= exp+1; e++ {
 		for _, m := range []int64{1, 2, 5} {
 			step := tickValue(m, e, 1)
-			f, l := int64(math.Floor(min/step+1e-9)), int64(math.Ceil(max/step-1e-9))
+			f, l := int64(math.Floor(from/step+1e-9)), int64(math.Ceil(to/step-1e-9))
 			d := int(l - f - linearTicks)
 			if d < 0 {
 				d = -d
@@ -146,19 +146,19 @@ func linearLabeller(ticks []float64, exp int) func(float64) string {
 
 const maxLogTicks = 8 // a log axis labels at most about this many decades
 
-// logScale covers [min, max] (both positive) with ticks at powers of ten; wide ranges label every k-th decade.
-// For bars, the bottom decade is strictly below min, so that the smallest bar still has a height.
-func logScale(min, max float64, forBars bool) *scale {
-	if !(min > 0 && min <= max) || math.IsInf(max, 0) {
-		min, max = 1, 10
+// logScale covers [from, to] (both positive) with ticks at powers of ten; wide ranges label every k-th decade.
+// For bars, the bottom decade is strictly below from, so that the smallest bar still has a height.
+func logScale(from, to float64, forBars bool) *scale {
+	if !(from > 0 && from <= to) || math.IsInf(to, 0) {
+		from, to = 1, 10
 	}
 	var lo int
 	if forBars {
-		lo = int(math.Ceil(math.Log10(min)-1e-9)) - 1
+		lo = int(math.Ceil(math.Log10(from)-1e-9)) - 1
 	} else {
-		lo = int(math.Floor(math.Log10(min) + 1e-9))
+		lo = int(math.Floor(math.Log10(from) + 1e-9))
 	}
-	hi := int(math.Ceil(math.Log10(max) - 1e-9))
+	hi := int(math.Ceil(math.Log10(to) - 1e-9))
 	if hi <= lo {
 		hi = lo + 1
 	}

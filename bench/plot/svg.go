@@ -101,16 +101,16 @@ func textWidth(s string, size float64) float64 {
 	return float64(utf8.RuneCountInString(s)) * size * charWidth
 }
 
-// truncate shortens s to at most max runes, ending it with an ellipsis when it had to cut.
-func truncate(s string, max int) string {
-	if max < 1 {
-		max = 1
+// truncate shortens s to at most n runes, ending it with an ellipsis when it had to cut.
+func truncate(s string, n int) string {
+	if n < 1 {
+		n = 1
 	}
-	if utf8.RuneCountInString(s) <= max {
+	if utf8.RuneCountInString(s) <= n {
 		return s
 	}
 	r := []rune(s)
-	return strings.TrimRight(string(r[:max-1]), " ") + "…"
+	return strings.TrimRight(string(r[:n-1]), " ") + "…"
 }
 
 // fitText shortens s so that it is drawn no wider than width at the given size.
