@@ -11,15 +11,38 @@ import "slices"
 // taking a VM only if the rest still packs (best fit decreasing); if even that fails it returns the feasible
 // packing it was given.
 func greedy(m *model, caps *capacities, packing []int) []int {
+	return greedyWith(m, caps, packing, mostShared)
+}
+
+// pickRule says which VM greedy adds next to a target: the one with the largest key. score is the number of
+// the VM's pages already present on the target.
+type pickRule int
+
+const (
+	// mostShared is VMScatter's rule: the most pages shared with the VMs already there.
+	mostShared pickRule = iota
+	// leastNew adds the VM that brings the fewest shared pages not yet there (score - (shared - score)).
+	leastNew
+)
+
+func (r pickRule) key(m *model, score []int, v int) int {
+	if r == leastNew {
+		return 2*score[v] - m.shared[v]
+	}
+	return score[v]
+}
+
+// greedyWith is greedy with a given rule for the next VM.
+func greedyWith(m *model, caps *capacities, packing []int, rule pickRule) []int {
 	for _, guarded := range []bool{false, true} {
-		if assign, ok := greedyFill(m, caps, guarded); ok {
+		if assign, ok := greedyFill(m, caps, guarded, rule); ok {
 			return assign
 		}
 	}
 	return slices.Clone(packing)
 }
 
-func greedyFill(m *model, caps *capacities, guarded bool) ([]int, bool) {
+func greedyFill(m *model, caps *capacities, guarded bool, rule pickRule) ([]int, bool) {
 	s := newState(m, caps)
 	for v, t := range caps.pins {
 		if t >= 0 {
@@ -51,8 +74,11 @@ func greedyFill(m *model, caps *capacities, guarded bool) ([]int, bool) {
 			}
 		}
 		better := func(v, w int) bool { // v is a better pick than w
-			if score[v] != score[w] {
-				return score[v] > score[w]
+			if len(s.members[t]) == 0 { // the first VM: the most sharing overall
+				return m.shared[v] > m.shared[w] || m.shared[v] == m.shared[w] && v < w
+			}
+			if kv, kw := rule.key(m, score, v), rule.key(m, score, w); kv != kw {
+				return kv > kw
 			}
 			if m.shared[v] != m.shared[w] {
 				return m.shared[v] > m.shared[w]

@@ -105,6 +105,7 @@ type state struct {
 	members [][]int32 // per target: its VMs, in no particular order
 	cost    int       // Σ over targets of the weight of the classes present there
 	load    []load    // per target: what its VMs use
+	version []uint32  // per target: bumped whenever its VMs change
 }
 
 // load is what the VMs placed on one target use.
@@ -122,6 +123,7 @@ func newState(m *model, caps *capacities) *state {
 		cnt:     make([]uint16, m.nT*len(m.weight)),
 		members: make([][]int32, m.nT),
 		load:    make([]load, m.nT),
+		version: make([]uint32, m.nT),
 	}
 	for v := range s.assign {
 		s.assign[v] = -1
@@ -147,6 +149,7 @@ func (s *state) add(v, t int) {
 		row[k]++
 	}
 	s.assign[v] = t
+	s.version[t]++
 	s.members[t] = append(s.members[t], int32(v))
 	if s.caps != nil {
 		s.load[t].mem += s.caps.vmMem[v]
@@ -166,6 +169,7 @@ func (s *state) remove(v int) {
 		}
 	}
 	s.assign[v] = -1
+	s.version[t]++
 	ms := s.members[t]
 	i := slices.Index(ms, int32(v))
 	ms[i] = ms[len(ms)-1]

@@ -1,14 +1,15 @@
 package grouping
 
 import (
+	"cmp"
 	"math/rand/v2"
 	"slices"
 )
 
 // ours: several starting placements, each improved by local search, the best kept.
 //
-//   - Starts: the greedy placement; a "chain" packing that walks VMs from each to its most similar unplaced
-//     MinHash neighbour and fills targets in that order; and, on small problems, random packings.
+//   - Starts: the greedy placement, and greedy with another rule for the next VM (the fewest new shared pages);
+//     on small problems also the capacity packing and random packings.
 //   - Local search over pairs of targets (a, b): every move of one VM from a to b or b to a, and every swap of a
 //     VM of a with one of b, within capacities; the best improving one is applied, until none is left. A move's
 //     delta is O(the VM's classes) from per-target class counts; a swap's delta is the two move deltas plus a
@@ -23,6 +24,7 @@ import (
 const (
 	oursSeed         = 0x766d73636174 // "vmscat"
 	allPairsTargets  = 16             // up to this many targets local search tries every pair
+	maxPartners      = 8              // beyond, the targets paired with each target
 	maxPasses        = 100
 	smallProblemVMs  = 64 // up to this many VMs: random starts and iterated local search
 	randomStarts     = 8
@@ -39,14 +41,10 @@ func ours(m *model, caps *capacities, packing []int) []int {
 	if m.nT > allPairsTargets || m.nVM > smallProblemVMs {
 		nbrs = m.nearest(m.sketches(oursSeed))
 	}
-	starts := [][]int{base, packing}
-	if nbrs != nil {
-		if c := chainPacking(m, caps, nbrs); c != nil {
-			starts = append(starts, c)
-		}
-	}
+	starts := [][]int{base, greedyWith(m, caps, packing, leastNew)}
 	small := m.nVM <= smallProblemVMs
 	if small {
+		starts = append(starts, packing)
 		for range randomStarts {
 			if r := randomPacking(caps, rng); r != nil {
 				starts = append(starts, r)
@@ -79,9 +77,20 @@ type searcher struct {
 	caps *capacities
 	nbrs [][]int32 // MinHash neighbours, nil when every pair of targets is tried
 	rng  *rand.Rand
+	// Caches, valid for one state: the versions of targets a and b when pair (a, b) last had no improving
+	// step (a*nT+b -> verA<<32|verB, +1 so that 0 means never), and each VM's remove gain with the version
+	// (+1) of its target then.
+	settled []uint64
+	gain    []int
+	gainVer []uint32
+	gainAt  []int
 }
 
 func (ls *searcher) load(assign []int) *state {
+	ls.settled = make([]uint64, ls.m.nT*ls.m.nT)
+	ls.gain = make([]int, ls.m.nVM)
+	ls.gainVer = make([]uint32, ls.m.nVM)
+	ls.gainAt = make([]int, ls.m.nVM)
 	s := newState(ls.m, ls.caps)
 	for v, t := range assign {
 		s.add(v, t)
@@ -117,7 +126,8 @@ func (ls *searcher) descend(s *state) {
 	}
 }
 
-// partners lists the targets b != a worth pairing with a.
+// partners lists the targets b != a worth pairing with a: every other target when there are few, else the
+// maxPartners targets holding the most MinHash neighbours of a's VMs.
 func (ls *searcher) partners(s *state, a int) []int {
 	var out []int
 	if ls.nbrs == nil {
@@ -128,31 +138,48 @@ func (ls *searcher) partners(s *state, a int) []int {
 		}
 		return out
 	}
+	links := map[int]int{}
 	for _, v := range s.members[a] {
 		for _, u := range ls.nbrs[v] {
-			if b := s.assign[u]; b != a && !slices.Contains(out, b) {
-				out = append(out, b)
+			if b := s.assign[u]; b != a {
+				if links[b] == 0 {
+					out = append(out, b)
+				}
+				links[b]++
 			}
 		}
 	}
-	slices.Sort(out)
-	return out
+	slices.SortFunc(out, func(x, y int) int { return cmp.Or(links[y]-links[x], x-y) })
+	return out[:min(len(out), maxPartners)]
+}
+
+// removeGain is s.removeGain(v), cached until v's target changes.
+func (ls *searcher) removeGain(s *state, v int) int {
+	if t, ver := s.assign[v], s.version[s.assign[v]]+1; ls.gainVer[v] != ver || ls.gainAt[v] != t {
+		ls.gain[v], ls.gainVer[v], ls.gainAt[v] = s.removeGain(v), ver, t
+	}
+	return ls.gain[v]
 }
 
 // improvePair applies the best improving move or swap between targets a and b, and reports whether it found
 // one.
 func (ls *searcher) improvePair(s *state, a, b int) bool {
-	va, vb := ls.movable(s, a), ls.movable(s, b)
-	if len(va)+len(vb) == 0 {
+	key := a*ls.m.nT + b
+	if a > b {
+		key = b*ls.m.nT + a
+	}
+	vers := uint64(s.version[min(a, b)])<<32 | uint64(s.version[max(a, b)]) + 1
+	if ls.settled[key] == vers {
 		return false
 	}
+	va, vb := ls.movable(s, a), ls.movable(s, b)
 	da := make([]int, len(va)) // delta of moving va[i] to b
 	db := make([]int, len(vb)) // delta of moving vb[j] to a
 	for i, v := range va {
-		da[i] = s.addCost(v, b) - s.removeGain(v)
+		da[i] = s.addCost(v, b) - ls.removeGain(s, v)
 	}
 	for j, u := range vb {
-		db[j] = s.addCost(u, a) - s.removeGain(u)
+		db[j] = s.addCost(u, a) - ls.removeGain(s, u)
 	}
 	best, bv, bu := 0, -1, -1
 	for i, v := range va {
@@ -175,8 +202,10 @@ func (ls *searcher) improvePair(s *state, a, b int) bool {
 			}
 		}
 	}
+	before := s.total()
 	switch {
 	case best == 0:
+		ls.settled[key] = vers
 		return false
 	case bu < 0:
 		s.move(bv, b)
@@ -185,6 +214,9 @@ func (ls *searcher) improvePair(s *state, a, b int) bool {
 	default:
 		s.move(bv, b)
 		s.move(bu, a)
+	}
+	if s.total() != before+best {
+		panic("grouping: local search delta differs from the real change") // a bug here, never bad input
 	}
 	return true
 }
@@ -249,63 +281,6 @@ func randomPacking(caps *capacities, rng *rand.Rand) []int {
 		t := fit[rng.IntN(len(fit))]
 		assign[v] = t
 		l[t] = load{l[t].mem + caps.vmMem[v], l[t].vcpus + caps.vmVCPUs[v], l[t].vms + 1}
-	}
-	return assign
-}
-
-// chainPacking orders the free VMs by walking from each VM to its most similar unvisited neighbour (jumping to
-// the VM that shares the most when the neighbours are used up), then fills targets, the most free memory
-// first, taking the VMs in that order that still fit. It returns nil if some VM fits nowhere.
-func chainPacking(m *model, caps *capacities, nbrs [][]int32) []int {
-	free := caps.freeVMs()
-	slices.SortStableFunc(free, func(a, b int) int { return m.shared[b] - m.shared[a] })
-	visited := make([]bool, m.nVM)
-	chain := make([]int, 0, len(free))
-	next := 0 // index in free of the next jump candidate
-	for len(chain) < len(free) {
-		v := -1
-		if len(chain) > 0 {
-			for _, u := range nbrs[chain[len(chain)-1]] {
-				if !visited[u] && caps.pins[u] < 0 {
-					v = int(u)
-					break
-				}
-			}
-		}
-		if v < 0 {
-			for visited[free[next]] {
-				next++
-			}
-			v = free[next]
-		}
-		visited[v] = true
-		chain = append(chain, v)
-	}
-	assign := make([]int, m.nVM)
-	copy(assign, caps.pins)
-	l := caps.loads(assign)
-	closed := make([]bool, m.nT)
-	for len(chain) > 0 {
-		t := -1
-		for u := range m.nT {
-			if !closed[u] && (t < 0 || caps.p.Targets[u].MemBytes-l[u].mem > caps.p.Targets[t].MemBytes-l[t].mem) {
-				t = u
-			}
-		}
-		if t < 0 {
-			return nil
-		}
-		closed[t] = true
-		rest := chain[:0]
-		for _, v := range chain {
-			if caps.fitsWith(t, l[t], v, -1) {
-				assign[v] = t
-				l[t] = load{l[t].mem + caps.vmMem[v], l[t].vcpus + caps.vmVCPUs[v], l[t].vms + 1}
-			} else {
-				rest = append(rest, v)
-			}
-		}
-		chain = rest
 	}
 	return assign
 }
