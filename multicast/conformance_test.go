@@ -93,7 +93,13 @@ func session(t *testing.T, tn testNet, n int, batches []batch) []Result {
 			}
 		}()
 	}
-	snd, err := NewSender(tn.cfg, str)
+	var snd *Sender
+	var err error
+	if autoDial != nil {
+		snd, err = autoDial(ctx)
+	} else {
+		snd, err = NewSender(tn.cfg, str)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
