@@ -103,6 +103,8 @@ func BenchmarkPlace(b *testing.B) {
 			b.ReportMetric(float64(pl.FabricPages), "fabric-pages")
 			b.ReportMetric(float64(pl.FabricPages)/float64(greedyPl.FabricPages), "vs-greedy")
 			b.ReportMetric(float64(pl.FabricPages)/float64(pl.SourcePages), "fabric/source")
+			// The part of the fabric the placement controls: the pages sent to more than one target.
+			b.ReportMetric(float64(pl.FabricPages-pl.SourcePages)/float64(greedyPl.FabricPages-greedyPl.SourcePages), "excess-vs-greedy")
 		})
 	}
 }

@@ -22,15 +22,15 @@ import (
 // greedy. Everything is driven by a fixed seed: the same Problem gives the same placement.
 
 const (
-	oursSeed         = 0x766d73636174 // "vmscat"
-	allPairsTargets  = 16             // up to this many targets local search tries every pair
-	maxPartners      = 8              // beyond, the targets paired with each target
-	maxPasses        = 100
-	smallProblemVMs  = 64 // up to this many VMs: random starts and iterated local search
-	randomStarts     = 8
-	kickRounds       = 200
-	kickSize         = 3
-	maxTriesPerMoves = 8 * kickSize
+	oursSeed        = 0x766d73636174 // "vmscat"
+	allPairsTargets = 16             // up to this many targets local search tries every pair
+	maxPartners     = 8              // beyond, the targets paired with each target
+	maxPasses       = 100
+	smallProblemVMs = 64 // up to this many VMs: random starts and iterated local search
+	randomStarts    = 8
+	kickRounds      = 200
+	kickSize        = 3
+	kickTries       = 8 * kickSize
 )
 
 func ours(m *model, caps *capacities, packing []int) []int {
@@ -38,7 +38,7 @@ func ours(m *model, caps *capacities, packing []int) []int {
 	base := greedy(m, caps, packing)
 	best, bestCost := slices.Clone(base), m.fabric(base)
 	var nbrs [][]int32
-	if m.nT > allPairsTargets || m.nVM > smallProblemVMs {
+	if m.nT > allPairsTargets {
 		nbrs = m.nearest(m.sketches(oursSeed))
 	}
 	starts := [][]int{base, greedyWith(m, caps, packing, leastNew)}
@@ -236,7 +236,7 @@ func (ls *searcher) movable(s *state, t int) []int {
 // kick makes kickSize random feasible moves or swaps of free VMs, whatever they cost.
 func (ls *searcher) kick(s *state) {
 	done := 0
-	for try := 0; try < maxTriesPerMoves && done < kickSize; try++ {
+	for try := 0; try < kickTries && done < kickSize; try++ {
 		v := ls.rng.IntN(ls.m.nVM)
 		t := ls.rng.IntN(ls.m.nT)
 		if ls.caps.pins[v] >= 0 || s.assign[v] == t {
