@@ -98,6 +98,7 @@ func labMulticast(loss float64, mtu int) testNet {
 func labUnicast(loss float64) testNet {
 	return testNet{name: fmt.Sprintf("netns-tcp-loss%v", loss), cfg: testConfig(7), setup: func(t *testing.T, n int) (Transport, []Transport) {
 		_, src, rcv := newLab(t, n, 1500, loss)
+		benchLabSrc = src
 		rs := make([]Transport, n)
 		addrs := map[ReceiverID]string{}
 		for i, h := range rcv {

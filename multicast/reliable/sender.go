@@ -391,8 +391,8 @@ func (s *Sender) fill(now time.Time) {
 	if dt <= 0 {
 		return
 	}
-	// The bucket holds about 1 ms of data, and at least a few packets.
-	capacity := max(s.rate/8/1000, float64(4*s.cfg.Datagram))
+	// The bucket holds about 4 ms of data (timer wake-ups on a busy host come late), and at least 8 packets.
+	capacity := max(s.rate/8/250, float64(8*s.cfg.Datagram))
 	s.tokens = min(s.tokens+dt*s.rate/8, capacity)
 }
 
