@@ -27,6 +27,9 @@ const PageSize = 4096
 // MaxVMs bounds the number of VMs of one Problem (per-target counters are 16 bits wide).
 const MaxVMs = 1<<16 - 1
 
+// MaxMemBytes bounds the memory of one VM or target (1 PiB), so that sums cannot overflow.
+const MaxMemBytes = 1 << 50
+
 // VM is one virtual machine to place.
 type VM struct {
 	Name     string
@@ -115,6 +118,9 @@ func (p Problem) validate() (pins []int, err error) {
 		if _, dup := byName[tg.Name]; dup {
 			return nil, invalid("two targets named %q", tg.Name)
 		}
+		if tg.MemBytes > MaxMemBytes {
+			return nil, invalid("target %s has more than 1 PiB of memory", tg.Name)
+		}
 		if tg.VCPUSlots < 0 || tg.MaxVMs < 0 {
 			return nil, invalid("target %s has a negative capacity", tg.Name)
 		}
@@ -122,6 +128,9 @@ func (p Problem) validate() (pins []int, err error) {
 	}
 	pins = make([]int, len(p.VMs))
 	for i, vm := range p.VMs {
+		if vm.MemBytes > MaxMemBytes {
+			return nil, invalid("VM %s has more than 1 PiB of memory", vm.Name)
+		}
 		if vm.VCPUs < 0 {
 			return nil, invalid("VM %s has %d vCPUs", vm.Name, vm.VCPUs)
 		}

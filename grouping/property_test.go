@@ -346,6 +346,7 @@ func TestPlaceRejects(t *testing.T) {
 		{VMs: ok.VMs, Targets: ok.Targets, Contents: [][]uint32{{0, 0}}, NumContents: 1},
 		{VMs: []VM{{Name: "a", Pinned: "x"}}, Targets: ok.Targets, Contents: [][]uint32{{0}}, NumContents: 1},
 		{VMs: ok.VMs, Targets: []Target{{Name: "h"}, {Name: "h"}}, Contents: [][]uint32{{0}}, NumContents: 1},
+		{VMs: ok.VMs, Targets: []Target{{Name: "h", MemBytes: ^uint64(0)}}, Contents: [][]uint32{{0}}, NumContents: 1},
 	}
 	for i, p := range bad {
 		if _, err := Place(p, Greedy); !errors.Is(err, ErrInvalidProblem) {
