@@ -29,8 +29,13 @@ type PlacementFigures struct {
 	FabricBytes       uint64             `json:"fabric_bytes"` // the same, compressed
 	MembershipChanges int                `json:"membership_changes"`
 	Batches           int                `json:"batches"`
-	Multicast         Method             `json:"multicast"`
-	Unicast           Method             `json:"unicast"`
+	// LookaheadOneStallSeconds is what joins would add to the prime if the sender told a target to join only
+	// when the batch before the one it needs starts: Σ over batches of max(0, JoinSeconds - the previous batch's
+	// transfer time). The projection assumes joins issued JoinSeconds ahead of their batch (no stall); this
+	// figure says how much that matters.
+	LookaheadOneStallSeconds float64 `json:"lookahead_one_stall_seconds"`
+	Multicast                Method  `json:"multicast"`
+	Unicast                  Method  `json:"unicast"`
 }
 
 // Projection is the projected cost of moving a fleet to a number of targets.
@@ -131,12 +136,21 @@ func (c *costs) placement(prob grouping.Problem, alg grouping.Algorithm) (Placem
 	if c.m.Schedule {
 		s := grouping.BuildSchedule(prob, pl.Assign)
 		pf.MembershipChanges, pf.Batches = s.MembershipChanges, len(s.Batches)
+		prev := 0.0 // the previous batch's transfer time; the first batch waits for its joins
+		for _, b := range s.Batches {
+			pf.LookaheadOneStallSeconds += math.Max(0, c.m.JoinSeconds-prev)
+			var bytes uint64
+			for _, id := range b.Contents {
+				bytes += uint64(c.f.Sizes[id])
+			}
+			prev = float64(c.m.wire(bytes)) * 8 / math.Min(c.m.UplinkBps, c.m.downlink())
+		}
 	}
 	if alg == grouping.Ours {
 		c.ours, c.oursFabric = pl.Assign, fabric
 	}
-	pf.Multicast = c.scatter(pl.Assign, fabric, true, pf.MembershipChanges)
-	pf.Unicast = c.scatter(pl.Assign, fabric, false, 0)
+	pf.Multicast = c.scatter(pl.Assign, fabric, true)
+	pf.Unicast = c.scatter(pl.Assign, fabric, false)
 	return pf, nil
 }
 
@@ -175,8 +189,9 @@ func (c *costs) native(assign []int, targets int) Method {
 }
 
 // scatter is vmscatter: scan, prime (multicast: each distinct content once, into every target that needs it;
-// unicast: once per such target), then the per-VM streams.
-func (c *costs) scatter(assign []int, fabric []uint64, multicast bool, changes int) Method {
+// unicast: once per such target), then the per-VM streams. Over multicast, the sender issues each join
+// JoinSeconds before its batch, so only the first join is on the critical path.
+func (c *costs) scatter(assign []int, fabric []uint64, multicast bool) Method {
 	m := c.m
 	var out Method
 	ram := float64(c.stats.RAMBytes)
@@ -189,12 +204,12 @@ func (c *costs) scatter(assign []int, fabric []uint64, multicast bool, changes i
 		fabricTotal += b
 	}
 	compress := float64(c.stats.Distinct) * PageSize / (m.CompressBytesPerSec * cores)
+	out.PrimeBytes = fabricTotal
+	join := 0.0
 	if multicast {
-		out.PrimeBytes = m.wire(c.stats.DistinctBytes)
-	} else {
-		out.PrimeBytes = fabricTotal
+		out.PrimeBytes, join = m.wire(c.stats.DistinctBytes), m.JoinSeconds
 	}
-	out.PrimeSeconds = math.Max(m.linkSeconds(out.PrimeBytes, fabricWire), compress) + float64(changes)*m.JoinSeconds
+	out.PrimeSeconds = math.Max(m.linkSeconds(out.PrimeBytes, fabricWire), compress) + join
 
 	wait := out.ScanSeconds + out.PrimeSeconds
 	perTarget := make([]uint64, len(fabric))

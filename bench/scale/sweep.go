@@ -25,6 +25,10 @@ type Row struct {
 
 	OursFabricPages   int `json:"ours_fabric_pages"`
 	GreedyFabricPages int `json:"greedy_fabric_pages"`
+	// The multicast schedule under "ours" (see PlacementFigures).
+	Batches                  int     `json:"batches"`
+	MembershipChanges        int     `json:"membership_changes"`
+	LookaheadOneStallSeconds float64 `json:"lookahead_one_stall_seconds"`
 
 	Ratios Ratios `json:"ratios"`
 }
@@ -44,7 +48,8 @@ type Ratios struct {
 func RowOf(p Projection) Row {
 	r := Row{VMs: p.VMs, Targets: p.Targets, RAMBytes: p.Fleet.RAMBytes, DuplicateShare: p.Fleet.DuplicateShare,
 		Native: p.Native, Multicast: p.Ours.Multicast, Unicast: p.Ours.Unicast, LowerBound: p.LowerBound,
-		OursFabricPages: p.Ours.FabricPages, GreedyFabricPages: p.Greedy.FabricPages}
+		OursFabricPages: p.Ours.FabricPages, GreedyFabricPages: p.Greedy.FabricPages,
+		Batches: p.Ours.Batches, MembershipChanges: p.Ours.MembershipChanges, LookaheadOneStallSeconds: p.Ours.LookaheadOneStallSeconds}
 	r.Ratios = Ratios{
 		MulticastSourceVsNative: ratio(float64(r.Multicast.SourceBytes), float64(r.Native.SourceBytes)),
 		UnicastSourceVsNative:   ratio(float64(r.Unicast.SourceBytes), float64(r.Native.SourceBytes)),
@@ -93,17 +98,18 @@ func Sweep(m Model, c *Catalog, base Variation, vms, targets []int, progress fun
 	return rows, nil
 }
 
-// Markdown renders sweep rows as a table: bytes leaving the source (GiB), total time (s), and the ratios.
+// Markdown renders sweep rows as a table: bytes leaving the source (GiB), total time (s), the ratios, and the
+// multicast schedule's batches.
 func Markdown(rows []Row) string {
 	var b strings.Builder
-	b.WriteString("| VMs | targets | RAM GiB | native src GiB | mcast src GiB | ucast src GiB | bound src GiB | mcast/native | ucast/native | mcast/bound | mcast tgt/native | native s | mcast s | ucast s | ours/greedy fabric |\n")
-	b.WriteString("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	b.WriteString("| VMs | targets | RAM GiB | native src GiB | mcast src GiB | ucast src GiB | bound src GiB | mcast/native | ucast/native | mcast/bound | mcast tgt/native | native s | mcast s | ucast s | ours/greedy fabric | batches |\n")
+	b.WriteString("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	gib := func(n uint64) string { return fmt.Sprintf("%.1f", float64(n)/(1<<30)) }
 	for _, r := range rows {
-		fmt.Fprintf(&b, "| %d | %d | %s | %s | %s | %s | %s | %.3f | %.3f | %.3f | %.3f | %.1f | %.1f | %.1f | %.4f |\n",
+		fmt.Fprintf(&b, "| %d | %d | %s | %s | %s | %s | %s | %.3f | %.3f | %.3f | %.3f | %.1f | %.1f | %.1f | %.4f | %d |\n",
 			r.VMs, r.Targets, gib(r.RAMBytes), gib(r.Native.SourceBytes), gib(r.Multicast.SourceBytes), gib(r.Unicast.SourceBytes),
 			gib(r.LowerBound.SourceBytes), r.Ratios.MulticastSourceVsNative, r.Ratios.UnicastSourceVsNative, r.Ratios.MulticastVsLowerBound,
-			r.Ratios.MulticastTargetVsNative, r.Native.Seconds, r.Multicast.Seconds, r.Unicast.Seconds, r.Ratios.OursVsGreedyFabric)
+			r.Ratios.MulticastTargetVsNative, r.Native.Seconds, r.Multicast.Seconds, r.Unicast.Seconds, r.Ratios.OursVsGreedyFabric, r.Batches)
 	}
 	return b.String()
 }

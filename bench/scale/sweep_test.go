@@ -17,6 +17,7 @@ import (
 var (
 	captureDir = flag.String("scale.capture", "", "boot -scale.k fixture guests and pmemsave their RAM into this directory (needs QEMU)")
 	captureK   = flag.Int("scale.k", 4, "base images to capture")
+	sameSeed   = flag.Bool("scale.sameseed", false, "capture guests with the same workload seed (as bench.RunCompare) instead of seeds 7, 8, ...")
 	images     = flag.String("scale.images", "", "glob of raw base RAM images for -scale.sweep and -scale.validate; default synthetic")
 	sweepOut   = flag.String("scale.sweep", "", "run the full sweep and write sweep.md and sweep.json into this directory")
 	results    = flag.String("scale.validate", "", "a `vmscatter bench` results.json to validate the model against (with -scale.images)")
@@ -45,7 +46,7 @@ func TestCapture(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	paths, err := Capture(ctx, CaptureOptions{Dir: *captureDir, Images: *captureK,
+	paths, err := Capture(ctx, CaptureOptions{Dir: *captureDir, Images: *captureK, SameSeed: *sameSeed,
 		Workload: fixture.Workload{WSS: 16 << 20, Rate: 200, Seed: 7, Private: 0.25}})
 	if err != nil {
 		t.Fatal(err)

@@ -15,7 +15,8 @@ type Measured struct {
 	ScatterSourceBytes uint64  // the same for vmscatter
 	NativeSeconds      float64 // start until the last VM runs at its target
 	ScatterSeconds     float64
-	Multicast          bool // vmscatter ran over multicast (else unicast)
+	Multicast          bool    // vmscatter ran over multicast (else unicast)
+	UplinkBps          float64 // the run's shaped source uplink; when set, it replaces the model's
 }
 
 // Validation compares a projection with a real run. Errors are relative: (projected - measured) / measured.
@@ -42,6 +43,9 @@ func Validate(m Model, f *Fleet, meas Measured) (Validation, error) {
 	if meas.NativeSourceBytes == 0 || meas.ScatterSourceBytes == 0 || !(meas.NativeSeconds > 0) || !(meas.ScatterSeconds > 0) {
 		return Validation{}, fmt.Errorf("%w: every figure must be positive", ErrBadMeasurement)
 	}
+	if meas.UplinkBps > 0 {
+		m.UplinkBps = meas.UplinkBps
+	}
 	p, err := Project(m, f, meas.Targets)
 	if err != nil {
 		return Validation{}, err
@@ -66,8 +70,9 @@ const maxResults = 16 << 20
 func ReadMeasured(r io.Reader) (Measured, error) {
 	var res struct {
 		Config struct {
-			Guests  int `json:"guests"`
-			Targets int `json:"targets"`
+			Guests    int     `json:"guests"`
+			Targets   int     `json:"targets"`
+			UplinkBps float64 `json:"uplink_bps"`
 		} `json:"config"`
 		Native struct {
 			SourceTxBytes uint64 `json:"source_tx_bytes"`
@@ -95,7 +100,7 @@ func ReadMeasured(r io.Reader) (Measured, error) {
 		VMs: res.Config.Guests, Targets: res.Config.Targets,
 		NativeSourceBytes: res.Native.SourceTxBytes, ScatterSourceBytes: res.Scatter.SourceTxBytes,
 		NativeSeconds: float64(res.Native.TotalMS) / 1000, ScatterSeconds: float64(res.Scatter.TotalMS) / 1000,
-		Multicast: res.Report.Transport == "multicast",
+		Multicast: res.Report.Transport == "multicast", UplinkBps: res.Config.UplinkBps,
 	}
 	if meas.VMs <= 0 || meas.Targets <= 0 {
 		return Measured{}, fmt.Errorf("%w: %d guests, %d targets", ErrBadMeasurement, meas.VMs, meas.Targets)
