@@ -49,7 +49,7 @@ func TestLoadImages(t *testing.T) {
 	}
 	shared, text := random(), bytes.Repeat([]byte("vmscatter "), PageSize/10+1)[:PageSize]
 	var imgs [][]byte
-	for k := range 3 {
+	for range 3 {
 		var b []byte
 		for i := range pages {
 			switch {
@@ -64,7 +64,6 @@ func TestLoadImages(t *testing.T) {
 			}
 		}
 		imgs = append(imgs, append(b, 1, 2, 3)) // a trailing partial page is ignored
-		_ = k
 	}
 	var srcs []ImageSource
 	for i, b := range imgs {
