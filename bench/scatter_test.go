@@ -96,7 +96,12 @@ func waitOK(t *testing.T, ctx context.Context, serial string, n int) guestlog.Su
 			return s
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
-			t.Fatalf("%s: %d progress lines after 60 s, want %d; log tail:\n%s", serial, s.OKs, n, tail(b, 800))
+			dir := filepath.Dir(serial)
+			ls, _ := exec.Command("ls", "-la", dir).CombinedOutput()
+			stderr, _ := os.ReadFile(filepath.Join(dir, "qemu.stderr"))
+			st, qerr := qmpStatus(ctx, filepath.Join(dir, "qmp.sock"))
+			t.Fatalf("%s: %d progress lines after 60 s, want %d; QEMU status %q %v; log tail:\n%s\ndir:\n%s\nstderr:\n%s",
+				serial, s.OKs, n, st, qerr, tail(b, 800), ls, stderr)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
@@ -273,4 +278,77 @@ func TestReceiverKilledMidMigration(t *testing.T) {
 	if !strings.Contains(v.Error, "receiver") {
 		t.Errorf("the error does not name the receiver: %s", v.Error)
 	}
+}
+
+// TestEveryPolicyEndToEnd moves one guest with each convergence policy and checks it runs at the target and keeps
+// verifying its memory, with the report's policy figures filled in.
+func TestEveryPolicyEndToEnd(t *testing.T) {
+	requireLab(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	// Migrations here stay short (an unshaped link, a modest dirty rate): under TCG, QEMU's own migration of a guest
+	// loses writes when it runs for seconds (see TestTCGArtifactNativeControl), which would make the guest's own
+	// verification useless as an oracle. The long, hot runs are in the policy matrix of `vmscatter bench`.
+	c := newCluster(t, ctx, ClusterConfig{Targets: 1})
+	for i, pol := range []string{"precopy", "autoconverge", "timebound", "membound"} {
+		t.Run(pol, func(t *testing.T) {
+			guests, err := c.StartGuests(ctx, fmt.Sprintf("pol%d-", i), 1, fixture.GuestOptions{MemoryMiB: 128,
+				Workload: fixture.Workload{WSS: 16 << 20, Rate: 200, Seed: uint64(i), Private: 1}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			g := guests[0]
+			waitOK(t, ctx, g.SerialPath, 3)
+			args := []string{"--policy", pol, "--guest-downtime", "--no-dedup"}
+			if pol == "timebound" {
+				args = append(args, "--deadline", "5s")
+			}
+			res, err := c.Send(ctx, guests, args...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			v := res.Report.VMs[0]
+			if res.Exit != 0 || v.Status != "migrated" {
+				t.Fatalf("exit %d: %s: %s\n%s", res.Exit, v.Status, v.Error, res.Stderr)
+			}
+			if v.Policy != pol || v.Iterations < 1 || v.GuestDowntimeMS < 0 {
+				t.Errorf("report: policy %q, iterations %d, guest downtime %d", v.Policy, v.Iterations, v.GuestDowntimeMS)
+			}
+			t.Logf("%s: %d ms, downtime %d ms (guest %d ms), %d iterations, dirty rate %d pages/s",
+				pol, v.MigrationMS, v.DowntimeMS, v.GuestDowntimeMS, v.Iterations, v.DirtyRate)
+			waitOK(t, ctx, filepath.Join(c.DestinationDir(0, v.Name), "serial.log"), 10)
+		})
+	}
+}
+
+// TestPolicyTimeoutRollsBack gives a guest that dirties memory far faster than the link carries it a short
+// --timeout under precopy: the migration cannot converge, so it must be cancelled and the guest run on at the source.
+func TestPolicyTimeoutRollsBack(t *testing.T) {
+	requireLab(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	c := newCluster(t, ctx, ClusterConfig{Targets: 1})
+	if err := c.Source.Shape(lab.Shaping{Rate: 50e6}); err != nil {
+		t.Fatal(err)
+	}
+	guests, err := c.StartGuests(ctx, "hot", 1, fixture.GuestOptions{MemoryMiB: 128,
+		Workload: fixture.Workload{WSS: 48 << 20, Rate: 20000, Pattern: "random", Seed: 9, Private: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := guests[0]
+	waitOK(t, ctx, g.SerialPath, 3)
+	res, err := c.Send(ctx, guests, "--policy", "precopy", "--downtime", "50ms", "--timeout", "8s", "--no-dedup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := res.Report.VMs[0]
+	if res.Exit != 3 || v.Status != "rolled_back" || !strings.Contains(v.Error, "timed out") {
+		t.Fatalf("exit %d: %s: %s", res.Exit, v.Status, v.Error)
+	}
+	if st, err := qmpStatus(ctx, g.QMPPath); st != "running" {
+		t.Fatalf("source is %q (%v) after the timeout", st, err)
+	}
+	before := waitOK(t, ctx, g.SerialPath, 0).OKs
+	waitOK(t, ctx, g.SerialPath, before+5)
 }

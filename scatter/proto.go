@@ -34,7 +34,7 @@ const (
 	frameCommit       frameType = 0x1b // sender→receiver, empty: the source has quit, the VM is the target's
 	frameAbort        frameType = 0x1c // sender→receiver, JSON errorMsg: tear the destination down
 	frameError        frameType = 0x1d // either way, JSON errorMsg
-	frameDone         frameType = 0x1e // receiver→sender, empty: commit or abort carried out
+	frameDone         frameType = 0x1e // receiver→sender, JSON doneMsg: commit carried out
 	frameStreamCancel frameType = 0x1f // sender→receiver, JSON errorMsg: the source stream failed
 	frameLoaded       frameType = 0x20 // receiver→sender, JSON runningMsg: destination loaded, paused
 	frameStart        frameType = 0x21 // sender→receiver, empty: start the destination
@@ -103,9 +103,10 @@ type openMsg struct {
 	Session      SessionID       `json:"session"`
 	VM           string          `json:"vm"`
 	Argv         []string        `json:"argv"`
-	Capabilities map[string]bool `json:"capabilities"` // migration capabilities the destination must share
-	Run          bool            `json:"run"`          // the source ran: START resumes the destination
-	Slot         int             `json:"slot"`         // the VM's index in the sender's list, as in CONTENT records`
+	Capabilities map[string]bool `json:"capabilities"`  // migration capabilities the destination must share
+	Run          bool            `json:"run"`           // the source ran: START resumes the destination
+	Slot         int             `json:"slot"`          // the VM's index in the sender's list, as in CONTENT records
+	WatchConsole bool            `json:"watch_console"` // report when the guest's first console line arrives after START`
 }
 
 type readyMsg struct {
@@ -119,6 +120,10 @@ type runningMsg struct {
 	LoadMillis  int64  `json:"load_ms"` // from the first stream byte to the destination running
 	StoreHits   int    `json:"store_hits"`
 	PagesLoaded int    `json:"pages_loaded"`
+}
+
+type doneMsg struct {
+	FirstOutputUnixMS int64 `json:"first_output_unix_ms,omitempty"` // first console line after START, host time
 }
 
 type errorMsg struct {

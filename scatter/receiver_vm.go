@@ -130,6 +130,14 @@ func (r *Receiver) serveVM(ctx context.Context, sc *secureConn, peer string) (er
 	if t != frameStart {
 		return abortReason(t, b)
 	}
+	var console *consoleWatch
+	if open.WatchConsole {
+		if path := kvm.SerialLogPath(argv); path != "" {
+			wctx, stopWatch := context.WithTimeout(ctx, time.Minute)
+			defer stopWatch()
+			console = watchConsole(wctx, path)
+		}
+	}
 	want := "paused" // a VM that was paused at the source stays paused here
 	if open.Run {
 		want = "running"
@@ -154,7 +162,13 @@ func (r *Receiver) serveVM(ctx context.Context, sc *secureConn, peer string) (er
 		owned = true
 		return abortReason(t, b)
 	}
-	_ = sc.Send(frameDone, nil, true)
+	var done doneMsg
+	if console != nil {
+		if first := console.firstLine(3 * time.Second); !first.IsZero() {
+			done.FirstOutputUnixMS = first.UnixMilli()
+		}
+	}
+	_ = sendJSON(sc, frameDone, done)
 	return nil
 }
 

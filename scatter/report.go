@@ -40,10 +40,15 @@ type VMReport struct {
 	Pages       PageCounts `json:"pages"`
 	MigrationMS int64      `json:"migration_ms"`
 	DowntimeMS  int64      `json:"downtime_ms"`
-	Policy      string     `json:"policy"`
-	ScanNonZero int64      `json:"scan_nonzero_pages"` // non-zero pages the scan found in this VM's RAM
-	SourcePID   int        `json:"source_pid,omitempty"`
-	TargetPID   int        `json:"target_pid,omitempty"`
+	// GuestDowntimeMS is the gap the guest showed across the switch-over (last console line at the source to the
+	// first at the destination, host time); -1 when not measured (see --guest-downtime).
+	GuestDowntimeMS int64  `json:"guest_downtime_ms"`
+	DirtyRate       int64  `json:"dirty_rate_pages_s"` // QEMU's last measured dirty rate, pages/s
+	Iterations      int64  `json:"iterations"`         // QEMU's dirty-sync count: passes over memory
+	Policy          string `json:"policy"`
+	ScanNonZero     int64  `json:"scan_nonzero_pages"` // non-zero pages the scan found in this VM's RAM
+	SourcePID       int    `json:"source_pid,omitempty"`
+	TargetPID       int    `json:"target_pid,omitempty"`
 }
 
 // PageCounts counts the RAM pages of one VM's stream by how they travelled.

@@ -39,6 +39,9 @@ type SendConfig struct {
 
 	Compress string // literal page compression: s2 (default), zstd, none
 	NoDedup  bool   // skip the scan and prime: every page travels literal
+	// GuestDowntime measures the guest-observed downtime: the gap between the guest's last console line at the
+	// source and its first at the destination (serial ports that write to a file only; host clocks must agree).
+	GuestDowntime bool
 
 	Progress io.Writer    // progress lines; nil means none
 	Log      *slog.Logger // nil logs nowhere
@@ -157,7 +160,7 @@ func (s *sender) prepare(ctx context.Context, rep *Report) error {
 	}
 	s.vms = make([]*sourceVM, len(s.cfg.VMs))
 	for i, spec := range s.cfg.VMs {
-		s.vms[i] = &sourceVM{spec: spec, report: &VMReport{Name: spec.Name, Policy: s.cfg.Policy.Name()}}
+		s.vms[i] = &sourceVM{spec: spec, report: &VMReport{Name: spec.Name, Policy: s.cfg.Policy.Name(), GuestDowntimeMS: -1}}
 	}
 	s.targets = make([]*targetConn, len(s.cfg.Targets))
 	for i, a := range s.cfg.Targets {

@@ -71,7 +71,8 @@ type vmMigration struct {
 	sc      *secureConn
 	src     net.Conn // the source QEMU's migration stream
 	pages   PageCounts
-	started bool // START was sent: the destination may run
+	started bool      // START was sent: the destination may run
+	stopAt  time.Time // when vmscatter stopped the VM itself to force the switch-over (guarded by mu)
 	litBuf  []byte
 
 	mu       sync.Mutex
@@ -90,7 +91,8 @@ func (m *vmMigration) run(ctx context.Context) error {
 	stopOnCancel := context.AfterFunc(ctx, func() { sc.Close() })
 	defer stopOnCancel()
 	caps := s.cfg.Policy.capabilities()
-	if err := sendJSON(sc, frameOpen, openMsg{Session: s.session, VM: name, Argv: vm.argv, Capabilities: destinationCaps(caps), Run: vm.wasRunning, Slot: s.vmIndex(vm)}); err != nil {
+	if err := sendJSON(sc, frameOpen, openMsg{Session: s.session, VM: name, Argv: vm.argv, Capabilities: destinationCaps(caps), Run: vm.wasRunning, Slot: s.vmIndex(vm),
+		WatchConsole: s.cfg.GuestDowntime}); err != nil {
 		return err
 	}
 	var ready readyMsg
@@ -121,6 +123,12 @@ func (m *vmMigration) run(ctx context.Context) error {
 	m.src = src
 	defer src.Close()
 	s.progress.set(name, "migrating", "")
+	var console *consoleWatch
+	if s.cfg.GuestDowntime {
+		if path := kvm.SerialLogPath(vm.argv); path != "" {
+			console = watchConsole(ctx, path)
+		}
+	}
 
 	// Stage 3: pump and reader, concurrently.
 	replies := make(chan reply, 4)
@@ -129,7 +137,7 @@ func (m *vmMigration) run(ctx context.Context) error {
 	pumpErr := make(chan error, 1)
 	pctx, stopPolicy := context.WithCancel(ctx)
 	defer stopPolicy()
-	go s.cfg.Policy.steer(pctx, vm.qmp, s.log.With("vm", name))
+	go s.cfg.Policy.steer(pctx, vm.qmp, s.log.With("vm", name), m.setStopped)
 	go func() { pumpErr <- m.pump(ctx) }()
 
 	var loaded bool
@@ -167,6 +175,8 @@ func (m *vmMigration) run(ctx context.Context) error {
 		return fmt.Errorf("source migration is %q after the destination loaded the stream", mi.Status)
 	}
 	vm.report.DowntimeMS = mi.Downtime
+	vm.report.DirtyRate = mi.RAM.DirtyRate
+	vm.report.Iterations = mi.RAM.Iterations
 	s.progress.set(name, "switching", "")
 	m.started = true
 	if err := sc.Send(frameStart, nil, true); err != nil {
@@ -176,6 +186,10 @@ func (m *vmMigration) run(ctx context.Context) error {
 	case r := <-replies:
 		if r.t != frameRunning {
 			return fmt.Errorf("receiver: unexpected %s after START", r.t)
+		}
+		if at := m.stoppedAt(); !at.IsZero() {
+			// QEMU did not make this stop and does not count it: the downtime runs from our stop to RUNNING.
+			vm.report.DowntimeMS = time.Since(at).Milliseconds()
 		}
 	case err := <-readerErr:
 		return fmt.Errorf("receiver %s after START: %v", vm.target.addr, err)
@@ -193,7 +207,13 @@ func (m *vmMigration) run(ctx context.Context) error {
 	}
 	_ = sc.Send(frameCommit, nil, true)
 	select {
-	case <-replies:
+	case r := <-replies:
+		var done doneMsg
+		if r.t == frameDone && decodeJSON(r.t, r.b, &done) == nil && done.FirstOutputUnixMS > 0 && console != nil {
+			if last := console.lastLine(); !last.IsZero() {
+				vm.report.GuestDowntimeMS = done.FirstOutputUnixMS - last.UnixMilli()
+			}
+		}
 	case <-readerErr:
 	case <-time.After(5 * time.Second):
 	}
@@ -214,6 +234,18 @@ type migrateInfo struct {
 	} `json:"ram"`
 	CPUThrottle int    `json:"cpu-throttle-percentage"`
 	ErrorDesc   string `json:"error-desc"`
+}
+
+func (m *vmMigration) setStopped(at time.Time) {
+	m.mu.Lock()
+	m.stopAt = at
+	m.mu.Unlock()
+}
+
+func (m *vmMigration) stoppedAt() time.Time {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.stopAt
 }
 
 type reply struct {

@@ -40,6 +40,7 @@ func sendCommand() *cli.Command {
 			&cli.IntFlag{Name: "overcommit-cpus", Value: 1, Usage: "timebound: host CPUs the vCPUs are pinned onto after the marker"},
 			&cli.StringFlag{Name: "compress", Value: "s2", Usage: "literal page compression: s2, zstd, none"},
 			&cli.BoolFlag{Name: "no-dedup", Usage: "skip the scan and the prime: every page travels literal"},
+			&cli.BoolFlag{Name: "guest-downtime", Usage: "measure the downtime the guest shows on its serial console (file serial ports; adds up to 3 s per VM)"},
 			&cli.StringFlag{Name: "max-bandwidth", Usage: "cap on each source QEMU's migration rate (bytes/s, e.g. 100M); default none"},
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "no progress lines"},
 			&cli.StringFlag{Name: "log-level", Value: "warn", Usage: "log detail besides the progress lines: debug, info, warn, error"},
@@ -62,7 +63,7 @@ func runSend(c *cli.Context) error {
 		return err
 	}
 	cfg := scatter.SendConfig{Targets: splitList(c.StringSlice("targets")), Key: key, Parallel: c.Int("parallel"),
-		Timeout: c.Duration("timeout"), Algorithm: c.String("algorithm"), Compress: c.String("compress"), NoDedup: c.Bool("no-dedup"), Log: log,
+		Timeout: c.Duration("timeout"), Algorithm: c.String("algorithm"), Compress: c.String("compress"), NoDedup: c.Bool("no-dedup"), GuestDowntime: c.Bool("guest-downtime"), Log: log,
 		Policy: scatter.Policy{Kind: c.String("policy"), Downtime: c.Duration("downtime"),
 			ThrottleInitial: c.Int("throttle-initial"), ThrottleIncrement: c.Int("throttle-increment"),
 			Deadline: c.Duration("deadline"), Marker: c.Float64("marker"), OvercommitCPUs: c.Int("overcommit-cpus")}}

@@ -1,0 +1,153 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/vmscatter/vmscatter/bench/fixture"
+	"github.com/vmscatter/vmscatter/bench/lab"
+)
+
+// PolicyRun is one cell of the convergence-policy matrix: one guest, one dirty rate and pattern, one policy.
+type PolicyRun struct {
+	Policy          string  `json:"policy"`
+	DirtyRate       float64 `json:"dirty_rate_pages_s"` // what the workload was asked to dirty
+	Pattern         string  `json:"pattern"`
+	Status          string  `json:"status"`
+	Error           string  `json:"error,omitempty"`
+	MigrationMS     int64   `json:"migration_ms"`
+	DowntimeMS      int64   `json:"downtime_ms"`
+	GuestDowntimeMS int64   `json:"guest_downtime_ms"`
+	WireBytes       int64   `json:"wire_bytes"`
+	Iterations      int64   `json:"iterations"`
+	QEMUDirtyRate   int64   `json:"qemu_dirty_rate_pages_s"` // what QEMU measured
+	GuestOK         bool    `json:"guest_ok"`                // it kept verifying its memory after the move
+}
+
+// PolicyConfig describes a matrix.
+type PolicyConfig struct {
+	Bin       string
+	Dir       string
+	MemoryMiB int // default 256
+	WSS       int64
+	UplinkBps uint64 // default 200 Mbit/s
+	Rates     []float64
+	Patterns  []string
+	Policies  []string
+	Deadline  time.Duration // timebound's --deadline; default 20 s
+	Timeout   time.Duration // every run's --timeout; default 2 × Deadline
+	Out       io.Writer
+}
+
+// RunPolicyMatrix moves one fresh guest per cell through a shaped uplink with each policy and records what it
+// cost. A run that does not finish within --timeout rolls back, and the row says so.
+func RunPolicyMatrix(ctx context.Context, cfg PolicyConfig) ([]PolicyRun, error) {
+	if cfg.MemoryMiB == 0 {
+		cfg.MemoryMiB = 256
+	}
+	if cfg.WSS == 0 {
+		cfg.WSS = 96 << 20
+	}
+	if cfg.UplinkBps == 0 {
+		cfg.UplinkBps = 200e6
+	}
+	if len(cfg.Rates) == 0 {
+		cfg.Rates = []float64{500, 3000, 12000}
+	}
+	if len(cfg.Patterns) == 0 {
+		cfg.Patterns = []string{"seq", "random"}
+	}
+	if len(cfg.Policies) == 0 {
+		cfg.Policies = []string{"precopy", "autoconverge", "timebound", "membound"}
+	}
+	if cfg.Deadline == 0 {
+		cfg.Deadline = 20 * time.Second
+	}
+	if cfg.Timeout == 0 {
+		cfg.Timeout = 2 * cfg.Deadline
+	}
+	out := cfg.Out
+	if out == nil {
+		out = io.Discard
+	}
+	c, err := NewCluster(ctx, ClusterConfig{Targets: 1, Bin: cfg.Bin, Dir: filepath.Join(cfg.Dir, "lab")})
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	if err := c.Source.Shape(lab.Shaping{Rate: cfg.UplinkBps}); err != nil {
+		return nil, err
+	}
+	var rows []PolicyRun
+	n := 0
+	for _, rate := range cfg.Rates {
+		for _, pattern := range cfg.Patterns {
+			for _, pol := range cfg.Policies {
+				n++
+				row := PolicyRun{Policy: pol, DirtyRate: rate, Pattern: pattern}
+				g, err := c.StartGuests(ctx, fmt.Sprintf("p%d-", n), 1, fixture.GuestOptions{MemoryMiB: cfg.MemoryMiB,
+					Workload: fixture.Workload{WSS: cfg.WSS, Rate: rate, Pattern: pattern, Seed: uint64(n), Private: 1}})
+				if err != nil {
+					return rows, err
+				}
+				time.Sleep(3 * time.Second)
+				args := []string{"--policy", pol, "--timeout", cfg.Timeout.String(), "--guest-downtime", "--no-dedup"}
+				if pol == "timebound" {
+					args = append(args, "--deadline", cfg.Deadline.String())
+				}
+				res, err := c.Send(ctx, g, args...)
+				if err != nil {
+					return rows, err
+				}
+				v := res.Report.VMs[0]
+				row.Status, row.Error, row.MigrationMS, row.DowntimeMS = v.Status, v.Error, v.MigrationMS, v.DowntimeMS
+				row.GuestDowntimeMS, row.WireBytes, row.Iterations, row.QEMUDirtyRate = v.GuestDowntimeMS, v.WireBytes, v.Iterations, v.DirtyRate
+				if v.Status == "migrated" {
+					serial := filepath.Join(c.DestinationDir(0, v.Name), "serial.log")
+					row.GuestOK = waitGuestOK(ctx, serial, 5, 30*time.Second) == nil
+				} else {
+					row.GuestOK = waitGuestOK(ctx, g[0].SerialPath, 5, 30*time.Second) == nil
+				}
+				fmt.Fprintf(out, "policy %-12s rate %6.0f %-6s: %-11s %6d ms, downtime %5d ms (guest %5d ms), %s, %d iterations\n",
+					pol, rate, pattern, row.Status, row.MigrationMS, row.DowntimeMS, row.GuestDowntimeMS, mib(uint64(row.WireBytes)), row.Iterations)
+				rows = append(rows, row)
+				KillByPidfiles(c.DataDir(0))
+				for _, gg := range g {
+					gg.Kill()
+				}
+			}
+		}
+	}
+	b, _ := json.MarshalIndent(rows, "", "  ")
+	if err := os.WriteFile(filepath.Join(cfg.Dir, "policies.json"), append(b, '\n'), 0o644); err != nil {
+		return rows, err
+	}
+	if err := os.WriteFile(filepath.Join(cfg.Dir, "policies.md"), []byte(PolicyMarkdown(rows, cfg)), 0o644); err != nil {
+		return rows, err
+	}
+	return rows, writePolicyPlots(cfg.Dir, rows)
+}
+
+// PolicyMarkdown renders the matrix as a table.
+func PolicyMarkdown(rows []PolicyRun, cfg PolicyConfig) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "One guest of %d MiB, working set %d MiB, uplink %s, timebound deadline %v, every run bounded by --timeout %v.\n\n",
+		cfg.MemoryMiB, cfg.WSS>>20, bps(cfg.UplinkBps), cfg.Deadline, cfg.Timeout)
+	fmt.Fprintf(&b, "| dirty rate (pages/s) | pattern | policy | status | migration time | downtime (QEMU) | downtime (guest) | bytes | iterations | guest verifies after |\n")
+	fmt.Fprintf(&b, "|---:|---|---|---|---:|---:|---:|---:|---:|---|\n")
+	for _, r := range rows {
+		gd := "–"
+		if r.GuestDowntimeMS >= 0 {
+			gd = fmt.Sprintf("%d ms", r.GuestDowntimeMS)
+		}
+		fmt.Fprintf(&b, "| %.0f | %s | %s | %s | %.1f s | %d ms | %s | %s | %d | %v |\n", r.DirtyRate, r.Pattern, r.Policy, r.Status,
+			float64(r.MigrationMS)/1000, r.DowntimeMS, gd, mib(uint64(r.WireBytes)), r.Iterations, r.GuestOK)
+	}
+	return b.String()
+}
