@@ -39,6 +39,8 @@ type ClusterConfig struct {
 	// available. Small capacities make the planner spread VMs.
 	TargetCapacity string
 	Subnet         string // lab subnet inside 198.18.0.0/15; default chosen by the lab
+	// Snooping turns on IGMP snooping on the lab's bridge, so multicast reaches only the hosts that joined.
+	Snooping bool
 }
 
 // Cluster is a lab with a source host, target hosts running `vmscatter receive`, and guests. Close removes
@@ -71,7 +73,7 @@ func NewCluster(ctx context.Context, cfg ClusterConfig) (_ *Cluster, err error) 
 	for i := range cfg.Targets {
 		hosts = append(hosts, fmt.Sprintf("t%d", i+1))
 	}
-	lc := lab.Config{Hosts: hosts, MTU: cfg.MTU}
+	lc := lab.Config{Hosts: hosts, MTU: cfg.MTU, Snooping: cfg.Snooping}
 	l, err := lab.New(ctx, lc)
 	if err != nil {
 		return nil, err

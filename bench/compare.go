@@ -102,7 +102,7 @@ func RunCompare(ctx context.Context, cfg CompareConfig) (*CompareResult, error) 
 		orDefault(cfg.Workload.Pattern, "seq"), cfg.Workload.Seed, cfg.Workload.Private)
 	perTarget := (cfg.Guests + cfg.Targets - 1) / cfg.Targets
 	c, err := NewCluster(ctx, ClusterConfig{Targets: cfg.Targets, Bin: cfg.Bin, Dir: filepath.Join(cfg.Dir, "lab"),
-		TargetCapacity: fmt.Sprintf("%dM", perTarget*cfg.MemoryMiB+cfg.MemoryMiB/2)})
+		TargetCapacity: fmt.Sprintf("%dM", perTarget*cfg.MemoryMiB+cfg.MemoryMiB/2), Snooping: true})
 	if err != nil {
 		return nil, err
 	}
@@ -203,8 +203,9 @@ func (r *CompareResult) Markdown() string {
 	fmt.Fprintf(&b, "| VMs migrated | %d | %d | |\n", r.Native.Migrated, r.Scatter.Migrated)
 	fmt.Fprintf(&b, "| downtime per VM (QEMU's figure), ms | %s | %s | |\n", joinInts(r.Native.DowntimeMS), joinInts(r.Scatter.DowntimeMS))
 	t := r.Report.Totals
-	fmt.Fprintf(&b, "\nLower bound (each distinct non-zero page once per target that needs it): %s uncompressed, %s compressed "+
-		"as sent; vmscatter's source bytes are %.3f× the compressed bound. Scan: %d non-zero pages, %d distinct, %d ms.\n",
+	fmt.Fprintf(&b, "\nTransport %s. Lower bound for it (each distinct non-zero page once per target that needs it over unicast, "+
+		"once in all over multicast): %s uncompressed, %s compressed as sent; vmscatter's source bytes are %.3f× the compressed bound. "+
+		"Scan: %d non-zero pages, %d distinct, %d ms.\n", r.Report.Transport,
 		mib(uint64(r.LowerBoundBytes)), mib(uint64(r.LowerBoundCompressedBytes)), r.Ratios.WireVsLowerBound, t.NonZeroPages, t.DistinctPages, t.ScanMS)
 	return b.String()
 }

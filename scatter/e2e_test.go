@@ -245,7 +245,10 @@ func TestMigrateTwoVMsToTwoReceiversOverLoopback(t *testing.T) {
 		t.Errorf("paused guest: %d pages referenced, want at least the %d non-zero RAM pages of the scan (its memory did not change since)",
 			v.Pages.Referenced, v.ScanNonZero)
 	}
-	t.Logf("warnings %q", rep.Warnings)
+	t.Logf("warnings %q, transport %s", rep.Warnings, rep.Transport)
+	if rep.Transport != TransportMulticast {
+		t.Errorf("transport %q: the contents both guests hold should have gone to both targets over multicast on lo", rep.Transport)
+	}
 	t.Logf("totals %+v; %s pages %+v; %s pages %+v", rep.Totals, rep.VMs[0].Name, rep.VMs[0].Pages, rep.VMs[1].Name, rep.VMs[1].Pages)
 	waitExit(t, running)
 	waitExit(t, paused)

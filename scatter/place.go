@@ -13,6 +13,10 @@ type PlacementReport struct {
 	Algorithm   string `json:"algorithm"`    // greedy, ours, exact, or round-robin when there is no sharing map
 	FabricBytes int64  `json:"fabric_bytes"` // Σ over targets of the distinct contents of its VMs × 4096
 	SourceBytes int64  `json:"source_bytes"` // each distinct content once × 4096
+	// The multicast schedule: batches of contents with one target set, and the group joins and leaves their
+	// order implies.
+	Batches           int `json:"batches"`
+	MembershipChanges int `json:"membership_changes"`
 }
 
 // place assigns every VM a target (phase 3): the user's pins, then the planner over the reachable targets. With no
@@ -109,7 +113,29 @@ func (s *sender) place(sm *dedup.SharingMap, rep *Report) error {
 		vm.target = reach[assign[i]]
 		vm.report.Target = vm.target.addr
 	}
+	if sm != nil {
+		// Phase 4: the schedule. Batch target indices become indices into s.targets.
+		sched := grouping.BuildSchedule(p, assign)
+		idx := map[*targetConn]int{}
+		for i, t := range s.targets {
+			idx[t] = i
+		}
+		for _, b := range sched.Batches {
+			tb := primeBatch{contents: b.Contents}
+			for _, ti := range b.Targets {
+				tb.targets = append(tb.targets, idx[reach[ti]])
+			}
+			s.batches = append(s.batches, tb)
+		}
+		rep.Placement.Batches, rep.Placement.MembershipChanges = len(sched.Batches), sched.MembershipChanges
+	}
 	return nil
+}
+
+// primeBatch is contents that go to the same set of targets (indices into sender.targets).
+type primeBatch struct {
+	targets  []int
+	contents []uint32
 }
 
 // roundRobin spreads VMs over targets in order, honouring pins (capacity is left to the receivers).

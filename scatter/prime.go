@@ -3,8 +3,11 @@ package scatter
 import (
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/vmscatter/vmscatter/multicast"
+	"net/netip"
 	"time"
 
 	"github.com/vmscatter/vmscatter/dedup"
@@ -53,135 +56,232 @@ func (s *sender) scan(ctx context.Context, rep *Report) *dedup.SharingMap {
 // contentFrameTarget is the size at which a CONTENT frame is sent.
 const contentFrameTarget = 256 << 10
 
-// prime sends every distinct content once to each target that needs it (phase 5), over the control connections,
-// and records what each target confirmed holding. Each content's bytes are read once, at prime time, from a page
-// that still has the scanned fingerprint; the salted digest is taken over exactly the bytes sent, so a later
-// reference is exact whatever the guest did in between.
+// multicastChunk bounds the objects of one multicast Send (and so the memory held for repairs).
+const multicastChunk = 2048
+
+// primer is the state of one prime (phase 5), owned by the sender's goroutine.
+type primer struct {
+	s                                   *sender
+	sm                                  *dedup.SharingMap
+	digester                            *dedup.Digester
+	held                                []*dedup.HeldIndex // per target
+	pinned                              [][]uint64         // per target: contents kept for no VM in particular
+	frames                              [][]byte           // per target: the CONTENT frame being filled
+	sent                                []int              // per target: contents sent to it
+	groups                              map[string]*primeGroup
+	page                                []byte
+	lit                                 []byte
+	holders                             []int
+	slots                               []int
+	lowerBound, lowerCompressed         int64 // once per target that needs it (unicast)
+	lowerBoundOnce, lowerCompressedOnce int64 // once in all (multicast)
+	multicastBytes                      int64 // datagram payload bytes the group senders sent
+}
+
+// primeGroup is one multicast group: the batches of one target set of two or more targets.
+type primeGroup struct {
+	addr    string
+	targets []int
+	sender  *multicast.Sender // nil: the group is served by unicast
+	objects []multicast.Object
+}
+
+// prime sends every distinct content once to each target that needs it (phase 5), batch by batch in the
+// schedule's order: over multicast to a batch's group when it has two or more targets and multicast works, else
+// over the targets' control connections. It records what each target confirmed holding. Each content's bytes are
+// read once, at prime time, from a page that still has the scanned fingerprint; the salted digest is taken over
+// exactly the bytes sent, so a later reference is exact whatever the guest did in between.
 func (s *sender) prime(ctx context.Context, sm *dedup.SharingMap, rep *Report) error {
 	var salt [32]byte
 	if _, err := rand.Read(salt[:]); err != nil {
 		return err
 	}
-	digester := dedup.NewDigester(salt)
-	tindex := map[*targetConn]int{}
-	for i, t := range s.targets {
-		tindex[t] = i
+	n := len(s.targets)
+	p := &primer{s: s, sm: sm, digester: dedup.NewDigester(salt), held: make([]*dedup.HeldIndex, n),
+		pinned: make([][]uint64, n), frames: make([][]byte, n), sent: make([]int, n), page: make([]byte, dedup.PageSize)}
+	for i := range n {
+		p.held[i] = dedup.NewHeldIndex(dedup.XXHash, p.digester)
+		p.pinned[i] = make([]uint64, (sm.Distinct()+63)/64)
 	}
-	// needs[c] is the bitmask of targets (by index) whose VMs hold content c.
-	needs := make([][]uint64, len(s.targets))
-	for i := range needs {
-		needs[i] = make([]uint64, (sm.Distinct()+63)/64)
-	}
-	for vmi, ids := range sm.PerVM {
-		vm := s.vms[vmi]
-		if vm.report.Status != "" || vm.target == nil || vm.target.sc == nil {
-			continue
-		}
-		ti := tindex[vm.target]
-		for _, id := range ids {
-			needs[ti][id/64] |= 1 << (id % 64)
-		}
-	}
-	held := make([]*dedup.HeldIndex, len(s.targets))
-	pinned := make([][]uint64, len(s.targets))
-	frames := make([][]byte, len(s.targets))
-	sent := make([]int, len(s.targets))
-	for i := range held {
-		held[i] = dedup.NewHeldIndex(dedup.XXHash, digester)
-		pinned[i] = make([]uint64, (sm.Distinct()+63)/64)
-	}
-	flush := func(ti int) error {
-		if len(frames[ti]) == 0 {
-			return nil
-		}
-		err := s.targets[ti].sc.Send(frameContent, frames[ti], false)
-		frames[ti] = frames[ti][:0]
+	if err := p.openGroups(ctx, rep); err != nil {
 		return err
 	}
-	page := make([]byte, dedup.PageSize)
-	var lit []byte
-	var holders, slots []int
-	var lowerBound, lowerCompressed int64
+	defer func() {
+		p.closeGroups()
+		rep.Totals.PrimeBytes += p.multicastBytes
+		for _, t := range s.targets {
+			if t.sc != nil {
+				rep.Totals.PrimeBytes += t.sc.BytesOut()
+			}
+		}
+	}()
+	done, total := 0, 0
+	for _, b := range s.batches {
+		total += len(b.contents)
+	}
 	lastProgress := time.Now()
-	for id := range sm.Contents {
-		cid := dedup.ContentID(id)
-		var want []int
-		for ti := range s.targets {
-			if needs[ti][id/64]&(1<<(id%64)) != 0 {
-				want = append(want, ti)
+	for _, b := range s.batches {
+		g := p.groups[targetSetKey(b.targets)]
+		for _, id := range b.contents {
+			if err := p.one(ctx, dedup.ContentID(id), b.targets, g); err != nil {
+				return err
+			}
+			done++
+			if time.Since(lastProgress) > time.Second {
+				s.progress.set("(prime)", "priming", fmt.Sprintf("%d of %d contents", done, total))
+				lastProgress = time.Now()
 			}
 		}
-		if len(want) == 0 {
-			continue
-		}
-		lowerBound += int64(len(want)) * dedup.PageSize
-		if !readCurrent(sm, cid, page) {
-			continue // every holder changed since the scan; its pages will travel literal
-		}
-		dg := digester.Sum(page)
-		var codec dedup.Codec
-		lit, codec = s.codec.Compress(lit[:0], page)
-		holders = sm.HolderVMs(holders[:0], cid)
-		lowerCompressed += int64(len(want) * len(lit))
-		for _, ti := range want {
-			slots = slots[:0]
-			for _, vmi := range holders {
-				if vm := s.vms[vmi]; vm.target == s.targets[ti] {
-					slots = append(slots, vmi)
-				}
+		if g != nil {
+			if err := p.flushGroup(ctx, g); err != nil {
+				return err
 			}
-			if len(slots) > maxSlotsPerContent {
-				// Too many to name: the receiver keeps it for the whole session, and every VM may use it.
-				slots = slots[:0]
-				pinned[ti][id/64] |= 1 << (id % 64)
-			}
-			rec := dedup.PageRecord{Kind: dedup.RecordLiteral, Codec: codec, Data: lit}
-			frames[ti] = appendContentRecord(frames[ti], cid, slots, rec)
-			held[ti].Add(cid, sm.Contents[id].FP, dg)
-			sent[ti]++
-			if len(frames[ti]) >= contentFrameTarget {
-				if err := flush(ti); err != nil {
-					return fmt.Errorf("prime to %s: %w", s.targets[ti].addr, err)
-				}
-			}
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		if time.Since(lastProgress) > time.Second {
-			s.progress.set("(prime)", "priming", fmt.Sprintf("%d of %d contents", id, sm.Distinct()))
-			lastProgress = time.Now()
 		}
 	}
-	rep.Totals.LowerBoundBytes = lowerBound
-	rep.Totals.LowerBoundCompressedBytes = lowerCompressed
+	rep.Totals.LowerBoundUnicastBytes, rep.Totals.LowerBoundMulticastBytes = p.lowerBound, p.lowerBoundOnce
+	rep.Totals.LowerBoundBytes, rep.Totals.LowerBoundCompressedBytes = p.lowerBound, p.lowerCompressed
+	if rep.Transport == TransportMulticast {
+		rep.Totals.LowerBoundBytes, rep.Totals.LowerBoundCompressedBytes = p.lowerBoundOnce, p.lowerCompressedOnce
+	}
+	return p.finish(ctx, rep)
+}
+
+// one reads, digests and compresses one content and queues it for its targets.
+func (p *primer) one(ctx context.Context, cid dedup.ContentID, targets []int, g *primeGroup) error {
+	s, sm := p.s, p.sm
+	p.lowerBound += int64(len(targets)) * dedup.PageSize
+	p.lowerBoundOnce += dedup.PageSize
+	if !readCurrent(sm, cid, p.page) {
+		return nil // every holder changed since the scan; its pages will travel literal
+	}
+	dg := p.digester.Sum(p.page)
+	var codec dedup.Codec
+	p.lit, codec = s.codec.Compress(p.lit[:0], p.page)
+	p.lowerCompressed += int64(len(targets) * len(p.lit))
+	p.lowerCompressedOnce += int64(len(p.lit))
+	p.holders = sm.HolderVMs(p.holders[:0], cid)
+	rec := dedup.PageRecord{Kind: dedup.RecordLiteral, Codec: codec, Data: p.lit}
+	fp := sm.Contents[cid].FP
+	if g != nil && g.sender != nil {
+		// One object for the whole group, naming every holder; each receiver keeps its own VMs' slots.
+		slots := p.holders
+		if len(slots) > maxSlotsPerContent {
+			slots = nil
+			for _, ti := range targets {
+				p.pinned[ti][cid/64] |= 1 << (cid % 64)
+			}
+		}
+		g.objects = append(g.objects, multicast.Object{ID: uint64(cid), Payload: appendContentRecord(nil, cid, slots, rec)})
+		for _, ti := range targets {
+			p.held[ti].Add(cid, fp, dg)
+			p.sent[ti]++
+		}
+		if len(g.objects) >= multicastChunk {
+			return p.flushGroup(ctx, g)
+		}
+		return nil
+	}
+	for _, ti := range targets {
+		p.slots = p.slots[:0]
+		for _, vmi := range p.holders {
+			if s.vms[vmi].target == s.targets[ti] {
+				p.slots = append(p.slots, vmi)
+			}
+		}
+		if len(p.slots) > maxSlotsPerContent {
+			// Too many to name: the receiver keeps it for the whole session, and every VM may use it.
+			p.slots = p.slots[:0]
+			p.pinned[ti][cid/64] |= 1 << (cid % 64)
+		}
+		p.frames[ti] = appendContentRecord(p.frames[ti], cid, p.slots, rec)
+		p.held[ti].Add(cid, fp, dg)
+		p.sent[ti]++
+		if len(p.frames[ti]) >= contentFrameTarget {
+			if err := p.flush(ti); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (p *primer) flush(ti int) error {
+	if len(p.frames[ti]) == 0 {
+		return nil
+	}
+	err := p.s.targets[ti].sc.Send(frameContent, p.frames[ti], false)
+	p.frames[ti] = p.frames[ti][:0]
+	if err != nil {
+		return fmt.Errorf("prime to %s: %w", p.s.targets[ti].addr, err)
+	}
+	return nil
+}
+
+// flushGroup multicasts the group's queued objects; targets the transport dropped get them by unicast.
+func (p *primer) flushGroup(ctx context.Context, g *primeGroup) error {
+	if len(g.objects) == 0 {
+		return nil
+	}
+	ids := make([]multicast.ReceiverID, len(g.targets))
+	for i, ti := range g.targets {
+		ids[i] = multicast.ReceiverID(ti)
+	}
+	res, err := g.sender.Send(ctx, ids, g.objects)
+	if err != nil {
+		return fmt.Errorf("multicast to %s: %w", g.addr, err)
+	}
+	for _, id := range res.Dropped {
+		ti := int(id)
+		p.s.log.Warn("multicast receiver dropped as too slow; serving it by unicast", "target", p.s.targets[ti].addr)
+		for _, o := range g.objects {
+			p.frames[ti] = append(p.frames[ti], o.Payload...) // the same content record as on unicast
+			if len(p.frames[ti]) >= contentFrameTarget {
+				if err := p.flush(ti); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	g.objects = g.objects[:0]
+	return nil
+}
+
+// finish flushes the unicast frames, closes the prime with every target and waits for their confirmations. Only
+// a target that confirmed counts as holding the contents.
+func (p *primer) finish(ctx context.Context, rep *Report) error {
+	s := p.s
 	for ti, t := range s.targets {
-		if t.sc == nil || sent[ti] == 0 {
+		if t.sc == nil || p.sent[ti] == 0 {
 			continue
 		}
-		if err := flush(ti); err != nil {
-			return fmt.Errorf("prime to %s: %w", t.addr, err)
+		if err := p.flush(ti); err != nil {
+			return err
 		}
-		if err := sendJSON(t.sc, framePrimeDone, primeDoneMsg{Contents: sent[ti]}); err != nil {
+		if err := sendJSON(t.sc, framePrimeDone, primeDoneMsg{Contents: p.sent[ti]}); err != nil {
 			return fmt.Errorf("prime to %s: %w", t.addr, err)
 		}
 	}
 	for ti, t := range s.targets {
-		if t.sc == nil || sent[ti] == 0 {
+		if t.sc == nil || p.sent[ti] == 0 {
 			continue
 		}
 		var ack primeAckMsg
 		if err := expect(t.sc, framePrimeAck, &ack); err != nil {
-			// The target holds nothing we can count on: its VMs' pages travel literal.
 			rep.Warnings = append(rep.Warnings, fmt.Sprintf("prime to %s failed, its VMs' pages travel literal: %v", t.addr, err))
 			continue
 		}
-		t.held, t.pinned = held[ti], pinned[ti]
-		rep.Totals.PrimeBytes += t.sc.BytesOut()
+		if ack.Held < p.sent[ti] {
+			rep.Warnings = append(rep.Warnings, fmt.Sprintf("prime to %s: it holds %d of %d contents; its VMs' pages travel literal",
+				t.addr, ack.Held, p.sent[ti]))
+			continue
+		}
+		t.held, t.pinned = p.held[ti], p.pinned[ti]
 		s.log.Info("prime done", "target", t.addr, "contents", ack.Held, "bytes", ack.Bytes)
 	}
 	return nil
 }
+
+func targetSetKey(targets []int) string { return fmt.Sprint(targets) }
 
 // readCurrent reads content id's bytes from the first holder whose page still has the scanned fingerprint.
 func readCurrent(sm *dedup.SharingMap, id dedup.ContentID, page []byte) bool {
@@ -201,4 +301,140 @@ func readCurrent(sm *dedup.SharingMap, id dedup.ContentID, page []byte) bool {
 		}
 	}
 	return false
+}
+
+// multicastPort is the UDP port of every prime group; groups differ by address.
+const multicastPort = 7450
+
+// openGroups sets up one multicast group per target set of two or more targets in the schedule, unless the
+// transport is unicast: every member joins before any data flows (a join takes time to reach a snooping bridge),
+// then a probe checks that every member hears the group. A group that does not work is served by unicast (auto)
+// or fails the prime (multicast).
+func (p *primer) openGroups(ctx context.Context, rep *Report) error {
+	s := p.s
+	p.groups = map[string]*primeGroup{}
+	mode := s.cfg.Transport
+	if mode == TransportUnicast {
+		return nil
+	}
+	var key [32]byte
+	if _, err := rand.Read(key[:]); err != nil {
+		return err
+	}
+	sid := binary.BigEndian.Uint64(s.session[:8])
+	cfg := multicast.Config{Key: key, SessionID: sid, RateBps: s.cfg.RateBps}
+	var sets [][]int
+	for _, b := range s.batches {
+		k := targetSetKey(b.targets)
+		if len(b.targets) < 2 || p.groups[k] != nil {
+			continue
+		}
+		if len(sets) >= 250 {
+			break // more target sets than group addresses: the rest go by unicast
+		}
+		g := &primeGroup{addr: fmt.Sprintf("239.255.%d.%d:%d", s.session[0], len(sets)+1, multicastPort), targets: b.targets}
+		p.groups[k] = g
+		sets = append(sets, b.targets)
+	}
+	if len(sets) == 0 {
+		return nil
+	}
+	iface := s.cfg.Iface
+	for _, t := range s.targets {
+		if iface == "" && t.sc != nil {
+			iface, _ = ifaceFor(t.sc.c.LocalAddr())
+		}
+	}
+	fail := func(g *primeGroup, err error) error {
+		if mode == TransportMulticast {
+			return fmt.Errorf("multicast group %s does not work (%v): use --transport auto or unicast", g.addr, err)
+		}
+		rep.Warnings = append(rep.Warnings, fmt.Sprintf("multicast group %s: %v; its contents go by unicast", g.addr, err))
+		return nil
+	}
+	// Join early: every member of every group, before the first byte.
+	for _, g := range p.groups {
+		for _, ti := range g.targets {
+			t := s.targets[ti]
+			var local []int
+			for vmi, vm := range s.vms {
+				if vm.target == t {
+					local = append(local, vmi)
+				}
+			}
+			err := sendJSON(t.sc, frameJoin, joinMsg{Group: g.addr, ReceiverID: uint16(ti), Key: key[:], SessionID: sid,
+				RateBps: s.cfg.RateBps, LocalSlots: local})
+			if err == nil {
+				var e errorMsg
+				if err = expect(t.sc, frameJoined, &e); err == nil && e.Error != "" {
+					err = errors.New(e.Error)
+				}
+			}
+			if err != nil {
+				g.targets = nil // mark as broken below
+				if ferr := fail(g, fmt.Errorf("%s could not join: %w", t.addr, err)); ferr != nil {
+					return ferr
+				}
+				break
+			}
+		}
+	}
+	for _, g := range p.groups {
+		if g.targets == nil || iface == "" {
+			continue
+		}
+		addr, err := netip.ParseAddrPort(g.addr)
+		if err != nil {
+			return err
+		}
+		tr, err := multicast.ListenMulticast(ctx, multicast.MulticastConfig{Group: addr, Iface: iface})
+		if err != nil {
+			if ferr := fail(g, err); ferr != nil {
+				return ferr
+			}
+			continue
+		}
+		ms, err := multicast.NewSender(cfg, tr)
+		if err != nil {
+			tr.Close()
+			return err
+		}
+		want := make([]multicast.ReceiverID, len(g.targets))
+		for i, ti := range g.targets {
+			want[i] = multicast.ReceiverID(ti)
+		}
+		heard, _, err := ms.Probe(ctx, want, multicast.DefaultProbeTimeout)
+		if err == nil && len(heard) < len(want) {
+			err = fmt.Errorf("%d of %d targets heard the probe", len(heard), len(want))
+		}
+		if err != nil {
+			ms.Close()
+			if ferr := fail(g, err); ferr != nil {
+				return ferr
+			}
+			continue
+		}
+		g.sender = ms
+		rep.Transport = TransportMulticast
+	}
+	// Broken groups: their batches go by unicast.
+	for k, g := range p.groups {
+		if g.sender == nil {
+			delete(p.groups, k)
+		}
+	}
+	return nil
+}
+
+// closeGroups ends every group: the members leave, the senders close, and their bytes count as prime bytes.
+func (p *primer) closeGroups() {
+	for _, g := range p.groups {
+		for _, ti := range g.targets {
+			_ = sendJSON(p.s.targets[ti].sc, frameLeave, leaveMsg{Group: g.addr})
+		}
+		if g.sender != nil {
+			p.multicastBytes += int64(g.sender.Stats().Transport.BytesSent)
+			g.sender.Close()
+		}
+	}
 }

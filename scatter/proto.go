@@ -38,6 +38,9 @@ const (
 	frameStreamCancel frameType = 0x1f // sender→receiver, JSON errorMsg: the source stream failed
 	frameLoaded       frameType = 0x20 // receiver→sender, JSON runningMsg: destination loaded, paused
 	frameStart        frameType = 0x21 // sender→receiver, empty: start the destination
+	frameJoin         frameType = 0x07 // sender→receiver (control), JSON joinMsg: join a multicast group now
+	frameJoined       frameType = 0x08 // receiver→sender (control), JSON errorMsg: joined (error empty) or not
+	frameLeave        frameType = 0x09 // sender→receiver (control), JSON leaveMsg: leave a group
 )
 
 func (t frameType) String() string {
@@ -53,7 +56,7 @@ var frameNames = map[frameType]string{
 	frameRAMStart: "RAM_START", frameSection: "SECTION", framePages: "PAGES", frameSectionEnd: "SECTION_END",
 	frameTail: "TAIL", frameStreamEnd: "STREAM_END", frameReturnPath: "RETURN_PATH", frameRunning: "RUNNING",
 	frameCommit: "COMMIT", frameAbort: "ABORT", frameError: "ERROR", frameDone: "DONE", frameStreamCancel: "STREAM_CANCEL",
-	frameLoaded: "LOADED", frameStart: "START",
+	frameLoaded: "LOADED", frameStart: "START", frameJoin: "JOIN", frameJoined: "JOINED", frameLeave: "LEAVE",
 }
 
 // SessionID names one scatter run on every receiver.
@@ -120,6 +123,20 @@ type runningMsg struct {
 	LoadMillis  int64  `json:"load_ms"` // from the first stream byte to the destination running
 	StoreHits   int    `json:"store_hits"`
 	PagesLoaded int    `json:"pages_loaded"`
+}
+
+// joinMsg asks a receiver to join a multicast group of the prime. The data key is fresh for every run.
+type joinMsg struct {
+	Group      string `json:"group"` // "239.255.x.y:port"
+	ReceiverID uint16 `json:"receiver_id"`
+	Key        []byte `json:"key"`        // 32 bytes, AES-256-GCM data key
+	SessionID  uint64 `json:"session_id"` // the data plane's session number
+	RateBps    int64  `json:"rate_bps"`
+	LocalSlots []int  `json:"local_slots"` // VM slots placed on this receiver (content records name all holders)
+}
+
+type leaveMsg struct {
+	Group string `json:"group"`
 }
 
 type doneMsg struct {

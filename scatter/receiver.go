@@ -22,6 +22,7 @@ type ReceiverConfig struct {
 	Key        []byte       // the shared key (see LoadKey)
 	StoreLimit int64        // bytes of primed content held per session; 0 means DefaultStoreLimit
 	Capacity   uint64       // memory offered to migrated VMs, for placement; 0 means what is available
+	Iface      string       // interface for multicast; "" means the one the control connection arrives on
 	MaxVMs     int          // VMs accepted per run, for placement; 0 means no limit
 	Log        *slog.Logger // nil logs nowhere
 
@@ -146,6 +147,8 @@ func (r *Receiver) serveControl(ctx context.Context, sc *secureConn, peer string
 	s := r.attach(hello.Session, true)
 	defer r.detach(s)
 	r.log.Info("session opened", "session", s.id, "sender", hello.Sender, "peer", peer)
+	groups := &groupSet{log: r.log}
+	defer groups.close()
 	host, _ := os.Hostname()
 	total, avail := memInfo()
 	if err := sendJSON(sc, frameInfo, infoMsg{Host: host, MemTotal: total, MemAvailable: avail, CPUs: runtime.NumCPU(),
@@ -172,6 +175,28 @@ func (r *Receiver) serveControl(ctx context.Context, sc *secureConn, peer string
 			if err := sendJSON(sc, framePrimeAck, primeAckMsg{Held: st.Contents, Bytes: st.Used}); err != nil {
 				return err
 			}
+		case frameJoin:
+			var m joinMsg
+			if err := decodeJSON(t, b, &m); err != nil {
+				return err
+			}
+			err := groups.join(ctx, m, sc.c.LocalAddr(), s.store, r.cfg.Iface)
+			reply := errorMsg{}
+			if err != nil {
+				r.log.Warn("multicast join failed; the sender serves this target by unicast", "group", m.Group, "err", err)
+				reply.Error = err.Error()
+			} else {
+				r.log.Info("joined multicast group", "group", m.Group, "session", s.id)
+			}
+			if err := sendJSON(sc, frameJoined, reply); err != nil {
+				return err
+			}
+		case frameLeave:
+			var m leaveMsg
+			if err := decodeJSON(t, b, &m); err != nil {
+				return err
+			}
+			groups.leave(m.Group)
 		case frameBye:
 			return nil
 		default:

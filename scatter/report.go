@@ -61,26 +61,35 @@ type PageCounts struct {
 
 // Totals sums the run.
 type Totals struct {
-	VMs             int   `json:"vms"`
-	Migrated        int   `json:"migrated"`
-	RolledBack      int   `json:"rolled_back"`
-	Failed          int   `json:"failed"`
-	RAMBytes        int64 `json:"ram_bytes"`
-	WireBytes       int64 `json:"wire_bytes"`
-	PrimeBytes      int64 `json:"prime_bytes"`
-	ElapsedMS       int64 `json:"elapsed_ms"`
-	ScanMS          int64 `json:"scan_ms"`
-	NonZeroPages    int64 `json:"nonzero_pages"`
-	DistinctPages   int64 `json:"distinct_pages"`
-	LowerBoundBytes int64 `json:"lower_bound_bytes"`
+	VMs        int   `json:"vms"`
+	Migrated   int   `json:"migrated"`
+	RolledBack int   `json:"rolled_back"`
+	Failed     int   `json:"failed"`
+	RAMBytes   int64 `json:"ram_bytes"`
+	WireBytes  int64 `json:"wire_bytes"`
+	PrimeBytes int64 `json:"prime_bytes"`
+	// SourceLinkBytes is what left the source's data-plane interface during the run, from its counters (all
+	// traffic on it, not only vmscatter's); -1 when the interface could not be read.
+	SourceLinkBytes int64  `json:"source_link_bytes"`
+	Transport       string `json:"transport"`
+	ElapsedMS       int64  `json:"elapsed_ms"`
+	ScanMS          int64  `json:"scan_ms"`
+	NonZeroPages    int64  `json:"nonzero_pages"`
+	DistinctPages   int64  `json:"distinct_pages"`
+	LowerBoundBytes int64  `json:"lower_bound_bytes"`
 	// LowerBoundCompressedBytes is the same bound with each content compressed as the prime sent it.
 	LowerBoundCompressedBytes int64 `json:"lower_bound_compressed_bytes"`
+	// The bound for each transport, uncompressed: each distinct non-zero content once per target that needs it
+	// (unicast), or once in all (multicast). LowerBoundBytes is the one of the transport used.
+	LowerBoundUnicastBytes   int64 `json:"lower_bound_unicast_bytes"`
+	LowerBoundMulticastBytes int64 `json:"lower_bound_multicast_bytes"`
 }
 
 func (r *Report) sum() {
-	t := Totals{ElapsedMS: r.Totals.ElapsedMS, ScanMS: r.Totals.ScanMS, PrimeBytes: r.Totals.PrimeBytes,
+	t := Totals{ElapsedMS: r.Totals.ElapsedMS, SourceLinkBytes: r.Totals.SourceLinkBytes, Transport: r.Transport, ScanMS: r.Totals.ScanMS, PrimeBytes: r.Totals.PrimeBytes,
 		NonZeroPages: r.Totals.NonZeroPages, DistinctPages: r.Totals.DistinctPages, LowerBoundBytes: r.Totals.LowerBoundBytes,
-		LowerBoundCompressedBytes: r.Totals.LowerBoundCompressedBytes}
+		LowerBoundCompressedBytes: r.Totals.LowerBoundCompressedBytes, LowerBoundUnicastBytes: r.Totals.LowerBoundUnicastBytes,
+		LowerBoundMulticastBytes: r.Totals.LowerBoundMulticastBytes}
 	t.VMs = len(r.VMs)
 	t.WireBytes = t.PrimeBytes
 	for _, v := range r.VMs {

@@ -43,6 +43,10 @@ type SendConfig struct {
 	// source and its first at the destination (serial ports that write to a file only; host clocks must agree).
 	GuestDowntime bool
 
+	Transport string // how prime contents travel: auto (default), multicast or unicast
+	RateBps   int64  // multicast rate cap, bits/s; 0 means 1 Gbit/s
+	Iface     string // data-plane interface for multicast; "" means the one the control connections use
+
 	Progress io.Writer    // progress lines; nil means none
 	Log      *slog.Logger // nil logs nowhere
 
@@ -54,6 +58,13 @@ type faults struct {
 	truncateAfterPages int // end the stream (STREAM_END) early, as a source stream cut short would
 	stallAfterPages    int // stop forwarding the stream, as a link that went silent would
 }
+
+// Transports for the prime.
+const (
+	TransportAuto      = "auto"
+	TransportMulticast = "multicast"
+	TransportUnicast   = "unicast"
+)
 
 // sourceVM is what the inventory learned of one VM.
 type sourceVM struct {
@@ -119,6 +130,16 @@ func newSender(cfg SendConfig) (*sender, error) {
 	if cfg.Compress == "" {
 		cfg.Compress = "s2"
 	}
+	switch cfg.Transport {
+	case "":
+		cfg.Transport = TransportAuto
+	case TransportAuto, TransportMulticast, TransportUnicast:
+	default:
+		return nil, fmt.Errorf("unknown transport %q: use auto, multicast or unicast", cfg.Transport)
+	}
+	if cfg.RateBps == 0 {
+		cfg.RateBps = 1e9
+	}
 	if err := cfg.Policy.validate(); err != nil {
 		return nil, err
 	}
@@ -148,6 +169,7 @@ type sender struct {
 	tmpDir   string
 	rams     []*kvm.GuestRAM // open for the scan and the prime
 	sharing  *dedup.SharingMap
+	batches  []primeBatch // the prime's schedule, from placement
 }
 
 // prepare runs phases 0 and 1: the inventory of every VM and a session with every receiver, concurrently. Call
@@ -206,6 +228,21 @@ func (s *sender) run(ctx context.Context) (*Report, error) {
 		return nil, err
 	}
 	defer s.release()
+
+	// The source link's counters: what left the data-plane interface during the run.
+	iface := s.cfg.Iface
+	for _, t := range s.targets {
+		if iface == "" && t.sc != nil {
+			iface, _ = ifaceFor(t.sc.c.LocalAddr())
+		}
+	}
+	tx0, txErr := txBytes(iface)
+	defer func() {
+		rep.Totals.SourceLinkBytes = -1
+		if tx1, err := txBytes(iface); err == nil && txErr == nil {
+			rep.Totals.SourceLinkBytes = tx1 - tx0
+		}
+	}()
 
 	// Phase 2: the scan, unless turned off.
 	var sm *dedup.SharingMap

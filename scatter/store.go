@@ -26,6 +26,12 @@ func appendContentRecord(dst []byte, id dedup.ContentID, slots []int, rec dedup.
 
 // putContentRecords stores a CONTENT frame's records in the session's store.
 func putContentRecords(store *dedup.ContentStore, b []byte) error {
+	return putContentRecordsLocal(store, b, nil)
+}
+
+// putContentRecordsLocal stores content records, keeping from each record's VM slots only those in local (sorted),
+// when local is not nil: a multicast record names every holder, on every target.
+func putContentRecordsLocal(store *dedup.ContentStore, b []byte, local []int) error {
 	page := make([]byte, dedup.PageSize)
 	var slots []int
 	for len(b) > 0 {
@@ -40,7 +46,10 @@ func putContentRecords(store *dedup.ContentStore, b []byte) error {
 		}
 		slots = slots[:0]
 		for i := range n {
-			slots = append(slots, int(binary.BigEndian.Uint16(b[2*i:])))
+			slot := int(binary.BigEndian.Uint16(b[2*i:]))
+			if _, ok := slices.BinarySearch(local, slot); local == nil || ok {
+				slots = append(slots, slot)
+			}
 		}
 		b = b[2*n:]
 		rec, used, err := dedup.ParseRecord(b)

@@ -30,7 +30,10 @@ func benchCommand() *cli.Command {
 			&cli.DurationFlag{Name: "settle", Value: 5 * time.Second, Usage: "how long guests run before they move"},
 			&cli.Float64Flag{Name: "dirty-rate", Value: 200, Usage: "workload: pages dirtied per second per guest"},
 			&cli.BoolFlag{Name: "quick", Usage: "a small run that checks the bench works (2 guests, 1 target)"},
+			&cli.BoolFlag{Name: "policies", Usage: "run the convergence-policy matrix instead (dirty rates × patterns × policies)"},
+			&cli.DurationFlag{Name: "deadline", Value: 20 * time.Second, Usage: "policy matrix: timebound's deadline"},
 			&cli.StringFlag{Name: "out", Value: "out/bench", Usage: "results directory"},
+			&cli.StringSliceFlag{Name: "send-arg", Usage: "extra argument for vmscatter send (repeat), e.g. --send-arg=--compress=zstd"},
 		},
 		Action: func(c *cli.Context) error {
 			bin, err := os.Executable()
@@ -43,12 +46,28 @@ func benchCommand() *cli.Command {
 			}
 			cfg := bench.CompareConfig{Bin: bin, Dir: c.String("out"), Guests: c.Int("guests"), MemoryMiB: c.Int("memory"),
 				Targets: c.Int("targets"), UplinkBps: uint64(uplink), Settle: c.Duration("settle"), Out: c.App.ErrWriter,
-				Workload: fixture.Workload{WSS: 16 << 20, Rate: c.Float64("dirty-rate"), Seed: 7, Private: 0.25}}
+				Workload: fixture.Workload{WSS: 16 << 20, Rate: c.Float64("dirty-rate"), Seed: 7, Private: 0.25},
+				SendArgs: c.StringSlice("send-arg")}
 			if c.Bool("quick") {
 				cfg.Guests, cfg.Targets, cfg.Settle = 2, 1, 2*time.Second
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
+			if c.Bool("policies") {
+				pc := bench.PolicyConfig{Bin: bin, Dir: cfg.Dir, Deadline: c.Duration("deadline"), Out: c.App.ErrWriter}
+				if c.IsSet("uplink") {
+					pc.UplinkBps = uint64(uplink)
+				}
+				if c.Bool("quick") {
+					pc.Rates, pc.Patterns, pc.MemoryMiB, pc.WSS, pc.Deadline = []float64{200}, []string{"seq"}, 128, 16<<20, 5*time.Second
+				}
+				rows, err := bench.RunPolicyMatrix(ctx, pc)
+				if err != nil {
+					return withCode(ExitError, err)
+				}
+				_, err = c.App.Writer.Write([]byte(bench.PolicyMarkdown(rows, pc)))
+				return err
+			}
 			res, err := bench.RunCompare(ctx, cfg)
 			if err != nil {
 				return withCode(ExitError, err)

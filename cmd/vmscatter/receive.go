@@ -27,6 +27,7 @@ func receiveCommand() *cli.Command {
 			&cli.StringFlag{Name: "store-limit", Value: "4G", Usage: "memory for primed page contents per session"},
 			&cli.StringFlag{Name: "capacity", Usage: "memory offered to migrated VMs, for placement (e.g. 64G); default: what is available"},
 			&cli.IntFlag{Name: "max-vms", Usage: "VMs accepted per run, for placement; default no limit"},
+			&cli.StringFlag{Name: "iface", Usage: "interface to join multicast groups on (default: the one the sender's control connection arrives on)"},
 			logLevelFlag,
 		},
 		Action: func(c *cli.Context) error {
@@ -49,7 +50,7 @@ func receiveCommand() *cli.Command {
 				}
 			}
 			r, err := scatter.NewReceiver(scatter.ReceiverConfig{DataDir: c.String("data-dir"), Key: key, StoreLimit: limit,
-				Capacity: uint64(capacity), MaxVMs: c.Int("max-vms"), Log: log})
+				Capacity: uint64(capacity), MaxVMs: c.Int("max-vms"), Iface: c.String("iface"), Log: log})
 			if err != nil {
 				return withCode(ExitError, err)
 			}

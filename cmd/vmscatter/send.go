@@ -39,6 +39,9 @@ func sendCommand() *cli.Command {
 			&cli.Float64Flag{Name: "marker", Value: 0.5, Usage: "timebound: fraction of the first pass after which vCPUs are over-committed"},
 			&cli.IntFlag{Name: "overcommit-cpus", Value: 1, Usage: "timebound: host CPUs the vCPUs are pinned onto after the marker"},
 			&cli.StringFlag{Name: "compress", Value: "s2", Usage: "literal page compression: s2, zstd, none"},
+			&cli.StringFlag{Name: "transport", Value: "auto", Usage: "prime contents over multicast, unicast, or auto (multicast where it works)"},
+			&cli.StringFlag{Name: "rate", Value: "1G", Usage: "multicast rate cap in bit/s (k/M/G)"},
+			&cli.StringFlag{Name: "iface", Usage: "data-plane interface for multicast (default: the one that reaches the targets)"},
 			&cli.BoolFlag{Name: "no-dedup", Usage: "skip the scan and the prime: every page travels literal"},
 			&cli.BoolFlag{Name: "guest-downtime", Usage: "measure the downtime the guest shows on its serial console (file serial ports; adds up to 3 s per VM)"},
 			&cli.StringFlag{Name: "max-bandwidth", Usage: "cap on each source QEMU's migration rate (bytes/s, e.g. 100M); default none"},
@@ -77,6 +80,10 @@ func runSend(c *cli.Context) error {
 		for _, p := range pins {
 			cfg.Placement[p[0]] = p[1]
 		}
+	}
+	cfg.Transport, cfg.Iface = c.String("transport"), c.String("iface")
+	if cfg.RateBps, err = parseRate(c.String("rate")); err != nil {
+		return usageError("--rate: %v", err)
 	}
 	if s := c.String("max-bandwidth"); s != "" {
 		if cfg.MaxBandwidth, err = parseSize(s); err != nil {
