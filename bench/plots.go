@@ -1,7 +1,111 @@
 package bench
 
-// writePlots draws the comparison's charts next to results.json. Filled in once bench/plot lands.
-func writePlots(dir string, res *CompareResult) error { return nil }
+import (
+	"fmt"
+	"path/filepath"
 
-// writePolicyPlots draws the policy matrix's charts. Filled in once bench/plot lands.
-func writePolicyPlots(dir string, rows []PolicyRun) error { return nil }
+	"github.com/vmscatter/vmscatter/bench/plot"
+)
+
+// writePlots draws the comparison's charts next to results.json: bytes and time per method, relative to QEMU's
+// own migration (so one axis serves both), absolute bytes with the lower bound, and downtime per VM.
+func writePlots(dir string, res *CompareResult) error {
+	n, s := res.Native, res.Scatter
+	rel := func(a, b float64) float64 {
+		if b == 0 {
+			return 0
+		}
+		return a / b
+	}
+	lb := float64(res.LowerBoundCompressedBytes)
+	charts := map[string][]byte{
+		"methods.svg": plot.BarChart{
+			Title:       fmt.Sprintf("%d guests × %d MiB → %d targets: vmscatter against QEMU native (= 1.0)", res.Config.Guests, res.Config.MemoryMiB, res.Config.Targets),
+			YLabel:      "relative to QEMU native",
+			Categories:  []string{"bytes leaving the source", "bytes into the targets", "total time"},
+			ValueFormat: "%.2f",
+			Series: []Series{
+				{Name: "QEMU native", Values: []float64{1, 1, 1}},
+				{Name: "vmscatter", Values: []float64{rel(float64(s.SourceTxBytes), float64(n.SourceTxBytes)),
+					rel(float64(s.TargetRxBytes), float64(n.TargetRxBytes)), rel(float64(s.TotalMS), float64(n.TotalMS))}},
+				{Name: "lower bound", Values: []float64{rel(lb, float64(n.SourceTxBytes)), 0, 0}},
+			},
+		}.SVG(),
+		"bytes.svg": plot.BarChart{
+			Title:       "bytes leaving the source (MiB)",
+			YLabel:      "MiB",
+			Categories:  []string{"QEMU native", "vmscatter", "lower bound (compressed)"},
+			ValueFormat: "%.1f",
+			Series:      []Series{{Name: "MiB", Values: []float64{float64(n.SourceTxBytes) / (1 << 20), float64(s.SourceTxBytes) / (1 << 20), lb / (1 << 20)}}},
+		}.SVG(),
+		"downtime.svg": plot.BarChart{
+			Title:       "downtime per VM (QEMU's figure)",
+			YLabel:      "ms",
+			Categories:  res.VMs,
+			ValueFormat: "%.0f",
+			Series:      []Series{{Name: "QEMU native", Values: floats(n.DowntimeMS)}, {Name: "vmscatter", Values: floats(s.DowntimeMS)}},
+		}.SVG(),
+	}
+	for name, svg := range charts {
+		if err := plot.WriteFile(filepath.Join(dir, name), svg); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Series is plot.Series, named here for brevity.
+type Series = plot.Series
+
+func floats(v []int64) []float64 {
+	out := make([]float64, len(v))
+	for i, x := range v {
+		out[i] = float64(x)
+	}
+	return out
+}
+
+// writePolicyPlots draws the policy matrix: migration time and downtime per policy, for each dirty rate and
+// pattern.
+func writePolicyPlots(dir string, rows []PolicyRun) error {
+	var cats []string
+	seen := map[string]bool{}
+	policies := []string{}
+	pseen := map[string]bool{}
+	for _, r := range rows {
+		c := fmt.Sprintf("%.0f p/s %s", r.DirtyRate, r.Pattern)
+		if !seen[c] {
+			seen[c] = true
+			cats = append(cats, c)
+		}
+		if !pseen[r.Policy] {
+			pseen[r.Policy] = true
+			policies = append(policies, r.Policy)
+		}
+	}
+	value := func(pol, cat string, f func(PolicyRun) float64) float64 {
+		for _, r := range rows {
+			if r.Policy == pol && fmt.Sprintf("%.0f p/s %s", r.DirtyRate, r.Pattern) == cat {
+				return f(r)
+			}
+		}
+		return 0
+	}
+	chart := func(title, ylabel string, f func(PolicyRun) float64) []byte {
+		var series []Series
+		for _, pol := range policies {
+			var v []float64
+			for _, c := range cats {
+				v = append(v, value(pol, c, f))
+			}
+			series = append(series, Series{Name: pol, Values: v})
+		}
+		return plot.BarChart{Title: title, YLabel: ylabel, Categories: cats, Series: series, ValueFormat: "%.1f", LogY: true}.SVG()
+	}
+	if err := plot.WriteFile(filepath.Join(dir, "policies-time.svg"), chart("migration time by policy (rolled back runs: their timeout)", "seconds",
+		func(r PolicyRun) float64 { return float64(r.MigrationMS) / 1000 })); err != nil {
+		return err
+	}
+	return plot.WriteFile(filepath.Join(dir, "policies-downtime.svg"), chart("downtime by policy (QEMU's figure, or from vmscatter's stop)", "ms",
+		func(r PolicyRun) float64 { return float64(r.DowntimeMS) }))
+}

@@ -19,7 +19,7 @@ func LoadKey(path string) ([]byte, error) {
 	}
 	st, err := os.Stat(path)
 	if err != nil {
-		return nil, fmt.Errorf("key file: %w", err)
+		return nil, fmt.Errorf("key file: %w (create one with `vmscatter keygen --out %s` and copy it to every host)", err, path)
 	}
 	if st.Mode().Perm()&0o077 != 0 {
 		return nil, fmt.Errorf("key file %s is readable by group or others (mode %v): chmod 600 %s", path, st.Mode().Perm(), path)

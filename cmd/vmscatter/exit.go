@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 )
 
 // Exit codes, documented in the README and in `vmscatter --help`. Scripts rely on them.
@@ -48,6 +49,10 @@ func exitCode(err error, stderr io.Writer) int {
 			fmt.Fprintln(stderr, "vmscatter:", ee.err)
 		}
 		return ee.code
+	}
+	if strings.HasPrefix(err.Error(), "Required flag") { // urfave/cli's missing-flag error has no exported type
+		fmt.Fprintf(stderr, "vmscatter: %v (see --help)\n", err)
+		return ExitUsage
 	}
 	fmt.Fprintln(stderr, "vmscatter:", err)
 	return ExitError

@@ -75,29 +75,9 @@ func runPlan(c *cli.Context) error {
 			return withCode(ExitError, err)
 		}
 	case live:
-		log, err := logger(c.String("log-level"), c.App.ErrWriter)
+		cfg, err := baseSendConfig(c)
 		if err != nil {
 			return err
-		}
-		key, err := scatter.LoadKey(c.String("key-file"))
-		if err != nil {
-			return withCode(ExitError, err)
-		}
-		pairs, err := parsePairs("vms", c.StringSlice("vms"))
-		if err != nil {
-			return err
-		}
-		cfg := scatter.SendConfig{Targets: splitList(c.StringSlice("targets")), Key: key, Algorithm: c.String("algorithm"), Log: log}
-		for _, p := range pairs {
-			cfg.VMs = append(cfg.VMs, scatter.VMSpec{Name: p[0], QMP: p[1]})
-		}
-		pins, err := parsePairs("placement", c.StringSlice("placement"))
-		if err != nil {
-			return err
-		}
-		cfg.Placement = map[string]string{}
-		for _, p := range pins {
-			cfg.Placement[p[0]] = p[1]
 		}
 		plan, err = scatter.PlanLive(context.Background(), cfg)
 		if err != nil {

@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/vmscatter/vmscatter/scatter"
 )
 
 // Run runs the vmscatter command line and returns the error that decides the exit code.
@@ -17,7 +19,7 @@ func Run(args []string) error {
 
 func newApp(stdout, stderr io.Writer) *cli.App {
 	cli.HelpFlag = &cli.BoolFlag{Name: "help", Aliases: []string{"h"}, Usage: "show help"}
-	return &cli.App{
+	app := &cli.App{
 		Name:  "vmscatter",
 		Usage: "live-migrate many QEMU/KVM VMs from one host to several, each distinct page sent once",
 		Description: `On every target host run the receiver as a daemon:
@@ -37,6 +39,10 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		},
 		ExitErrHandler: func(*cli.Context, error) {}, // exit codes are decided in one place: exitCode
 	}
+	for _, cmd := range app.Commands {
+		cmd.OnUsageError = app.OnUsageError
+	}
+	return app
 }
 
 // logger builds the structured logger for --log-level, writing to stderr.
@@ -128,4 +134,37 @@ func parseRate(s string) (int64, error) {
 		return 0, fmt.Errorf("%q is not a rate (e.g. 100M, 1G)", s)
 	}
 	return int64(v * mult), nil
+}
+
+// baseSendConfig reads what `send` and `plan` share: the logger, the key, the VMs, the targets, the pins and the
+// placement algorithm.
+func baseSendConfig(c *cli.Context) (scatter.SendConfig, error) {
+	var cfg scatter.SendConfig
+	log, err := logger(c.String("log-level"), c.App.ErrWriter)
+	if err != nil {
+		return cfg, err
+	}
+	key, err := scatter.LoadKey(c.String("key-file"))
+	if err != nil {
+		return cfg, withCode(ExitError, err)
+	}
+	pairs, err := parsePairs("vms", c.StringSlice("vms"))
+	if err != nil {
+		return cfg, err
+	}
+	pins, err := parsePairs("placement", c.StringSlice("placement"))
+	if err != nil {
+		return cfg, err
+	}
+	cfg = scatter.SendConfig{Targets: splitList(c.StringSlice("targets")), Key: key, Algorithm: c.String("algorithm"), Log: log}
+	for _, p := range pairs {
+		cfg.VMs = append(cfg.VMs, scatter.VMSpec{Name: p[0], QMP: p[1]})
+	}
+	if len(pins) > 0 {
+		cfg.Placement = map[string]string{}
+		for _, p := range pins {
+			cfg.Placement[p[0]] = p[1]
+		}
+	}
+	return cfg, nil
 }

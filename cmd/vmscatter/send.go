@@ -53,34 +53,15 @@ func sendCommand() *cli.Command {
 }
 
 func runSend(c *cli.Context) error {
-	log, err := logger(c.String("log-level"), c.App.ErrWriter)
+	cfg, err := baseSendConfig(c)
 	if err != nil {
 		return err
 	}
-	key, err := scatter.LoadKey(c.String("key-file"))
-	if err != nil {
-		return withCode(ExitError, err)
-	}
-	pairs, err := parsePairs("vms", c.StringSlice("vms"))
-	if err != nil {
-		return err
-	}
-	cfg := scatter.SendConfig{Targets: splitList(c.StringSlice("targets")), Key: key, Parallel: c.Int("parallel"),
-		Timeout: c.Duration("timeout"), Algorithm: c.String("algorithm"), Compress: c.String("compress"), NoDedup: c.Bool("no-dedup"), GuestDowntime: c.Bool("guest-downtime"), Log: log,
-		Policy: scatter.Policy{Kind: c.String("policy"), Downtime: c.Duration("downtime"),
-			ThrottleInitial: c.Int("throttle-initial"), ThrottleIncrement: c.Int("throttle-increment"),
-			Deadline: c.Duration("deadline"), Marker: c.Float64("marker"), OvercommitCPUs: c.Int("overcommit-cpus")}}
-	for _, p := range pairs {
-		cfg.VMs = append(cfg.VMs, scatter.VMSpec{Name: p[0], QMP: p[1]})
-	}
-	if pins, err := parsePairs("placement", c.StringSlice("placement")); err != nil {
-		return err
-	} else if len(pins) > 0 {
-		cfg.Placement = map[string]string{}
-		for _, p := range pins {
-			cfg.Placement[p[0]] = p[1]
-		}
-	}
+	cfg.Parallel, cfg.Timeout, cfg.Compress = c.Int("parallel"), c.Duration("timeout"), c.String("compress")
+	cfg.NoDedup, cfg.GuestDowntime = c.Bool("no-dedup"), c.Bool("guest-downtime")
+	cfg.Policy = scatter.Policy{Kind: c.String("policy"), Downtime: c.Duration("downtime"),
+		ThrottleInitial: c.Int("throttle-initial"), ThrottleIncrement: c.Int("throttle-increment"),
+		Deadline: c.Duration("deadline"), Marker: c.Float64("marker"), OvercommitCPUs: c.Int("overcommit-cpus")}
 	cfg.Transport, cfg.Iface = c.String("transport"), c.String("iface")
 	if cfg.RateBps, err = parseRate(c.String("rate")); err != nil {
 		return usageError("--rate: %v", err)
