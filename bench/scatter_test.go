@@ -352,3 +352,45 @@ func TestPolicyTimeoutRollsBack(t *testing.T) {
 	before := waitOK(t, ctx, g.SerialPath, 0).OKs
 	waitOK(t, ctx, g.SerialPath, before+5)
 }
+
+// TestScatterWithLossOnEveryTargetLink moves three guests to three targets while every target's link drops 5% of
+// its packets: the multicast prime must repair its losses and the TCP streams theirs, and every guest must run at
+// its target and keep verifying its memory.
+func TestScatterWithLossOnEveryTargetLink(t *testing.T) {
+	requireLab(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	c := newCluster(t, ctx, ClusterConfig{Targets: 3, TargetCapacity: "200M", Snooping: true})
+	guests, err := c.StartGuests(ctx, "vm", 3, fixture.GuestOptions{MemoryMiB: 128, Workload: workload})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, g := range guests {
+		waitOK(t, ctx, g.SerialPath, 3)
+	}
+	for _, h := range c.Targets {
+		if err := h.ShapeIngress(lab.Shaping{Loss: 5}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res, err := c.Send(ctx, guests, "--transport", "multicast")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Exit != 0 {
+		t.Fatalf("exit %d\n%s", res.Exit, res.Stderr)
+	}
+	if res.Report.Transport != "multicast" {
+		t.Errorf("transport %q, want multicast", res.Report.Transport)
+	}
+	for _, v := range res.Report.VMs {
+		if v.Status != "migrated" {
+			t.Fatalf("%s: %s: %s", v.Name, v.Status, v.Error)
+		}
+		if v.Pages.Referenced == 0 {
+			t.Errorf("%s: no references: the prime did not reach its target", v.Name)
+		}
+		waitOK(t, ctx, filepath.Join(c.DestinationDir(c.TargetIndex(v.Target), v.Name), "serial.log"), 10)
+	}
+	t.Logf("source link %d bytes, prime %d, wire %d", res.Report.Totals.SourceLinkBytes, res.Report.Totals.PrimeBytes, res.Report.Totals.WireBytes)
+}

@@ -35,7 +35,7 @@ func (s *sender) scan(ctx context.Context, rep *Report) *dedup.SharingMap {
 	if len(regions) == 0 {
 		return nil
 	}
-	sm, err := dedup.Scan(ctx, regions, dedup.ScanOptions{OnRegionError: func(e *dedup.RegionError) error {
+	sm, err := dedup.Scan(ctx, regions, dedup.ScanOptions{Fingerprint: s.fingerprint(), OnRegionError: func(e *dedup.RegionError) error {
 		rep.Warnings = append(rep.Warnings, fmt.Sprintf("VM %s: scan of %s stopped: %v", s.vms[e.VM].spec.Name, e.Block, e.Err))
 		return nil
 	}})
@@ -100,7 +100,7 @@ func (s *sender) prime(ctx context.Context, sm *dedup.SharingMap, rep *Report) e
 	p := &primer{s: s, sm: sm, digester: dedup.NewDigester(salt), held: make([]*dedup.HeldIndex, n),
 		pinned: make([][]uint64, n), frames: make([][]byte, n), sent: make([]int, n), page: make([]byte, dedup.PageSize)}
 	for i := range n {
-		p.held[i] = dedup.NewHeldIndex(dedup.XXHash, p.digester)
+		p.held[i] = dedup.NewHeldIndex(s.fingerprint(), p.digester)
 		p.pinned[i] = make([]uint64, (sm.Distinct()+63)/64)
 	}
 	if err := p.openGroups(ctx, rep); err != nil {
@@ -151,7 +151,7 @@ func (p *primer) one(ctx context.Context, cid dedup.ContentID, targets []int, g 
 	s, sm := p.s, p.sm
 	p.lowerBound += int64(len(targets)) * dedup.PageSize
 	p.lowerBoundOnce += dedup.PageSize
-	if !readCurrent(sm, cid, p.page) {
+	if !readCurrent(sm, cid, p.page, s.fingerprint()) {
 		return nil // every holder changed since the scan; its pages will travel literal
 	}
 	dg := p.digester.Sum(p.page)
@@ -284,7 +284,7 @@ func (p *primer) finish(ctx context.Context, rep *Report) error {
 func targetSetKey(targets []int) string { return fmt.Sprint(targets) }
 
 // readCurrent reads content id's bytes from the first holder whose page still has the scanned fingerprint.
-func readCurrent(sm *dedup.SharingMap, id dedup.ContentID, page []byte) bool {
+func readCurrent(sm *dedup.SharingMap, id dedup.ContentID, page []byte, fp dedup.FingerprintFunc) bool {
 	want := sm.Contents[id].FP
 	for i, l := range sm.Holders(id) {
 		if i >= 4 {
@@ -296,7 +296,7 @@ func readCurrent(sm *dedup.SharingMap, id dedup.ContentID, page []byte) bool {
 		} else if err != nil {
 			continue
 		}
-		if dedup.XXHash(page) == want && !dedup.IsZero(page) {
+		if fp(page) == want && !dedup.IsZero(page) {
 			return true
 		}
 	}
@@ -437,4 +437,13 @@ func (p *primer) closeGroups() {
 			g.sender.Close()
 		}
 	}
+}
+
+// fingerprint is the fast page hash of the scan and of the held index: xxhash64, or a deliberately weak one that
+// this package's tests inject to force collisions.
+func (s *sender) fingerprint() dedup.FingerprintFunc {
+	if s.cfg.faults.weakFingerprint {
+		return func(page []byte) dedup.Fingerprint { return dedup.Fingerprint(page[0]) }
+	}
+	return dedup.XXHash
 }

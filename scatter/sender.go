@@ -55,8 +55,9 @@ type SendConfig struct {
 
 // faults injects failures for tests; the zero value injects none.
 type faults struct {
-	truncateAfterPages int // end the stream (STREAM_END) early, as a source stream cut short would
-	stallAfterPages    int // stop forwarding the stream, as a link that went silent would
+	truncateAfterPages int  // end the stream (STREAM_END) early, as a source stream cut short would
+	stallAfterPages    int  // stop forwarding the stream, as a link that went silent would
+	weakFingerprint    bool // fingerprint pages by their first byte: collisions everywhere
 }
 
 // Transports for the prime.
