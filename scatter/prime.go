@@ -1,12 +1,15 @@
 package scatter
 
 import (
+	"runtime"
+
 	"context"
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"github.com/vmscatter/vmscatter/multicast"
+	"golang.org/x/sync/errgroup"
 	"net/netip"
 	"time"
 
@@ -69,8 +72,6 @@ type primer struct {
 	frames                              [][]byte           // per target: the CONTENT frame being filled
 	sent                                []int              // per target: contents sent to it
 	groups                              map[string]*primeGroup
-	page                                []byte
-	lit                                 []byte
 	holders                             []int
 	slots                               []int
 	lowerBound, lowerCompressed         int64 // once per target that needs it (unicast)
@@ -98,7 +99,7 @@ func (s *sender) prime(ctx context.Context, sm *dedup.SharingMap, rep *Report) e
 	}
 	n := len(s.targets)
 	p := &primer{s: s, sm: sm, digester: dedup.NewDigester(salt), held: make([]*dedup.HeldIndex, n),
-		pinned: make([][]uint64, n), frames: make([][]byte, n), sent: make([]int, n), page: make([]byte, dedup.PageSize)}
+		pinned: make([][]uint64, n), frames: make([][]byte, n), sent: make([]int, n)}
 	for i := range n {
 		p.held[i] = dedup.NewHeldIndex(s.fingerprint(), p.digester)
 		p.pinned[i] = make([]uint64, (sm.Distinct()+63)/64)
@@ -122,11 +123,18 @@ func (s *sender) prime(ctx context.Context, sm *dedup.SharingMap, rep *Report) e
 	lastProgress := time.Now()
 	for _, b := range s.batches {
 		g := p.groups[targetSetKey(b.targets)]
-		for _, id := range b.contents {
-			if err := p.one(ctx, dedup.ContentID(id), b.targets, g); err != nil {
+		for start := 0; start < len(b.contents); start += prepareWindow {
+			window := b.contents[start:min(start+prepareWindow, len(b.contents))]
+			prepared, err := p.prepare(ctx, window)
+			if err != nil {
 				return err
 			}
-			done++
+			for i := range window {
+				if err := p.one(ctx, &prepared[i], b.targets, g); err != nil {
+					return err
+				}
+			}
+			done += len(window)
 			if time.Since(lastProgress) > time.Second {
 				s.progress.set("(prime)", "priming", fmt.Sprintf("%d of %d contents", done, total))
 				lastProgress = time.Now()
@@ -146,21 +154,65 @@ func (s *sender) prime(ctx context.Context, sm *dedup.SharingMap, rep *Report) e
 	return p.finish(ctx, rep)
 }
 
-// one reads, digests and compresses one content and queues it for its targets.
-func (p *primer) one(ctx context.Context, cid dedup.ContentID, targets []int, g *primeGroup) error {
-	s, sm := p.s, p.sm
+// prepareWindow is how many contents are read, digested and compressed at once, in parallel: it bounds the
+// memory of the prime's pipeline (about 2 × 4 KiB each).
+const prepareWindow = 1024
+
+// preparedContent is one content ready to send: its bytes as read at prime time, their digest, and the compressed
+// form.
+type preparedContent struct {
+	id    dedup.ContentID
+	ok    bool // false: every holder changed since the scan; its pages will travel literal
+	dg    dedup.Digest
+	codec dedup.Codec
+	lit   []byte
+}
+
+// prepare reads, digests and compresses a window of contents on every core. The pipeline's stages: this parallel
+// stage (bounded by the window and GOMAXPROCS workers), then the sequential queueing in one, in order.
+func (p *primer) prepare(ctx context.Context, ids []uint32) ([]preparedContent, error) {
+	out := make([]preparedContent, len(ids))
+	workers := min(runtime.GOMAXPROCS(0), 4)
+	var g errgroup.Group
+	per := (len(ids) + workers - 1) / workers
+	for w := range workers {
+		lo, hi := w*per, min((w+1)*per, len(ids))
+		if lo >= hi {
+			break
+		}
+		g.Go(func() error {
+			page := make([]byte, dedup.PageSize)
+			fp := p.s.fingerprint()
+			for i := lo; i < hi; i++ {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				c := &out[i]
+				c.id = dedup.ContentID(ids[i])
+				if c.ok = readCurrent(p.sm, c.id, page, fp); c.ok {
+					c.dg = p.digester.Sum(page)
+					c.lit, c.codec = p.s.codec.Compress(nil, page)
+				}
+			}
+			return nil
+		})
+	}
+	return out, g.Wait()
+}
+
+// one queues a prepared content for its targets.
+func (p *primer) one(ctx context.Context, c *preparedContent, targets []int, g *primeGroup) error {
+	s, sm, cid := p.s, p.sm, c.id
 	p.lowerBound += int64(len(targets)) * dedup.PageSize
 	p.lowerBoundOnce += dedup.PageSize
-	if !readCurrent(sm, cid, p.page, s.fingerprint()) {
-		return nil // every holder changed since the scan; its pages will travel literal
+	if !c.ok {
+		return nil
 	}
-	dg := p.digester.Sum(p.page)
-	var codec dedup.Codec
-	p.lit, codec = s.codec.Compress(p.lit[:0], p.page)
-	p.lowerCompressed += int64(len(targets) * len(p.lit))
-	p.lowerCompressedOnce += int64(len(p.lit))
+	dg, codec := c.dg, c.codec
+	p.lowerCompressed += int64(len(targets) * len(c.lit))
+	p.lowerCompressedOnce += int64(len(c.lit))
 	p.holders = sm.HolderVMs(p.holders[:0], cid)
-	rec := dedup.PageRecord{Kind: dedup.RecordLiteral, Codec: codec, Data: p.lit}
+	rec := dedup.PageRecord{Kind: dedup.RecordLiteral, Codec: codec, Data: c.lit}
 	fp := sm.Contents[cid].FP
 	if g != nil && g.sender != nil {
 		// One object for the whole group, naming every holder; each receiver keeps its own VMs' slots.
