@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 	"time"
 
@@ -46,6 +48,7 @@ func sendCommand() *cli.Command {
 			&cli.BoolFlag{Name: "guest-downtime", Usage: "measure the downtime the guest shows on its serial console (file serial ports; adds up to 3 s per VM)"},
 			&cli.StringFlag{Name: "max-bandwidth", Usage: "cap on each source QEMU's migration rate (bytes/s, e.g. 100M); default none"},
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "no progress lines"},
+			&cli.StringFlag{Name: "cpuprofile", Usage: "write a Go CPU profile of the run to this file", Hidden: true},
 			&cli.StringFlag{Name: "log-level", Value: "warn", Usage: "log detail besides the progress lines: debug, info, warn, error"},
 		},
 		Action: runSend,
@@ -73,6 +76,17 @@ func runSend(c *cli.Context) error {
 	}
 	if !c.Bool("quiet") {
 		cfg.Progress = c.App.ErrWriter
+	}
+	if path := c.String("cpuprofile"); path != "" {
+		f, err := os.Create(path)
+		if err != nil {
+			return withCode(ExitError, err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return withCode(ExitError, err)
+		}
+		defer pprof.StopCPUProfile()
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
