@@ -11,6 +11,7 @@ import (
 
 	"github.com/vmscatter/vmscatter/bench"
 	"github.com/vmscatter/vmscatter/bench/fixture"
+	"github.com/vmscatter/vmscatter/bench/scale"
 )
 
 func benchCommand() *cli.Command {
@@ -31,6 +32,8 @@ func benchCommand() *cli.Command {
 			&cli.Float64Flag{Name: "dirty-rate", Value: 200, Usage: "workload: pages dirtied per second per guest"},
 			&cli.BoolFlag{Name: "quick", Usage: "a small run that checks the bench works (2 guests, 1 target)"},
 			&cli.BoolFlag{Name: "policies", Usage: "run the convergence-policy matrix instead (dirty rates × patterns × policies)"},
+			&cli.BoolFlag{Name: "scale", Usage: "project 100–1000 VMs onto 10–100 targets with the scale model instead (docs/scale.md)"},
+			&cli.StringSliceFlag{Name: "images", Usage: "scale: raw RAM images to build fleets from (default: capture 4 fixture guests)"},
 			&cli.DurationFlag{Name: "deadline", Value: 20 * time.Second, Usage: "policy matrix: timebound's deadline"},
 			&cli.StringFlag{Name: "out", Value: "out/bench", Usage: "results directory"},
 			&cli.StringSliceFlag{Name: "send-arg", Usage: "extra argument for vmscatter send (repeat), e.g. --send-arg=--compress=zstd"},
@@ -53,6 +56,14 @@ func benchCommand() *cli.Command {
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
+			if c.Bool("scale") {
+				rows, err := bench.RunScale(ctx, bench.ScaleConfig{Dir: cfg.Dir, Images: c.StringSlice("images"), Out: c.App.ErrWriter})
+				if err != nil {
+					return withCode(ExitError, err)
+				}
+				_, err = c.App.Writer.Write([]byte(scale.Markdown(rows)))
+				return err
+			}
 			if c.Bool("policies") {
 				pc := bench.PolicyConfig{Bin: bin, Dir: cfg.Dir, Deadline: c.Duration("deadline"), Out: c.App.ErrWriter}
 				if c.IsSet("uplink") {
