@@ -29,7 +29,7 @@ func TestHelpAndUsageErrors(t *testing.T) {
 	if code, _, errs := run(t, "send", "--vms", "a=/x", "--targets", "h:1"); code != ExitUsage || !strings.Contains(errs, "key-file") {
 		t.Fatalf("missing --key-file: exit %d, %s", code, errs)
 	}
-	if code, _, errs := run(t, "send", "--vms", "broken", "--targets", "h:1", "--key-file", "/nonexistent"); code != ExitError || !strings.Contains(errs, "keygen") {
+	if code, _, errs := run(t, "send", "--vms", "a=/x", "--targets", "h:1", "--placement", "auto", "--key-file", "/nonexistent"); code != ExitError || !strings.Contains(errs, "keygen") {
 		t.Fatalf("missing key file: exit %d, %s", code, errs)
 	}
 }

@@ -152,7 +152,13 @@ func baseSendConfig(c *cli.Context) (scatter.SendConfig, error) {
 	if err != nil {
 		return cfg, err
 	}
-	pins, err := parsePairs("placement", c.StringSlice("placement"))
+	var pinArgs []string
+	for _, a := range c.StringSlice("placement") {
+		if a != "auto" { // auto: the planner places every VM (the default)
+			pinArgs = append(pinArgs, a)
+		}
+	}
+	pins, err := parsePairs("placement", pinArgs)
 	if err != nil {
 		return cfg, err
 	}

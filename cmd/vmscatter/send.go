@@ -29,7 +29,7 @@ func sendCommand() *cli.Command {
 			&cli.StringSliceFlag{Name: "targets", Required: true, Usage: "receivers, `ADDR:PORT[,...]`"},
 			&cli.StringFlag{Name: "key-file", Required: true, Usage: "the shared key (vmscatter keygen)"},
 			&cli.StringFlag{Name: "report", Value: "vmscatter-report.json", Usage: "where to write the JSON report"},
-			&cli.StringSliceFlag{Name: "placement", Usage: "pin VMs to targets, `NAME=ADDR:PORT[,...]`; the rest are placed automatically"},
+			&cli.StringSliceFlag{Name: "placement", Usage: "`auto` (the planner places every VM, the default) or pins, NAME=ADDR:PORT[,...]; unpinned VMs are placed by the planner"},
 			&cli.StringFlag{Name: "algorithm", Value: "ours", Usage: "placement: ours, greedy (VMScatter's), exact (≤ 12 VMs, ≤ 4 targets)"},
 			&cli.IntFlag{Name: "parallel", Usage: "migrations at once (default min(4, VMs))"},
 			&cli.DurationFlag{Name: "timeout", Value: 10 * time.Minute, Usage: "bound on each VM's migration; past it the VM rolls back"},
