@@ -278,6 +278,21 @@ func TestReceiverKilledMidMigration(t *testing.T) {
 	if !strings.Contains(v.Error, "receiver") {
 		t.Errorf("the error does not name the receiver: %s", v.Error)
 	}
+	// The operator restarts the receiver and retries: the VM moves.
+	if err := c.Source.Shape(lab.Shaping{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.StartReceiver(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	res, err = c.Send(ctx, guests, "--no-dedup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := res.Report.VMs[0]; res.Exit != 0 || v.Status != "migrated" {
+		t.Fatalf("retry after restarting the receiver: exit %d, %s: %s", res.Exit, v.Status, v.Error)
+	}
+	waitOK(t, ctx, filepath.Join(c.DestinationDir(0, g.Name), "serial.log"), 10)
 }
 
 // TestEveryPolicyEndToEnd moves one guest with each convergence policy and checks it runs at the target and keeps

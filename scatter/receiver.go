@@ -78,7 +78,9 @@ func NewReceiver(cfg ReceiverConfig) (*Receiver, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Receiver{cfg: cfg, log: log, sessions: map[SessionID]*session{}, vms: map[string]bool{}}, nil
+	r := &Receiver{cfg: cfg, log: log, sessions: map[SessionID]*session{}, vms: map[string]bool{}}
+	r.reapUnfinished()
+	return r, nil
 }
 
 // Serve accepts connections until ctx ends, then closes the listener and waits for in-flight connections, whose

@@ -59,9 +59,11 @@ func (r *Receiver) serveVM(ctx context.Context, sc *secureConn, peer string) (er
 		return fail(err)
 	}
 	owned := true // the destination is ours to tear down until it runs as the VM
+	writeState(dir, stateIncoming)
 	defer func() {
 		if owned {
 			dest.Kill()
+			writeState(dir, stateTornDown)
 			log.Info("destination torn down", "reason", err)
 		} else {
 			dest.QMP.Close()
@@ -146,6 +148,7 @@ func (r *Receiver) serveVM(ctx context.Context, sc *secureConn, peer string) (er
 		}
 	}
 	owned = false
+	writeState(dir, stateOwned)
 	status, err := queryStatus(ctx, dest.QMP)
 	if err != nil || status != want {
 		return fail(fmt.Errorf("destination is %q after the switch-over, want %q: %v", status, want, err))
@@ -313,4 +316,40 @@ func memInfo() (total, avail uint64) {
 		}
 	}
 	return total, avail
+}
+
+// A destination's state file (DATA-DIR/<vm>/state) lets a restarted receiver tell a VM that runs here from a
+// destination an earlier receiver left unfinished.
+const (
+	stateIncoming = "incoming" // started, loading or loaded, not yet told to start: the source still owns the VM
+	stateOwned    = "owned"    // started on the sender's word: this is the VM now
+	stateTornDown = "torn-down"
+)
+
+func writeState(dir, state string) {
+	_ = os.WriteFile(filepath.Join(dir, "state"), []byte(state+"\n"), 0o644)
+}
+
+// reapUnfinished kills the destinations that an earlier receiver left in the incoming state (it died mid-
+// migration; their sources were rolled back), so that their VMs can be migrated here again.
+func (r *Receiver) reapUnfinished() {
+	states, _ := filepath.Glob(filepath.Join(r.cfg.DataDir, "*", "state"))
+	for _, f := range states {
+		b, err := os.ReadFile(f)
+		if err != nil || strings.TrimSpace(string(b)) != stateIncoming {
+			continue
+		}
+		dir := filepath.Dir(f)
+		if pid := runningPID(filepath.Join(dir, "qemu.pid")); pid > 0 && isQEMU(pid) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+			r.log.Warn("killed an unfinished destination left by an earlier receiver", "vm", filepath.Base(dir), "pid", pid)
+		}
+		writeState(dir, stateTornDown)
+	}
+}
+
+// isQEMU guards against a recycled pid: the process must be a qemu-system binary.
+func isQEMU(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+	return err == nil && strings.HasPrefix(strings.TrimSpace(string(b)), "qemu-")
 }

@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/vmscatter/vmscatter/kvm"
@@ -151,8 +153,8 @@ func (m *vmMigration) run(ctx context.Context) error {
 			}
 			pumpDone = true
 		case err := <-readerErr:
-			if err == nil {
-				err = errors.New("receiver closed the connection")
+			if err == nil || errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) {
+				err = fmt.Errorf("the receiver closed the connection mid-migration (did it stop?): %w", err)
 			}
 			return fmt.Errorf("receiver %s: %w", vm.target.addr, err)
 		case r := <-replies:
