@@ -167,8 +167,7 @@ func (p Policy) steerMembound(ctx context.Context, q *kvm.QMP, log *slog.Logger,
 }
 
 func (p Policy) steerTimebound(ctx context.Context, q *kvm.QMP, log *slog.Logger, stopped func(time.Time)) {
-	deadline := time.NewTimer(p.Deadline)
-	defer deadline.Stop()
+	start := time.Now()
 	t := time.NewTicker(steerPeriod)
 	defer t.Stop()
 	var restore func()
@@ -178,25 +177,32 @@ func (p Policy) steerTimebound(ctx context.Context, q *kvm.QMP, log *slog.Logger
 			restore()
 		}
 	}()
+	var tb timeBudget
+	var pass, passSize int64
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-deadline.C:
-			log.Info("timebound: deadline reached, forcing the switch-over")
+		case <-t.C:
+		}
+		var mi migrateInfo
+		if q.Execute(ctx, "query-migrate", nil, &mi) != nil || !migrationActive(mi.Status) {
+			continue
+		}
+		tb.observe(mi.RAM.Transferred, time.Since(start))
+		if mi.RAM.Iterations != pass {
+			// A pass starts just after QEMU synced its dirty bitmap: what remains then is the dirty set, which is
+			// what a stop will have to send; during the pass `remaining` shrinks and would underestimate it.
+			pass, passSize = mi.RAM.Iterations, mi.RAM.Remaining
+		}
+		if tb.mustSwitch(max(mi.RAM.Remaining, passSize), time.Since(start), p.Deadline) {
+			log.Info("timebound: switching over so that the rest fits before the deadline", "remaining", mi.RAM.Remaining,
+				"elapsed", time.Since(start).Round(time.Millisecond))
 			switchOver(q, stopped)
 			<-ctx.Done()
 			return
-		case <-t.C:
 		}
-		if restore != nil {
-			continue
-		}
-		var mi migrateInfo
-		if q.Execute(ctx, "query-migrate", nil, &mi) != nil || mi.RAM.Total == 0 {
-			continue
-		}
-		if float64(mi.RAM.Transferred)/float64(mi.RAM.Total) >= p.Marker || mi.RAM.Iterations >= 2 {
+		if restore == nil && mi.RAM.Total > 0 && (float64(mi.RAM.Transferred)/float64(mi.RAM.Total) >= p.Marker || mi.RAM.Iterations >= 2) {
 			r, err := pinVCPUs(ctx, q, p.OvercommitCPUs)
 			if err != nil {
 				log.Warn("timebound: pinning vCPUs failed", "err", err)
@@ -207,6 +213,42 @@ func (p Policy) steerTimebound(ctx context.Context, q *kvm.QMP, log *slog.Logger
 			restore = r
 		}
 	}
+}
+
+// timeBudget decides when a time-bound migration must switch over: when the time already spent plus the time to
+// send what remains, at the rate measured so far (with a margin), reaches the deadline. It is pure: it learns
+// from the transferred-bytes samples it is given.
+type timeBudget struct {
+	lastBytes int64
+	lastAt    time.Duration
+	rate      float64 // bytes per second, smoothed
+}
+
+// switchMargin pads the estimated stop-and-copy time: the last pass also carries device state and the start-up
+// of the destination.
+const switchMargin = 1.2
+
+func (b *timeBudget) observe(transferred int64, at time.Duration) {
+	if at > b.lastAt && transferred >= b.lastBytes && b.lastAt > 0 {
+		r := float64(transferred-b.lastBytes) / (at - b.lastAt).Seconds()
+		if b.rate == 0 {
+			b.rate = r
+		} else {
+			b.rate = 0.7*b.rate + 0.3*r
+		}
+	}
+	b.lastBytes, b.lastAt = transferred, at
+}
+
+func (b *timeBudget) mustSwitch(remaining int64, elapsed, deadline time.Duration) bool {
+	if elapsed >= deadline {
+		return true
+	}
+	if b.rate <= 0 {
+		return false
+	}
+	copyTime := time.Duration(switchMargin * float64(remaining) / b.rate * float64(time.Second))
+	return elapsed+copyTime >= deadline
 }
 
 // pinVCPUs pins every vCPU thread of the VM onto the first n CPUs it may use, and returns a function that

@@ -35,6 +35,8 @@ func benchCommand() *cli.Command {
 			&cli.BoolFlag{Name: "scale", Usage: "project 100–1000 VMs onto 10–100 targets with the scale model instead (docs/scale.md)"},
 			&cli.StringSliceFlag{Name: "images", Usage: "scale: raw RAM images to build fleets from (default: capture 4 fixture guests)"},
 			&cli.DurationFlag{Name: "deadline", Value: 20 * time.Second, Usage: "policy matrix: timebound's deadline"},
+			&cli.Float64SliceFlag{Name: "rates", Usage: "policy matrix: dirty rates in pages/s (default 500, 3000, 12000)"},
+			&cli.StringSliceFlag{Name: "only", Usage: "policy matrix: these policies only"},
 			&cli.StringFlag{Name: "out", Value: "out/bench", Usage: "results directory"},
 			&cli.StringSliceFlag{Name: "send-arg", Usage: "extra argument for vmscatter send (repeat), e.g. --send-arg=--compress=zstd"},
 		},
@@ -65,7 +67,8 @@ func benchCommand() *cli.Command {
 				return err
 			}
 			if c.Bool("policies") {
-				pc := bench.PolicyConfig{Bin: bin, Dir: cfg.Dir, Deadline: c.Duration("deadline"), Out: c.App.ErrWriter}
+				pc := bench.PolicyConfig{Bin: bin, Dir: cfg.Dir, Deadline: c.Duration("deadline"), Out: c.App.ErrWriter,
+					Rates: c.Float64Slice("rates"), Policies: c.StringSlice("only")}
 				if c.IsSet("uplink") {
 					pc.UplinkBps = uint64(uplink)
 				}
