@@ -124,14 +124,19 @@ func RunPolicyMatrix(ctx context.Context, cfg PolicyConfig) ([]PolicyRun, error)
 			}
 		}
 	}
+	return rows, WritePolicyReport(cfg.Dir, rows, cfg)
+}
+
+// WritePolicyReport writes a matrix's policies.json, policies.md and plots to dir.
+func WritePolicyReport(dir string, rows []PolicyRun, cfg PolicyConfig) error {
 	b, _ := json.MarshalIndent(rows, "", "  ")
-	if err := os.WriteFile(filepath.Join(cfg.Dir, "policies.json"), append(b, '\n'), 0o644); err != nil {
-		return rows, err
+	if err := os.WriteFile(filepath.Join(dir, "policies.json"), append(b, '\n'), 0o644); err != nil {
+		return err
 	}
-	if err := os.WriteFile(filepath.Join(cfg.Dir, "policies.md"), []byte(PolicyMarkdown(rows, cfg)), 0o644); err != nil {
-		return rows, err
+	if err := os.WriteFile(filepath.Join(dir, "policies.md"), []byte(PolicyMarkdown(rows, cfg)), 0o644); err != nil {
+		return err
 	}
-	return rows, writePolicyPlots(cfg.Dir, rows)
+	return writePolicyPlots(dir, rows)
 }
 
 // PolicyMarkdown renders the matrix as a table.
