@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -396,5 +395,3 @@ func TestForcedFingerprintCollisionsNeverDeliverWrongPages(t *testing.T) {
 		t.Logf("%s: pages %+v (references only where the bytes were identical)", v.Name, v.Pages)
 	}
 }
-
-var _ = fmt.Sprintf

@@ -40,8 +40,6 @@ func (p *progress) set(vm, phase, detail string) {
 	fmt.Fprintln(p.w, line)
 }
 
-func (p *progress) stop() {}
-
 // fmtBytes renders a byte count for people.
 func fmtBytes(n int64) string {
 	switch {

@@ -272,7 +272,6 @@ func (s *sender) run(ctx context.Context) (*Report, error) {
 		mg.Go(func() error { s.migrate(ctx, vm); return nil })
 	}
 	mg.Wait()
-	s.progress.stop()
 
 	for _, vm := range s.vms {
 		rep.VMs = append(rep.VMs, *vm.report)
