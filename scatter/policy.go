@@ -19,7 +19,7 @@ import (
 //     threads are pinned onto OvercommitCPUs host CPUs to slow dirtying (Chanchio's TLM); at the deadline the
 //     switch-over is forced.
 //   - membound: send all memory once, then one dirty pass, then switch over whatever remains (MPLM, Chanchio &
-//     Yaothanee 2018); no downtime parameter.
+//     Yaothanee 2018), unless QEMU converges under the downtime limit before that.
 type Policy struct {
 	Kind              string
 	Downtime          time.Duration
@@ -119,11 +119,11 @@ func (p Policy) apply(ctx context.Context, q *kvm.QMP, caps map[string]bool, max
 	if maxBandwidth <= 0 {
 		maxBandwidth = 1 << 40 // vmscatter's link governs, not QEMU's default 128 MiB/s cap
 	}
+	// Every policy keeps QEMU's own switch-over at the downtime limit: when the rest fits, finishing early is as
+	// good for timebound and membound as for precopy. Their steering forces the switch-over when QEMU does not
+	// converge. (A 1 ms limit, which would leave the moment to the steering alone, makes QEMU sync its dirty
+	// bitmap many times in quick succession, and under TCG every sync can lose guest writes.)
 	params := map[string]any{"downtime-limit": p.Downtime.Milliseconds(), "max-bandwidth": maxBandwidth}
-	if p.Kind == PolicyMembound || p.Kind == PolicyTimebound {
-		// Their switch-over is decided by steer; until then QEMU must not decide it alone.
-		params["downtime-limit"] = 1
-	}
 	if p.Kind == PolicyAutoconverge {
 		params["cpu-throttle-initial"] = p.ThrottleInitial
 		params["cpu-throttle-increment"] = p.ThrottleIncrement
