@@ -7,8 +7,9 @@
 //   - multicast/wire: the packet codec (leaf, []byte Append/Parse pairs, typed errors).
 //   - multicast/seal and multicast/replay: AES-256-GCM sealing with per-node nonces, the sliding replay
 //     window, and counters of every packet refused (forged, replayed, truncated, oversized, …).
-//   - multicast/reliable: the pure reliability engine (NAK repair with suppression, polls, COMPLETE,
-//     rate control, dropping slow or silent receivers), driven by inputs and the time.
+//   - multicast/fec: the Reed-Solomon erasure code of FEC blocks (parity on repair).
+//   - multicast/reliable: the pure reliability engine (NAK repair with parity and suppression, polls,
+//     COMPLETE, rate control, dropping slow or silent receivers), driven by inputs and the time.
 //   - this package: the drivers (Sender, Receiver) that own goroutines, sockets and the clock, and the
 //     bindings behind one Transport interface.
 //

@@ -9,9 +9,12 @@
 //   - The sender splits each batch (a member set and a list of objects) into transfers of at most
 //     wire.MaxTransferChunks chunks. Every chunk fits one datagram and names its transfer, the transfer's
 //     chunk count and its members, so receivers need no handshake before data.
-//   - Receivers detect gaps and send NAKs to the group after a random delay. A receiver that hears another
-//     member's NAK for chunks it also lacks holds its own (suppression). The sender repairs NAKed chunks
-//     ahead of new data, and ignores a repeat NAK for a chunk it repaired less than a repair hold ago.
+//   - Chunks form FEC blocks of Config.Block chunks. Once a block is wholly sent, a receiver that lacks n
+//     of its symbols NAKs (to the group, after a random delay) n of its missing chunks. A receiver that
+//     hears another member ask for at least as many symbols of a block holds its own NAK (suppression).
+//     The sender answers, ahead of new data, with new Reed-Solomon parity shards of the block: as many as
+//     the neediest member asked for, less those it sent less than a repair hold ago. Any Block symbols
+//     of a block rebuild it, so one parity shard repairs different losses at different members.
 //   - When every chunk of a transfer was sent once, the sender POLLs the members that have not confirmed;
 //     they answer with NAKs (possibly empty) or COMPLETE. Only a COMPLETE member counts as holding the data.
 //   - Rate: a token bucket at the current rate, never above Config.RateBps. Every rate window the sender
@@ -34,6 +37,7 @@ type Config struct {
 	RateBps    int64         // maximum send rate in bits per second, counting IP and UDP headers
 	MinRateBps int64         // the rate never drops below this (default RateBps/50)
 	Datagram   int           // UDP payload bytes per packet (link MTU - 28); default 1472
+	Block      int           // chunks per FEC block, 1..128 (default 128); only the sender's matters
 	RTT        time.Duration // expected round trip; scales the timers below (default 5 ms)
 	NakDelay   time.Duration // receivers wait a random time in [0, NakDelay) before a NAK (default RTT)
 	NakHold    time.Duration // a chunk NAKed (by us or another) is not NAKed again for this long (default 4 RTT)
@@ -64,6 +68,10 @@ func (c Config) Defaults() Config {
 	if c.Datagram > wire.MaxPacket {
 		c.Datagram = wire.MaxPacket
 	}
+	if c.Block <= 0 {
+		c.Block = 128
+	}
+	c.Block = min(c.Block, wire.MaxBlockShards/2) // at least as many parity shards as data shards
 	if c.RTT <= 0 {
 		c.RTT = 5 * time.Millisecond
 	}
@@ -127,7 +135,6 @@ type bitset []uint64
 func newBitset(n uint32) bitset       { return make(bitset, (n+63)/64) }
 func (b bitset) has(i uint32) bool    { return b[i/64]&(1<<(i%64)) != 0 }
 func (b bitset) set(i uint32)         { b[i/64] |= 1 << (i % 64) }
-func (b bitset) clear(i uint32)       { b[i/64] &^= 1 << (i % 64) }
 func (b bitset) word(i uint32) uint64 { return b[i/64] }
 func trimMask(m wire.Mask) wire.Mask {
 	for len(m) > 0 && m[len(m)-1] == 0 {

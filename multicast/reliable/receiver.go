@@ -1,9 +1,11 @@
 package reliable
 
 import (
+	"math/bits"
 	"math/rand/v2"
 	"time"
 
+	"github.com/vmscatter/vmscatter/multicast/fec"
 	"github.com/vmscatter/vmscatter/multicast/wire"
 )
 
@@ -14,19 +16,24 @@ const (
 	maxNaksPerTick     = 4    // NAK packets per transfer per Tick
 	// reorderChunks: a chunk counts as lost once a chunk this much later arrived (or the sender polled).
 	reorderChunks = 32
+	// maxRetained bounds the shard bytes kept for FEC blocks not yet whole. A symbol that would start a
+	// new block over the bound is dropped as if lost (it is asked for again once blocks complete).
+	maxRetained = 256 << 20
 )
 
 // ReceiverStats counts a receiver's work.
 type ReceiverStats struct {
-	Chunks     uint64 // new chunks
-	Duplicates uint64 // chunks already held, or of finished transfers
+	Chunks     uint64 // new chunks (from DATA or rebuilt)
+	Duplicates uint64 // chunks or parity already held, or of finished transfers or whole blocks
 	Objects    uint64 // objects delivered
 	Bytes      uint64 // object bytes delivered
 	NaksSent   uint64
-	Suppressed uint64 // chunks held because another member NAKed them
+	Suppressed uint64 // symbols not asked for because another member's NAK asked for as many
 	Completed  uint64 // transfers confirmed
 	Dropped    uint64 // transfers the sender dropped us from
-	Ignored    uint64 // DATA refused: inconsistent, or too many transfers at once
+	Ignored    uint64 // DATA or PARITY refused: inconsistent, too many transfers, or over maxRetained
+	Parity     uint64 // parity shards kept
+	Rebuilt    uint64 // chunks rebuilt from parity
 }
 
 // ReceiverReady is what the caller must do after a Tick.
@@ -43,16 +50,77 @@ type partial struct {
 	have uint32
 }
 
+// rxBlock keeps the shards of an FEC block that is not whole yet, so parity can rebuild the rest.
+type rxBlock struct {
+	data    [][]byte // shard of each chunk held (header and payload), nil if missing
+	ndata   int
+	parity  [][]byte // parity shard j, nil if missing
+	npar    int
+	bytes   int
+	decoded bool
+}
+
+// nakHold: a block's NAK is held until `until` while it needs at most `covered` symbols (ours or
+// another member's NAK asked for that many).
+type nakHold struct {
+	until   time.Time
+	covered int
+}
+
 type rxTransfer struct {
-	total   uint32
-	got     bitset
-	count   uint32
-	high    uint32 // chunks below high were sent at least once
-	tail    bool   // the sender polled: every chunk was sent
-	low     uint32 // every chunk below low is held
-	hold    map[uint32]time.Time
-	nakAt   time.Time
-	partial map[uint64]*partial
+	total    uint32
+	k        uint8 // chunks per FEC block
+	got      bitset
+	count    uint32
+	high     uint32 // chunks below high were sent at least once
+	tail     bool   // the sender polled: every chunk was sent
+	low      uint32 // every chunk below low is held
+	checked  uint32 // blocks below this one were checked for gaps when they became due
+	blocks   map[uint32]*rxBlock
+	holds    map[uint32]nakHold
+	retained int
+	nakAt    time.Time
+	partial  map[uint64]*partial
+}
+
+// limit is the end of the chunks that count as lost when missing.
+func (t *rxTransfer) limit() uint32 {
+	if t.tail {
+		return t.total
+	}
+	return max(t.high, reorderChunks) - reorderChunks
+}
+
+// due reports whether block b is wholly below the limit, so its gaps are losses.
+func (t *rxTransfer) due(b uint32) bool {
+	n := wire.BlockLen(t.total, t.k, b)
+	return n > 0 && b*uint32(t.k)+n <= t.limit()
+}
+
+// held counts the data chunks of block b that t holds.
+func (t *rxTransfer) held(b uint32) int {
+	lo := b * uint32(t.k)
+	hi := lo + wire.BlockLen(t.total, t.k, b) // exclusive
+	n := 0
+	for lo < hi {
+		w := t.got.word(lo) >> (lo % 64)
+		span := min(64-lo%64, hi-lo)
+		if span < 64 {
+			w &= 1<<span - 1
+		}
+		n += bits.OnesCount64(w)
+		lo += span
+	}
+	return n
+}
+
+// need is how many more symbols (data or parity shards) block b needs to be whole.
+func (t *rxTransfer) need(b uint32) int {
+	n := int(wire.BlockLen(t.total, t.k, b)) - t.held(b)
+	if blk := t.blocks[b]; blk != nil {
+		n -= blk.npar
+	}
+	return max(n, 0)
 }
 
 // Receiver is one receiver's engine. Not safe for concurrent use: one goroutine drives it.
@@ -60,16 +128,18 @@ type Receiver struct {
 	cfg       Config
 	id        uint16
 	rng       *rand.Rand
+	coder     *fec.Coder
 	transfers map[wire.Seq]*rxTransfer
 	finished  map[wire.Seq]bool // true: complete, false: dropped
 	order     []wire.Seq        // finished, oldest first, at most rememberFinished
+	retained  int               // shard bytes kept in every transfer's blocks
 	ready     ReceiverReady
 	stats     ReceiverStats
 }
 
 // NewReceiver makes the engine of receiver id. seed seeds its NAK timers.
 func NewReceiver(cfg Config, id uint16, seed uint64) *Receiver {
-	return &Receiver{cfg: cfg.Defaults(), id: id, rng: rand.New(rand.NewPCG(seed, uint64(id))),
+	return &Receiver{cfg: cfg.Defaults(), id: id, rng: rand.New(rand.NewPCG(seed, uint64(id))), coder: fec.NewCoder(),
 		transfers: make(map[wire.Seq]*rxTransfer), finished: make(map[wire.Seq]bool)}
 }
 
@@ -77,6 +147,9 @@ func NewReceiver(cfg Config, id uint16, seed uint64) *Receiver {
 func (r *Receiver) Stats() ReceiverStats { return r.stats }
 
 func (r *Receiver) finish(id wire.Seq, complete bool) {
+	if t := r.transfers[id]; t != nil {
+		r.retained -= t.retained
+	}
 	delete(r.transfers, id)
 	if _, ok := r.finished[id]; !ok {
 		r.order = append(r.order, id)
@@ -95,16 +168,17 @@ func (r *Receiver) finish(id wire.Seq, complete bool) {
 	}
 }
 
-func (r *Receiver) transfer(id wire.Seq, total uint32) *rxTransfer {
+func (r *Receiver) transfer(id wire.Seq, total uint32, k uint8) *rxTransfer {
 	t := r.transfers[id]
 	if t == nil {
 		if len(r.transfers) >= maxActiveTransfers {
 			return nil
 		}
-		t = &rxTransfer{total: total, got: newBitset(total), hold: make(map[uint32]time.Time), partial: make(map[uint64]*partial)}
+		t = &rxTransfer{total: total, k: k, got: newBitset(total), blocks: make(map[uint32]*rxBlock),
+			holds: make(map[uint32]nakHold), partial: make(map[uint64]*partial)}
 		r.transfers[id] = t
 	}
-	if t.total != total {
+	if t.total != total || t.k != k {
 		return nil
 	}
 	return t
@@ -129,6 +203,10 @@ func (r *Receiver) OnPacket(now time.Time, from uint16, m wire.Message) {
 		if from == wire.SenderNode {
 			r.onData(now, m)
 		}
+	case *wire.Parity:
+		if from == wire.SenderNode {
+			r.onParity(now, m)
+		}
 	case *wire.Poll:
 		if from == wire.SenderNode {
 			r.onPoll(now, m)
@@ -146,6 +224,34 @@ func (r *Receiver) OnPacket(now time.Time, from uint16, m wire.Message) {
 	}
 }
 
+// block returns the kept shards of block b, making them if the memory bound allows; nil if not.
+func (r *Receiver) block(t *rxTransfer, b uint32) *rxBlock {
+	if blk := t.blocks[b]; blk != nil {
+		return blk
+	}
+	if r.retained >= maxRetained {
+		return nil
+	}
+	blk := &rxBlock{data: make([][]byte, wire.BlockLen(t.total, t.k, b))}
+	t.blocks[b] = blk
+	return blk
+}
+
+func (r *Receiver) keep(t *rxTransfer, blk *rxBlock, n int) {
+	blk.bytes += n
+	t.retained += n
+	r.retained += n
+}
+
+func (r *Receiver) drop(t *rxTransfer, b uint32) {
+	if blk := t.blocks[b]; blk != nil {
+		t.retained -= blk.bytes
+		r.retained -= blk.bytes
+		delete(t.blocks, b)
+	}
+	delete(t.holds, b)
+}
+
 func (r *Receiver) onData(now time.Time, d *wire.Data) {
 	if !d.Members.Has(r.id) {
 		return
@@ -154,7 +260,7 @@ func (r *Receiver) onData(now time.Time, d *wire.Data) {
 		r.stats.Duplicates++
 		return
 	}
-	t := r.transfer(d.Transfer, d.Total)
+	t := r.transfer(d.Transfer, d.Total, d.Block)
 	if t == nil {
 		r.stats.Ignored++
 		return
@@ -163,36 +269,157 @@ func (r *Receiver) onData(now time.Time, d *wire.Data) {
 		r.stats.Duplicates++
 		return
 	}
-	p := t.partial[d.Object]
-	if p == nil {
-		p = &partial{buf: make([]byte, d.ObjectLen)}
-		t.partial[d.Object] = p
-	} else if uint32(len(p.buf)) != d.ObjectLen {
+	if p := t.partial[d.Object]; p != nil && uint32(len(p.buf)) != d.ObjectLen {
 		r.stats.Ignored++
 		return
 	}
-	t.got.set(d.Index)
+	s := wire.Shard{Object: d.Object, ObjectLen: d.ObjectLen, Offset: d.Offset, Payload: d.Payload}
+	b := d.Index / uint32(t.k)
+	if int(wire.BlockLen(t.total, t.k, b)) > t.held(b)+1 {
+		// The block is not whole with this chunk: keep its shard for decoding.
+		blk := r.block(t, b)
+		if blk == nil {
+			r.stats.Ignored++
+			return
+		}
+		sh := wire.AppendShard(nil, s)
+		blk.data[d.Index-b*uint32(t.k)] = sh
+		blk.ndata++
+		r.keep(t, blk, len(sh))
+	}
+	r.place(t, d.Index, s)
+	t.high = max(t.high, d.Index+1)
+	r.advance(now, d.Transfer, t, b)
+}
+
+// place records chunk idx of t and assembles its object; it delivers the object when whole.
+func (r *Receiver) place(t *rxTransfer, idx uint32, s wire.Shard) bool {
+	p := t.partial[s.Object]
+	if p == nil {
+		p = &partial{buf: make([]byte, s.ObjectLen)}
+		t.partial[s.Object] = p
+	} else if uint32(len(p.buf)) != s.ObjectLen {
+		r.stats.Ignored++
+		return false
+	}
+	t.got.set(idx)
 	t.count++
-	delete(t.hold, d.Index)
 	r.stats.Chunks++
-	copy(p.buf[d.Offset:], d.Payload)
-	p.have += uint32(len(d.Payload))
-	if p.have >= d.ObjectLen {
-		delete(t.partial, d.Object)
-		r.ready.Delivered = append(r.ready.Delivered, Object{ID: d.Object, Payload: p.buf})
+	copy(p.buf[s.Offset:], s.Payload)
+	p.have += uint32(len(s.Payload))
+	if p.have >= s.ObjectLen {
+		delete(t.partial, s.Object)
+		r.ready.Delivered = append(r.ready.Delivered, Object{ID: s.Object, Payload: p.buf})
 		r.stats.Objects++
 		r.stats.Bytes += uint64(len(p.buf))
 	}
-	if d.Index > t.high {
-		r.schedule(now, t) // a gap: chunks t.high..d.Index-1 are missing
+	return true
+}
+
+// advance runs after block b of t gained a symbol: it rebuilds the block when it can, frees it when
+// whole, completes the transfer, and looks for gaps in blocks that became due.
+func (r *Receiver) advance(now time.Time, id wire.Seq, t *rxTransfer, b uint32) {
+	if blk := t.blocks[b]; blk != nil && !blk.decoded && blk.npar > 0 && blk.ndata+blk.npar >= len(blk.data) {
+		r.rebuild(t, b, blk)
 	}
-	if d.Index >= t.high {
-		t.high = d.Index + 1
+	if t.held(b) == int(wire.BlockLen(t.total, t.k, b)) {
+		r.drop(t, b)
 	}
 	if t.count == t.total {
-		r.complete(d.Transfer)
-		r.finish(d.Transfer, true)
+		r.complete(id)
+		r.finish(id, true)
+		return
 	}
+	for ; t.due(t.checked); t.checked++ {
+		if t.need(t.checked) > 0 {
+			r.schedule(now, t)
+		}
+	}
+}
+
+// rebuild decodes block b from its data and parity shards and places the chunks it lacked.
+func (r *Receiver) rebuild(t *rxTransfer, b uint32, blk *rxBlock) {
+	blk.decoded = true
+	data := append([][]byte(nil), blk.data...)
+	if err := r.coder.Reconstruct(data, blk.parity); err != nil {
+		r.stats.Ignored++
+		r.dropParity(t, blk)
+		return
+	}
+	first := b * uint32(t.k)
+	for i, sh := range data {
+		if blk.data[i] != nil {
+			continue
+		}
+		s, err := wire.ParseShard(sh)
+		if err != nil || t.got.has(first+uint32(i)) {
+			r.stats.Ignored++
+			continue
+		}
+		if r.place(t, first+uint32(i), s) {
+			r.stats.Rebuilt++
+		}
+	}
+	if t.held(b) < len(blk.data) {
+		r.dropParity(t, blk) // inconsistent shards: ask again
+	}
+}
+
+// dropParity forgets a block's parity (it did not decode: the block is asked for again).
+func (r *Receiver) dropParity(t *rxTransfer, blk *rxBlock) {
+	for j, p := range blk.parity {
+		blk.bytes -= len(p)
+		t.retained -= len(p)
+		r.retained -= len(p)
+		blk.parity[j] = nil
+	}
+	blk.npar, blk.decoded = 0, false
+}
+
+func (r *Receiver) onParity(now time.Time, p *wire.Parity) {
+	if !p.Members.Has(r.id) {
+		return
+	}
+	if _, done := r.finished[p.Transfer]; done {
+		r.stats.Duplicates++
+		return
+	}
+	t := r.transfer(p.Transfer, p.Total, p.Block)
+	if t == nil {
+		r.stats.Ignored++
+		return
+	}
+	b := p.BlockIndex
+	n := wire.BlockLen(t.total, t.k, b)
+	t.high = max(t.high, b*uint32(t.k)+n) // the whole block was sent
+	if t.need(b) == 0 {
+		r.stats.Duplicates++
+		return
+	}
+	blk := r.block(t, b)
+	if blk == nil {
+		r.stats.Ignored++
+		return
+	}
+	j := int(p.Index)
+	if j < len(blk.parity) && blk.parity[j] != nil {
+		r.stats.Duplicates++
+		return
+	}
+	for _, q := range blk.parity {
+		if q != nil && len(q) != len(p.Shard) {
+			r.stats.Ignored++
+			return
+		}
+	}
+	for len(blk.parity) <= j {
+		blk.parity = append(blk.parity, nil)
+	}
+	blk.parity[j] = append([]byte(nil), p.Shard...)
+	blk.npar++
+	r.keep(t, blk, len(p.Shard))
+	r.stats.Parity++
+	r.advance(now, p.Transfer, t, b)
 }
 
 func (r *Receiver) onPoll(now time.Time, p *wire.Poll) {
@@ -205,7 +432,7 @@ func (r *Receiver) onPoll(now time.Time, p *wire.Poll) {
 		}
 		return
 	}
-	t := r.transfer(p.Transfer, p.Total)
+	t := r.transfer(p.Transfer, p.Total, p.Block)
 	if t == nil {
 		r.stats.Ignored++
 		return
@@ -214,50 +441,65 @@ func (r *Receiver) onPoll(now time.Time, p *wire.Poll) {
 	if !p.Pending.Has(r.id) {
 		return
 	}
-	// Answer now, even if every missing chunk is on hold: the empty NAK tells the sender we are alive.
+	// Answer now, even if every block is on hold: the empty NAK tells the sender we are alive.
 	if r.nak(now, p.Transfer, t) == 0 {
 		r.ready.Packets = append(r.ready.Packets, Outgoing{To: ToSender, Msg: &wire.Nak{Transfer: p.Transfer}})
 	}
 }
 
-// onOtherNak holds our own NAK for chunks another member asked for.
+// perBlock calls f for each block that ranges (ascending, as NAKs list them) name, with the number of
+// chunks they name in it.
+func perBlock(ranges []wire.Range, k uint8, total uint32, f func(b uint32, n int)) {
+	cur, n := uint32(0), 0
+	for _, rg := range ranges {
+		last := min(rg.Last, total-1)
+		for c := rg.First; c <= last; {
+			b := c / uint32(k)
+			end := min(last, (b+1)*uint32(k)-1)
+			if n > 0 && b != cur {
+				f(cur, n)
+				n = 0
+			}
+			cur = b
+			n += int(end-c) + 1
+			c = end + 1
+		}
+	}
+	if n > 0 {
+		f(cur, n)
+	}
+}
+
+// onOtherNak holds our own NAK of a block while another member asked for at least as many symbols of
+// it as we need: the sender's answer to that NAK serves us too.
 func (r *Receiver) onOtherNak(now time.Time, n *wire.Nak) {
 	t := r.transfers[n.Transfer]
 	if t == nil {
 		return
 	}
 	until := now.Add(r.cfg.NakHold)
-	for _, rg := range n.Ranges {
-		last := min(rg.Last, t.high-1)
-		if t.high == 0 {
-			continue
+	perBlock(n.Ranges, t.k, t.total, func(b uint32, c int) {
+		need := t.need(b)
+		if need == 0 || need > c {
+			return
 		}
-		for c := max(rg.First, t.low); c <= last; c++ {
-			if c%64 == 0 && t.got.word(c) == ^uint64(0) {
-				c += 63
-				continue
-			}
-			if !t.got.has(c) {
-				if h, ok := t.hold[c]; !ok || h.Before(until) {
-					t.hold[c] = until
-					r.stats.Suppressed++
-				}
-			}
+		h := t.holds[b]
+		if h.until.Before(until) || h.covered < c {
+			t.holds[b] = nakHold{until: until, covered: max(c, h.covered)}
+			r.stats.Suppressed += uint64(need)
 		}
-	}
+	})
 }
 
-// nak sends NAKs for t's missing chunks that are not on hold, and returns how many it sent.
+// nak asks for the symbols t's due blocks lack, unless on hold, and returns how many NAKs it sent. A NAK
+// lists, per block, as many missing chunks as the block needs symbols (its lowest missing chunks); a
+// block is never split across two NAKs.
 func (r *Receiver) nak(now time.Time, id wire.Seq, t *rxTransfer) int {
 	for t.low < t.total && t.got.has(t.low) {
 		t.low++
 	}
 	until := now.Add(r.cfg.NakHold)
 	sent := 0
-	limit := t.high
-	if !t.tail {
-		limit = max(t.high, reorderChunks) - reorderChunks
-	}
 	var ranges []wire.Range
 	flush := func() {
 		if len(ranges) > 0 {
@@ -267,29 +509,39 @@ func (r *Receiver) nak(now time.Time, id wire.Seq, t *rxTransfer) int {
 			ranges = nil
 		}
 	}
-	for c := t.low; c < limit && sent < maxNaksPerTick; c++ {
-		if c%64 == 0 && t.got.word(c) == ^uint64(0) {
-			c += 63
+	k := uint32(t.k)
+	for b := t.low / k; t.due(b) && sent < maxNaksPerTick; b++ {
+		need := t.need(b)
+		if need == 0 {
 			continue
 		}
-		if t.got.has(c) {
+		if h, ok := t.holds[b]; ok && now.Before(h.until) && need <= h.covered {
 			continue
 		}
-		if h, ok := t.hold[c]; ok && now.Before(h) {
-			continue
+		var mine []wire.Range
+		listed := 0
+		for c := b * k; c < b*k+wire.BlockLen(t.total, t.k, b) && listed < need; c++ {
+			if t.got.has(c) {
+				continue
+			}
+			listed++
+			if n := len(mine); n > 0 && mine[n-1].Last == c-1 {
+				mine[n-1].Last = c
+			} else if len(mine) == wire.MaxNakRanges {
+				listed--
+				break
+			} else {
+				mine = append(mine, wire.Range{First: c, Last: c})
+			}
 		}
-		t.hold[c] = until
-		if n := len(ranges); n > 0 && ranges[n-1].Last == c-1 {
-			ranges[n-1].Last = c
-			continue
-		}
-		if len(ranges) == wire.MaxNakRanges {
+		if len(ranges)+len(mine) > wire.MaxNakRanges {
 			flush()
 			if sent == maxNaksPerTick {
 				break
 			}
 		}
-		ranges = append(ranges, wire.Range{First: c, Last: c})
+		ranges = append(ranges, mine...)
+		t.holds[b] = nakHold{until: until, covered: listed}
 	}
 	flush()
 	return sent
@@ -299,12 +551,15 @@ func (r *Receiver) nak(now time.Time, id wire.Seq, t *rxTransfer) int {
 func (r *Receiver) Tick(now time.Time) ReceiverReady {
 	var next time.Time
 	for id, t := range r.transfers {
+		for t.low < t.total && t.got.has(t.low) {
+			t.low++
+		}
 		if !t.nakAt.IsZero() && !now.Before(t.nakAt) {
 			t.nakAt = time.Time{}
 			r.nak(now, id, t)
 		}
-		// While chunks are missing, look again after a hold, so lost repairs are asked for again.
-		if t.nakAt.IsZero() && t.count < t.high && (t.tail || t.low+reorderChunks < t.high) {
+		// While due blocks lack symbols, look again after a hold, so lost repairs are asked for again.
+		if t.nakAt.IsZero() && t.low < t.total && t.due(t.low/uint32(t.k)) {
 			t.nakAt = now.Add(r.cfg.NakHold + time.Duration(r.rng.Int64N(int64(r.cfg.NakDelay))))
 		}
 		if !t.nakAt.IsZero() && (next.IsZero() || t.nakAt.Before(next)) {

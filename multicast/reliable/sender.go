@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/vmscatter/vmscatter/multicast/fec"
 	"github.com/vmscatter/vmscatter/multicast/wire"
 )
 
@@ -18,9 +19,10 @@ type BatchResult struct {
 // SenderStats counts the sender's work.
 type SenderStats struct {
 	DataPackets   uint64 // first transmissions of chunks
-	RepairPackets uint64 // retransmissions
+	RepairPackets uint64 // repair symbols: parity shards and retransmitted chunks
+	ParityPackets uint64 // of which parity shards
 	DataBytes     uint64 // chunk payload bytes, first transmissions
-	RepairBytes   uint64 // chunk payload bytes, retransmissions
+	RepairBytes   uint64 // repair bytes: parity shards (with their shard headers) and chunk payloads
 	WireBytes     uint64 // every data packet's size on the wire, with IP and UDP headers
 	Naks          uint64
 	Polls         uint64
@@ -53,17 +55,35 @@ type txBatch struct {
 	cancelled bool
 }
 
+// txBlock is the repair state of one FEC block of a transfer.
+type txBlock struct {
+	queued int         // repair symbols to send
+	sent   int         // repair symbols sent so far: the next is parity shard `sent` (then chunks, cycling)
+	recent []time.Time // when the last repair symbols went out (within RepairHold)
+	parity [][]byte    // parity shards computed so far (a bounded cache; recomputed when evicted)
+}
+
+// inflight is the number of repair symbols of b sent less than hold ago.
+func (b *txBlock) inflight(now time.Time, hold time.Duration) int {
+	i := 0
+	for i < len(b.recent) && now.Sub(b.recent[i]) >= hold {
+		i++
+	}
+	b.recent = b.recent[i:]
+	return len(b.recent)
+}
+
 type txTransfer struct {
-	id       wire.Seq
-	batch    *txBatch
-	members  wire.Mask
-	objs     []Object
-	chunks   []chunkRef
-	next     uint32 // first never-sent chunk
-	repair   bitset // chunks to retransmit
-	nrepair  int
-	rcursor  uint32
-	repaired map[uint32]time.Time
+	id      wire.Seq
+	batch   *txBatch
+	members wire.Mask
+	objs    []Object
+	chunks  []chunkRef
+	k       uint8  // chunks per FEC block
+	next    uint32 // first never-sent chunk
+	blocks  map[uint32]*txBlock
+	repairQ []uint32 // blocks with queued symbols, in the order they were asked for
+	nrepair int      // queued symbols over every block
 
 	complete, dropped wire.Mask
 	sentAll           time.Time // zero until every chunk went out once
@@ -101,16 +121,23 @@ type Sender struct {
 	winSent   uint64
 	lossAvg   float64
 
+	coder       *fec.Coder
+	cached      []*txBlock // blocks with parity computed, oldest first
+	cachedBytes int
+
 	out   []Outgoing
 	done  []BatchResult
 	stats SenderStats
 }
 
+// maxParityCache bounds the parity shards a sender keeps computed.
+const maxParityCache = 64 << 20
+
 // NewSender makes a sender engine. firstTransfer seeds the transfer numbering (pick it at random, so a
 // restarted sender does not collide with its earlier transfers in receivers' memory).
 func NewSender(cfg Config, firstTransfer wire.Seq) *Sender {
 	cfg = cfg.Defaults()
-	return &Sender{cfg: cfg, rate: float64(cfg.RateBps), nextSeq: firstTransfer,
+	return &Sender{cfg: cfg, rate: float64(cfg.RateBps), nextSeq: firstTransfer, coder: fec.NewCoder(),
 		batches: make(map[uint64]*txBatch), rx: make(map[uint16]*rxInfo)}
 }
 
@@ -184,7 +211,7 @@ func (s *Sender) Start(now time.Time, members wire.Mask, objs []Object) (uint64,
 			n = 1
 		}
 		if t == nil || uint32(len(t.chunks))+n > wire.MaxTransferChunks {
-			t = &txTransfer{id: s.nextSeq, batch: b, members: live}
+			t = &txTransfer{id: s.nextSeq, batch: b, members: live, k: uint8(s.cfg.Block), blocks: make(map[uint32]*txBlock)}
 			s.nextSeq = s.nextSeq.Next()
 			s.active = append(s.active, t)
 			b.left++
@@ -195,12 +222,6 @@ func (s *Sender) Start(now time.Time, members wire.Mask, objs []Object) (uint64,
 			off := c * payload
 			ln := min(payload, uint32(len(objs[i].Payload))-off)
 			t.chunks = append(t.chunks, chunkRef{obj: oi, off: off, n: ln})
-		}
-	}
-	for _, t := range s.active {
-		if t.repair == nil {
-			t.repair = newBitset(uint32(len(t.chunks)))
-			t.repaired = make(map[uint32]time.Time)
 		}
 	}
 	return b.id, nil
@@ -223,6 +244,7 @@ func (s *Sender) Cancel(batch uint64) {
 		if p := t.pending(); len(p) > 0 {
 			s.out = append(s.out, Outgoing{To: ToGroup, Members: p, Msg: &wire.Leave{Transfer: t.id, Dropped: p}})
 		}
+		s.release(t)
 	}
 	clear(s.active[len(kept):])
 	s.active = kept
@@ -256,64 +278,133 @@ func (s *Sender) OnPacket(now time.Time, from uint16, m wire.Message) {
 		if t == nil || !t.members.Has(from) || t.dropped.Has(from) {
 			return
 		}
-		for _, rg := range m.Ranges {
-			if rg.First >= t.next {
-				continue
+		total := uint32(len(t.chunks))
+		perBlock(m.Ranges, t.k, total, func(b uint32, n int) {
+			end := b*uint32(t.k) + wire.BlockLen(total, t.k, b)
+			if end > t.next {
+				return // not wholly sent yet
 			}
-			last := min(rg.Last, t.next-1)
-			r.loss += uint64(last-rg.First) + 1
-			for c := rg.First; c <= last; c++ {
-				if t.repair.has(c) {
-					continue
-				}
-				if at, ok := t.repaired[c]; ok && now.Sub(at) < s.cfg.RepairHold {
-					continue
-				}
-				t.repair.set(c)
-				t.nrepair++
-				if c < t.rcursor {
-					t.rcursor = c
-				}
-			}
+			r.loss += uint64(n)
+			s.ask(now, t, b, n)
+		})
+	}
+}
+
+// ask records that a member needs n more symbols of block b of t. Symbols queued, and those sent less
+// than RepairHold ago (the member may not have had them yet), count towards it; so the block gets as
+// many symbols as the neediest member asked for, whatever the others lost.
+func (s *Sender) ask(now time.Time, t *txTransfer, b uint32, n int) {
+	blk := t.blocks[b]
+	if blk == nil {
+		blk = &txBlock{}
+		t.blocks[b] = blk
+	}
+	extra := n - blk.queued - blk.inflight(now, s.cfg.RepairHold)
+	if extra <= 0 {
+		return
+	}
+	if blk.queued == 0 {
+		t.repairQ = append(t.repairQ, b)
+	}
+	blk.queued += extra
+	t.nrepair += extra
+}
+
+// release forgets the parity cached for t's blocks.
+func (s *Sender) release(t *txTransfer) {
+	for _, blk := range t.blocks {
+		s.uncache(blk)
+	}
+	kept := s.cached[:0]
+	for _, blk := range s.cached {
+		if blk.parity != nil {
+			kept = append(kept, blk)
 		}
 	}
+	clear(s.cached[len(kept):])
+	s.cached = kept
+}
+
+func (s *Sender) uncache(blk *txBlock) {
+	for _, p := range blk.parity {
+		s.cachedBytes -= len(p)
+	}
+	blk.parity = nil
+}
+
+// parity returns parity shard j of block b of t, computing a few shards ahead into the cache.
+func (s *Sender) parity(t *txTransfer, b uint32, blk *txBlock, j int) []byte {
+	if j < len(blk.parity) {
+		return blk.parity[j]
+	}
+	first := b * uint32(t.k)
+	n := wire.BlockLen(uint32(len(t.chunks)), t.k, b)
+	data := make([][]byte, n)
+	for i := range data {
+		c := t.chunks[first+uint32(i)]
+		o := t.objs[c.obj]
+		data[i] = wire.AppendShard(nil, wire.Shard{Object: o.ID, ObjectLen: uint32(len(o.Payload)), Offset: c.off, Payload: o.Payload[c.off : c.off+c.n]})
+	}
+	m := min(wire.MaxBlockShards-int(n), max(8, 2*(j+1)))
+	ps, err := s.coder.Encode(data, m)
+	if err != nil {
+		panic("reliable: parity of a valid block: " + err.Error()) // block sizes are checked in Start
+	}
+	s.uncache(blk)
+	blk.parity = ps
+	for _, p := range ps {
+		s.cachedBytes += len(p)
+	}
+	s.cached = append(s.cached, blk)
+	for s.cachedBytes > maxParityCache && len(s.cached) > 1 {
+		if s.cached[0] != blk {
+			s.uncache(s.cached[0])
+		}
+		s.cached = s.cached[1:]
+	}
+	return ps[j]
+}
+
+// shardSize is the size of block b's shards (its longest chunk with a shard header).
+func (t *txTransfer) shardSize(b uint32) int {
+	first := b * uint32(t.k)
+	size := 0
+	for i := range wire.BlockLen(uint32(len(t.chunks)), t.k, b) {
+		size = max(size, int(t.chunks[first+i].n))
+	}
+	return wire.ShardHeaderLen + size
 }
 
 func (s *Sender) dataCost(t *txTransfer, c chunkRef) int {
 	return wire.IPv4UDPOverhead + wire.HeaderLen + wire.TagLen + wire.DataFixedLen + 1 + 8*len(t.members) + int(c.n)
 }
 
-func (s *Sender) emitData(t *txTransfer, idx uint32) int {
-	c := t.chunks[idx]
-	o := t.objs[c.obj]
-	d := &wire.Data{Transfer: t.id, Total: uint32(len(t.chunks)), Index: idx, Object: o.ID,
-		ObjectLen: uint32(len(o.Payload)), Offset: c.off, Members: t.members, Payload: o.Payload[c.off : c.off+c.n]}
-	s.out = append(s.out, Outgoing{To: ToGroup, Members: t.pending(), Msg: d})
-	cost := s.dataCost(t, c)
-	s.stats.WireBytes += uint64(cost)
-	s.winSent++
-	return cost
+func (s *Sender) parityCost(t *txTransfer, b uint32) int {
+	return wire.IPv4UDPOverhead + wire.HeaderLen + wire.TagLen + wire.ParityFixedLen + 1 + 8*len(t.members) + t.shardSize(b)
 }
 
-// nextRepair finds the lowest chunk to repair at or after the cursor.
-func (t *txTransfer) nextRepair() uint32 {
-	for w := t.rcursor / 64; int(w) < len(t.repair); w++ {
-		if v := t.repair[w]; v != 0 {
-			for b := uint32(0); b < 64; b++ {
-				if v&(1<<b) != 0 && w*64+b >= t.rcursor {
-					t.rcursor = w*64 + b
-					return t.rcursor
-				}
-			}
-		}
+func (s *Sender) emitData(t *txTransfer, idx uint32) {
+	c := t.chunks[idx]
+	o := t.objs[c.obj]
+	d := &wire.Data{Transfer: t.id, Total: uint32(len(t.chunks)), Index: idx, Object: o.ID, ObjectLen: uint32(len(o.Payload)),
+		Offset: c.off, Block: t.k, Members: t.members, Payload: o.Payload[c.off : c.off+c.n]}
+	s.out = append(s.out, Outgoing{To: ToGroup, Members: t.pending(), Msg: d})
+	s.stats.WireBytes += uint64(s.dataCost(t, c))
+	s.winSent++
+}
+
+// repairSymbol is the next repair symbol of t's first asked-for block: parity shard j (j ≥ 0), or, once
+// the block's parity is spent, chunk idx again (j < 0), cycling through every symbol of the block.
+func (t *txTransfer) repairSymbol() (b uint32, blk *txBlock, j int, idx uint32) {
+	b = t.repairQ[0]
+	blk = t.blocks[b]
+	n := int(wire.BlockLen(uint32(len(t.chunks)), t.k, b))
+	np := wire.MaxBlockShards - n
+	sym := blk.sent % (np + n)
+	if sym < np {
+		return b, blk, sym, 0
 	}
-	t.rcursor = 0
-	for w := range t.repair {
-		if t.repair[w] != 0 {
-			return t.nextRepair()
-		}
-	}
-	panic("reliable: repair count out of step with the repair set")
+	return b, blk, -1, b*uint32(t.k) + uint32(sym-np)
 }
 
 const maxPacketsPerTick = 512
@@ -328,12 +419,40 @@ func (s *Sender) Tick(now time.Time) SenderReady {
 		if t == nil {
 			break
 		}
-		var idx uint32
 		if repair {
-			idx = t.nextRepair()
-		} else {
-			idx = t.next
+			b, blk, j, idx := t.repairSymbol()
+			cost := s.dataCost(t, t.chunks[idx])
+			if j >= 0 {
+				cost = s.parityCost(t, b)
+			}
+			if s.tokens < float64(cost) {
+				break
+			}
+			s.tokens -= float64(cost)
+			if j >= 0 {
+				shard := s.parity(t, b, blk, j)
+				s.out = append(s.out, Outgoing{To: ToGroup, Members: t.pending(), Msg: &wire.Parity{Transfer: t.id,
+					Total: uint32(len(t.chunks)), Block: t.k, BlockIndex: b, Index: uint8(j), Members: t.members, Shard: shard}})
+				s.stats.WireBytes += uint64(cost)
+				s.winSent++
+				s.stats.ParityPackets++
+				s.stats.RepairBytes += uint64(len(shard))
+			} else {
+				s.emitData(t, idx)
+				s.stats.RepairBytes += uint64(t.chunks[idx].n)
+			}
+			s.stats.RepairPackets++
+			sent++
+			blk.sent++
+			blk.recent = append(blk.recent, now)
+			blk.queued--
+			t.nrepair--
+			if blk.queued == 0 {
+				t.repairQ = t.repairQ[1:]
+			}
+			continue
 		}
+		idx := t.next
 		cost := float64(s.dataCost(t, t.chunks[idx]))
 		if s.tokens < cost {
 			break
@@ -341,20 +460,12 @@ func (s *Sender) Tick(now time.Time) SenderReady {
 		s.tokens -= cost
 		s.emitData(t, idx)
 		sent++
-		if repair {
-			t.repair.clear(idx)
-			t.nrepair--
-			t.repaired[idx] = now
-			s.stats.RepairPackets++
-			s.stats.RepairBytes += uint64(t.chunks[idx].n)
-		} else {
-			t.next++
-			s.stats.DataPackets++
-			s.stats.DataBytes += uint64(t.chunks[idx].n)
-			if t.next == uint32(len(t.chunks)) {
-				t.sentAll = now
-				t.nextPoll = now
-			}
+		t.next++
+		s.stats.DataPackets++
+		s.stats.DataBytes += uint64(t.chunks[idx].n)
+		if t.next == uint32(len(t.chunks)) {
+			t.sentAll = now
+			t.nextPoll = now
 		}
 	}
 	s.timers(now)
@@ -407,7 +518,7 @@ func (s *Sender) timers(now time.Time) {
 			s.stats.Polls++
 			p := t.pending()
 			s.out = append(s.out, Outgoing{To: ToGroup, Members: p,
-				Msg: &wire.Poll{Transfer: t.id, Total: uint32(len(t.chunks)), Members: t.members, Pending: p}})
+				Msg: &wire.Poll{Transfer: t.id, Total: uint32(len(t.chunks)), Block: t.k, Members: t.members, Pending: p}})
 			t.nextPoll = now.Add(s.cfg.PollEvery)
 		}
 	}
@@ -417,6 +528,7 @@ func (s *Sender) timers(now time.Time) {
 			kept = append(kept, t)
 			continue
 		}
+		s.release(t)
 		b := t.batch
 		b.left--
 		for _, id := range t.dropped.IDs() {

@@ -24,7 +24,7 @@ func pair(t testing.TB) (*Sealer, *Opener) {
 
 func TestSealOpen(t *testing.T) {
 	s, o := pair(t)
-	msg := &wire.Data{Transfer: 1, Total: 1, ObjectLen: 5, Members: wire.Mask{8}, Payload: []byte("hello")}
+	msg := &wire.Data{Transfer: 1, Total: 1, ObjectLen: 5, Block: 1, Members: wire.Mask{8}, Payload: []byte("hello")}
 	p, err := s.Seal(make([]byte, 0, 2048), msg)
 	if err != nil {
 		t.Fatal(err)
@@ -84,7 +84,7 @@ func TestOwnAndSession(t *testing.T) {
 func FuzzOpen(f *testing.F) {
 	s, _ := pair(f)
 	for _, m := range []wire.Message{&wire.Complete{Transfer: 3}, &wire.Nak{Transfer: 1, Ranges: []wire.Range{{First: 1, Last: 2}}},
-		&wire.Data{Transfer: 1, Total: 2, ObjectLen: 3, Members: wire.Mask{1}, Payload: []byte("abc")}} {
+		&wire.Data{Transfer: 1, Total: 2, ObjectLen: 3, Block: 1, Members: wire.Mask{1}, Payload: []byte("abc")}} {
 		p, _ := s.Seal(nil, m)
 		f.Add(p)
 	}

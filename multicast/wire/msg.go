@@ -97,7 +97,8 @@ type Message interface {
 //	0  4 transfer      4  4 total chunks in the transfer
 //	8  4 chunk index   12 8 object id
 //	20 4 object length 24 4 offset of this chunk in the object
-//	28 mask of the transfer's members, then the chunk payload to the end of the body
+//	28 1 block: chunks per FEC block in this transfer (1..255)
+//	29 mask of the transfer's members, then the chunk payload to the end of the body
 type Data struct {
 	Transfer  Seq
 	Total     uint32
@@ -105,12 +106,13 @@ type Data struct {
 	Object    uint64
 	ObjectLen uint32
 	Offset    uint32
+	Block     uint8
 	Members   Mask
 	Payload   []byte
 }
 
 // DataFixedLen is a Data body's size without its mask and payload.
-const DataFixedLen = 28
+const DataFixedLen = 29
 
 func (*Data) Type() Type { return TypeData }
 
@@ -121,6 +123,7 @@ func (d *Data) AppendBody(b []byte) []byte {
 	b = binary.BigEndian.AppendUint64(b, d.Object)
 	b = binary.BigEndian.AppendUint32(b, d.ObjectLen)
 	b = binary.BigEndian.AppendUint32(b, d.Offset)
+	b = append(b, d.Block)
 	b = appendMask(b, d.Members)
 	return append(b, d.Payload...)
 }
@@ -137,6 +140,7 @@ func ParseData(b []byte) (*Data, error) {
 		Object:    binary.BigEndian.Uint64(b[12:]),
 		ObjectLen: binary.BigEndian.Uint32(b[20:]),
 		Offset:    binary.BigEndian.Uint32(b[24:]),
+		Block:     b[28],
 	}
 	if d.Total == 0 || d.Total > MaxTransferChunks {
 		return nil, ferr(ErrTooLarge, "data.total")
@@ -146,6 +150,9 @@ func ParseData(b []byte) (*Data, error) {
 	}
 	if d.ObjectLen > MaxObject {
 		return nil, ferr(ErrTooLarge, "data.object_len")
+	}
+	if d.Block == 0 {
+		return nil, ferr(ErrInvalid, "data.block")
 	}
 	m, rest, err := parseMask(b[DataFixedLen:], "data.members")
 	if err != nil {
@@ -224,10 +231,12 @@ func ParseComplete(b []byte) (*Complete, error) {
 }
 
 // Poll says the sender has sent every chunk of Transfer once; every member in Pending must answer with
-// Complete or Nak. Body: transfer (4), total chunks (4), members mask, pending mask.
+// Complete or Nak. Body: transfer (4), total chunks (4), block (1: chunks per FEC block), members mask,
+// pending mask.
 type Poll struct {
 	Transfer Seq
 	Total    uint32
+	Block    uint8
 	Members  Mask
 	Pending  Mask
 }
@@ -237,21 +246,25 @@ func (*Poll) Type() Type { return TypePoll }
 func (p *Poll) AppendBody(b []byte) []byte {
 	b = binary.BigEndian.AppendUint32(b, uint32(p.Transfer))
 	b = binary.BigEndian.AppendUint32(b, p.Total)
+	b = append(b, p.Block)
 	b = appendMask(b, p.Members)
 	return appendMask(b, p.Pending)
 }
 
 // ParsePoll reads a Poll body.
 func ParsePoll(b []byte) (*Poll, error) {
-	if len(b) < 8 {
+	if len(b) < 9 {
 		return nil, ferr(ErrShort, "poll")
 	}
-	p := &Poll{Transfer: Seq(binary.BigEndian.Uint32(b)), Total: binary.BigEndian.Uint32(b[4:])}
+	p := &Poll{Transfer: Seq(binary.BigEndian.Uint32(b)), Total: binary.BigEndian.Uint32(b[4:]), Block: b[8]}
 	if p.Total == 0 || p.Total > MaxTransferChunks {
 		return nil, ferr(ErrTooLarge, "poll.total")
 	}
+	if p.Block == 0 {
+		return nil, ferr(ErrInvalid, "poll.block")
+	}
 	var err error
-	rest := b[8:]
+	rest := b[9:]
 	if p.Members, rest, err = parseMask(rest, "poll.members"); err != nil {
 		return nil, err
 	}
@@ -358,6 +371,8 @@ func ParseBody(t Type, b []byte) (Message, error) {
 		}
 		r := ProbeReply(p)
 		return &r, nil
+	case TypeParity:
+		return ParseParity(b)
 	case TypeJoin:
 		if len(b) != 0 {
 			return nil, ferr(ErrInvalid, "join.trailing")
@@ -383,8 +398,9 @@ func ParsePacket(b []byte) (Header, Message, error) {
 	return h, m, err
 }
 
-// MaxDataPayload is the largest chunk payload that keeps a sealed Data packet within datagram bytes
-// (the UDP payload size: link MTU minus IPv4UDPOverhead) with a mask of maskWords words.
+// MaxDataPayload is the largest chunk payload that keeps a sealed Data packet, and a sealed Parity packet
+// over chunks of that size, within datagram bytes (the UDP payload size: link MTU minus IPv4UDPOverhead)
+// with a mask of maskWords words. Parity is the larger of the two: its shard carries a shard header.
 func MaxDataPayload(datagram, maskWords int) int {
-	return datagram - HeaderLen - TagLen - DataFixedLen - 1 - 8*maskWords
+	return datagram - HeaderLen - TagLen - ParityFixedLen - 1 - 8*maskWords - ShardHeaderLen
 }

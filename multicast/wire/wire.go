@@ -18,8 +18,10 @@ import (
 // Magic opens every packet: "VSMC" (vmscatter multicast).
 const Magic uint32 = 0x56534D43
 
-// Version is the data-plane protocol version carried in every header.
-const Version uint8 = 1
+// Version is the data-plane protocol version carried in every header. Version 2 groups a transfer's
+// chunks into FEC blocks: DATA and POLL carry the block size, PARITY carries Reed-Solomon parity, and a
+// NAK asks for as many symbols of a block as it lists chunks of it.
+const Version uint8 = 2
 
 // HeaderLen is the size of the clear header.
 const HeaderLen = 24
@@ -49,6 +51,7 @@ const (
 	TypeProbe      Type = 0x06 // sender → group: who hears the group? (auto mode, RTT)
 	TypeProbeReply Type = 0x07 // receiver → sender: I hear the group
 	TypeJoin       Type = 0x08 // receiver → group: I joined and am ready (hint)
+	TypeParity     Type = 0x09 // sender → group: one Reed-Solomon parity shard of one FEC block
 )
 
 func (t Type) String() string {
@@ -69,6 +72,8 @@ func (t Type) String() string {
 		return "PROBE_REPLY"
 	case TypeJoin:
 		return "JOIN"
+	case TypeParity:
+		return "PARITY"
 	}
 	return fmt.Sprintf("type 0x%02x", uint8(t))
 }
@@ -148,7 +153,7 @@ func ParseHeader(b []byte) (Header, []byte, error) {
 		Session: binary.BigEndian.Uint64(b[8:]),
 		PN:      binary.BigEndian.Uint64(b[16:]),
 	}
-	if h.Type < TypeData || h.Type > TypeJoin {
+	if h.Type < TypeData || h.Type > TypeParity {
 		return Header{}, nil, ferr(ErrType, "type")
 	}
 	return h, b[HeaderLen:], nil

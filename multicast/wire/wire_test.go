@@ -9,12 +9,14 @@ import (
 
 func samples() []Message {
 	return []Message{
-		&Data{Transfer: 7, Total: 3, Index: 2, Object: 0xdeadbeef, ObjectLen: 4096, Offset: 2790, Members: Mask{5}, Payload: bytes.Repeat([]byte{9}, 1306)},
-		&Data{Transfer: 1, Total: 1, Index: 0, Object: 1, ObjectLen: 0, Members: Mask{}, Payload: []byte{}},
+		&Data{Transfer: 7, Total: 3, Index: 2, Object: 0xdeadbeef, ObjectLen: 4096, Offset: 2790, Block: 64, Members: Mask{5}, Payload: bytes.Repeat([]byte{9}, 1306)},
+		&Data{Transfer: 1, Total: 1, Index: 0, Object: 1, ObjectLen: 0, Block: 1, Members: Mask{}, Payload: []byte{}},
 		&Nak{Transfer: 0xffffffff, Ranges: []Range{{0, 0}, {5, 9}}},
 		&Nak{Transfer: 3, Ranges: []Range{}},
 		&Complete{Transfer: 42},
-		&Poll{Transfer: 9, Total: 100, Members: Mask{3, 1}, Pending: Mask{1}},
+		&Poll{Transfer: 9, Total: 100, Block: 64, Members: Mask{3, 1}, Pending: Mask{1}},
+		&Parity{Transfer: 9, Total: 100, Block: 64, BlockIndex: 1, Index: 219, Members: Mask{3}, Shard: bytes.Repeat([]byte{7}, 40)},
+		&Parity{Transfer: 2, Total: 1, Block: 255, BlockIndex: 0, Index: 254, Members: Mask{}, Shard: make([]byte, ShardHeaderLen)},
 		&Leave{Transfer: 9, Dropped: Mask{0, 2}},
 		&Probe{Nonce: 77, Nanos: -5},
 		&ProbeReply{Nonce: 77, Nanos: 123456789},
@@ -52,9 +54,15 @@ func TestErrors(t *testing.T) {
 		"huge":     {make([]byte, MaxPacket+1), ErrTooLarge},
 		"body":     {good[:len(good)-1], ErrShort},
 		"nakcount": {AppendPacket(nil, Header{}, &Nak{Ranges: make([]Range, 200)}), ErrTooLarge},
-		"datatot":  {AppendPacket(nil, Header{}, &Data{Total: MaxTransferChunks + 1}), ErrTooLarge},
-		"dataidx":  {AppendPacket(nil, Header{}, &Data{Total: 2, Index: 2}), ErrInvalid},
-		"datalen":  {AppendPacket(nil, Header{}, &Data{Total: 1, ObjectLen: 3, Offset: 2, Payload: []byte{1, 2}}), ErrInvalid},
+		"datatot":  {AppendPacket(nil, Header{}, &Data{Total: MaxTransferChunks + 1, Block: 1}), ErrTooLarge},
+		"dataidx":  {AppendPacket(nil, Header{}, &Data{Total: 2, Index: 2, Block: 1}), ErrInvalid},
+		"datalen":  {AppendPacket(nil, Header{}, &Data{Total: 1, ObjectLen: 3, Offset: 2, Block: 1, Payload: []byte{1, 2}}), ErrInvalid},
+		"datablk":  {AppendPacket(nil, Header{}, &Data{Total: 1}), ErrInvalid},
+		"pollblk":  {AppendPacket(nil, Header{}, &Poll{Total: 1}), ErrInvalid},
+		"parblk":   {AppendPacket(nil, Header{}, &Parity{Total: 64, Block: 32, BlockIndex: 2, Shard: make([]byte, ShardHeaderLen)}), ErrInvalid},
+		"parzero":  {AppendPacket(nil, Header{}, &Parity{Total: 64, Shard: make([]byte, ShardHeaderLen)}), ErrInvalid},
+		"paridx":   {AppendPacket(nil, Header{}, &Parity{Total: 64, Block: 32, BlockIndex: 1, Index: 224, Shard: make([]byte, ShardHeaderLen)}), ErrTooLarge},
+		"parshard": {AppendPacket(nil, Header{}, &Parity{Total: 64, Block: 32, Shard: make([]byte, ShardHeaderLen-1)}), ErrShort},
 		"mask":     {AppendPacket(nil, Header{}, &Leave{Dropped: make(Mask, MaxMaskWords+1)}), ErrTooLarge},
 		"badrange": {AppendPacket(nil, Header{}, &Nak{Ranges: []Range{{5, 4}}}), ErrInvalid},
 	}
@@ -88,12 +96,53 @@ func TestMask(t *testing.T) {
 }
 
 func TestDataFitsMTU(t *testing.T) {
-	dg := 1500 - IPv4UDPOverhead
-	p := MaxDataPayload(dg, 1)
-	b := AppendPacket(nil, Header{}, &Data{Total: 1, ObjectLen: uint32(p), Members: Mask{1}, Payload: make([]byte, p)})
-	if len(b)+TagLen != dg {
-		t.Fatalf("sealed data %d bytes, datagram %d", len(b)+TagLen, dg)
+	for _, mtu := range []int{1500, 9000} {
+		dg := mtu - IPv4UDPOverhead
+		p := MaxDataPayload(dg, 1)
+		b := AppendPacket(nil, Header{}, &Data{Total: 1, ObjectLen: uint32(p), Block: 1, Members: Mask{1}, Payload: make([]byte, p)})
+		if len(b)+TagLen > dg {
+			t.Fatalf("sealed data %d bytes, datagram %d", len(b)+TagLen, dg)
+		}
+		shard := AppendShard(nil, Shard{ObjectLen: uint32(p), Payload: make([]byte, p)})
+		b = AppendPacket(nil, Header{}, &Parity{Total: 1, Block: 1, Members: Mask{1}, Shard: shard})
+		if len(b)+TagLen != dg {
+			t.Fatalf("sealed parity %d bytes, datagram %d", len(b)+TagLen, dg)
+		}
 	}
+}
+
+func TestShard(t *testing.T) {
+	s := Shard{Object: 5, ObjectLen: 100, Offset: 90, Payload: bytes.Repeat([]byte{1}, 10)}
+	b := append(AppendShard(nil, s), 0, 0, 0) // padded
+	got, err := ParseShard(b)
+	if err != nil || !reflect.DeepEqual(got, s) {
+		t.Fatalf("%+v %v", got, err)
+	}
+	bad := AppendShard(nil, Shard{ObjectLen: 5, Offset: 4, Payload: []byte{1, 2}})
+	if _, err := ParseShard(bad); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("payload past the object: %v", err)
+	}
+	if _, err := ParseShard(bad[:len(bad)-1]); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("payload past the shard: %v", err)
+	}
+	if _, err := ParseShard(AppendShard(nil, Shard{ObjectLen: MaxObject + 1})); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("huge object: %v", err)
+	}
+}
+
+func FuzzShard(f *testing.F) {
+	f.Add(AppendShard(nil, Shard{Object: 1, ObjectLen: 4096, Offset: 1389, Payload: make([]byte, 1389)}))
+	f.Add(append(AppendShard(nil, Shard{ObjectLen: 3, Payload: []byte{1, 2, 3}}), 0, 0))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		s, err := ParseShard(b)
+		if err != nil {
+			return
+		}
+		again := AppendShard(nil, s)
+		if !bytes.Equal(again, b[:len(again)]) {
+			t.Fatalf("round trip differs:\n%x\n%x", b, again)
+		}
+	})
 }
 
 func FuzzPacket(f *testing.F) {
