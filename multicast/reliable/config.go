@@ -17,10 +17,11 @@
 //     of a block rebuild it, so one parity shard repairs different losses at different members.
 //   - When every chunk of a transfer was sent once, the sender POLLs the members that have not confirmed;
 //     they answer with NAKs (possibly empty) or COMPLETE. Only a COMPLETE member counts as holding the data.
-//   - Rate: a token bucket at the current rate, never above Config.RateBps. Every rate window the sender
-//     compares the worst member's loss fraction with its running average: above it (by half, plus 2
-//     points) the rate drops by a quarter, otherwise it climbs back by a twentieth of the maximum. So the
-//     slowest receiver governs and stationary random loss does not push the rate to the floor.
+//   - Rate: a token bucket at the current rate, never above Config.RateBps. A member losing more than its
+//     learned loss floor explains makes the sender try a rate a quarter lower; if its loss falls, or it
+//     takes as many packets as before, that was congestion and the lower rate stays, else the loss is
+//     random, becomes its floor, and the rate goes back (rate.go). So the slowest receiver governs and a
+//     stationary random loss does not lower the rate.
 //   - A member is dropped from the session, reported, and sent a LEAVE when it stays above Config.SlowLoss
 //     for Config.SlowAfter, is silent for Config.DeadAfter while the sender waits on it, or still lacks
 //     data Config.StragglerAfter after the others (at least three quarters of the members) confirmed. The others go on.

@@ -509,42 +509,53 @@ func (r *Receiver) nak(now time.Time, id wire.Seq, t *rxTransfer) int {
 			ranges = nil
 		}
 	}
-	k := uint32(t.k)
-	for b := t.low / k; t.due(b) && sent < maxNaksPerTick; b++ {
-		need := t.need(b)
-		if need == 0 {
-			continue
-		}
-		if h, ok := t.holds[b]; ok && now.Before(h.until) && need <= h.covered {
-			continue
-		}
-		var mine []wire.Range
-		listed := 0
-		for c := b * k; c < b*k+wire.BlockLen(t.total, t.k, b) && listed < need; c++ {
-			if t.got.has(c) {
+	// Blocks never asked for go first, then those asked for again (their repairs were lost or are late).
+scan:
+	for pass := range 2 {
+		for b := t.low / uint32(t.k); t.due(b); b++ {
+			h, asked := t.holds[b]
+			if asked != (pass == 1) {
 				continue
 			}
-			listed++
-			if n := len(mine); n > 0 && mine[n-1].Last == c-1 {
-				mine[n-1].Last = c
-			} else if len(mine) == wire.MaxNakRanges {
-				listed--
-				break
-			} else {
-				mine = append(mine, wire.Range{First: c, Last: c})
+			need := t.need(b)
+			if need == 0 || asked && now.Before(h.until) && need <= h.covered {
+				continue
 			}
-		}
-		if len(ranges)+len(mine) > wire.MaxNakRanges {
-			flush()
-			if sent == maxNaksPerTick {
-				break
+			mine, listed := t.missing(b, need)
+			if len(ranges)+len(mine) > wire.MaxNakRanges {
+				flush()
+				if sent == maxNaksPerTick {
+					break scan
+				}
 			}
+			ranges = append(ranges, mine...)
+			t.holds[b] = nakHold{until: until, covered: listed}
 		}
-		ranges = append(ranges, mine...)
-		t.holds[b] = nakHold{until: until, covered: listed}
 	}
 	flush()
 	return sent
+}
+
+// missing lists the lowest need missing chunks of block b as ranges (at most wire.MaxNakRanges of them),
+// with how many chunks they hold.
+func (t *rxTransfer) missing(b uint32, need int) ([]wire.Range, int) {
+	var rs []wire.Range
+	listed := 0
+	first := b * uint32(t.k)
+	for c := first; c < first+wire.BlockLen(t.total, t.k, b) && listed < need; c++ {
+		if t.got.has(c) {
+			continue
+		}
+		if n := len(rs); n > 0 && rs[n-1].Last == c-1 {
+			rs[n-1].Last = c
+		} else if n == wire.MaxNakRanges {
+			break
+		} else {
+			rs = append(rs, wire.Range{First: c, Last: c})
+		}
+		listed++
+	}
+	return rs, listed
 }
 
 // Tick advances time: NAK timers fire.

@@ -26,8 +26,9 @@ type SenderStats struct {
 	WireBytes     uint64 // every data packet's size on the wire, with IP and UDP headers
 	Naks          uint64
 	Polls         uint64
-	RateBps       int64 // the current rate
-	RateCuts      uint64
+	RateBps       int64  // the current rate
+	RateCuts      uint64 // the rate dropped (a probe started)
+	RateUndos     uint64 // probes that found the loss did not depend on the rate: the cut was undone
 }
 
 // SenderReady is what the caller must do after a Tick.
@@ -57,11 +58,16 @@ type txBatch struct {
 
 // txBlock is the repair state of one FEC block of a transfer.
 type txBlock struct {
-	queued int         // repair symbols to send
-	sent   int         // repair symbols sent so far: the next is parity shard `sent` (then chunks, cycling)
-	recent []time.Time // when the last repair symbols went out (within RepairHold)
-	parity [][]byte    // parity shards computed so far (a bounded cache; recomputed when evicted)
+	queued int                 // repair symbols to send
+	sent   int                 // repair symbols sent so far: the next is parity shard `sent` (then chunks, cycling)
+	recent []time.Time         // when the last repair symbols went out (within RepairHold)
+	parity [][]byte            // parity shards computed so far (a bounded cache; recomputed when evicted)
+	asks   map[uint16]blockAsk // each member's last NAK of the block
+	index  uint32
 }
+
+// blockAsk is a member's last NAK of a block: n symbols asked for when the block's repair count was sent.
+type blockAsk struct{ n, sent int }
 
 // inflight is the number of repair symbols of b sent less than hold ago.
 func (b *txBlock) inflight(now time.Time, hold time.Duration) int {
@@ -82,8 +88,9 @@ type txTransfer struct {
 	k       uint8  // chunks per FEC block
 	next    uint32 // first never-sent chunk
 	blocks  map[uint32]*txBlock
-	repairQ []uint32 // blocks with queued symbols, in the order they were asked for
-	nrepair int      // queued symbols over every block
+	repairQ []uint32    // blocks with queued symbols, in the order they were asked for
+	sentAt  []time.Time // when each block was wholly sent once
+	nrepair int         // queued symbols over every block
 
 	complete, dropped wire.Mask
 	sentAll           time.Time // zero until every chunk went out once
@@ -98,9 +105,14 @@ func (t *txTransfer) done() bool { return len(t.pending()) == 0 }
 
 type rxInfo struct {
 	lastHeard time.Time
-	loss      uint64 // chunks it NAKed in this rate window
+	loss      uint64 // symbols it asked for in this rate window, in its first NAK of each block
 	slowSince time.Time
 	dropped   bool
+	floor     float64       // its loss that does not depend on the rate (learned)
+	lag       time.Duration // from a block wholly sent to its NAK: the least seen in the last window
+	winLag    time.Duration // the least seen in this window (0: none)
+	trigger   float64       // its loss in the window that started a probe; 0 if it did not
+	hot       int           // consecutive windows it lost more than its floor explains
 }
 
 // Sender is the sender's engine. Not safe for concurrent use: one goroutine drives it.
@@ -119,7 +131,7 @@ type Sender struct {
 	winStart  time.Time
 	nextAdapt time.Time
 	winSent   uint64
-	lossAvg   float64
+	probe     probe
 
 	coder       *fec.Coder
 	cached      []*txBlock // blocks with parity computed, oldest first
@@ -284,8 +296,22 @@ func (s *Sender) OnPacket(now time.Time, from uint16, m wire.Message) {
 			if end > t.next {
 				return // not wholly sent yet
 			}
-			r.loss += uint64(n)
-			s.ask(now, t, b, n)
+			blk := t.block(b)
+			prev, asked := blk.asks[from]
+			if !asked {
+				// Its first NAK of the block: the lag from the block sent to its NAK.
+				if d := now.Sub(t.sentAt[b]); r.winLag == 0 || d < r.winLag {
+					r.winLag = max(d, 1)
+				}
+			}
+			// New loss: what it asks for beyond what it still lacked at its last NAK of the block, less the
+			// symbols sent since (so a repeated NAK counts only repairs it lost, or has not had yet).
+			r.loss += uint64(max(0, n-max(0, prev.n-(blk.sent-prev.sent))))
+			if blk.asks == nil {
+				blk.asks = make(map[uint16]blockAsk)
+			}
+			blk.asks[from] = blockAsk{n: n, sent: blk.sent}
+			s.ask(now, t, blk, n)
 		})
 	}
 }
@@ -293,21 +319,25 @@ func (s *Sender) OnPacket(now time.Time, from uint16, m wire.Message) {
 // ask records that a member needs n more symbols of block b of t. Symbols queued, and those sent less
 // than RepairHold ago (the member may not have had them yet), count towards it; so the block gets as
 // many symbols as the neediest member asked for, whatever the others lost.
-func (s *Sender) ask(now time.Time, t *txTransfer, b uint32, n int) {
-	blk := t.blocks[b]
-	if blk == nil {
-		blk = &txBlock{}
-		t.blocks[b] = blk
-	}
+func (s *Sender) ask(now time.Time, t *txTransfer, blk *txBlock, n int) {
 	extra := n - blk.queued - blk.inflight(now, s.cfg.RepairHold)
 	if extra <= 0 {
 		return
 	}
 	if blk.queued == 0 {
-		t.repairQ = append(t.repairQ, b)
+		t.repairQ = append(t.repairQ, blk.index)
 	}
 	blk.queued += extra
 	t.nrepair += extra
+}
+
+func (t *txTransfer) block(b uint32) *txBlock {
+	blk := t.blocks[b]
+	if blk == nil {
+		blk = &txBlock{index: b}
+		t.blocks[b] = blk
+	}
+	return blk
 }
 
 // release forgets the parity cached for t's blocks.
@@ -463,6 +493,9 @@ func (s *Sender) Tick(now time.Time) SenderReady {
 		t.next++
 		s.stats.DataPackets++
 		s.stats.DataBytes += uint64(t.chunks[idx].n)
+		if t.next%uint32(t.k) == 0 || t.next == uint32(len(t.chunks)) {
+			t.sentAt = append(t.sentAt, now)
+		}
 		if t.next == uint32(len(t.chunks)) {
 			t.sentAll = now
 			t.nextPoll = now
@@ -586,40 +619,6 @@ func (s *Sender) drop(now time.Time, id uint16) {
 				Msg: &wire.Leave{Transfer: t.id, Dropped: wire.Mask(nil).With(id)}})
 		}
 	}
-}
-
-func (s *Sender) adaptRate(now time.Time) {
-	if s.winSent < 32 && now.Sub(s.winStart) < 10*s.cfg.RateWindow {
-		return // too little traffic to judge; widen the window
-	}
-	sent := float64(max(s.winSent, 1))
-	worst := 0.0
-	for id, r := range s.rx {
-		if r.dropped {
-			continue
-		}
-		f := min(float64(r.loss)/sent, 1)
-		r.loss = 0
-		worst = max(worst, f)
-		if f > s.cfg.SlowLoss && s.winSent >= 32 {
-			if r.slowSince.IsZero() {
-				r.slowSince = now
-			} else if now.Sub(r.slowSince) >= s.cfg.SlowAfter {
-				s.drop(now, id)
-			}
-		} else {
-			r.slowSince = time.Time{}
-		}
-	}
-	if worst > 1.5*s.lossAvg+0.02 {
-		s.rate = max(s.rate*0.75, float64(s.cfg.MinRateBps))
-		s.stats.RateCuts++
-	} else {
-		s.rate = min(s.rate+float64(s.cfg.RateBps)/20, float64(s.cfg.RateBps))
-	}
-	s.lossAvg += (worst - s.lossAvg) / 8
-	s.winStart = now
-	s.winSent = 0
 }
 
 // next is the latest time the caller should Tick again.
