@@ -144,7 +144,9 @@ func (p Policy) steer(ctx context.Context, q *kvm.QMP, log *slog.Logger, stopped
 
 const steerPeriod = 100 * time.Millisecond
 
-func (p Policy) steerMembound(ctx context.Context, q *kvm.QMP, log *slog.Logger, stopped func(time.Time)) {
+// watchMigration calls f with QEMU's migration state every steerPeriod while the migration is active, until f
+// says it is done or ctx ends.
+func watchMigration(ctx context.Context, q *kvm.QMP, f func(mi migrateInfo) (done bool)) {
 	t := time.NewTicker(steerPeriod)
 	defer t.Stop()
 	for {
@@ -157,19 +159,26 @@ func (p Policy) steerMembound(ctx context.Context, q *kvm.QMP, log *slog.Logger,
 		if q.Execute(ctx, "query-migrate", nil, &mi) != nil || !migrationActive(mi.Status) {
 			continue
 		}
-		// dirty-sync-count is 1 during the first pass, 2 during the first dirty pass; at 3 both are done.
-		if mi.RAM.Iterations >= 3 {
-			log.Info("membound: full pass and one dirty pass done, switching over", "remaining", mi.RAM.Remaining)
-			switchOver(q, stopped)
+		if f(mi) {
 			return
 		}
 	}
 }
 
+func (p Policy) steerMembound(ctx context.Context, q *kvm.QMP, log *slog.Logger, stopped func(time.Time)) {
+	watchMigration(ctx, q, func(mi migrateInfo) bool {
+		// dirty-sync-count is 1 during the first pass, 2 during the first dirty pass; at 3 both are done.
+		if mi.RAM.Iterations < 3 {
+			return false
+		}
+		log.Info("membound: full pass and one dirty pass done, switching over", "remaining", mi.RAM.Remaining)
+		switchOver(q, stopped)
+		return true
+	})
+}
+
 func (p Policy) steerTimebound(ctx context.Context, q *kvm.QMP, log *slog.Logger, stopped func(time.Time)) {
 	start := time.Now()
-	t := time.NewTicker(steerPeriod)
-	defer t.Stop()
 	var restore func()
 	defer func() {
 		if restore != nil && ctx.Err() != nil {
@@ -179,16 +188,7 @@ func (p Policy) steerTimebound(ctx context.Context, q *kvm.QMP, log *slog.Logger
 	}()
 	var tb timeBudget
 	var pass, passSize int64
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		var mi migrateInfo
-		if q.Execute(ctx, "query-migrate", nil, &mi) != nil || !migrationActive(mi.Status) {
-			continue
-		}
+	watchMigration(ctx, q, func(mi migrateInfo) bool {
 		tb.observe(mi.RAM.Transferred, time.Since(start))
 		if mi.RAM.Iterations != pass {
 			// A pass starts just after QEMU synced its dirty bitmap: what remains then is the dirty set, which is
@@ -199,20 +199,20 @@ func (p Policy) steerTimebound(ctx context.Context, q *kvm.QMP, log *slog.Logger
 			log.Info("timebound: switching over so that the rest fits before the deadline", "remaining", mi.RAM.Remaining,
 				"elapsed", time.Since(start).Round(time.Millisecond))
 			switchOver(q, stopped)
-			<-ctx.Done()
-			return
+			return true
 		}
 		if restore == nil && mi.RAM.Total > 0 && (float64(mi.RAM.Transferred)/float64(mi.RAM.Total) >= p.Marker || mi.RAM.Iterations >= 2) {
 			r, err := pinVCPUs(ctx, q, p.OvercommitCPUs)
 			if err != nil {
 				log.Warn("timebound: pinning vCPUs failed", "err", err)
 				restore = func() {}
-				continue
+				return false
 			}
 			log.Info("timebound: marker passed, vCPUs over-committed", "cpus", p.OvercommitCPUs)
 			restore = r
 		}
-	}
+		return false
+	})
 }
 
 // timeBudget decides when a time-bound migration must switch over: when the time already spent plus the time to
