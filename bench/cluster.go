@@ -61,6 +61,13 @@ type Cluster struct {
 	sends     int
 }
 
+// spreadCapacity is the receiver capacity that makes the planner spread guests evenly over targets: room for
+// ceil(guests/targets) guests and half of one more.
+func spreadCapacity(guests, targets, memMiB int) string {
+	per := (guests + targets - 1) / targets
+	return fmt.Sprintf("%dM", per*memMiB+memMiB/2)
+}
+
 // NewCluster builds the lab, writes a key and starts a receiver on every target.
 func NewCluster(ctx context.Context, cfg ClusterConfig) (_ *Cluster, err error) {
 	if cfg.Bin == "" || cfg.Dir == "" {

@@ -100,9 +100,8 @@ func RunCompare(ctx context.Context, cfg CompareConfig) (*CompareResult, error) 
 	res.Config.Guests, res.Config.MemoryMiB, res.Config.Targets, res.Config.UplinkBps = cfg.Guests, cfg.MemoryMiB, cfg.Targets, cfg.UplinkBps
 	res.Config.Workload = fmt.Sprintf("wss=%d rate=%g pages/s pattern=%s seed=%d private=%g", cfg.Workload.WSS, cfg.Workload.Rate,
 		orDefault(cfg.Workload.Pattern, "seq"), cfg.Workload.Seed, cfg.Workload.Private)
-	perTarget := (cfg.Guests + cfg.Targets - 1) / cfg.Targets
 	c, err := NewCluster(ctx, ClusterConfig{Targets: cfg.Targets, Bin: cfg.Bin, Dir: filepath.Join(cfg.Dir, "lab"),
-		TargetCapacity: fmt.Sprintf("%dM", perTarget*cfg.MemoryMiB+cfg.MemoryMiB/2), Snooping: true})
+		TargetCapacity: spreadCapacity(cfg.Guests, cfg.Targets, cfg.MemoryMiB), Snooping: true})
 	if err != nil {
 		return nil, err
 	}

@@ -47,8 +47,7 @@ func RunDemo(ctx context.Context, cfg DemoConfig) error {
 	if _, err := fixture.Ensure(ctx); err != nil {
 		return err
 	}
-	perTarget := (cfg.Guests + cfg.Targets - 1) / cfg.Targets
-	capacity := fmt.Sprintf("%dM", perTarget*cfg.MemoryMiB+cfg.MemoryMiB/2)
+	capacity := spreadCapacity(cfg.Guests, cfg.Targets, cfg.MemoryMiB)
 	say("lab: source host + %d target hosts in network namespaces (198.18.0.0/24), receivers offering %s each", cfg.Targets, capacity)
 	c, err := NewCluster(ctx, ClusterConfig{Targets: cfg.Targets, Bin: cfg.Bin, Dir: cfg.Dir, TargetCapacity: capacity})
 	if err != nil {
