@@ -41,6 +41,7 @@ func TestGoodput(t *testing.T) {
 	var rows []string
 	row := func(mode string, mtu, n int, loss float64, el time.Duration, st SenderStats, srcBytes uint64) {
 		good := payload * 8 / el.Seconds()
+		t.Logf("%s mtu %d receivers %d loss %v%%: %v, engine %+v", mode, mtu, n, loss, el, st.Engine)
 		rows = append(rows, fmt.Sprintf("| %s | %d | %d | %.0f%% | %.1f | %.0f%% | %.1f%% | %.2f |",
 			mode, mtu, n, loss, good/1e6, 100*good/rate,
 			100*float64(st.Engine.RepairBytes)/float64(st.Engine.DataBytes), float64(srcBytes)/payload))

@@ -55,3 +55,24 @@ func pages(rng *rand.Rand, n int) []Object {
 	}
 	return objs
 }
+
+// At a loss so high that a block's parity runs out, the sender cycles through the block's chunks and
+// parity again, and every byte still arrives.
+func TestSimParitySpent(t *testing.T) {
+	cfg := Config{RateBps: 50e6, Block: 128, SlowLoss: 0.99, DeadAfter: time.Minute}
+	s := newSim(t, 23, 2, cfg, func(int) *link {
+		return &link{loss: 0.6, dup: 0.05, delay: 100 * time.Microsecond, jitter: 200 * time.Microsecond}
+	})
+	rng := rand.New(rand.NewPCG(23, 23))
+	spec := batchSpec{members: []int{0, 1}, objs: objects(rng, 0, 150)}
+	if _, err := s.snd.Start(s.now, mask(0, 1), spec.objs); err != nil {
+		t.Fatal(err)
+	}
+	if done := s.run(1, 10*time.Minute); len(done) != 1 || len(done[0].Dropped) != 0 {
+		t.Fatalf("done %+v, stats %+v", done, s.snd.Stats())
+	}
+	checkDelivery(t, s, []batchSpec{spec})
+	if st := s.snd.Stats(); st.RepairPackets == st.ParityPackets {
+		t.Fatalf("no chunk was sent again after the parity: %+v", st)
+	}
+}
