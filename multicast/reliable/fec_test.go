@@ -3,8 +3,11 @@ package reliable
 import (
 	"fmt"
 	"math/rand/v2"
+	"reflect"
 	"testing"
 	"time"
+
+	"github.com/vmscatter/vmscatter/multicast/wire"
 )
 
 // The repair overhead with FEC follows the per-link loss, not the union of every receiver's losses:
@@ -74,5 +77,20 @@ func TestSimParitySpent(t *testing.T) {
 	checkDelivery(t, s, []batchSpec{spec})
 	if st := s.snd.Stats(); st.RepairPackets == st.ParityPackets {
 		t.Fatalf("no chunk was sent again after the parity: %+v", st)
+	}
+}
+
+func TestPerBlock(t *testing.T) {
+	type count struct {
+		b uint32
+		n int
+	}
+	var got []count
+	rg := func(first, last uint32) wire.Range { return wire.Range{First: first, Last: last} }
+	ranges := []wire.Range{rg(0, 2), rg(5, 5), rg(3, 9), rg(126, 130), rg(300, 1<<19)}
+	perBlock(ranges, 128, 400, func(b uint32, n int) { got = append(got, count{b, n}) })
+	want := []count{{0, 6}, {1, 3}, {2, 84}, {3, 16}} // {3, 9} overlaps {5, 5}: skipped
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("got %v, want %v", got, want)
 	}
 }

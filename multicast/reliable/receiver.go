@@ -448,10 +448,14 @@ func (r *Receiver) onPoll(now time.Time, p *wire.Poll) {
 }
 
 // perBlock calls f for each block that ranges (ascending, as NAKs list them) name, with the number of
-// chunks they name in it.
+// chunks they name in it. A range that overlaps or precedes the one before it is skipped, so the work is
+// bounded by the transfer's size whatever a NAK holds.
 func perBlock(ranges []wire.Range, k uint8, total uint32, f func(b uint32, n int)) {
 	cur, n := uint32(0), 0
-	for _, rg := range ranges {
+	for i, rg := range ranges {
+		if i > 0 && rg.First <= ranges[i-1].Last {
+			continue
+		}
 		last := min(rg.Last, total-1)
 		for c := rg.First; c <= last; {
 			b := c / uint32(k)
