@@ -252,17 +252,26 @@ func (r *Receiver) drop(t *rxTransfer, b uint32) {
 	delete(t.holds, b)
 }
 
-func (r *Receiver) onData(now time.Time, d *wire.Data) {
-	if !d.Members.Has(r.id) {
-		return
+// transferFor returns the transfer a DATA or PARITY packet belongs to, or nil (counted) when the packet is not
+// for this receiver, its transfer is finished, or it cannot be taken.
+func (r *Receiver) transferFor(members wire.Mask, id wire.Seq, total uint32, block uint8) *rxTransfer {
+	if !members.Has(r.id) {
+		return nil
 	}
-	if _, done := r.finished[d.Transfer]; done {
+	if _, done := r.finished[id]; done {
 		r.stats.Duplicates++
-		return
+		return nil
 	}
-	t := r.transfer(d.Transfer, d.Total, d.Block)
+	t := r.transfer(id, total, block)
 	if t == nil {
 		r.stats.Ignored++
+	}
+	return t
+}
+
+func (r *Receiver) onData(now time.Time, d *wire.Data) {
+	t := r.transferFor(d.Members, d.Transfer, d.Total, d.Block)
+	if t == nil {
 		return
 	}
 	if t.got.has(d.Index) {
@@ -377,16 +386,8 @@ func (r *Receiver) dropParity(t *rxTransfer, blk *rxBlock) {
 }
 
 func (r *Receiver) onParity(now time.Time, p *wire.Parity) {
-	if !p.Members.Has(r.id) {
-		return
-	}
-	if _, done := r.finished[p.Transfer]; done {
-		r.stats.Duplicates++
-		return
-	}
-	t := r.transfer(p.Transfer, p.Total, p.Block)
+	t := r.transferFor(p.Members, p.Transfer, p.Total, p.Block)
 	if t == nil {
-		r.stats.Ignored++
 		return
 	}
 	b := p.BlockIndex
