@@ -31,12 +31,13 @@ type CompareConfig struct {
 
 // MethodFigures are one method's measured figures.
 type MethodFigures struct {
-	Method        string  `json:"method"`
-	SourceTxBytes uint64  `json:"source_tx_bytes"` // bytes that left the source host's interface (its counters)
-	TargetRxBytes uint64  `json:"target_rx_bytes"` // bytes that entered the targets' interfaces, summed
-	TotalMS       int64   `json:"total_ms"`        // from the start until the last VM runs at its target
-	DowntimeMS    []int64 `json:"downtime_ms"`     // per VM, QEMU's figure
-	Migrated      int     `json:"migrated"`
+	Method        string   `json:"method"`
+	SourceTxBytes uint64   `json:"source_tx_bytes"` // bytes that left the source host's interface (its counters)
+	TargetRxBytes uint64   `json:"target_rx_bytes"` // bytes that entered the targets' interfaces, summed
+	TotalMS       int64    `json:"total_ms"`        // from the start until the last VM runs at its target
+	DowntimeMS    []int64  `json:"downtime_ms"`     // per VM, QEMU's figure
+	Migrated      int      `json:"migrated"`
+	Failures      []string `json:"failures,omitempty"` // VM: what went wrong, for the VMs that did not migrate
 }
 
 // CompareResult is what `vmscatter bench` writes to results.json.
@@ -132,6 +133,8 @@ func RunCompare(ctx context.Context, cfg CompareConfig) (*CompareResult, error) 
 		res.Scatter.DowntimeMS = append(res.Scatter.DowntimeMS, v.DowntimeMS)
 		if v.Status == scatter.StatusMigrated {
 			res.Scatter.Migrated++
+		} else {
+			res.Scatter.Failures = append(res.Scatter.Failures, v.Name+": "+v.Status+": "+v.Error)
 		}
 		ti := c.TargetIndex(v.Target)
 		if ti < 0 {
@@ -165,6 +168,7 @@ func RunCompare(ctx context.Context, cfg CompareConfig) (*CompareResult, error) 
 		if v.Status == "completed" {
 			res.Native.Migrated++
 		} else {
+			res.Native.Failures = append(res.Native.Failures, v.Name+": "+v.Status)
 			say("native %s: %s", v.Name, v.Status)
 		}
 	}

@@ -89,6 +89,9 @@ type targetConn struct {
 	pinned []uint64         // bitset of contents it holds for no VM in particular (until the session ends)
 }
 
+// streamSocketBuffer is the send buffer of a VM stream's socket (the kernel doubles it).
+const streamSocketBuffer = 256 << 10
+
 // ErrNothingMigrated is returned when the run could not start at all.
 var ErrNothingMigrated = errors.New("no VM could be migrated")
 
@@ -388,6 +391,12 @@ func (s *sender) dial(ctx context.Context, addr string, role byte) (*secureConn,
 	c, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("receiver %s unreachable: %w (is `vmscatter receive` running there?)", addr, err)
+	}
+	if tc, ok := c.(*net.TCPConn); ok && role == roleVM {
+		// QEMU sizes its switch-over from the rate of its own writes into our socket. A deep buffer between it
+		// and the link (TCP send-buffer autotuning grows to 4 MiB) would show it a faster link than there is, and
+		// the real downtime would exceed its estimate: keep the whole path near 1 MiB.
+		_ = tc.SetWriteBuffer(streamSocketBuffer)
 	}
 	sc, err := clientHandshake(c, s.cfg.Key, role)
 	if err != nil {
