@@ -71,15 +71,7 @@ type CompareResult struct {
 // fixture, same workload, same settle time) and moves them with QEMU's own migration, straight to the same targets
 // with the same placement, all at once. Both runs go through the same shaped source uplink.
 func RunCompare(ctx context.Context, cfg CompareConfig) (*CompareResult, error) {
-	if cfg.Guests == 0 {
-		cfg.Guests = 4
-	}
-	if cfg.MemoryMiB == 0 {
-		cfg.MemoryMiB = 128
-	}
-	if cfg.Targets == 0 {
-		cfg.Targets = 2
-	}
+	scenarioDefaults(&cfg.Guests, &cfg.Targets, &cfg.MemoryMiB)
 	if cfg.UplinkBps == 0 {
 		cfg.UplinkBps = 1e9
 	}

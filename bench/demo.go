@@ -29,15 +29,7 @@ type DemoConfig struct {
 // RunDemo boots real guests on a namespace source host, scatters them across namespace target hosts with the
 // vmscatter binary, checks that each runs on its target and keeps verifying its memory, and prints the report.
 func RunDemo(ctx context.Context, cfg DemoConfig) error {
-	if cfg.Guests == 0 {
-		cfg.Guests = 4
-	}
-	if cfg.Targets == 0 {
-		cfg.Targets = 2
-	}
-	if cfg.MemoryMiB == 0 {
-		cfg.MemoryMiB = 128
-	}
+	scenarioDefaults(&cfg.Guests, &cfg.Targets, &cfg.MemoryMiB)
 	out := cfg.Out
 	say := func(format string, args ...any) { fmt.Fprintf(out, "demo: "+format+"\n", args...) }
 	if os.Geteuid() != 0 {
@@ -94,6 +86,19 @@ func RunDemo(ctx context.Context, cfg DemoConfig) error {
 	return nil
 }
 
+// scenarioDefaults fills the embedded default scenario: 4 guests of 128 MiB onto 2 targets.
+func scenarioDefaults(guests, targets, memoryMiB *int) {
+	if *guests == 0 {
+		*guests = 4
+	}
+	if *targets == 0 {
+		*targets = 2
+	}
+	if *memoryMiB == 0 {
+		*memoryMiB = 128
+	}
+}
+
 func printSummary(w io.Writer, c *Cluster, res *SendResult) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "VM\tTARGET\tSTATUS\tPAGES\tZERO\tREFERENCED\tLITERAL\tWIRE MiB\tDOWNTIME ms\t")
@@ -112,22 +117,29 @@ func printSummary(w io.Writer, c *Cluster, res *SendResult) {
 
 // waitGuestOK waits until a console log shows n progress lines and no failure.
 func waitGuestOK(ctx context.Context, serial string, n int, timeout time.Duration) error {
+	_, err := waitConsole(ctx, serial, n, timeout)
+	return err
+}
+
+// waitConsole waits until a console log shows n progress lines, and fails at once on a BAD line. It returns the
+// log's summary as it last read it.
+func waitConsole(ctx context.Context, serial string, n int, timeout time.Duration) (guestlog.Summary, error) {
 	deadline := time.Now().Add(timeout)
 	for {
 		b, _ := os.ReadFile(serial)
 		s, _ := guestlog.Summarize(bytes.NewReader(b))
 		if len(s.Bad) > 0 {
-			return fmt.Errorf("the guest found corrupted memory: %+v", s.Bad[0])
+			return s, fmt.Errorf("the guest found corrupted memory: %+v", s.Bad[0])
 		}
 		if s.OKs >= n {
-			return nil
+			return s, nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%d progress lines after %v, want %d", s.OKs, timeout, n)
+			return s, fmt.Errorf("%d progress lines after %v, want %d", s.OKs, timeout, n)
 		}
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
+			return s, ctx.Err()
 		case <-time.After(200 * time.Millisecond):
 		}
 	}

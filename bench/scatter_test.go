@@ -82,29 +82,19 @@ func newCluster(t *testing.T, ctx context.Context, cfg ClusterConfig) *Cluster {
 // workload is what test guests run: a 16 MiB working set, shared across guests except 25%, dirtied at 200 pages/s.
 var workload = fixture.Workload{WSS: 16 << 20, Rate: 200, Seed: 7, Private: 0.25}
 
-// waitOKAfter waits until a console log has n more progress lines than it had, and checks it has no BAD line.
+// waitOK waits until a console log shows n progress lines and no BAD line, or fails the test with what it saw.
 func waitOK(t *testing.T, ctx context.Context, serial string, n int) guestlog.Summary {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
+	s, err := waitConsole(ctx, serial, n, 60*time.Second)
+	if err != nil {
 		b, _ := os.ReadFile(serial)
-		s, _ := guestlog.Summarize(bytes.NewReader(b))
-		if len(s.Bad) > 0 {
-			t.Fatalf("%s: the guest found corrupted memory: %+v", serial, s.Bad[0])
-		}
-		if s.OKs >= n {
-			return s
-		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			dir := filepath.Dir(serial)
-			ls, _ := exec.Command("ls", "-la", dir).CombinedOutput()
-			stderr, _ := os.ReadFile(filepath.Join(dir, "qemu.stderr"))
-			st, qerr := qmpStatus(ctx, filepath.Join(dir, "qmp.sock"))
-			t.Fatalf("%s: %d progress lines after 60 s, want %d; QEMU status %q %v; log tail:\n%s\ndir:\n%s\nstderr:\n%s",
-				serial, s.OKs, n, st, qerr, tail(b, 800), ls, stderr)
-		}
-		time.Sleep(200 * time.Millisecond)
+		dir := filepath.Dir(serial)
+		ls, _ := exec.Command("ls", "-la", dir).CombinedOutput()
+		stderr, _ := os.ReadFile(filepath.Join(dir, "qemu.stderr"))
+		st, qerr := qmpStatus(ctx, filepath.Join(dir, "qmp.sock"))
+		t.Fatalf("%s: %v; QEMU status %q %v; log tail:\n%s\ndir:\n%s\nstderr:\n%s", serial, err, st, qerr, tail(b, 800), ls, stderr)
 	}
+	return s
 }
 
 func tail(b []byte, n int) []byte {
