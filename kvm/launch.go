@@ -106,11 +106,10 @@ var optionsWithArg = map[string]bool{
 var dropAlone = map[string]bool{"-daemonize": true}
 
 type rewriter struct {
-	p        DestinationPaths
-	haveQMP  bool
-	socks    int
-	logs     int
-	monitors map[string]bool // chardev ids used by -mon
+	p       DestinationPaths
+	haveQMP bool
+	socks   int
+	logs    int
 }
 
 func (r *rewriter) sockPath() string {
