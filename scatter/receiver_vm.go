@@ -248,10 +248,11 @@ func waitIncomingDone(ctx context.Context, dest *kvm.Destination, timeout time.D
 			Status string `json:"status"`
 		}
 		if err := dest.QMP.Execute(ctx, "query-migrate", nil, &mi); err != nil {
+			// A QEMU that refuses the stream exits; its QMP socket closes a moment before the process is reaped.
 			select {
 			case <-dest.Exited():
-				return dest.ExitError()
-			default:
+				return fmt.Errorf("while loading the stream: %w", dest.ExitError())
+			case <-time.After(2 * time.Second):
 			}
 			return fmt.Errorf("destination query-migrate: %w", err)
 		}
