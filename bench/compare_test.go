@@ -63,8 +63,16 @@ func TestBenchQuick(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Native.Migrated != 2 || res.Scatter.Migrated != 2 {
-		t.Fatalf("migrated: native %d, vmscatter %d", res.Native.Migrated, res.Scatter.Migrated)
+	// Every VM is accounted for by each method. A QEMU-native migration may fail under TCG (its destination guest
+	// can die of the dirty-tracking artifact); the bench must record that, not hide it.
+	if res.Native.Migrated+len(res.Native.Failures) != 2 || res.Scatter.Migrated+len(res.Scatter.Failures) != 2 {
+		t.Fatalf("unaccounted VMs: native %+v, vmscatter %+v", res.Native, res.Scatter)
+	}
+	if res.Scatter.Migrated != 2 {
+		t.Fatalf("vmscatter did not migrate every guest: %v", res.Scatter.Failures)
+	}
+	if len(res.Native.Failures) > 0 {
+		t.Logf("QEMU-native failures, recorded in results.json: %v", res.Native.Failures)
 	}
 	if res.Native.SourceTxBytes == 0 || res.Scatter.SourceTxBytes == 0 || res.LowerBoundBytes == 0 {
 		t.Fatalf("figures missing: %+v %+v lb %d", res.Native, res.Scatter, res.LowerBoundBytes)
