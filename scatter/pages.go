@@ -33,6 +33,9 @@ func (m *vmMigration) pump(ctx context.Context) error {
 	dec := kvm.NewDecoder(m.src)
 	sc := m.sc
 	held := m.s.heldFor(m.vm)
+	fingerprint := m.s.fingerprint()
+	final := newFinalImage(m.s.targetIndex(m.vm.target))
+	m.vm.final = final
 	var batch []byte
 	flush := func(force bool) error {
 		if len(batch) > 0 {
@@ -75,15 +78,20 @@ func (m *vmMigration) pump(ctx context.Context) error {
 			case e.Zero:
 				m.pages.Zero++
 				rec.Kind, rec.Fill = dedup.RecordZero, e.Fill
+				final.zero(rec.Block, rec.Offset)
 			default:
-				if id, ok := held.Lookup(e.Data); ok {
+				fp := fingerprint(e.Data)
+				if id, ok := held.LookupFP(e.Data, fp); ok {
 					m.pages.Referenced++
 					rec.Kind, rec.Ref = dedup.RecordRef, id
+					cost, local := m.s.contentCost(m.vm.target, id)
+					final.content(rec.Block, rec.Offset, fp, cost, local)
 				} else {
 					m.pages.Literal++
 					rec.Kind = dedup.RecordLiteral
 					m.litBuf, rec.Codec = m.s.codec.Compress(m.litBuf[:0], e.Data)
 					rec.Data = m.litBuf
+					final.content(rec.Block, rec.Offset, fp, uint32(len(m.litBuf)), false)
 				}
 			}
 			batch = dedup.AppendRecord(batch, rec)

@@ -98,6 +98,7 @@ func (s *sender) prime(ctx context.Context, sm *dedup.SharingMap, rep *Report) e
 		return err
 	}
 	n := len(s.targets)
+	s.costs = make([]uint32, sm.Distinct())
 	p := &primer{s: s, sm: sm, digester: dedup.NewDigester(salt), held: make([]*dedup.HeldIndex, n),
 		pinned: make([][]uint64, n), frames: make([][]byte, n), sent: make([]int, n)}
 	for i := range n {
@@ -211,6 +212,7 @@ func (p *primer) one(ctx context.Context, c *preparedContent, targets []int, g *
 	dg, codec := c.dg, c.codec
 	p.lowerCompressed += int64(len(targets) * len(c.lit))
 	p.lowerCompressedOnce += int64(len(c.lit))
+	s.costs[cid] = uint32(len(c.lit))
 	p.holders = sm.HolderVMs(p.holders[:0], cid)
 	rec := dedup.PageRecord{Kind: dedup.RecordLiteral, Codec: codec, Data: c.lit}
 	fp := sm.Contents[cid].FP

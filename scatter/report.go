@@ -47,8 +47,11 @@ type VMReport struct {
 	Iterations      int64  `json:"iterations"`         // QEMU's dirty-sync count: passes over memory
 	Policy          string `json:"policy"`
 	ScanNonZero     int64  `json:"scan_nonzero_pages"` // non-zero pages the scan found in this VM's RAM
-	SourcePID       int    `json:"source_pid,omitempty"`
-	TargetPID       int    `json:"target_pid,omitempty"`
+	// DestinationStartMS is how long the receiver took to start the destination QEMU (OPEN to READY). Destinations
+	// of the first VMs start while the prime runs, off the critical path.
+	DestinationStartMS int64 `json:"destination_start_ms"`
+	SourcePID          int   `json:"source_pid,omitempty"`
+	TargetPID          int   `json:"target_pid,omitempty"`
 }
 
 // PageCounts counts the RAM pages of one VM's stream by how they travelled.
@@ -74,6 +77,7 @@ type Totals struct {
 	Transport       string `json:"transport"`
 	ElapsedMS       int64  `json:"elapsed_ms"`
 	ScanMS          int64  `json:"scan_ms"`
+	Phases          Phases `json:"phases_ms"`
 	NonZeroPages    int64  `json:"nonzero_pages"`
 	DistinctPages   int64  `json:"distinct_pages"`
 	LowerBoundBytes int64  `json:"lower_bound_bytes"`
@@ -83,13 +87,31 @@ type Totals struct {
 	// (unicast), or once in all (multicast). LowerBoundBytes is the one of the transport used.
 	LowerBoundUnicastBytes   int64 `json:"lower_bound_unicast_bytes"`
 	LowerBoundMulticastBytes int64 `json:"lower_bound_multicast_bytes"`
+	// The bound over what the destinations loaded (see bound.go): each distinct non-zero content of the migrated
+	// VMs' final memory that a target needed and did not hold locally, compressed as it travelled, once in all
+	// (multicast) or once per target that needed it (unicast). FinalBoundBytes is the one of the transport used.
+	FinalDistinctPages       int64 `json:"final_distinct_pages"`
+	FinalBoundBytes          int64 `json:"final_bound_bytes"`
+	FinalBoundUnicastBytes   int64 `json:"final_bound_unicast_bytes"`
+	FinalBoundMulticastBytes int64 `json:"final_bound_multicast_bytes"`
 }
 
+// Phases is the wall time of each phase of the run, in milliseconds. Migrate runs from the first migration's start
+// to the last one's end; destinations opened early start within Prime.
+type Phases struct {
+	Prepare int64 `json:"prepare"` // inventory of the VMs and sessions with the receivers, concurrently
+	Scan    int64 `json:"scan"`
+	Place   int64 `json:"place"` // placement and schedule
+	Seed    int64 `json:"seed"`  // targets reading contents from their own files
+	Prime   int64 `json:"prime"`
+	Migrate int64 `json:"migrate"`
+}
+
+// sum fills the totals that count the VMs; the run's own figures (phases, bounds, link bytes) are kept.
 func (r *Report) sum() {
-	t := Totals{ElapsedMS: r.Totals.ElapsedMS, SourceLinkBytes: r.Totals.SourceLinkBytes, Transport: r.Transport, ScanMS: r.Totals.ScanMS, PrimeBytes: r.Totals.PrimeBytes,
-		NonZeroPages: r.Totals.NonZeroPages, DistinctPages: r.Totals.DistinctPages, LowerBoundBytes: r.Totals.LowerBoundBytes,
-		LowerBoundCompressedBytes: r.Totals.LowerBoundCompressedBytes, LowerBoundUnicastBytes: r.Totals.LowerBoundUnicastBytes,
-		LowerBoundMulticastBytes: r.Totals.LowerBoundMulticastBytes}
+	t := r.Totals
+	t.Transport = r.Transport
+	t.Migrated, t.RolledBack, t.Failed, t.RAMBytes = 0, 0, 0, 0
 	t.VMs = len(r.VMs)
 	t.WireBytes = t.PrimeBytes
 	for _, v := range r.VMs {

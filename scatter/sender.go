@@ -77,6 +77,8 @@ type sourceVM struct {
 	ramBytes   int64
 	target     *targetConn
 	report     *VMReport
+	open       *opening    // the VM connection, once opening it started
+	final      *finalImage // what its destination loaded, for the report's bound
 }
 
 // targetConn is the control connection to one receiver.
@@ -174,6 +176,26 @@ type sender struct {
 	rams     []*kvm.GuestRAM // open for the scan and the prime
 	sharing  *dedup.SharingMap
 	batches  []primeBatch // the prime's schedule, from placement
+	costs    []uint32     // by content id: the wire bytes its prime cost (compressed), for the report's bound
+}
+
+// contentCost is what content id cost to bring to target t, for the report's bound: its compressed size as primed,
+// or nothing when t read it from a file of its own.
+func (s *sender) contentCost(t *targetConn, id dedup.ContentID) (cost uint32, local bool) {
+	if int(id) < len(s.costs) {
+		cost = s.costs[id]
+	}
+	return cost, false
+}
+
+// targetIndex is t's index in s.targets.
+func (s *sender) targetIndex(t *targetConn) int {
+	for i, x := range s.targets {
+		if x == t {
+			return i
+		}
+	}
+	return -1
 }
 
 // prepare runs phases 0 and 1: the inventory of every VM and a session with every receiver, concurrently. Call
@@ -210,6 +232,11 @@ func (s *sender) prepare(ctx context.Context, rep *Report) error {
 
 // release closes the sessions and QMP connections and removes the sender's sockets.
 func (s *sender) release() {
+	for _, vm := range s.vms {
+		if vm.open != nil {
+			vm.open.discard()
+		}
+	}
 	s.closeSessions()
 	for _, r := range s.rams {
 		r.Close()
@@ -228,10 +255,12 @@ func (s *sender) run(ctx context.Context) (*Report, error) {
 	start := time.Now()
 	rep := &Report{Version: ReportVersion, Session: s.session.String(), Started: start.UTC(), Transport: "unicast",
 		Policy: s.cfg.Policy.Name()}
+	phase := phaseClock{last: start}
 	if err := s.prepare(ctx, rep); err != nil {
 		return nil, err
 	}
 	defer s.release()
+	rep.Totals.Phases.Prepare = phase.lap()
 
 	// The source link's counters: what left the data-plane interface during the run.
 	iface := s.cfg.Iface
@@ -254,16 +283,21 @@ func (s *sender) run(ctx context.Context) (*Report, error) {
 		sm = s.scan(ctx, rep)
 		s.sharing = sm
 	}
+	rep.Totals.Phases.Scan = phase.lap()
 	// Phase 3: placement.
 	if err := s.place(sm, rep); err != nil {
 		return nil, err
 	}
+	rep.Totals.Phases.Place = phase.lap()
+	// The first migrations' destinations start now, while the prime runs.
+	s.openEarly(ctx)
 	// Phase 5: the prime. A failed prime costs bytes, never correctness: pages then travel literal.
 	if sm != nil {
 		if err := s.prime(ctx, sm, rep); err != nil {
 			rep.Warnings = append(rep.Warnings, fmt.Sprintf("prime failed, pages travel literal: %v", err))
 		}
 	}
+	rep.Totals.Phases.Prime = phase.lap()
 
 	// Phase 6: the migrations, a bounded number at once.
 	var mg errgroup.Group
@@ -275,9 +309,21 @@ func (s *sender) run(ctx context.Context) (*Report, error) {
 		mg.Go(func() error { s.migrate(ctx, vm); return nil })
 	}
 	mg.Wait()
+	rep.Totals.Phases.Migrate = phase.lap()
 
+	var images []*finalImage
 	for _, vm := range s.vms {
 		rep.VMs = append(rep.VMs, *vm.report)
+		if vm.report.Status == StatusMigrated {
+			images = append(images, vm.final)
+		}
+	}
+	fb := computeFinalBound(images)
+	rep.Totals.FinalDistinctPages = fb.DistinctPages
+	rep.Totals.FinalBoundUnicastBytes, rep.Totals.FinalBoundMulticastBytes = fb.Unicast, fb.Multicast
+	rep.Totals.FinalBoundBytes = fb.Unicast
+	if rep.Transport == TransportMulticast {
+		rep.Totals.FinalBoundBytes = fb.Multicast
 	}
 	rep.Totals.ElapsedMS = time.Since(start).Milliseconds()
 	rep.sum()
@@ -285,6 +331,17 @@ func (s *sender) run(ctx context.Context) (*Report, error) {
 		return rep, fmt.Errorf("%w: %s", ErrNothingMigrated, rep.VMs[0].Error)
 	}
 	return rep, nil
+}
+
+// phaseClock times consecutive phases.
+type phaseClock struct{ last time.Time }
+
+// lap returns the milliseconds since the previous lap (or the start) and starts the next.
+func (c *phaseClock) lap() int64 {
+	now := time.Now()
+	d := now.Sub(c.last)
+	c.last = now
+	return d.Milliseconds()
 }
 
 func allUntouched(rep *Report) bool {

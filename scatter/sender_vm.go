@@ -84,23 +84,21 @@ type vmMigration struct {
 func (m *vmMigration) run(ctx context.Context) error {
 	s, vm := m.s, m.vm
 	name := vm.spec.Name
-	s.progress.set(name, "connecting", vm.target.addr)
-	sc, err := s.dial(ctx, vm.target.addr, roleVM)
+	if vm.open == nil {
+		s.progress.set(name, "connecting", vm.target.addr)
+		vm.open = s.startOpen(ctx, vm)
+	}
+	sc, ready, took, err := vm.open.claim(ctx)
+	if sc != nil {
+		m.sc = sc
+	}
+	vm.report.DestinationStartMS = took.Milliseconds()
 	if err != nil {
 		return err
 	}
-	m.sc = sc
 	stopOnCancel := context.AfterFunc(ctx, func() { sc.Close() })
 	defer stopOnCancel()
 	caps := s.cfg.Policy.capabilities()
-	if err := sendJSON(sc, frameOpen, openMsg{Session: s.session, VM: name, Argv: vm.argv, Capabilities: destinationCaps(caps), Run: vm.wasRunning, Slot: s.vmIndex(vm),
-		WatchConsole: s.cfg.GuestDowntime}); err != nil {
-		return err
-	}
-	var ready readyMsg
-	if err := expect(sc, frameReady, &ready); err != nil {
-		return fmt.Errorf("starting the destination on %s: %w", vm.target.addr, err)
-	}
 	vm.report.TargetPID = ready.PID
 
 	// Stage 2: the source migrates into our socket.
@@ -220,6 +218,89 @@ func (m *vmMigration) run(ctx context.Context) error {
 	case <-time.After(5 * time.Second):
 	}
 	return nil
+}
+
+// opening is a VM connection being opened: dial, OPEN, and the receiver's READY once the destination QEMU runs
+// paused. The first migrations' connections open right after placement, so that their destinations start while
+// the prime runs instead of on the critical path. The opening goroutine writes the result, then closes done;
+// claim and discard read it after done.
+type opening struct {
+	done    chan struct{}
+	sc      *secureConn
+	ready   readyMsg
+	err     error
+	took    time.Duration // dial to READY
+	claimed bool          // a migration took sc (set by claim, on the migration's goroutine)
+}
+
+// openEarly starts opening the connections of the first migrations (as many as run at once).
+func (s *sender) openEarly(ctx context.Context) {
+	n := 0
+	for _, vm := range s.vms {
+		if n == s.cfg.Parallel {
+			return
+		}
+		if vm.report.Status != "" || vm.target == nil {
+			continue
+		}
+		s.progress.set(vm.spec.Name, "connecting", vm.target.addr+", starting the destination")
+		vm.open = s.startOpen(ctx, vm)
+		n++
+	}
+}
+
+// startOpen opens vm's connection on a goroutine of its own. The wait for READY is bounded by the VM's timeout.
+func (s *sender) startOpen(ctx context.Context, vm *sourceVM) *opening {
+	o := &opening{done: make(chan struct{})}
+	go func() {
+		defer close(o.done)
+		start := time.Now()
+		sc, err := s.dial(ctx, vm.target.addr, roleVM)
+		if err != nil {
+			o.err = err
+			return
+		}
+		o.sc = sc
+		octx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
+		defer cancel()
+		stop := context.AfterFunc(octx, func() { sc.Close() })
+		defer stop()
+		caps := s.cfg.Policy.capabilities()
+		if err := sendJSON(sc, frameOpen, openMsg{Session: s.session, VM: vm.spec.Name, Argv: vm.argv, Capabilities: destinationCaps(caps),
+			Run: vm.wasRunning, Slot: s.vmIndex(vm), WatchConsole: s.cfg.GuestDowntime}); err != nil {
+			o.err = err
+			return
+		}
+		if err := expect(sc, frameReady, &o.ready); err != nil {
+			if octx.Err() != nil {
+				err = fmt.Errorf("%w (%v)", err, octx.Err())
+			}
+			o.err = fmt.Errorf("starting the destination on %s: %w", vm.target.addr, err)
+			return
+		}
+		o.took = time.Since(start)
+	}()
+	return o
+}
+
+// claim waits for the connection and hands it to the migration, which closes it. sc may be set with an error.
+func (o *opening) claim(ctx context.Context) (*secureConn, readyMsg, time.Duration, error) {
+	select {
+	case <-o.done:
+	case <-ctx.Done():
+		return nil, readyMsg{}, 0, ctx.Err()
+	}
+	o.claimed = o.sc != nil
+	return o.sc, o.ready, o.took, o.err
+}
+
+// discard closes a connection that no migration claimed (the run ended before it), which tears its destination
+// down on the receiver.
+func (o *opening) discard() {
+	<-o.done
+	if !o.claimed && o.sc != nil {
+		o.sc.Close()
+	}
 }
 
 type migrateInfo struct {

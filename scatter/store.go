@@ -72,12 +72,13 @@ func putContentRecordsLocal(store *dedup.ContentStore, b []byte, local []int) er
 
 // heldLookup answers whether a target holds a page's exact content.
 type heldLookup interface {
-	Lookup(page []byte) (dedup.ContentID, bool)
+	// LookupFP returns the id of the content with page's exact bytes; fp is page's fingerprint.
+	LookupFP(page []byte, fp dedup.Fingerprint) (dedup.ContentID, bool)
 }
 
 type holdsNothing struct{}
 
-func (holdsNothing) Lookup([]byte) (dedup.ContentID, bool) { return 0, false }
+func (holdsNothing) LookupFP([]byte, dedup.Fingerprint) (dedup.ContentID, bool) { return 0, false }
 
 // vmHeld is what one VM may reference on its target: contents the target confirmed holding that stay alive until
 // this VM's migration ends. The receiver frees a content when the last VM named in its CONTENT record finishes, so
@@ -89,8 +90,8 @@ type vmHeld struct {
 	pinned []uint64          // bitset: contents stored for no VM in particular
 }
 
-func (v vmHeld) Lookup(page []byte) (dedup.ContentID, bool) {
-	id, ok := v.held.Lookup(page)
+func (v vmHeld) LookupFP(page []byte, fp dedup.Fingerprint) (dedup.ContentID, bool) {
+	id, ok := v.held.LookupFP(page, fp)
 	if !ok {
 		return 0, false
 	}

@@ -1,0 +1,33 @@
+package scatter
+
+import "testing"
+
+func TestFinalBound(t *testing.T) {
+	a := newFinalImage(0) // VM on target 0
+	a.content(0, 0, 1, 100, false)
+	a.content(0, 4096, 2, 50, false)
+	a.content(0, 8192, 3, 0, true) // from a local file
+	a.content(0, 12288, 9, 4096, false)
+	a.zero(0, 12288)                 // ended as a zero page: free
+	b := newFinalImage(1)            // VM on target 1
+	b.content(0, 0, 1, 80, false)    // same content, cheaper: the bound takes the cheapest
+	b.content(0, 4096, 3, 30, false) // local on target 0, not on target 1
+	b.content(0, 8192, 4, 10, false)
+	b.content(0, 8192, 5, 20, false) // overwritten: only the last content counts
+	c := newFinalImage(0)            // a second VM on target 0 shares content 1 and 2
+	c.content(1, 0, 1, 100, false)
+	c.content(1, 4096, 2, 50, false)
+
+	got := computeFinalBound([]*finalImage{a, b, c, nil})
+	if got.DistinctPages != 4 { // 1, 2, 3, 5
+		t.Errorf("distinct %d, want 4", got.DistinctPages)
+	}
+	// Multicast: 1 (80) + 2 (50) + 3 (30, needed by target 1) + 5 (20).
+	if got.Multicast != 180 {
+		t.Errorf("multicast bound %d, want 180", got.Multicast)
+	}
+	// Unicast: target 0 needs 1 (80) and 2 (50), and has 3 locally; target 1 needs 1 (80), 3 (30), 5 (20).
+	if got.Unicast != 260 {
+		t.Errorf("unicast bound %d, want 260", got.Unicast)
+	}
+}
