@@ -292,3 +292,43 @@ func (d *Destination) Kill() {
 	}
 	<-d.exit
 }
+
+// BootFiles returns the files a QEMU command line loads into guest memory at boot: the -kernel and -initrd
+// images, and the files of generic loaders (-device loader,file=PATH,...). The destination QEMU is started with the same command line, so the target has them too; vmscatter
+// reads guest pages that are copies of them from the target's own files instead of sending them.
+func BootFiles(argv []string) []string {
+	var files []string
+	for i := 1; i+1 < len(argv); i++ {
+		name := argv[i]
+		if strings.HasPrefix(name, "--") {
+			name = name[1:]
+		}
+		switch {
+		case name == "-kernel" || name == "-initrd":
+			files = append(files, argv[i+1])
+			i++
+		case name == "-device":
+			if f := loaderFile(argv[i+1]); f != "" {
+				files = append(files, f)
+			}
+			i++
+		case optionsWithArg[name]:
+			i++ // the value of another option, which may look like a flag
+		}
+	}
+	return files
+}
+
+// loaderFile returns the file of a generic loader device (loader,file=PATH,...), or "".
+func loaderFile(dev string) string {
+	parts := strings.Split(dev, ",")
+	if parts[0] != "loader" && parts[0] != "driver=loader" {
+		return ""
+	}
+	for _, kv := range parts[1:] {
+		if f, ok := strings.CutPrefix(kv, "file="); ok {
+			return f
+		}
+	}
+	return ""
+}

@@ -117,3 +117,16 @@ func TestGuestRAMAndCommandLineOfRealQEMU(t *testing.T) {
 		t.Fatal("guest RAM is all zero; the comparison proves nothing")
 	}
 }
+
+func TestBootFiles(t *testing.T) {
+	argv := []string{"qemu-system-x86_64", "-append", "-kernel", "-m", "128", "--kernel", "/boot/vmlinuz",
+		"-initrd", "/boot/initrd.img", "-nographic", "-name", "-initrd", "-device", "loader,addr=0x200000,file=/fw/blob,force-raw=on",
+		"-device", "virtio-rng-pci,file=/not/a/loader"}
+	got := BootFiles(argv)
+	if len(got) != 3 || got[0] != "/boot/vmlinuz" || got[1] != "/boot/initrd.img" || got[2] != "/fw/blob" {
+		t.Errorf("BootFiles = %q", got)
+	}
+	if got := BootFiles([]string{"qemu-system-x86_64", "-kernel"}); len(got) != 0 {
+		t.Errorf("a -kernel without a value: %q", got)
+	}
+}

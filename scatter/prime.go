@@ -1,66 +1,24 @@
 package scatter
 
 import (
-	"runtime"
-
 	"context"
-	"crypto/rand"
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"github.com/vmscatter/vmscatter/multicast"
-	"golang.org/x/sync/errgroup"
-	"net/netip"
+	"runtime"
 	"time"
 
-	"github.com/vmscatter/vmscatter/dedup"
-	"github.com/vmscatter/vmscatter/kvm"
-)
+	"golang.org/x/sync/errgroup"
 
-// scan reads every VM's RAM while the VMs run and builds the sharing map (phase 2). A VM whose RAM cannot be read
-// is left out with a warning: the scan is an optimization, never a correctness input.
-func (s *sender) scan(ctx context.Context, rep *Report) *dedup.SharingMap {
-	start := time.Now()
-	var regions []dedup.Region
-	for i, vm := range s.vms {
-		if vm.report.Status != "" || vm.qmp == nil {
-			continue
-		}
-		s.progress.set(vm.spec.Name, "scanning", "")
-		ram, err := kvm.OpenGuestRAM(ctx, vm.qmp, vm.pid)
-		if err != nil {
-			rep.Warnings = append(rep.Warnings, fmt.Sprintf("VM %s: scan skipped, its pages travel literal: %v", vm.spec.Name, err))
-			continue
-		}
-		s.rams = append(s.rams, ram) // the prime reads through it too; release closes it
-		regions = append(regions, dedup.Region{VM: i, Block: ram.Block, Size: ram.Size, R: ram})
-	}
-	if len(regions) == 0 {
-		return nil
-	}
-	sm, err := dedup.Scan(ctx, regions, dedup.ScanOptions{Fingerprint: s.fingerprint(), OnRegionError: func(e *dedup.RegionError) error {
-		rep.Warnings = append(rep.Warnings, fmt.Sprintf("VM %s: scan of %s stopped: %v", s.vms[e.VM].spec.Name, e.Block, e.Err))
-		return nil
-	}})
-	rep.Totals.ScanMS = time.Since(start).Milliseconds()
-	if err != nil {
-		rep.Warnings = append(rep.Warnings, fmt.Sprintf("scan failed, every page travels literal: %v", err))
-		return nil
-	}
-	rep.Totals.NonZeroPages = int64(sm.NonZeroPages)
-	for _, r := range sm.Regions {
-		s.vms[r.VM].report.ScanNonZero += int64(r.Pages - r.ZeroPages)
-	}
-	rep.Totals.DistinctPages = int64(sm.Distinct())
-	s.log.Info("scan done", "pages", sm.Pages, "zero", sm.ZeroPages, "distinct", sm.Distinct(), "ms", rep.Totals.ScanMS)
-	return sm
-}
+	"github.com/vmscatter/vmscatter/dedup"
+	"github.com/vmscatter/vmscatter/multicast"
+	"github.com/vmscatter/vmscatter/multicast/wire"
+)
 
 // contentFrameTarget is the size at which a CONTENT frame is sent.
 const contentFrameTarget = 256 << 10
 
-// multicastChunk bounds the objects of one multicast Send (and so the memory held for repairs).
-const multicastChunk = 2048
+// multicastChunk bounds the bytes of one multicast Send (and so the memory held for repairs).
+const multicastChunk = 8 << 20
 
 // primer is the state of one prime (phase 5), owned by the sender's goroutine.
 type primer struct {
@@ -72,11 +30,13 @@ type primer struct {
 	frames                              [][]byte           // per target: the CONTENT frame being filled
 	sent                                []int              // per target: contents sent to it
 	groups                              map[string]*primeGroup
-	holders                             []int
 	slots                               []int
-	lowerBound, lowerCompressed         int64 // once per target that needs it (unicast)
-	lowerBoundOnce, lowerCompressedOnce int64 // once in all (multicast)
-	multicastBytes                      int64 // datagram payload bytes the group senders sent
+	heads                               []bundleHead
+	pages                               []byte // the current window's pages, as read at prime time
+	holders                             []int  // the current window's contents' holder VMs, back to back
+	lowerBound, lowerCompressed         int64  // once per target that needs it (unicast)
+	lowerBoundOnce, lowerCompressedOnce int64  // once in all (multicast)
+	multicastBytes                      int64  // datagram payload bytes the group senders sent
 }
 
 // primeGroup is one multicast group: the batches of one target set of two or more targets.
@@ -85,6 +45,7 @@ type primeGroup struct {
 	targets []int
 	sender  *multicast.Sender // nil: the group is served by unicast
 	objects []multicast.Object
+	queued  int // payload bytes of objects
 }
 
 // prime sends every distinct content once to each target that needs it (phase 5), batch by batch in the
@@ -93,17 +54,16 @@ type primeGroup struct {
 // read once, at prime time, from a page that still has the scanned fingerprint; the salted digest is taken over
 // exactly the bytes sent, so a later reference is exact whatever the guest did in between.
 func (s *sender) prime(ctx context.Context, sm *dedup.SharingMap, rep *Report) error {
-	var salt [32]byte
-	if _, err := rand.Read(salt[:]); err != nil {
-		return err
-	}
 	n := len(s.targets)
 	s.costs = make([]uint32, sm.Distinct())
-	p := &primer{s: s, sm: sm, digester: dedup.NewDigester(salt), held: make([]*dedup.HeldIndex, n),
+	p := &primer{s: s, sm: sm, digester: s.digester, held: make([]*dedup.HeldIndex, n),
 		pinned: make([][]uint64, n), frames: make([][]byte, n), sent: make([]int, n)}
-	for i := range n {
+	for i, t := range s.targets {
 		p.held[i] = dedup.NewHeldIndex(s.fingerprint(), p.digester)
 		p.pinned[i] = make([]uint64, (sm.Distinct()+63)/64)
+		for _, e := range t.seedHeld { // what the seed brought is held as the prime's contents are
+			p.held[i].Add(e.id, e.fp, e.dg)
+		}
 	}
 	if err := p.openGroups(ctx, rep); err != nil {
 		return err
@@ -122,16 +82,38 @@ func (s *sender) prime(ctx context.Context, sm *dedup.SharingMap, rep *Report) e
 		total += len(b.contents)
 	}
 	lastProgress := time.Now()
+	var full, partial []uint32
+	var rest []int
 	for _, b := range s.batches {
 		g := p.groups[targetSetKey(b.targets)]
 		for start := 0; start < len(b.contents); start += prepareWindow {
 			window := b.contents[start:min(start+prepareWindow, len(b.contents))]
-			prepared, err := p.prepare(ctx, window)
+			// Contents that every target of the batch read from its own files need no prime. One that some of them
+			// read (their copy of the file differs from the source's elsewhere) goes to the others alone.
+			full, partial = full[:0], partial[:0]
+			for _, id := range window {
+				switch cid := dedup.ContentID(id); {
+				case !p.seededAtAny(cid, b.targets):
+					full = append(full, id)
+				case !p.seededAtAll(cid, b.targets):
+					partial = append(partial, id)
+				}
+			}
+			bundles, err := p.prepare(ctx, full, dedup.MaxBundlePages)
 			if err != nil {
 				return err
 			}
-			for i := range window {
-				if err := p.one(ctx, &prepared[i], b.targets, g); err != nil {
+			for i := range bundles {
+				if err := p.one(ctx, &bundles[i], b.targets, g); err != nil {
+					return err
+				}
+			}
+			if bundles, err = p.prepare(ctx, partial, 1); err != nil {
+				return err
+			}
+			for i := range bundles {
+				rest = p.notSeeded(rest[:0], bundles[i].contents[0].id, b.targets)
+				if err := p.one(ctx, &bundles[i], rest, nil); err != nil {
 					return err
 				}
 			}
@@ -155,23 +137,73 @@ func (s *sender) prime(ctx context.Context, sm *dedup.SharingMap, rep *Report) e
 	return p.finish(ctx, rep)
 }
 
+// seededAtAny reports whether some target in targets read content id from its own files.
+func (p *primer) seededAtAny(id dedup.ContentID, targets []int) bool {
+	for _, ti := range targets {
+		if p.s.targets[ti].isSeeded(id) {
+			return true
+		}
+	}
+	return false
+}
+
+// seededAtAll reports whether every target in targets read content id from its own files.
+func (p *primer) seededAtAll(id dedup.ContentID, targets []int) bool {
+	for _, ti := range targets {
+		if !p.s.targets[ti].isSeeded(id) {
+			return false
+		}
+	}
+	return true
+}
+
+// notSeeded appends to dst the targets that did not read content id from their own files.
+func (p *primer) notSeeded(dst []int, id dedup.ContentID, targets []int) []int {
+	for _, ti := range targets {
+		if !p.s.targets[ti].isSeeded(id) {
+			dst = append(dst, ti)
+		}
+	}
+	return dst
+}
+
 // prepareWindow is how many contents are read, digested and compressed at once, in parallel: it bounds the
 // memory of the prime's pipeline (about 2 × 4 KiB each).
 const prepareWindow = 1024
 
-// preparedContent is one content ready to send: its bytes as read at prime time, their digest, and the compressed
-// form.
+// preparedContent is one content ready to send: its bytes as read at prime time, and their digest.
 type preparedContent struct {
-	id    dedup.ContentID
-	ok    bool // false: every holder changed since the scan; its pages will travel literal
-	dg    dedup.Digest
-	codec dedup.Codec
-	lit   []byte
+	id      dedup.ContentID
+	ok      bool   // false: every holder changed since the scan; its pages will travel literal
+	page    []byte // in primer.pages
+	dg      dedup.Digest
+	holders []int // the VMs that held it at the scan, in primer.holders
 }
 
-// prepare reads, digests and compresses a window of contents on every core. The pipeline's stages: this parallel
-// stage (bounded by the window and GOMAXPROCS workers), then the sequential queueing in one, in order.
-func (p *primer) prepare(ctx context.Context, ids []uint32) ([]preparedContent, error) {
+// preparedBundle is contents compressed together, ready to send as one bundle.
+type preparedBundle struct {
+	contents []preparedContent
+	codec    dedup.Codec
+	data     []byte
+}
+
+// prepare reads, digests and compresses a window of contents, in bundles of at most maxPer. The pipeline's
+// stages, each bounded by the window:
+//
+//  1. parallel (GOMAXPROCS workers, at most 4): read each content's bytes from a page that still has the scanned
+//     fingerprint, and digest them;
+//  2. sequential: group the contents still found into bundles whose encoding fits one multicast object;
+//  3. parallel (the same workers): compress each bundle.
+//
+// The sequential queueing in one follows, in order. The bundles point into p's window buffers: they are valid until
+// the next prepare.
+func (p *primer) prepare(ctx context.Context, ids []uint32, maxPer int) ([]preparedBundle, error) {
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	if need := len(ids) * dedup.PageSize; cap(p.pages) < need {
+		p.pages = make([]byte, need)
+	}
 	out := make([]preparedContent, len(ids))
 	workers := min(runtime.GOMAXPROCS(0), 4)
 	var g errgroup.Group
@@ -182,74 +214,132 @@ func (p *primer) prepare(ctx context.Context, ids []uint32) ([]preparedContent, 
 			break
 		}
 		g.Go(func() error {
-			page := make([]byte, dedup.PageSize)
 			fp := p.s.fingerprint()
 			for i := lo; i < hi; i++ {
 				if ctx.Err() != nil {
 					return ctx.Err()
 				}
 				c := &out[i]
-				c.id = dedup.ContentID(ids[i])
-				if c.ok = readCurrent(p.sm, c.id, page, fp); c.ok {
-					c.dg = p.digester.Sum(page)
-					c.lit, c.codec = p.s.codec.Compress(nil, page)
+				c.id, c.page = dedup.ContentID(ids[i]), p.pages[i*dedup.PageSize:(i+1)*dedup.PageSize]
+				if c.ok = readCurrent(p.sm, c.id, c.page, fp); c.ok {
+					c.dg = p.digester.Sum(c.page)
 				}
 			}
 			return nil
 		})
 	}
-	return out, g.Wait()
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+
+	var bundles []preparedBundle
+	p.holders = p.holders[:0]
+	headLen := 6
+	for i := range out {
+		c := &out[i]
+		if !c.ok {
+			continue
+		}
+		from := len(p.holders)
+		p.holders = p.sm.HolderVMs(p.holders, c.id)
+		c.holders = p.holders[from:len(p.holders):len(p.holders)]
+		cl := 5 + 2*len(c.holders)
+		if len(c.holders) > maxSlotsPerContent {
+			cl = 5
+		}
+		last := len(bundles) - 1
+		if last < 0 || len(bundles[last].contents) == maxPer ||
+			headLen+cl+(len(bundles[last].contents)+1)*dedup.PageSize > wire.MaxObject {
+			bundles = append(bundles, preparedBundle{})
+			last, headLen = last+1, 6
+		}
+		bundles[last].contents = append(bundles[last].contents, *c)
+		headLen += cl
+	}
+
+	next := make(chan int, len(bundles))
+	for i := range bundles {
+		next <- i
+	}
+	close(next)
+	for range workers {
+		g.Go(func() error {
+			raw := make([]byte, 0, dedup.MaxBundlePages*dedup.PageSize)
+			for i := range next {
+				b := &bundles[i]
+				raw = raw[:0]
+				for _, c := range b.contents {
+					raw = append(raw, c.page...)
+				}
+				b.data, b.codec = dedup.CompressPages(nil, raw, p.s.codec)
+			}
+			return nil
+		})
+	}
+	return bundles, g.Wait()
 }
 
-// one queues a prepared content for its targets.
-func (p *primer) one(ctx context.Context, c *preparedContent, targets []int, g *primeGroup) error {
-	s, sm, cid := p.s, p.sm, c.id
-	p.lowerBound += int64(len(targets)) * dedup.PageSize
-	p.lowerBoundOnce += dedup.PageSize
-	if !c.ok {
-		return nil
+// one queues a prepared bundle for its targets: over the group when g can send, else to each target alone.
+func (p *primer) one(ctx context.Context, b *preparedBundle, targets []int, g *primeGroup) error {
+	s, sm := p.s, p.sm
+	share := uint32(len(b.data) / len(b.contents)) // each content's part of the compressed bundle
+	for _, c := range b.contents {
+		p.lowerBound += int64(len(targets)) * dedup.PageSize
+		p.lowerBoundOnce += dedup.PageSize
+		p.lowerCompressed += int64(len(targets)) * int64(share)
+		p.lowerCompressedOnce += int64(share)
+		s.costs[c.id] = share
 	}
-	dg, codec := c.dg, c.codec
-	p.lowerCompressed += int64(len(targets) * len(c.lit))
-	p.lowerCompressedOnce += int64(len(c.lit))
-	s.costs[cid] = uint32(len(c.lit))
-	p.holders = sm.HolderVMs(p.holders[:0], cid)
-	rec := dedup.PageRecord{Kind: dedup.RecordLiteral, Codec: codec, Data: c.lit}
-	fp := sm.Contents[cid].FP
+	hold := func(ti int) {
+		for _, c := range b.contents {
+			p.held[ti].Add(c.id, sm.Contents[c.id].FP, c.dg)
+		}
+		p.sent[ti] += len(b.contents)
+	}
 	if g != nil && g.sender != nil {
-		// One object for the whole group, naming every holder; each receiver keeps its own VMs' slots.
-		slots := p.holders
-		if len(slots) > maxSlotsPerContent {
-			slots = nil
-			for _, ti := range targets {
-				p.pinned[ti][cid/64] |= 1 << (cid % 64)
+		// One object for the whole group, naming every holder; each receiver keeps its own VMs' slots. A content
+		// with too many holders to name is kept for the whole session.
+		p.heads = p.heads[:0]
+		for _, c := range b.contents {
+			h := bundleHead{id: c.id, slots: c.holders}
+			if len(c.holders) > maxSlotsPerContent {
+				h.slots = nil
+				for _, ti := range targets {
+					p.pinned[ti][c.id/64] |= 1 << (c.id % 64)
+				}
 			}
+			p.heads = append(p.heads, h)
 		}
-		g.objects = append(g.objects, multicast.Object{ID: uint64(cid), Payload: appendContentRecord(nil, cid, slots, rec)})
+		payload := appendBundle(nil, b.codec, p.heads, b.data)
+		g.objects = append(g.objects, multicast.Object{ID: uint64(b.contents[0].id), Payload: payload})
+		g.queued += len(payload)
 		for _, ti := range targets {
-			p.held[ti].Add(cid, fp, dg)
-			p.sent[ti]++
+			hold(ti)
 		}
-		if len(g.objects) >= multicastChunk {
+		if g.queued >= multicastChunk {
 			return p.flushGroup(ctx, g)
 		}
 		return nil
 	}
 	for _, ti := range targets {
-		p.slots = p.slots[:0]
-		for _, vmi := range p.holders {
-			if s.vms[vmi].target == s.targets[ti] {
-				p.slots = append(p.slots, vmi)
+		p.heads, p.slots = p.heads[:0], p.slots[:0]
+		for _, c := range b.contents {
+			from := len(p.slots)
+			for _, vmi := range c.holders {
+				if s.vms[vmi].target == s.targets[ti] {
+					p.slots = append(p.slots, vmi)
+				}
 			}
+			h := bundleHead{id: c.id, slots: p.slots[from:len(p.slots):len(p.slots)]}
+			if len(h.slots) > maxSlotsPerContent {
+				// Too many to name: the receiver keeps it for the whole session, and every VM may use it.
+				h.slots = nil
+				p.pinned[ti][c.id/64] |= 1 << (c.id % 64)
+			}
+			p.heads = append(p.heads, h)
 		}
-		if len(p.slots) > maxSlotsPerContent {
-			// Too many to name: the receiver keeps it for the whole session, and every VM may use it.
-			p.slots = p.slots[:0]
-			p.pinned[ti][cid/64] |= 1 << (cid % 64)
-		}
-		p.frames[ti] = appendContentRecord(p.frames[ti], cid, p.slots, rec)
-		p.held[ti].Add(cid, fp, dg)
-		p.sent[ti]++
+		p.frames[ti] = appendBundle(p.frames[ti], b.codec, p.heads, b.data)
+		hold(ti)
 		if len(p.frames[ti]) >= contentFrameTarget {
 			if err := p.flush(ti); err != nil {
 				return err
@@ -288,7 +378,7 @@ func (p *primer) flushGroup(ctx context.Context, g *primeGroup) error {
 		ti := int(id)
 		p.s.log.Warn("multicast receiver dropped as too slow; serving it by unicast", "target", p.s.targets[ti].addr)
 		for _, o := range g.objects {
-			p.frames[ti] = append(p.frames[ti], o.Payload...) // the same content record as on unicast
+			p.frames[ti] = append(p.frames[ti], o.Payload...) // the same bundle as on unicast
 			if len(p.frames[ti]) >= contentFrameTarget {
 				if err := p.flush(ti); err != nil {
 					return err
@@ -296,7 +386,7 @@ func (p *primer) flushGroup(ctx context.Context, g *primeGroup) error {
 			}
 		}
 	}
-	g.objects = g.objects[:0]
+	g.objects, g.queued = g.objects[:0], 0
 	return nil
 }
 
@@ -316,6 +406,9 @@ func (p *primer) finish(ctx context.Context, rep *Report) error {
 		}
 	}
 	for ti, t := range s.targets {
+		if t.sc != nil && p.sent[ti] == 0 && len(t.seedHeld) > 0 {
+			t.held, t.pinned = p.held[ti], p.pinned[ti] // the seed brought everything this target needs
+		}
 		if t.sc == nil || p.sent[ti] == 0 {
 			continue
 		}
@@ -324,9 +417,9 @@ func (p *primer) finish(ctx context.Context, rep *Report) error {
 			rep.Warnings = append(rep.Warnings, fmt.Sprintf("prime to %s failed, its VMs' pages travel literal: %v", t.addr, err))
 			continue
 		}
-		if ack.Held < p.sent[ti] {
+		if want := p.sent[ti] + len(t.seedHeld); ack.Held < want {
 			rep.Warnings = append(rep.Warnings, fmt.Sprintf("prime to %s: it holds %d of %d contents; its VMs' pages travel literal",
-				t.addr, ack.Held, p.sent[ti]))
+				t.addr, ack.Held, want))
 			continue
 		}
 		t.held, t.pinned = p.held[ti], p.pinned[ti]
@@ -355,149 +448,4 @@ func readCurrent(sm *dedup.SharingMap, id dedup.ContentID, page []byte, fp dedup
 		}
 	}
 	return false
-}
-
-// multicastPort is the UDP port of every prime group; groups differ by address.
-const multicastPort = 7450
-
-// openGroups sets up one multicast group per target set of two or more targets in the schedule, unless the
-// transport is unicast: every member joins before any data flows (a join takes time to reach a snooping bridge),
-// then a probe checks that every member hears the group. A group that does not work is served by unicast (auto)
-// or fails the prime (multicast).
-func (p *primer) openGroups(ctx context.Context, rep *Report) error {
-	s := p.s
-	p.groups = map[string]*primeGroup{}
-	mode := s.cfg.Transport
-	if mode == TransportUnicast {
-		return nil
-	}
-	var key [32]byte
-	if _, err := rand.Read(key[:]); err != nil {
-		return err
-	}
-	sid := binary.BigEndian.Uint64(s.session[:8])
-	cfg := multicast.Config{Key: key, SessionID: sid, RateBps: s.cfg.RateBps}
-	var sets [][]int
-	for _, b := range s.batches {
-		k := targetSetKey(b.targets)
-		if len(b.targets) < 2 || p.groups[k] != nil {
-			continue
-		}
-		if len(sets) >= 250 {
-			break // more target sets than group addresses: the rest go by unicast
-		}
-		g := &primeGroup{addr: fmt.Sprintf("239.255.%d.%d:%d", s.session[0], len(sets)+1, multicastPort), targets: b.targets}
-		p.groups[k] = g
-		sets = append(sets, b.targets)
-	}
-	if len(sets) == 0 {
-		return nil
-	}
-	iface := s.cfg.Iface
-	for _, t := range s.targets {
-		if iface == "" && t.sc != nil {
-			iface, _ = ifaceFor(t.sc.c.LocalAddr())
-		}
-	}
-	fail := func(g *primeGroup, err error) error {
-		if mode == TransportMulticast {
-			return fmt.Errorf("multicast group %s does not work (%v): use --transport auto or unicast", g.addr, err)
-		}
-		rep.Warnings = append(rep.Warnings, fmt.Sprintf("multicast group %s: %v; its contents go by unicast", g.addr, err))
-		return nil
-	}
-	// Join early: every member of every group, before the first byte.
-	for _, g := range p.groups {
-		for _, ti := range g.targets {
-			t := s.targets[ti]
-			var local []int
-			for vmi, vm := range s.vms {
-				if vm.target == t {
-					local = append(local, vmi)
-				}
-			}
-			err := sendJSON(t.sc, frameJoin, joinMsg{Group: g.addr, ReceiverID: uint16(ti), Key: key[:], SessionID: sid,
-				RateBps: s.cfg.RateBps, LocalSlots: local})
-			if err == nil {
-				var e errorMsg
-				if err = expect(t.sc, frameJoined, &e); err == nil && e.Error != "" {
-					err = errors.New(e.Error)
-				}
-			}
-			if err != nil {
-				g.targets = nil // mark as broken below
-				if ferr := fail(g, fmt.Errorf("%s could not join: %w", t.addr, err)); ferr != nil {
-					return ferr
-				}
-				break
-			}
-		}
-	}
-	for _, g := range p.groups {
-		if g.targets == nil || iface == "" {
-			continue
-		}
-		addr, err := netip.ParseAddrPort(g.addr)
-		if err != nil {
-			return err
-		}
-		tr, err := multicast.ListenMulticast(ctx, multicast.MulticastConfig{Group: addr, Iface: iface})
-		if err != nil {
-			if ferr := fail(g, err); ferr != nil {
-				return ferr
-			}
-			continue
-		}
-		ms, err := multicast.NewSender(cfg, tr)
-		if err != nil {
-			tr.Close()
-			return err
-		}
-		want := make([]multicast.ReceiverID, len(g.targets))
-		for i, ti := range g.targets {
-			want[i] = multicast.ReceiverID(ti)
-		}
-		heard, _, err := ms.Probe(ctx, want, multicast.DefaultProbeTimeout)
-		if err == nil && len(heard) < len(want) {
-			err = fmt.Errorf("%d of %d targets heard the probe", len(heard), len(want))
-		}
-		if err != nil {
-			ms.Close()
-			if ferr := fail(g, err); ferr != nil {
-				return ferr
-			}
-			continue
-		}
-		g.sender = ms
-		rep.Transport = TransportMulticast
-	}
-	// Broken groups: their batches go by unicast.
-	for k, g := range p.groups {
-		if g.sender == nil {
-			delete(p.groups, k)
-		}
-	}
-	return nil
-}
-
-// closeGroups ends every group: the members leave, the senders close, and their bytes count as prime bytes.
-func (p *primer) closeGroups() {
-	for _, g := range p.groups {
-		for _, ti := range g.targets {
-			_ = sendJSON(p.s.targets[ti].sc, frameLeave, leaveMsg{Group: g.addr})
-		}
-		if g.sender != nil {
-			p.multicastBytes += int64(g.sender.Stats().Transport.BytesSent)
-			g.sender.Close()
-		}
-	}
-}
-
-// fingerprint is the fast page hash of the scan and of the held index: xxhash64, or a deliberately weak one that
-// this package's tests inject to force collisions.
-func (s *sender) fingerprint() dedup.FingerprintFunc {
-	if s.cfg.faults.weakFingerprint {
-		return func(page []byte) dedup.Fingerprint { return dedup.Fingerprint(page[0]) }
-	}
-	return dedup.XXHash
 }

@@ -1,10 +1,12 @@
 package scatter
 
 import (
+	"context"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"time"
 )
 
 // frameType is the first plaintext byte of a frame. docs/control.md lists each with its direction and payload.
@@ -41,6 +43,10 @@ const (
 	frameJoin         frameType = 0x07 // sender→receiver (control), JSON joinMsg: join a multicast group now
 	frameJoined       frameType = 0x08 // receiver→sender (control), JSON errorMsg: joined (error empty) or not
 	frameLeave        frameType = 0x09 // sender→receiver (control), JSON leaveMsg: leave a group
+	frameSeedFiles    frameType = 0x0a // sender→receiver (control), JSON seedFilesMsg: a seed's files and salt
+	frameSeed         frameType = 0x0b // sender→receiver (control), binary: seed records
+	frameSeedDone     frameType = 0x0c // sender→receiver (control), JSON seedDoneMsg
+	frameSeedAck      frameType = 0x0d // receiver→sender (control), JSON seedAckMsg
 )
 
 func (t frameType) String() string {
@@ -57,6 +63,7 @@ var frameNames = map[frameType]string{
 	frameTail: "TAIL", frameStreamEnd: "STREAM_END", frameReturnPath: "RETURN_PATH", frameRunning: "RUNNING",
 	frameCommit: "COMMIT", frameAbort: "ABORT", frameError: "ERROR", frameDone: "DONE", frameStreamCancel: "STREAM_CANCEL",
 	frameLoaded: "LOADED", frameStart: "START", frameJoin: "JOIN", frameJoined: "JOINED", frameLeave: "LEAVE",
+	frameSeedFiles: "SEED_FILES", frameSeed: "SEED", frameSeedDone: "SEED_DONE", frameSeedAck: "SEED_ACK",
 }
 
 // SessionID names one scatter run on every receiver.
@@ -180,6 +187,16 @@ func expect(s *secureConn, want frameType, v any) error {
 		return nil
 	}
 	return decodeJSON(t, b, v)
+}
+
+// expectWithin is expect with a bound on the wait; ctx ending also ends it. A frame cut short by the bound leaves
+// the connection unusable, as any failed read does.
+func expectWithin(ctx context.Context, s *secureConn, want frameType, v any, d time.Duration) error {
+	_ = s.c.SetReadDeadline(time.Now().Add(d))
+	defer s.c.SetReadDeadline(time.Time{})
+	stop := context.AfterFunc(ctx, func() { _ = s.c.SetReadDeadline(time.Now()) })
+	defer stop()
+	return expect(s, want, v)
 }
 
 // PeerError is an error reported by the other side.

@@ -151,6 +151,12 @@ func (r *Receiver) serveControl(ctx context.Context, sc *secureConn, peer string
 	r.log.Info("session opened", "session", s.id, "sender", hello.Sender, "peer", peer)
 	groups := &groupSet{log: r.log}
 	defer groups.close()
+	var seed *seedReader
+	defer func() {
+		if seed != nil {
+			seed.close()
+		}
+	}()
 	host, _ := os.Hostname()
 	total, avail := memInfo()
 	if err := sendJSON(sc, frameInfo, infoMsg{Host: host, MemTotal: total, MemAvailable: avail, CPUs: runtime.NumCPU(),
@@ -175,6 +181,36 @@ func (r *Receiver) serveControl(ctx context.Context, sc *secureConn, peer string
 			}
 			st := s.store.Stats()
 			if err := sendJSON(sc, framePrimeAck, primeAckMsg{Held: st.Contents, Bytes: st.Used}); err != nil {
+				return err
+			}
+		case frameSeedFiles:
+			var m seedFilesMsg
+			if err := decodeJSON(t, b, &m); err != nil {
+				return err
+			}
+			if seed != nil {
+				seed.close()
+			}
+			if seed, err = openSeed(s.store, m); err != nil {
+				return sendJSON(sc, frameError, errorMsg{Error: err.Error()})
+			}
+		case frameSeed:
+			if seed == nil {
+				return fmt.Errorf("%w: SEED before SEED_FILES", ErrFrame)
+			}
+			if err := seed.records(b); err != nil {
+				r.log.Warn("seed refused", "session", s.id, "err", err)
+				return sendJSON(sc, frameError, errorMsg{Error: err.Error()})
+			}
+		case frameSeedDone:
+			if seed == nil {
+				return fmt.Errorf("%w: SEED_DONE before SEED_FILES", ErrFrame)
+			}
+			ack := seedAckMsg{Held: seed.held, Missing: seed.missing, Errors: seed.errs}
+			r.log.Info("seed done", "session", s.id, "held", ack.Held, "missing", len(ack.Missing))
+			seed.close()
+			seed = nil
+			if err := sendJSON(sc, frameSeedAck, ack); err != nil {
 				return err
 			}
 		case frameJoin:

@@ -90,7 +90,10 @@ type Totals struct {
 	// The bound over what the destinations loaded (see bound.go): each distinct non-zero content of the migrated
 	// VMs' final memory that a target needed and did not hold locally, compressed as it travelled, once in all
 	// (multicast) or once per target that needed it (unicast). FinalBoundBytes is the one of the transport used.
-	FinalDistinctPages       int64 `json:"final_distinct_pages"`
+	FinalDistinctPages int64 `json:"final_distinct_pages"`
+	// SeededContents counts the contents targets read from their own copies of the VMs' boot files, summed over
+	// targets: pages that crossed no link.
+	SeededContents           int64 `json:"seeded_contents"`
 	FinalBoundBytes          int64 `json:"final_bound_bytes"`
 	FinalBoundUnicastBytes   int64 `json:"final_bound_unicast_bytes"`
 	FinalBoundMulticastBytes int64 `json:"final_bound_multicast_bytes"`

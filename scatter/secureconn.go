@@ -23,7 +23,7 @@ import (
 
 const (
 	handshakeMagic   = "VMSC"
-	protocolVersion  = 1
+	protocolVersion  = 2
 	nonceLen         = 32
 	macLen           = sha256.Size
 	maxFramePayload  = 4 << 20 // a frame carries at most this many plaintext bytes

@@ -37,7 +37,7 @@ type SendConfig struct {
 	MaxBandwidth int64         // bytes/s QEMU may write into vmscatter; 0 means unlimited
 	Policy       Policy
 
-	Compress string // literal page compression: s2 (default), zstd, none
+	Compress string // page compression: zstd (default), s2, none; the prime compresses pages in bundles
 	NoDedup  bool   // skip the scan and prime: every page travels literal
 	// GuestDowntime measures the guest-observed downtime: the gap between the guest's last console line at the
 	// source and its first at the destination (serial ports that write to a file only; host clocks must agree).
@@ -89,6 +89,10 @@ type targetConn struct {
 	err    error            // set if the receiver could not be reached
 	held   *dedup.HeldIndex // contents the receiver confirmed holding; nil before the prime
 	pinned []uint64         // bitset of contents it holds for no VM in particular (until the session ends)
+	// The seed: contents the receiver read from its own copies of the boot files (a bitset by content id), and
+	// what the held index records of each.
+	seeded   []uint64
+	seedHeld []heldEntry
 }
 
 // streamSocketBuffer is the send buffer of a VM stream's socket (the kernel doubles it).
@@ -134,7 +138,7 @@ func newSender(cfg SendConfig) (*sender, error) {
 		cfg.DialTimeout = 10 * time.Second
 	}
 	if cfg.Compress == "" {
-		cfg.Compress = "s2"
+		cfg.Compress = "zstd"
 	}
 	switch cfg.Transport {
 	case "":
@@ -161,6 +165,11 @@ func newSender(cfg SendConfig) (*sender, error) {
 	if _, err := rand.Read(s.session[:]); err != nil {
 		return nil, err
 	}
+	var salt [32]byte
+	if _, err := rand.Read(salt[:]); err != nil {
+		return nil, err
+	}
+	s.digester = dedup.NewDigester(salt)
 	return s, nil
 }
 
@@ -177,11 +186,17 @@ type sender struct {
 	sharing  *dedup.SharingMap
 	batches  []primeBatch // the prime's schedule, from placement
 	costs    []uint32     // by content id: the wire bytes its prime cost (compressed), for the report's bound
+	// digester takes the salted digests that make references exact, over the bytes each target stores (seed and
+	// prime); its salt is fresh for every run.
+	digester *dedup.Digester
 }
 
 // contentCost is what content id cost to bring to target t, for the report's bound: its compressed size as primed,
 // or nothing when t read it from a file of its own.
 func (s *sender) contentCost(t *targetConn, id dedup.ContentID) (cost uint32, local bool) {
+	if t.isSeeded(id) {
+		return 0, true
+	}
 	if int(id) < len(s.costs) {
 		cost = s.costs[id]
 	}
@@ -289,8 +304,12 @@ func (s *sender) run(ctx context.Context) (*Report, error) {
 		return nil, err
 	}
 	rep.Totals.Phases.Place = phase.lap()
-	// The first migrations' destinations start now, while the prime runs.
+	// The first migrations' destinations start now, while the seed and the prime run.
 	s.openEarly(ctx)
+	if sm != nil {
+		s.seed(ctx, sm, rep)
+	}
+	rep.Totals.Phases.Seed = phase.lap()
 	// Phase 5: the prime. A failed prime costs bytes, never correctness: pages then travel literal.
 	if sm != nil {
 		if err := s.prime(ctx, sm, rep); err != nil {

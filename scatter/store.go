@@ -8,66 +8,144 @@ import (
 	"github.com/vmscatter/vmscatter/dedup"
 )
 
-// A CONTENT frame holds records of: be32 content id · u8 n · n × be16 VM slot · a page record of kind literal.
-// The VM slots (the VMs' indices in the sender's --vms list) name the VMs on this target that will reference the
-// content; the receiver's store frees the content once all of them have finished.
+// A CONTENT frame, and a multicast object of the prime, holds bundles: u8 codec · u8 n (1..dedup.MaxBundlePages) ·
+// n × content head · be32 data length · data, where data is the n contents' pages compressed together with codec
+// (dedup.CompressPages), in the order of the heads. A content head is be32 content id · u8 k · k × be16 VM slot: the
+// slots (the VMs' indices in the sender's --vms list) name the VMs on this target that will reference the content;
+// the receiver's store frees the content once all of them have finished. docs/control.md has the layout.
 
-// maxSlotsPerContent bounds the VM list of one content record.
+// maxSlotsPerContent bounds the VM list of one content head.
 const maxSlotsPerContent = 255
 
-func appendContentRecord(dst []byte, id dedup.ContentID, slots []int, rec dedup.PageRecord) []byte {
+// bundleHead is one content of a bundle.
+type bundleHead struct {
+	id    dedup.ContentID
+	slots []int
+}
+
+// bundleHeadLen is the encoded size of the bundle's fixed part and heads.
+func bundleHeadLen(heads []bundleHead) int {
+	n := 2 + 4
+	for _, h := range heads {
+		n += 5 + 2*len(h.slots)
+	}
+	return n
+}
+
+func appendBundle(dst []byte, codec dedup.Codec, heads []bundleHead, data []byte) []byte {
+	dst = append(dst, byte(codec), byte(len(heads)))
+	for _, h := range heads {
+		dst = appendContentHead(dst, h.id, h.slots)
+	}
+	dst = binary.BigEndian.AppendUint32(dst, uint32(len(data)))
+	return append(dst, data...)
+}
+
+// appendContentHead appends a content head: be32 content id · u8 n · n × be16 slot. Seed records start with one too.
+func appendContentHead(dst []byte, id dedup.ContentID, slots []int) []byte {
 	dst = binary.BigEndian.AppendUint32(dst, uint32(id))
 	dst = append(dst, byte(len(slots)))
 	for _, s := range slots {
 		dst = binary.BigEndian.AppendUint16(dst, uint16(s))
 	}
-	return dedup.AppendRecord(dst, rec)
+	return dst
 }
 
-// putContentRecords stores a CONTENT frame's records in the session's store.
-func putContentRecords(store *dedup.ContentStore, b []byte) error {
-	return putContentRecordsLocal(store, b, nil)
+// parseContentHead parses a content head, appending its slots to slots, and returns the rest of b.
+func parseContentHead(b []byte, slots []int) (dedup.ContentID, []int, []byte, error) {
+	if len(b) < 5 {
+		return 0, slots, nil, fmt.Errorf("%w: truncated content head", ErrFrame)
+	}
+	id := dedup.ContentID(binary.BigEndian.Uint32(b))
+	n := int(b[4])
+	b = b[5:]
+	if len(b) < 2*n {
+		return 0, slots, nil, fmt.Errorf("%w: truncated content head", ErrFrame)
+	}
+	for i := range n {
+		slots = append(slots, int(binary.BigEndian.Uint16(b[2*i:])))
+	}
+	return id, slots, b[2*n:], nil
 }
 
-// putContentRecordsLocal stores content records, keeping from each record's VM slots only those in local (sorted),
-// when local is not nil: a multicast record names every holder, on every target.
-func putContentRecordsLocal(store *dedup.ContentStore, b []byte, local []int) error {
-	page := make([]byte, dedup.PageSize)
-	var slots []int
+// bundle is one parsed bundle. Its slices point into the parsed buffer and the parser's scratch.
+type bundle struct {
+	codec dedup.Codec
+	heads []bundleHead
+	data  []byte
+}
+
+// parseBundles calls fn for each bundle in b. The bundle passed to fn is valid until fn returns.
+func parseBundles(b []byte, fn func(*bundle) error) error {
+	var bd bundle
+	var slots []int // backing store of every head's slots
 	for len(b) > 0 {
-		if len(b) < 5 {
-			return fmt.Errorf("%w: truncated content record", ErrFrame)
+		if len(b) < 2 {
+			return fmt.Errorf("%w: truncated bundle", ErrFrame)
 		}
-		id := dedup.ContentID(binary.BigEndian.Uint32(b))
-		n := int(b[4])
-		b = b[5:]
-		if len(b) < 2*n {
-			return fmt.Errorf("%w: truncated content record", ErrFrame)
+		bd.codec = dedup.Codec(b[0])
+		n := int(b[1])
+		b = b[2:]
+		if !bd.codec.Valid() {
+			return fmt.Errorf("%w: bundle codec %d", ErrFrame, byte(bd.codec))
 		}
-		slots = slots[:0]
-		for i := range n {
-			slot := int(binary.BigEndian.Uint16(b[2*i:]))
-			if _, ok := slices.BinarySearch(local, slot); local == nil || ok {
-				slots = append(slots, slot)
+		if n < 1 || n > dedup.MaxBundlePages {
+			return fmt.Errorf("%w: bundle of %d contents", ErrFrame, n)
+		}
+		bd.heads, slots = bd.heads[:0], slots[:0]
+		for range n {
+			var id dedup.ContentID
+			var err error
+			from := len(slots)
+			if id, slots, b, err = parseContentHead(b, slots); err != nil {
+				return err
 			}
+			bd.heads = append(bd.heads, bundleHead{id: id, slots: slots[from:len(slots):len(slots)]})
 		}
-		b = b[2*n:]
-		rec, used, err := dedup.ParseRecord(b)
-		if err != nil {
-			return err
+		if len(b) < 4 {
+			return fmt.Errorf("%w: truncated bundle", ErrFrame)
 		}
-		b = b[used:]
-		if rec.Kind != dedup.RecordLiteral {
-			return fmt.Errorf("%w: content record of kind %v", ErrFrame, rec.Kind)
+		size := int(binary.BigEndian.Uint32(b))
+		b = b[4:]
+		if size > dedup.MaxEncodedBundle || size > len(b) {
+			return fmt.Errorf("%w: bundle data of %d bytes (%d left)", ErrFrame, size, len(b))
 		}
-		if err := rec.Codec.Decode(page, rec.Data); err != nil {
-			return err
-		}
-		if err := store.Put(id, page, slots...); err != nil {
+		bd.data, b = b[:size], b[size:]
+		if err := fn(&bd); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// putContentRecords stores a CONTENT frame's bundles in the session's store.
+func putContentRecords(store *dedup.ContentStore, b []byte) error {
+	return putContentRecordsLocal(store, b, nil)
+}
+
+// putContentRecordsLocal stores bundles, keeping from each content's VM slots only those in local (sorted), when
+// local is not nil: a multicast bundle names every holder, on every target.
+func putContentRecordsLocal(store *dedup.ContentStore, b []byte, local []int) error {
+	pages := make([]byte, dedup.MaxBundlePages*dedup.PageSize)
+	var slots []int
+	return parseBundles(b, func(bd *bundle) error {
+		raw := pages[:len(bd.heads)*dedup.PageSize]
+		if err := dedup.DecodePages(raw, bd.data, bd.codec); err != nil {
+			return err
+		}
+		for i, h := range bd.heads {
+			slots = slots[:0]
+			for _, slot := range h.slots {
+				if _, ok := slices.BinarySearch(local, slot); local == nil || ok {
+					slots = append(slots, slot)
+				}
+			}
+			if err := store.Put(h.id, raw[i*dedup.PageSize:(i+1)*dedup.PageSize], slots...); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }
 
 // heldLookup answers whether a target holds a page's exact content.
