@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -44,12 +45,13 @@ type testGuest struct {
 }
 
 // startGuest starts a BIOS-only source guest and returns it connected over QMP.
-func startGuest(t *testing.T, bin, dir, name string, memMiB int) *testGuest {
+func startGuest(t *testing.T, bin, dir, name string, memMiB int, extra ...string) *testGuest {
 	t.Helper()
 	sock := filepath.Join(dir, name+".qmp")
-	cmd := exec.Command(bin, "-accel", "tcg", "-machine", "pc", "-m", strconv.Itoa(memMiB), "-nodefaults",
-		"-display", "none", "-no-user-config", "-name", name, "-qmp", "unix:"+sock+",server=on,wait=off",
-		"-pidfile", filepath.Join(dir, name+".pid"))
+	args := append([]string{"-accel", "tcg", "-machine", "pc", "-m", strconv.Itoa(memMiB), "-nodefaults",
+		"-display", "none", "-no-user-config", "-name", name, "-qmp", "unix:" + sock + ",server=on,wait=off",
+		"-pidfile", filepath.Join(dir, name+".pid")}, extra...)
+	cmd := exec.Command(bin, args...)
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -393,5 +395,66 @@ func TestForcedFingerprintCollisionsNeverDeliverWrongPages(t *testing.T) {
 			t.Fatalf("%s: %d bytes differ at the destination: a colliding page was delivered", v.Name, diffCount(got, want[i]))
 		}
 		t.Logf("%s: pages %+v (references only where the bytes were identical)", v.Name, v.Pages)
+	}
+}
+
+// Both guests boot with the same blob in RAM, put there by a generic loader as a directly booted kernel is put
+// there by QEMU. One target reads those pages from its own copy of the blob (the seed); the other's copy differs,
+// so it refuses them and they are primed to it instead. Both destinations' memory equals the sources'.
+func TestSeedFromBootFiles(t *testing.T) {
+	bin := requireQEMU(t)
+	dir := t.TempDir()
+	blob := make([]byte, 1<<20)
+	rng := rand.New(rand.NewPCG(7, 8))
+	for i := range blob {
+		blob[i] = byte(rng.Uint32())
+	}
+	blobPath := filepath.Join(dir, "blob.bin")
+	if err := os.WriteFile(blobPath, blob, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	loader := "loader,file=" + blobPath + ",addr=0x200000,force-raw=on"
+	a := startGuest(t, bin, dir, "seeda", 64, "-device", loader)
+	b := startGuest(t, bin, dir, "seedb", 64, "-device", loader)
+	r1 := startReceiver(t, testKey, nil)
+	r2 := startReceiver(t, testKey, func(c *ReceiverConfig) { c.seedDiffers = true })
+	time.Sleep(time.Second) // SeaBIOS runs; the blob stays where the loader put it
+	ctx := context.Background()
+	var want [][]byte
+	for _, g := range []*testGuest{a, b} {
+		if err := g.q.Execute(ctx, "stop", nil, nil); err != nil {
+			t.Fatal(err)
+		}
+		mem := g.pmemsave(t, g.q, 64<<20, filepath.Join(dir, g.name+".src"))
+		if !bytes.Equal(mem[0x200000:0x200000+len(blob)], blob) {
+			t.Fatalf("%s: the blob is not in guest RAM at 2 MiB", g.name)
+		}
+		want = append(want, mem)
+	}
+	cfg := sendCfg(testKey, []string{r1.addr, r2.addr}, a, b)
+	cfg.Placement = map[string]string{"seeda": r1.addr, "seedb": r2.addr}
+	rep, err := Send(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range rep.VMs {
+		if v.Status != StatusMigrated {
+			t.Fatalf("%s: %s: %s", v.Name, v.Status, v.Error)
+		}
+	}
+	// r1 read the blob's 256 pages from its copy; r2 refused them all.
+	if got := rep.Totals.SeededContents; got != int64(len(blob)/4096) {
+		t.Errorf("seeded %d contents, want %d (the blob's pages, on r1 only)", got, len(blob)/4096)
+	}
+	for i, r := range []*testReceiver{r1, r2} {
+		q := destQMP(t, r, rep.VMs[i].Name)
+		got := a.pmemsave(t, q, 64<<20, filepath.Join(dir, rep.VMs[i].Name+".dst"))
+		if !bytes.Equal(got, want[i]) {
+			t.Fatalf("%s: destination memory differs from the source's (%d bytes)", rep.VMs[i].Name, diffCount(got, want[i]))
+		}
+	}
+	// The bound counts the blob once for r2, and not at all for r1, which had it.
+	if rep.Totals.FinalBoundUnicastBytes <= 0 || rep.Totals.FinalBoundBytes > rep.Totals.WireBytes {
+		t.Errorf("final bound %d (unicast %d) against %d wire bytes", rep.Totals.FinalBoundBytes, rep.Totals.FinalBoundUnicastBytes, rep.Totals.WireBytes)
 	}
 }

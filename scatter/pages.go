@@ -73,6 +73,7 @@ func (m *vmMigration) pump(ctx context.Context) error {
 			err = sc.Send(frameSection, appendSection(nil, byte(e.Kind), e.SectionID), false)
 		case kvm.Page:
 			m.pages.Total++
+			m.counters.stream.Add(dedup.PageSize)
 			rec := dedup.PageRecord{Block: uint16(e.Block), Offset: uint64(e.Offset)}
 			switch {
 			case e.Zero:
@@ -92,6 +93,8 @@ func (m *vmMigration) pump(ctx context.Context) error {
 					m.litBuf, rec.Codec = m.s.codec.Compress(m.litBuf[:0], e.Data)
 					rec.Data = m.litBuf
 					final.content(rec.Block, rec.Offset, fp, uint32(len(m.litBuf)), false)
+					m.counters.litStream.Add(dedup.PageSize)
+					m.counters.litWire.Add(int64(len(m.litBuf)))
 				}
 			}
 			batch = dedup.AppendRecord(batch, rec)
@@ -113,6 +116,7 @@ func (m *vmMigration) pump(ctx context.Context) error {
 				err = sc.Send(frameSectionEnd, nil, true)
 			}
 		case kvm.Tail:
+			m.counters.stream.Add(int64(len(e.Raw)))
 			if err = flush(false); err == nil {
 				err = sc.Send(frameTail, e.Raw, true)
 			}

@@ -119,10 +119,11 @@ func (p Policy) apply(ctx context.Context, q *kvm.QMP, caps map[string]bool, max
 	if maxBandwidth <= 0 {
 		maxBandwidth = 1 << 40 // vmscatter's link governs, not QEMU's default 128 MiB/s cap
 	}
-	// Every policy keeps QEMU's own switch-over at the downtime limit: when the rest fits, finishing early is as
-	// good for timebound and membound as for precopy. Their steering forces the switch-over when QEMU does not
-	// converge. (A 1 ms limit, which would leave the moment to the steering alone, makes QEMU sync its dirty
-	// bitmap many times in quick succession, and under TCG every sync can lose guest writes.)
+	// Every policy keeps QEMU's own switch-over at the downtime limit, as the downtime guard (downtime.go) translates
+	// it to QEMU's view of the link: when the rest fits, finishing early is as good for timebound and membound as
+	// for precopy. Their steering forces the switch-over when QEMU does not converge. (A 1 ms limit for the whole
+	// migration, which would leave the moment to the steering alone, makes QEMU sync its dirty bitmap many times in
+	// quick succession, and under TCG every sync can lose guest writes.)
 	params := map[string]any{"downtime-limit": p.Downtime.Milliseconds(), "max-bandwidth": maxBandwidth}
 	if p.Kind == PolicyAutoconverge {
 		params["cpu-throttle-initial"] = p.ThrottleInitial

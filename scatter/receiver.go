@@ -29,7 +29,8 @@ type ReceiverConfig struct {
 	LoadTimeout time.Duration // from the end of the source stream to the destination being loaded; 0 means 2 min
 	RefWait     time.Duration // how long a reference may wait for content still in flight; 0 means 30 s
 
-	dieAfterPages int // for this package's tests: drop the VM connection mid-stream, as a dying receiver would
+	dieAfterPages int  // for this package's tests: drop the VM connection mid-stream, as a dying receiver would
+	seedDiffers   bool // for this package's tests: every boot file here differs from the sender's
 }
 
 // DefaultStoreLimit bounds a session's content store when no limit is configured.
@@ -191,7 +192,7 @@ func (r *Receiver) serveControl(ctx context.Context, sc *secureConn, peer string
 			if seed != nil {
 				seed.close()
 			}
-			if seed, err = openSeed(s.store, m); err != nil {
+			if seed, err = openSeed(s.store, m, r.cfg.seedDiffers); err != nil {
 				return sendJSON(sc, frameError, errorMsg{Error: err.Error()})
 			}
 		case frameSeed:

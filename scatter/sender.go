@@ -189,6 +189,14 @@ type sender struct {
 	// digester takes the salted digests that make references exact, over the bytes each target stores (seed and
 	// prime); its salt is fresh for every run.
 	digester *dedup.Digester
+	// primeRate is the rate the prime achieved on the source link, bytes/s (0: no prime); the downtime guard's
+	// first guess at what a migration can send.
+	primeRate float64
+}
+
+// linkShare is one migration's share of the source link as the prime measured it, bytes/s; 0 when unknown.
+func (s *sender) linkShare() float64 {
+	return s.primeRate / float64(max(1, min(s.cfg.Parallel, len(s.vms))))
 }
 
 // contentCost is what content id cost to bring to target t, for the report's bound: its compressed size as primed,
@@ -317,6 +325,9 @@ func (s *sender) run(ctx context.Context) (*Report, error) {
 		}
 	}
 	rep.Totals.Phases.Prime = phase.lap()
+	if rep.Totals.Phases.Prime > 0 && rep.Totals.PrimeBytes > 0 {
+		s.primeRate = float64(rep.Totals.PrimeBytes) / (float64(rep.Totals.Phases.Prime) / 1000)
+	}
 
 	// Phase 6: the migrations, a bounded number at once.
 	var mg errgroup.Group

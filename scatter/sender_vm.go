@@ -68,14 +68,15 @@ func (s *sender) migrate(ctx context.Context, vm *sourceVM) {
 
 // vmMigration is the state of one VM's migration, owned by its migrate call.
 type vmMigration struct {
-	s       *sender
-	vm      *sourceVM
-	sc      *secureConn
-	src     net.Conn // the source QEMU's migration stream
-	pages   PageCounts
-	started bool      // START was sent: the destination may run
-	stopAt  time.Time // when vmscatter stopped the VM itself to force the switch-over (guarded by mu)
-	litBuf  []byte
+	s        *sender
+	vm       *sourceVM
+	sc       *secureConn
+	src      net.Conn // the source QEMU's migration stream
+	pages    PageCounts
+	started  bool      // START was sent: the destination may run
+	stopAt   time.Time // when vmscatter stopped the VM itself to force the switch-over (guarded by mu)
+	litBuf   []byte
+	counters streamCounters // the pump's, for the downtime guard
 
 	mu       sync.Mutex
 	srcWrite sync.Mutex // serializes return-path writes to src
@@ -138,18 +139,33 @@ func (m *vmMigration) run(ctx context.Context) error {
 	pctx, stopPolicy := context.WithCancel(ctx)
 	defer stopPolicy()
 	go s.cfg.Policy.steer(pctx, vm.qmp, s.log.With("vm", name), m.setStopped)
+	go m.guardDowntime(pctx, vm.qmp, s.log.With("vm", name))
 	go func() { pumpErr <- m.pump(ctx) }()
+	pumpDone := false
+	defer func() {
+		// The pump owns the page counts and the final image: it must be gone before the caller reads them. On the
+		// error paths it may still run; cutting its source ends it, unless it is stuck sending to the receiver.
+		if pumpDone {
+			return
+		}
+		src.Close()
+		select {
+		case <-pumpErr:
+		case <-time.After(5 * time.Second):
+			m.sc.Close()
+			<-pumpErr
+		}
+	}()
 
 	var loaded bool
-	pumpDone := false
 	for !loaded || !pumpDone {
 		select {
 		case err := <-pumpErr:
+			pumpDone = true
 			if err != nil {
 				_ = sendJSON(sc, frameStreamCancel, errorMsg{Error: err.Error()})
 				return err
 			}
-			pumpDone = true
 		case err := <-readerErr:
 			if err == nil || errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) {
 				err = fmt.Errorf("the receiver closed the connection mid-migration (did it stop?): %w", err)
