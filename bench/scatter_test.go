@@ -379,7 +379,12 @@ func TestScatterWithLossOnEveryTargetLink(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	res, err := c.Send(ctx, guests, "--transport", "multicast")
+	// The subject is the multicast prime under loss. The VM streams are TCP, which 5% loss makes slow, so vmscatter's
+	// downtime guard would rightly have QEMU iterate until the rest fits 300 ms of that link; but under TCG every
+	// extra dirty-bitmap sync can lose guest writes (TestTCGArtifactNativeControl shows it with QEMU alone), and the
+	// guests' verification afterwards is this test's oracle. A downtime limit the streams meet after one dirty pass
+	// keeps that oracle sound.
+	res, err := c.Send(ctx, guests, "--transport", "multicast", "--downtime", "2s")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -388,6 +393,9 @@ func TestScatterWithLossOnEveryTargetLink(t *testing.T) {
 	}
 	if res.Report.Transport != "multicast" {
 		t.Errorf("transport %q, want multicast", res.Report.Transport)
+	}
+	for _, v := range res.Report.VMs {
+		t.Logf("%s: %s in %d ms, %d iterations, downtime %d ms", v.Name, v.Status, v.MigrationMS, v.Iterations, v.DowntimeMS)
 	}
 	for _, v := range res.Report.VMs {
 		if v.Status != "migrated" {

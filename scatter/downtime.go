@@ -21,8 +21,9 @@ import (
 //
 // so QEMU's limit = limit × R / (ratio × stream rate), where R is this VM's wire rate measured while it sent mostly
 // literals (when the link, not the content, set its pace) and ratio is what a literal stream byte costs on the
-// wire. Until a literal-bound window measures R, the prime's rate over the source link, shared by the migrations
-// that run at once, stands in for it; without either, QEMU decides alone. The guard changes nothing when QEMU's
+// wire. The link share the prime learned (the source link's rate over the migrations that run at once) bounds R:
+// in a window of 100 ms a stream can burst into socket buffers faster than its share. Until a literal-bound window
+// measures R, that share stands in for it; without either, QEMU decides alone. The guard changes nothing when QEMU's
 // view is right (a stream of literals), so it adds no dirty passes where none are needed: under TCG every extra
 // dirty-bitmap sync can lose guest writes (bench/tcg_artifact_test.go). It is pure: the VM's migration feeds it
 // counters and the clock, and sets what it returns.
@@ -33,7 +34,7 @@ type downtimeGuard struct {
 
 	last     guardSample
 	haveLast bool
-	prior    float64 // R before any literal-bound window: the prime's share of the link, bytes/s; 0 unknown
+	prior    float64 // the prime's share of the link, bytes/s; 0 unknown: R before it is measured, and R's bound
 	rate     float64 // R: wire bytes/s in literal-bound windows, smoothed; 0 while unknown
 	ratio    float64 // wire bytes per stream byte of literal pages, smoothed; 1 until measured
 	qemu     time.Duration
@@ -70,7 +71,7 @@ func (g *downtimeGuard) observe(s guardSample) time.Duration {
 			g.rate = smooth(g.rate, dWire/dt)
 		}
 		r, ratio := g.rate, g.ratio
-		if r == 0 {
+		if r == 0 || (g.prior > 0 && r > g.prior) {
 			r = g.prior
 		}
 		if ratio == 0 {

@@ -36,8 +36,17 @@ func TestDowntimeGuard(t *testing.T) {
 	if got := step(1e6, 1e3, 0, 0); got < limit/11 || got > limit/9 {
 		t.Fatalf("reference stretch: %v, want about %v", got, limit/10)
 	}
-	// Literal-bound windows (incompressible pages at 2 MB/s): the measured rate replaces the prior, and QEMU's view
-	// is the real one, so it gets the user's limit.
+	// Literal-bound windows at 2 MB/s, twice the link share the prime learned: a burst into socket buffers. The
+	// share bounds the rate, so QEMU may leave only what 1 MB/s sends in the limit: half of what it sees.
+	for range 4 {
+		step(200e3, 200e3, 200e3, 200e3)
+	}
+	if got := step(200e3, 200e3, 200e3, 200e3); got != limit/2 {
+		t.Fatalf("burst above the share: %v, want %v", got, limit/2)
+	}
+	// Literal-bound windows within the share (incompressible pages at 2 MB/s, share 4 MB/s): the measured rate
+	// replaces the prior, and QEMU's view is the real one, so it gets the user's limit.
+	g, s = newDowntimeGuard(limit, 4e6), guardSample{}
 	for range 4 {
 		step(200e3, 200e3, 200e3, 200e3)
 	}

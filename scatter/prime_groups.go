@@ -141,7 +141,10 @@ func (p *primer) closeGroups() {
 			_ = sendJSON(p.s.targets[ti].sc, frameLeave, leaveMsg{Group: g.addr})
 		}
 		if g.sender != nil {
-			p.multicastBytes += int64(g.sender.Stats().Transport.BytesSent)
+			st := g.sender.Stats()
+			p.multicastBytes += int64(st.Transport.BytesSent)
+			p.s.log.Debug("multicast group closed", "group", g.addr, "sent", st.Transport.BytesSent, "data", st.Engine.DataBytes,
+				"repair", st.Engine.RepairBytes, "rate_bps", st.Engine.RateBps, "cuts", st.Engine.RateCuts, "undos", st.Engine.RateUndos)
 			g.sender.Close()
 		}
 	}

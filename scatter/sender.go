@@ -189,14 +189,15 @@ type sender struct {
 	// digester takes the salted digests that make references exact, over the bytes each target stores (seed and
 	// prime); its salt is fresh for every run.
 	digester *dedup.Digester
-	// primeRate is the rate the prime achieved on the source link, bytes/s (0: no prime); the downtime guard's
-	// first guess at what a migration can send.
-	primeRate float64
+	// linkRate is the rate the prime achieved on the source link, from the data-plane interface's counters, bytes/s
+	// (0: unknown). Datagrams a shaper drops never count, nor do bytes that waited on the CPU. The downtime guard's
+	// bound on what one migration can send.
+	linkRate float64
 }
 
 // linkShare is one migration's share of the source link as the prime measured it, bytes/s; 0 when unknown.
 func (s *sender) linkShare() float64 {
-	return s.primeRate / float64(max(1, min(s.cfg.Parallel, len(s.vms))))
+	return s.linkRate / float64(max(1, min(s.cfg.Parallel, len(s.vms))))
 }
 
 // contentCost is what content id cost to bring to target t, for the report's bound: its compressed size as primed,
@@ -319,14 +320,15 @@ func (s *sender) run(ctx context.Context) (*Report, error) {
 	}
 	rep.Totals.Phases.Seed = phase.lap()
 	// Phase 5: the prime. A failed prime costs bytes, never correctness: pages then travel literal.
+	primeTx0, _ := txBytes(iface)
 	if sm != nil {
 		if err := s.prime(ctx, sm, rep); err != nil {
 			rep.Warnings = append(rep.Warnings, fmt.Sprintf("prime failed, pages travel literal: %v", err))
 		}
 	}
 	rep.Totals.Phases.Prime = phase.lap()
-	if rep.Totals.Phases.Prime > 0 && rep.Totals.PrimeBytes > 0 {
-		s.primeRate = float64(rep.Totals.PrimeBytes) / (float64(rep.Totals.Phases.Prime) / 1000)
+	if tx, err := txBytes(iface); err == nil && txErr == nil && rep.Totals.Phases.Prime > 0 && tx > primeTx0 {
+		s.linkRate = float64(tx-primeTx0) / (float64(rep.Totals.Phases.Prime) / 1000)
 	}
 
 	// Phase 6: the migrations, a bounded number at once.
