@@ -81,6 +81,7 @@ type Sender struct {
 	reqs   chan sendReq
 	cancel chan uint64
 	ctrl   chan wire.Message
+	limits chan int64
 	probes chan probeReply
 
 	ctx        context.Context
@@ -121,6 +122,16 @@ const (
 	bufSize = wire.MaxPacket + 1
 )
 
+// LimitRate lowers the sender's maximum rate (bits per second) to what the caller measured the path to carry:
+// the rate control starts at the maximum, and a path far slower than it loses most packets until the cuts come
+// down to it. Safe for concurrent use; it never blocks.
+func (s *Sender) LimitRate(bps int64) {
+	select {
+	case s.limits <- bps:
+	default:
+	}
+}
+
 // NewSender starts a sender on tr and takes ownership of it (Close closes it).
 func NewSender(cfg Config, tr Transport) (*Sender, error) {
 	sealer, err := seal.NewSealer(cfg.Key, cfg.SessionID, wire.SenderNode, uint64(time.Now().UnixNano()))
@@ -134,7 +145,7 @@ func NewSender(cfg Config, tr Transport) (*Sender, error) {
 	ctx, stop := context.WithCancel(context.Background())
 	s := &Sender{cfg: cfg, tr: tr, eng: reliable.NewSender(cfg.engine(tr), wire.Seq(rand.Uint32())),
 		sealer: sealer, opener: opener, in: make(chan inPacket, inQueue), free: make(chan []byte, inQueue+2),
-		reqs: make(chan sendReq), cancel: make(chan uint64, 16), ctrl: make(chan wire.Message, 16),
+		reqs: make(chan sendReq), cancel: make(chan uint64, 16), ctrl: make(chan wire.Message, 16), limits: make(chan int64, 4),
 		probes: make(chan probeReply, 64), ctx: ctx, stop: stop, done: make(chan struct{}), readerDone: make(chan struct{})}
 	for range cap(s.free) {
 		s.free <- make([]byte, bufSize)
@@ -349,6 +360,8 @@ func (s *Sender) loop() {
 			if !send(reliable.Outgoing{To: reliable.ToGroup, Msg: m}) {
 				return
 			}
+		case bps := <-s.limits:
+			s.eng.LimitRate(bps)
 		case <-timer.C:
 		}
 		now := s.cfg.now()

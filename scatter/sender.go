@@ -193,6 +193,7 @@ type sender struct {
 	// (0: unknown). Datagrams a shaper drops never count, nor do bytes that waited on the CPU. The downtime guard's
 	// bound on what one migration can send.
 	linkRate float64
+	iface    string // the data-plane interface, for its counters
 }
 
 // linkShare is one migration's share of the source link as the prime measured it, bytes/s; 0 when unknown.
@@ -293,6 +294,7 @@ func (s *sender) run(ctx context.Context) (*Report, error) {
 			iface, _ = ifaceFor(t.sc.c.LocalAddr())
 		}
 	}
+	s.iface = iface
 	tx0, txErr := txBytes(iface)
 	defer func() {
 		rep.Totals.SourceLinkBytes = -1

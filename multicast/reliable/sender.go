@@ -153,6 +153,16 @@ func NewSender(cfg Config, firstTransfer wire.Seq) *Sender {
 		batches: make(map[uint64]*txBatch), rx: make(map[uint16]*rxInfo)}
 }
 
+// LimitRate lowers the maximum rate to bps (bits per second, at least MinRateBps), for a caller that measured the
+// path: the rate control then probes below it, never above.
+func (s *Sender) LimitRate(bps int64) {
+	bps = max(bps, s.cfg.MinRateBps)
+	if bps < s.cfg.RateBps {
+		s.cfg.RateBps = bps
+		s.rate = min(s.rate, float64(bps))
+	}
+}
+
 // Stats reports counters and the current rate.
 func (s *Sender) Stats() SenderStats {
 	st := s.stats

@@ -471,3 +471,20 @@ func TestStartRejects(t *testing.T) {
 		t.Fatal("repeated id accepted")
 	}
 }
+
+// LimitRate lowers the maximum (and the current rate with it), never raises it, and never goes below MinRateBps.
+func TestSenderLimitRate(t *testing.T) {
+	s := NewSender(Config{RateBps: 1e9}, 0)
+	s.LimitRate(100e6)
+	if st := s.Stats(); st.RateBps != 100e6 || s.cfg.RateBps != 100e6 {
+		t.Fatalf("after LimitRate(100M): rate %d, max %d", st.RateBps, s.cfg.RateBps)
+	}
+	s.LimitRate(500e6)
+	if s.cfg.RateBps != 100e6 {
+		t.Fatalf("LimitRate raised the maximum to %d", s.cfg.RateBps)
+	}
+	s.LimitRate(1)
+	if s.cfg.RateBps != s.cfg.MinRateBps {
+		t.Fatalf("LimitRate(1): max %d, want the minimum %d", s.cfg.RateBps, s.cfg.MinRateBps)
+	}
+}
