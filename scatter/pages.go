@@ -36,10 +36,14 @@ func (m *vmMigration) pump(ctx context.Context) error {
 	fingerprint := m.s.fingerprint()
 	final := newFinalImage(m.s.targetIndex(m.vm.target))
 	m.vm.final = final
-	var batch []byte
+	var batch, zbuf []byte
 	flush := func(force bool) error {
 		if len(batch) > 0 {
-			if err := sc.Send(framePages, batch, force); err != nil {
+			t, payload := framePages, batch
+			if zbuf = compressPages(zbuf, batch); zbuf != nil {
+				t, payload = framePagesZ, zbuf
+			}
+			if err := sc.Send(t, payload, force); err != nil {
 				return err
 			}
 			batch = batch[:0]
@@ -155,6 +159,7 @@ type rebuilder struct {
 	pages    int
 	refs     int
 	dieAfter int
+	zbuf     []byte // decoded PAGES_Z payloads
 }
 
 func newRebuilder(w net.Conn, store *dedup.ContentStore, refWait time.Duration) *rebuilder {
@@ -186,6 +191,10 @@ func (rb *rebuilder) run(ctx context.Context, sc *secureConn) error {
 			err = rb.enc.BeginSection(kvm.SectionKind(kind))
 		case framePages:
 			err = rb.pagesFrame(ctx, b)
+		case framePagesZ:
+			if rb.zbuf, err = decodePages(rb.zbuf, b); err == nil {
+				err = rb.pagesFrame(ctx, rb.zbuf)
+			}
 		case frameSectionEnd:
 			if err = rb.enc.EndSection(); err == nil {
 				err = rb.enc.Flush()

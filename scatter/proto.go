@@ -40,6 +40,7 @@ const (
 	frameStreamCancel frameType = 0x1f // sender→receiver, JSON errorMsg: the source stream failed
 	frameLoaded       frameType = 0x20 // receiver→sender, JSON runningMsg: destination loaded, paused
 	frameStart        frameType = 0x21 // sender→receiver, empty: start the destination
+	framePagesZ       frameType = 0x22 // sender→receiver, binary: a PAGES payload compressed with zstd (pagesz.go)
 	frameJoin         frameType = 0x07 // sender→receiver (control), JSON joinMsg: join a multicast group now
 	frameJoined       frameType = 0x08 // receiver→sender (control), JSON errorMsg: joined (error empty) or not
 	frameLeave        frameType = 0x09 // sender→receiver (control), JSON leaveMsg: leave a group
@@ -64,6 +65,7 @@ var frameNames = map[frameType]string{
 	frameCommit: "COMMIT", frameAbort: "ABORT", frameError: "ERROR", frameDone: "DONE", frameStreamCancel: "STREAM_CANCEL",
 	frameLoaded: "LOADED", frameStart: "START", frameJoin: "JOIN", frameJoined: "JOINED", frameLeave: "LEAVE",
 	frameSeedFiles: "SEED_FILES", frameSeed: "SEED", frameSeedDone: "SEED_DONE", frameSeedAck: "SEED_ACK",
+	framePagesZ: "PAGES_Z",
 }
 
 // SessionID names one scatter run on every receiver.
