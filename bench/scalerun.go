@@ -9,17 +9,21 @@ import (
 	"path/filepath"
 	"sort"
 
+	"github.com/vmscatter/vmscatter/bench/fixture"
 	"github.com/vmscatter/vmscatter/bench/plot"
 	"github.com/vmscatter/vmscatter/bench/scale"
 )
 
 // ScaleConfig is a scale projection run of `vmscatter bench --scale`.
 type ScaleConfig struct {
-	Dir     string   // results (scale.json, scale.md, scale-*.svg) and, without Images, the captured images
-	Images  []string // raw RAM images; none: capture 4 fixture guests first
-	VMs     []int    // default 100, 250, 500, 1000
-	Targets []int    // default 10, 25, 50, 100
-	Out     io.Writer
+	Dir    string   // results (scale.json, scale.md, scale-*.svg) and, without Images, the captured images
+	Images []string // raw RAM images; none: capture 4 fixture guests first
+	// BootFiles are the imaged guests' -kernel and -initrd files: their copies in RAM cost a seed record only.
+	// With captured images, the fixture's.
+	BootFiles []string
+	VMs       []int // default 100, 250, 500, 1000
+	Targets   []int // default 10, 25, 50, 100
+	Out       io.Writer
 }
 
 // RunScale projects bytes and time for fleets of VMs made from real guest images, with the project's own scan,
@@ -38,7 +42,7 @@ func RunScale(ctx context.Context, cfg ScaleConfig) ([]scale.Row, error) {
 	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
 		return nil, err
 	}
-	images := cfg.Images
+	images, boot := cfg.Images, cfg.BootFiles
 	if len(images) == 0 {
 		fmt.Fprintln(out, "bench: capturing 4 fixture guests' RAM as the base images")
 		var err error
@@ -46,8 +50,13 @@ func RunScale(ctx context.Context, cfg ScaleConfig) ([]scale.Row, error) {
 		if err != nil {
 			return nil, err
 		}
+		p, err := fixture.Ensure(ctx)
+		if err != nil {
+			return nil, err
+		}
+		boot = []string{p.Kernel, p.Initrd}
 	}
-	cat, err := scale.LoadImageFiles(ctx, images)
+	cat, err := scale.LoadImageFilesWith(ctx, images, scale.LoadOptions{BootFiles: boot})
 	if err != nil {
 		return nil, err
 	}

@@ -28,9 +28,12 @@ type Image struct {
 // ids, and per content its compressed size. It holds no page bytes. A Catalog is read-only once built.
 type Catalog struct {
 	Images []Image
-	// Sizes[id] is the size in bytes of content id compressed with s2 as the sender sends it: between 1 and
-	// PageSize (PageSize when compression does not make the page smaller and it goes raw).
+	// Sizes[id] is what content id costs on the wire as the sender sends it, between 1 and PageSize: its share of a
+	// zstd bundle of 15 contents in id order (the prime's unit), or a seed record when it is a copy of a boot file
+	// the targets read themselves (LoadOptions.BootFiles).
 	Sizes []uint16
+	// Seeded counts the contents that are copies of boot files.
+	Seeded int
 }
 
 // CatalogStats summarises a catalog.
@@ -110,10 +113,25 @@ type ImageSource struct {
 	R    io.ReaderAt
 }
 
-// LoadImages reads every image once with dedup.Scan (xxhash64 fingerprints, zero pages skipped), then reads each
-// distinct content once more to compress it with s2. Memory is 4 bytes per page plus the scan's map; no page
-// bytes are kept.
+// LoadOptions say how LoadImages prices contents.
+type LoadOptions struct {
+	// BootFiles are the files the images' guests booted from (their -kernel and -initrd): contents that are copies
+	// of them cost a seed record only, as the targets read them from their own copies.
+	BootFiles []string
+}
+
+// seedRecordCost is a seed record on the wire: content head with one slot, file, offset, digest.
+const seedRecordCost = 5 + 2 + 2 + 8 + 32
+
+// LoadImages reads every image once with dedup.Scan (xxhash64 fingerprints, zero pages skipped), then reads the
+// distinct contents once more, in id order, to compress them in bundles as the prime does. Memory is 4 bytes per
+// page plus the scan's map; no page bytes are kept.
 func LoadImages(ctx context.Context, images []ImageSource) (*Catalog, error) {
+	return LoadImagesWith(ctx, images, LoadOptions{})
+}
+
+// LoadImagesWith is LoadImages with options.
+func LoadImagesWith(ctx context.Context, images []ImageSource, o LoadOptions) (*Catalog, error) {
 	regions := make([]dedup.Region, len(images))
 	for i, im := range images {
 		regions[i] = dedup.Region{VM: i, Block: "pc.ram", Size: im.Size / PageSize * PageSize, R: im.R}
@@ -130,8 +148,25 @@ func LoadImages(ctx context.Context, images []ImageSource) (*Catalog, error) {
 		}
 		c.Images[i] = Image{Name: im.Name, Pages: pages}
 	}
+	boot, closeBoot, err := indexBootFiles(o.BootFiles)
+	if err != nil {
+		return nil, err
+	}
+	defer closeBoot()
 	page := make([]byte, PageSize)
-	var buf []byte
+	var bundle []byte
+	var members []int
+	flush := func() {
+		if len(members) == 0 {
+			return
+		}
+		data, _ := dedup.CompressPages(nil, bundle, dedup.CodecZstd)
+		share := uint16(max(1, len(data)/len(members)))
+		for _, id := range members {
+			c.Sizes[id] = share
+		}
+		bundle, members = bundle[:0], members[:0]
+	}
 	for id := range m.Contents {
 		hs := m.Holders(dedup.ContentID(id))
 		for _, l := range hs {
@@ -140,21 +175,71 @@ func LoadImages(ctx context.Context, images []ImageSource) (*Catalog, error) {
 		if id%4096 == 0 && ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
+		if boot != nil {
+			if _, ok := boot.Lookup(m.Contents[id].FP); ok {
+				c.Sizes[id] = seedRecordCost
+				c.Seeded++
+				continue
+			}
+		}
 		if err := m.ReadPage(hs[0], page); err != nil {
 			return nil, fmt.Errorf("scale: reading content %d: %w", id, err)
 		}
-		buf, _ = dedup.CodecS2.Compress(buf[:0], page)
-		c.Sizes[id] = uint16(len(buf))
+		bundle = append(bundle, page...)
+		if members = append(members, id); len(members) == dedup.MaxBundlePages {
+			flush()
+		}
 	}
+	flush()
 	if err := c.validate(); err != nil {
 		return nil, err
 	}
 	return c, nil
 }
 
+// indexBootFiles opens and indexes boot files; nil index for none.
+func indexBootFiles(paths []string) (*dedup.FileIndex, func(), error) {
+	if len(paths) == 0 {
+		return nil, func() {}, nil
+	}
+	var files []*os.File
+	closeAll := func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}
+	var rs []io.ReaderAt
+	var sizes []int64
+	for _, p := range paths {
+		f, err := os.Open(p)
+		if err != nil {
+			closeAll()
+			return nil, nil, fmt.Errorf("scale: boot file: %w", err)
+		}
+		files = append(files, f)
+		st, err := f.Stat()
+		if err != nil {
+			closeAll()
+			return nil, nil, fmt.Errorf("scale: boot file: %w", err)
+		}
+		rs, sizes = append(rs, f), append(sizes, st.Size())
+	}
+	x, err := dedup.IndexFiles(rs, sizes, nil)
+	if err != nil {
+		closeAll()
+		return nil, nil, err
+	}
+	return x, closeAll, nil
+}
+
 // LoadImageFiles opens raw RAM image files (pmemsave output) and loads them with LoadImages. Each image is named
 // after its file.
 func LoadImageFiles(ctx context.Context, paths []string) (*Catalog, error) {
+	return LoadImageFilesWith(ctx, paths, LoadOptions{})
+}
+
+// LoadImageFilesWith is LoadImageFiles with options.
+func LoadImageFilesWith(ctx context.Context, paths []string, o LoadOptions) (*Catalog, error) {
 	var srcs []ImageSource
 	for _, p := range paths {
 		f, err := os.Open(p)
@@ -168,7 +253,7 @@ func LoadImageFiles(ctx context.Context, paths []string) (*Catalog, error) {
 		}
 		srcs = append(srcs, ImageSource{Name: filepath.Base(p), Size: st.Size(), R: f})
 	}
-	return LoadImages(ctx, srcs)
+	return LoadImagesWith(ctx, srcs, o)
 }
 
 // Statistics of SyntheticCatalog, chosen after the measurements in DESIGN.md (128 MiB fixture guests: 32% zero

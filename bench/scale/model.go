@@ -17,7 +17,7 @@ type Model struct {
 
 	SourceCores         int     `json:"source_cores"`           // cores the source gives the scan, compression and streams
 	ScanBytesPerSec     float64 `json:"scan_bytes_per_sec"`     // per core: read, zero-check and xxhash guest RAM
-	CompressBytesPerSec float64 `json:"compress_bytes_per_sec"` // per core: s2 over 4 KiB pages, input bytes
+	CompressBytesPerSec float64 `json:"compress_bytes_per_sec"` // per core: zstd over bundles of 15 pages, input bytes
 	StreamBytesPerSec   float64 `json:"stream_bytes_per_sec"`   // per core: decode QEMU's stream, digest, turn pages into records
 
 	StartSeconds float64 `json:"start_seconds"` // per wave of migrations: start the destination QEMUs
@@ -46,9 +46,10 @@ const (
 	nativePageRecord = 8 + PageSize
 	nativeZeroRecord = 8 + 1
 	// vmscatter page records (docs/dedup.md): an 11-byte header (kind, block, offset), then 4 bytes of content
-	// id, 1 fill byte, or codec, length and the compressed page.
-	refRecord        = 15
-	zeroRecord       = 12
+	// id, 1 fill byte, or codec, length and the compressed page. Frames of references and zero pages travel
+	// compressed (PAGES_Z): about 5 bytes a record (scatter/pagesz.go).
+	refRecord        = 5
+	zeroRecord       = 5
 	literalRecordHdr = 14
 )
 
@@ -59,7 +60,7 @@ func DefaultModel() Model {
 		UplinkBps:           10e9,
 		SourceCores:         8,
 		ScanBytesPerSec:     2e9,
-		CompressBytesPerSec: 0.75e9,
+		CompressBytesPerSec: 0.24e9, // zstd, fastest level, bundles of 15 pages (docs/dedup.md)
 		StreamBytesPerSec:   1e9,
 		StartSeconds:        0.3,
 		JoinSeconds:         0.010,

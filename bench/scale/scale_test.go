@@ -6,6 +6,8 @@ import (
 	"errors"
 	"math"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"reflect"
 	"strconv"
 	"strings"
@@ -83,11 +85,31 @@ func TestLoadImages(t *testing.T) {
 			t.Errorf("image %d: vector %v", k, im.Pages[:5])
 		}
 	}
-	if z := c.Sizes[c.Images[0].Pages[1]]; z != PageSize {
-		t.Errorf("random page compressed to %d, want %d (sent raw)", z, PageSize)
+	// Contents are priced as the prime sends them: shares of zstd bundles of 15 contents in id order. The shared
+	// random page and the text page are in the first bundle, so they cost the same share, and the text makes it
+	// compress; a bundle of random pages alone goes raw.
+	if a, b := c.Sizes[c.Images[0].Pages[1]], c.Sizes[c.Images[0].Pages[2]]; a != b || a >= PageSize {
+		t.Errorf("first bundle's shares %d and %d, want equal and below a page", a, b)
 	}
-	if z := c.Sizes[c.Images[0].Pages[2]]; z > 200 {
-		t.Errorf("repetitive text compressed to %d bytes", z)
+	last := len(c.Sizes) - 1
+	if z := c.Sizes[last]; z < PageSize*9/10 {
+		t.Errorf("a bundle of random pages priced at %d bytes a page", z)
+	}
+
+	// A boot file that holds the shared page at a sector boundary: that content costs a seed record only.
+	boot := filepath.Join(t.TempDir(), "vmlinuz")
+	var bf []byte
+	bf = append(bf, make([]byte, 512)...)
+	bf = append(bf, shared...)
+	if err := os.WriteFile(boot, bf, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c2, err := LoadImagesWith(context.Background(), srcs, LoadOptions{BootFiles: []string{boot}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c2.Seeded != 1 || c2.Sizes[c2.Images[0].Pages[1]] != seedRecordCost {
+		t.Errorf("seeded %d, shared page priced %d; want 1 and %d", c2.Seeded, c2.Sizes[c2.Images[0].Pages[1]], seedRecordCost)
 	}
 }
 

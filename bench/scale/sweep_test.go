@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -21,6 +22,7 @@ var (
 	images     = flag.String("scale.images", "", "glob of raw base RAM images for -scale.sweep and -scale.validate; default synthetic")
 	sweepOut   = flag.String("scale.sweep", "", "run the full sweep and write sweep.md and sweep.json into this directory")
 	results    = flag.String("scale.validate", "", "a `vmscatter bench` results.json to validate the model against (with -scale.images)")
+	bootFiles  = flag.String("scale.boot", "", "comma-separated boot files (-kernel, -initrd) of the imaged guests: their copies in RAM cost a seed record")
 )
 
 // loadCatalog returns the images of -scale.images, or 4 synthetic images of 128 MiB.
@@ -32,7 +34,7 @@ func loadCatalog(t testing.TB) (*Catalog, string) {
 	if err != nil || len(paths) == 0 {
 		t.Fatalf("-scale.images %q: %v (no match)", *images, err)
 	}
-	c, err := LoadImageFiles(context.Background(), paths)
+	c, err := LoadImageFilesWith(context.Background(), paths, LoadOptions{BootFiles: bootFileList()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,7 +53,7 @@ func TestCapture(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := LoadImageFiles(ctx, paths)
+	c, err := LoadImageFilesWith(ctx, paths, LoadOptions{BootFiles: bootFileList()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -138,4 +140,11 @@ func BenchmarkProject(b *testing.B) {
 	b.ReportMetric(r.Ratios.MulticastSourceVsNative, "mcast/native")
 	b.ReportMetric(r.Ratios.UnicastSourceVsNative, "ucast/native")
 	b.ReportMetric(r.Ratios.OursVsGreedyFabric, "ours/greedy")
+}
+
+func bootFileList() []string {
+	if *bootFiles == "" {
+		return nil
+	}
+	return strings.Split(*bootFiles, ",")
 }

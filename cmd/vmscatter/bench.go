@@ -34,6 +34,7 @@ func benchCommand() *cli.Command {
 			&cli.BoolFlag{Name: "policies", Usage: "run the convergence-policy matrix instead (dirty rates × patterns × policies)"},
 			&cli.BoolFlag{Name: "scale", Usage: "project 100–1000 VMs onto 10–100 targets with the scale model instead (docs/scale.md)"},
 			&cli.StringSliceFlag{Name: "images", Usage: "scale: raw RAM images to build fleets from (default: capture 4 fixture guests)"},
+			&cli.StringSliceFlag{Name: "boot-files", Usage: "scale: the imaged guests' -kernel and -initrd files, whose copies in RAM the targets read themselves (default with captured images: the fixture's)"},
 			&cli.DurationFlag{Name: "deadline", Value: 20 * time.Second, Usage: "policy matrix: timebound's deadline"},
 			&cli.Float64SliceFlag{Name: "rates", Usage: "policy matrix: dirty rates in pages/s (default 500, 3000, 12000)"},
 			&cli.StringSliceFlag{Name: "only", Usage: "policy matrix: these policies only"},
@@ -59,7 +60,7 @@ func benchCommand() *cli.Command {
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
 			if c.Bool("scale") {
-				rows, err := bench.RunScale(ctx, bench.ScaleConfig{Dir: cfg.Dir, Images: c.StringSlice("images"), Out: c.App.ErrWriter})
+				rows, err := bench.RunScale(ctx, bench.ScaleConfig{Dir: cfg.Dir, Images: c.StringSlice("images"), BootFiles: c.StringSlice("boot-files"), Out: c.App.ErrWriter})
 				if err != nil {
 					return withCode(ExitError, err)
 				}
