@@ -135,7 +135,7 @@ func BenchmarkIndex(b *testing.B) {
 }
 
 // BenchmarkHeldIndex measures the sender's lookups against 256 K held contents: Add with
-// precomputed fingerprint and digest, a page the target holds (fingerprint, SHA-256,
+// precomputed fingerprint and digest, a page the target holds (fingerprint, digest,
 // probe), and one it does not (fingerprint and probe), given the fingerprint (LookupFP)
 // as the migrate path has it.
 func BenchmarkHeldIndex(b *testing.B) {

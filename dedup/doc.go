@@ -6,7 +6,7 @@
 //   - Scan, which reads RAM blocks through caller-given io.ReaderAt values with a bounded
 //     pipeline and builds the SharingMap: each distinct non-zero content, who holds it, and
 //     which contents each VM holds;
-//   - exactness: a Digester (SHA-256 over a per-session salt and the page) and the HeldIndex,
+//   - exactness: a Digester (GMAC of the page under a per-session key: a keyed universal hash) and the HeldIndex,
 //     which turns page bytes into the ContentID a target holds only when the digest matches,
 //     so that a crafted xxhash collision can never become a reference to other bytes;
 //   - page compression (Codec: none, s2, zstd) with bounded decoding;

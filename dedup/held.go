@@ -12,7 +12,7 @@ import (
 const MaxCandidates = 8
 
 // HeldIndex is the sender's view of what one target holds: the contents primed to it,
-// each under its ContentID with the salted digest of the exact bytes that were sent.
+// each under its ContentID with the keyed digest of the exact bytes that were sent.
 // Lookup turns page bytes into the ContentID of equal bytes, or reports that the target
 // holds no such content.
 //
@@ -21,11 +21,11 @@ const MaxCandidates = 8
 //  1. the page's fingerprint is looked up in an open-addressing table of the held
 //     fingerprints; most pages that the target does not hold stop here, for the cost of
 //     the fingerprint and one probe;
-//  2. otherwise the page's salted SHA-256 is computed once and compared with the digests
+//  2. otherwise the page's digest (Digester) is computed once and compared with the digests
 //     of the candidates under that fingerprint (at most MaxCandidates).
 //
 // So a page becomes a reference only to a content whose digest equals the page's. A guest
-// that crafts fingerprint collisions gains at most one SHA-256 and MaxCandidates digest
+// that crafts fingerprint collisions gains at most one digest and MaxCandidates digest
 // comparisons per page, never a wrong reference.
 //
 // A HeldIndex is safe for concurrent use: Lookups run in parallel, Add excludes them.

@@ -185,8 +185,8 @@ func ParseRecords(b []byte, fn func(PageRecord) error) error {
 // makes references exact:
 //
 //   - a zero page becomes a RecordZero with fill 0;
-//   - a page whose exact bytes the target holds (held.Lookup: fingerprint, then salted
-//     SHA-256) becomes a RecordRef;
+//   - a page whose exact bytes the target holds (held.Lookup: fingerprint, then keyed
+//     digest) becomes a RecordRef;
 //   - any other page becomes a RecordLiteral compressed with c, or stored raw when
 //     compression does not make it smaller.
 //

@@ -53,7 +53,7 @@ type primeGroup struct {
 // prime sends every distinct content once to each target that needs it (phase 5), batch by batch in the
 // schedule's order: over multicast to a batch's group when it has two or more targets and multicast works, else
 // over the targets' control connections. It records what each target confirmed holding. Each content's bytes are
-// read once, at prime time, from a page that still has the scanned fingerprint; the salted digest is taken over
+// read once, at prime time, from a page that still has the scanned fingerprint; the keyed digest is taken over
 // exactly the bytes sent, so a later reference is exact whatever the guest did in between.
 func (s *sender) prime(ctx context.Context, sm *dedup.SharingMap, rep *Report) error {
 	n := len(s.targets)

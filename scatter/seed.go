@@ -24,7 +24,7 @@ import (
 // frames.
 
 // seedRecordLen is the fixed part of a SEED record after its content-record head: file index, offset, digest.
-const seedRecordLen = 2 + 8 + 32
+const seedRecordLen = 2 + 8 + len(dedup.Digest{})
 
 // maxSeedFiles bounds the files of one SEED_FILES frame.
 const maxSeedFiles = 64
@@ -236,7 +236,7 @@ type emptyFile struct{}
 func (emptyFile) ReadAt([]byte, int64) (int, error) { return 0, io.EOF }
 
 // A SEED record: the content-record head (be32 content id · u8 n · n × be16 VM slot), then be16 file index (into
-// the SEED_FILES list) · be64 offset · 32-byte salted SHA-256 of the PageSize bytes at that offset.
+// the SEED_FILES list) · be64 offset · 16-byte digest (dedup.Digester) of the PageSize bytes at that offset.
 func appendSeedRecord(dst []byte, id dedup.ContentID, slots []int, file uint16, off int64, dg dedup.Digest) []byte {
 	dst = appendContentHead(dst, id, slots)
 	dst = binary.BigEndian.AppendUint16(dst, file)
@@ -271,7 +271,7 @@ func parseSeedRecords(b []byte, fn func(seedRecord) error) error {
 			return fmt.Errorf("%w: seed record offset %d", ErrFrame, off)
 		}
 		r.offset = int64(off)
-		copy(r.dg[:], b[10:42])
+		copy(r.dg[:], b[10:seedRecordLen])
 		b = b[seedRecordLen:]
 		if err := fn(r); err != nil {
 			return err

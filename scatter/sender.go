@@ -186,7 +186,7 @@ type sender struct {
 	sharing  *dedup.SharingMap
 	batches  []primeBatch // the prime's schedule, from placement
 	costs    []uint32     // by content id: the wire bytes its prime cost (compressed), for the report's bound
-	// digester takes the salted digests that make references exact, over the bytes each target stores (seed and
+	// digester takes the keyed digests that make references exact, over the bytes each target stores (seed and
 	// prime); its salt is fresh for every run.
 	digester *dedup.Digester
 	// linkRate is the rate the prime achieved on the source link, from the data-plane interface's counters, bytes/s
