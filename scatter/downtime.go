@@ -19,7 +19,7 @@ import (
 //	QEMU's threshold = stream rate × QEMU's limit   (bytes of stream it may leave for the stop)
 //	the real one     = wire rate of literals × limit / wire bytes per stream byte of literals
 //
-// so QEMU's limit = limit × R / (ratio × stream rate), where R is this VM's wire rate measured while it sent mostly
+// so QEMU's limit = limit × R / (ratio × stream rate), at least 1 ms (QEMU's unit), where R is this VM's wire rate measured while it sent mostly
 // literals (when the link, not the content, set its pace) and ratio is what a literal stream byte costs on the
 // wire. The link share the prime learned (the source link's rate over the migrations that run at once) bounds R:
 // in a window of 100 ms a stream can burst into socket buffers faster than its share. Until a literal-bound window
@@ -56,7 +56,7 @@ const literalBound = 0.25
 // newDowntimeGuard returns a guard for limit; prior is the wire rate to assume before one is measured (bytes/s, 0
 // for none).
 func newDowntimeGuard(limit time.Duration, prior float64) *downtimeGuard {
-	return &downtimeGuard{limit: limit, floor: max(time.Millisecond, limit/30), prior: prior, qemu: limit}
+	return &downtimeGuard{limit: limit, floor: time.Millisecond, prior: prior, qemu: limit}
 }
 
 // observe takes a sample and returns the downtime limit QEMU should have now.

@@ -26,11 +26,15 @@ func TestDowntimeGuard(t *testing.T) {
 		}
 	}
 	// References at 100 MB/s of stream where the prime measured 1 MB/s of link for this VM: what QEMU may leave for
-	// the stop must be what 1 MB/s sends in 300 ms, so its limit is a hundredth of the user's, at the floor.
+	// the stop must be what 1 MB/s sends in 300 ms, so its limit is a hundredth of the user's: 3 ms.
 	g, s = newDowntimeGuard(limit, 1e6), guardSample{}
 	step(0, 0, 0, 0)
-	if got := step(10e6, 10e3, 0, 0); got != g.floor {
-		t.Fatalf("reference burst: %v, want the floor %v", got, g.floor)
+	if got := step(10e6, 10e3, 0, 0); got != limit/100 {
+		t.Fatalf("reference burst: %v, want %v", got, limit/100)
+	}
+	// At 1 GB/s of stream, a thousandth: below QEMU's unit, so the floor of 1 ms.
+	if got := step(100e6, 10e3, 0, 0); got != g.floor {
+		t.Fatalf("faster burst: %v, want the floor %v", got, g.floor)
 	}
 	// QEMU sees 10 MB/s, the prime said 1 MB/s: a tenth.
 	if got := step(1e6, 1e3, 0, 0); got < limit/11 || got > limit/9 {
