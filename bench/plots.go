@@ -21,7 +21,8 @@ func writePlots(dir string, res *CompareResult) error {
 	lb := float64(res.LowerBoundCompressedBytes)
 	charts := map[string][]byte{
 		"methods.svg": plot.BarChart{
-			Title:       fmt.Sprintf("%d × %d MiB guests → %d targets, relative to QEMU native", res.Config.Guests, res.Config.MemoryMiB, res.Config.Targets),
+			Title: fmt.Sprintf("%d × %d MiB guests → %d targets, %s uplink, relative to QEMU native", res.Config.Guests,
+				res.Config.MemoryMiB, res.Config.Targets, bps(res.Config.UplinkBps)),
 			YLabel:      "relative to QEMU native",
 			Categories:  []string{"bytes leaving the source", "bytes into the targets", "total time"},
 			ValueFormat: "%.2f",
@@ -35,7 +36,7 @@ func writePlots(dir string, res *CompareResult) error {
 		"bytes.svg": plot.BarChart{
 			Title:       "bytes leaving the source (MiB)",
 			YLabel:      "MiB",
-			Categories:  []string{"QEMU native", "vmscatter", "lower bound (compressed)"},
+			Categories:  []string{"QEMU native", "vmscatter", "lower bound"},
 			ValueFormat: "%.1f",
 			Series:      []Series{{Name: "MiB", Values: []float64{float64(n.SourceTxBytes) / (1 << 20), float64(s.SourceTxBytes) / (1 << 20), lb / (1 << 20)}}},
 		}.SVG(),

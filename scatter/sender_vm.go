@@ -139,7 +139,7 @@ func (m *vmMigration) run(ctx context.Context) error {
 	pctx, stopPolicy := context.WithCancel(ctx)
 	defer stopPolicy()
 	go s.cfg.Policy.steer(pctx, vm.qmp, s.log.With("vm", name), m.setStopped)
-	go m.guardDowntime(pctx, vm.qmp, s.log.With("vm", name))
+	go m.guardDowntime(pctx, vm.qmp, s.log.With("vm", name), s.cfg.MaxBandwidth)
 	go func() { pumpErr <- m.pump(ctx) }()
 	pumpDone := false
 	defer func() {
