@@ -2,11 +2,8 @@ package dedup
 
 import (
 	"fmt"
-	"runtime"
-	"sync"
 
 	"github.com/klauspost/compress/s2"
-	"github.com/klauspost/compress/zstd"
 )
 
 // Pages compressed one by one lose what neighbouring pages share (a kernel's text, a file in the page cache): zstd
@@ -20,36 +17,6 @@ const MaxBundlePages = 15
 // MaxEncodedBundle bounds the encoded size of one bundle's data under any codec (incompressible data is sent as it
 // is, see CompressPages).
 const MaxEncodedBundle = MaxBundlePages * PageSize
-
-var bundleZstd struct {
-	once sync.Once
-	enc  *zstd.Encoder
-	dec  *zstd.Decoder
-	err  error
-}
-
-func bundleCoders() (*zstd.Encoder, *zstd.Decoder) {
-	z := &bundleZstd
-	z.once.Do(func() {
-		z.enc, z.err = zstd.NewWriter(nil,
-			zstd.WithEncoderLevel(zstd.SpeedFastest),
-			zstd.WithEncoderCRC(false),
-			zstd.WithWindowSize(64<<10), // the whole bundle
-			zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)))
-		if z.err != nil {
-			return
-		}
-		z.dec, z.err = zstd.NewReader(nil,
-			zstd.WithDecoderMaxMemory(MaxEncodedBundle),
-			zstd.WithDecoderMaxWindow(64<<10),
-			zstd.WithDecodeAllCapLimit(true),
-			zstd.WithDecoderConcurrency(runtime.GOMAXPROCS(0)))
-	})
-	if z.err != nil {
-		panic("dedup: zstd bundle setup: " + z.err.Error()) // constant options: a programming error
-	}
-	return z.enc, z.dec
-}
 
 // CompressPages appends pages (1 to MaxBundlePages whole pages, back to back) compressed together with c to dst, or
 // the pages as they are when compression does not make them smaller, and returns the codec it used.
@@ -65,7 +32,7 @@ func CompressPages(dst, pages []byte, c Codec) ([]byte, Codec) {
 		enc := s2.Encode(dst[start:cap(dst)], pages)
 		dst = dst[:start+len(enc)]
 	case CodecZstd:
-		enc, _ := bundleCoders()
+		enc, _ := bundleZstd.get()
 		dst = enc.EncodeAll(pages, dst)
 	default:
 		return append(dst, pages...), CodecNone
@@ -100,7 +67,7 @@ func DecodePages(dst, src []byte, c Codec) error {
 		}
 		return nil
 	case CodecZstd:
-		_, dec := bundleCoders()
+		_, dec := bundleZstd.get()
 		out, err := dec.DecodeAll(src, dst[:0:len(dst)])
 		if err != nil || len(out) != len(dst) || &out[0] != &dst[0] {
 			return fmt.Errorf("%w: zstd bundle: %d bytes, want %d (%v)", ErrCorruptPage, len(out), len(dst), err)

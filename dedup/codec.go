@@ -3,11 +3,8 @@ package dedup
 import (
 	"errors"
 	"fmt"
-	"runtime"
-	"sync"
 
 	"github.com/klauspost/compress/s2"
-	"github.com/klauspost/compress/zstd"
 )
 
 // Codec names how a literal page is compressed on the wire.
@@ -60,38 +57,6 @@ func (c Codec) String() string {
 // Valid reports whether c is a known codec.
 func (c Codec) Valid() bool { return c <= CodecZstd }
 
-var zstdState struct {
-	once sync.Once
-	enc  *zstd.Encoder
-	dec  *zstd.Decoder
-	err  error
-}
-
-func zstdCoders() (*zstd.Encoder, *zstd.Decoder) {
-	z := &zstdState
-	z.once.Do(func() {
-		z.enc, z.err = zstd.NewWriter(nil,
-			zstd.WithEncoderLevel(zstd.SpeedFastest),
-			zstd.WithEncoderCRC(false),
-			zstd.WithWindowSize(zstd.MinWindowSize*4), // 4 KiB: one page
-			zstd.WithLowerEncoderMem(true),
-			zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)))
-		if z.err != nil {
-			return
-		}
-		z.dec, z.err = zstd.NewReader(nil,
-			zstd.WithDecoderMaxMemory(PageSize),
-			zstd.WithDecoderMaxWindow(zstd.MinWindowSize*4),
-			zstd.WithDecodeAllCapLimit(true),
-			zstd.WithDecoderConcurrency(runtime.GOMAXPROCS(0)))
-	})
-	if z.err != nil {
-		// The options are constants: failing here is a programming error.
-		panic("dedup: zstd setup: " + z.err.Error())
-	}
-	return z.enc, z.dec
-}
-
 // Append appends page (PageSize bytes) compressed with c to dst. The result may be larger
 // than the page for incompressible data; Compress picks the smaller form.
 func (c Codec) Append(dst, page []byte) []byte {
@@ -107,7 +72,7 @@ func (c Codec) Append(dst, page []byte) []byte {
 		enc := s2.Encode(dst[n:cap(dst)], page)
 		return dst[:n+len(enc)]
 	case CodecZstd:
-		enc, _ := zstdCoders()
+		enc, _ := pageZstd.get()
 		return enc.EncodeAll(page, dst)
 	}
 	panic(fmt.Sprintf("dedup: Append with %v", c))
@@ -152,7 +117,7 @@ func (c Codec) Decode(dst, src []byte) error {
 		}
 		return nil
 	case CodecZstd:
-		_, dec := zstdCoders()
+		_, dec := pageZstd.get()
 		out, err := dec.DecodeAll(src, dst[:0:PageSize])
 		if err != nil || len(out) != PageSize || &out[0] != &dst[0] {
 			return fmt.Errorf("%w: zstd: %d bytes (%v)", ErrCorruptPage, len(out), err)

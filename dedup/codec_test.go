@@ -64,7 +64,7 @@ func TestCodecDecodeRejects(t *testing.T) {
 			bomb = append(bomb, 0x80, 0x80, 0x40) // s2 header claiming 1 MiB
 			bomb = append(bomb, enc[2:]...)
 		case CodecZstd:
-			enc2, _ := zstdCoders()
+			enc2, _ := pageZstd.get()
 			bomb = enc2.EncodeAll(big, nil)
 		}
 		if err := c.Decode(got, bomb); !errors.Is(err, ErrCorruptPage) {

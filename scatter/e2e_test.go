@@ -191,6 +191,30 @@ func sendCfg(key []byte, targets []string, guests ...*testGuest) SendConfig {
 	return cfg
 }
 
+// sendPinned migrates guests[i] to receivers[i] and fails the test unless every one migrated.
+func sendPinned(t *testing.T, receivers []*testReceiver, guests ...*testGuest) *Report {
+	t.Helper()
+	var addrs []string
+	for _, r := range receivers {
+		addrs = append(addrs, r.addr)
+	}
+	cfg := sendCfg(testKey, addrs, guests...)
+	cfg.Placement = map[string]string{}
+	for i, g := range guests {
+		cfg.Placement[g.name] = receivers[i].addr
+	}
+	rep, err := Send(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range rep.VMs {
+		if v.Status != StatusMigrated {
+			t.Fatalf("%s: %s: %s", v.Name, v.Status, v.Error)
+		}
+	}
+	return rep
+}
+
 func waitExit(t *testing.T, g *testGuest) {
 	t.Helper()
 	done := make(chan struct{})
@@ -215,16 +239,8 @@ func TestMigrateTwoVMsToTwoReceiversOverLoopback(t *testing.T) {
 	}
 	want := paused.pmemsave(t, paused.q, 64<<20, filepath.Join(dir, "src.mem"))
 
-	cfg := sendCfg(testKey, []string{r1.addr, r2.addr}, running, paused)
-	cfg.Placement = map[string]string{"run1": r1.addr, "frozen1": r2.addr}
-	rep, err := Send(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	rep := sendPinned(t, []*testReceiver{r1, r2}, running, paused)
 	for _, v := range rep.VMs {
-		if v.Status != StatusMigrated {
-			t.Fatalf("%s: %s: %s", v.Name, v.Status, v.Error)
-		}
 		if v.Pages.Total == 0 || v.Pages.Total != v.Pages.Zero+v.Pages.Literal+v.Pages.Referenced || v.WireBytes == 0 {
 			t.Errorf("%s: page counts %+v, wire %d", v.Name, v.Pages, v.WireBytes)
 		}
@@ -431,17 +447,7 @@ func TestSeedFromBootFiles(t *testing.T) {
 		}
 		want = append(want, mem)
 	}
-	cfg := sendCfg(testKey, []string{r1.addr, r2.addr}, a, b)
-	cfg.Placement = map[string]string{"seeda": r1.addr, "seedb": r2.addr}
-	rep, err := Send(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, v := range rep.VMs {
-		if v.Status != StatusMigrated {
-			t.Fatalf("%s: %s: %s", v.Name, v.Status, v.Error)
-		}
-	}
+	rep := sendPinned(t, []*testReceiver{r1, r2}, a, b)
 	// r1 read the blob's 256 pages from its copy; r2 refused them all.
 	if got := rep.Totals.SeededContents; got != int64(len(blob)/4096) {
 		t.Errorf("seeded %d contents, want %d (the blob's pages, on r1 only)", got, len(blob)/4096)

@@ -40,7 +40,7 @@ func (m *vmMigration) pump(ctx context.Context) error {
 	flush := func(force bool) error {
 		if len(batch) > 0 {
 			t, payload := framePages, batch
-			if zbuf = compressPages(zbuf, batch); zbuf != nil {
+			if zbuf = dedup.CompressRecords(zbuf, batch); zbuf != nil {
 				t, payload = framePagesZ, zbuf
 			}
 			if err := sc.Send(t, payload, force); err != nil {
@@ -192,7 +192,7 @@ func (rb *rebuilder) run(ctx context.Context, sc *secureConn) error {
 		case framePages:
 			err = rb.pagesFrame(ctx, b)
 		case framePagesZ:
-			if rb.zbuf, err = decodePages(rb.zbuf, b); err == nil {
+			if rb.zbuf, err = dedup.DecodeRecords(rb.zbuf, b); err == nil {
 				err = rb.pagesFrame(ctx, rb.zbuf)
 			}
 		case frameSectionEnd:

@@ -40,7 +40,7 @@ const (
 	frameStreamCancel frameType = 0x1f // sender→receiver, JSON errorMsg: the source stream failed
 	frameLoaded       frameType = 0x20 // receiver→sender, JSON runningMsg: destination loaded, paused
 	frameStart        frameType = 0x21 // sender→receiver, empty: start the destination
-	framePagesZ       frameType = 0x22 // sender→receiver, binary: a PAGES payload compressed with zstd (pagesz.go)
+	framePagesZ       frameType = 0x22 // sender→receiver, binary: a PAGES payload compressed as a whole (dedup.CompressRecords)
 	frameJoin         frameType = 0x07 // sender→receiver (control), JSON joinMsg: join a multicast group now
 	frameJoined       frameType = 0x08 // receiver→sender (control), JSON errorMsg: joined (error empty) or not
 	frameLeave        frameType = 0x09 // sender→receiver (control), JSON leaveMsg: leave a group

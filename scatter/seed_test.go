@@ -79,16 +79,24 @@ func FuzzSeedRecords(f *testing.F) {
 			again = appendSeedRecord(again, r.id, r.slots, uint16(r.file), r.offset, r.dg)
 			return nil
 		})
-		if err != nil {
-			if !errors.Is(err, ErrFrame) {
-				t.Fatalf("untyped error %v", err)
-			}
-			return
-		}
-		if !bytes.Equal(again, b) {
-			t.Fatalf("round trip: %x != %x", again, b)
-		}
+		checkRoundTrip(t, b, again, err)
 	})
+}
+
+// checkRoundTrip is the property of every parser's fuzz test: input that parses re-encodes to itself, and input
+// that does not gets a typed error (ErrFrame). It reports whether b parsed.
+func checkRoundTrip(t *testing.T, b, again []byte, err error) bool {
+	t.Helper()
+	if err != nil {
+		if !errors.Is(err, ErrFrame) {
+			t.Fatalf("untyped error %v", err)
+		}
+		return false
+	}
+	if !bytes.Equal(again, b) {
+		t.Fatalf("round trip: %x != %x", again, b)
+	}
+	return true
 }
 
 func FuzzBundles(f *testing.F) {
@@ -106,14 +114,8 @@ func FuzzBundles(f *testing.F) {
 			again = appendBundle(again, bd.codec, bd.heads, bd.data)
 			return nil
 		})
-		if err != nil {
-			if !errors.Is(err, ErrFrame) {
-				t.Fatalf("untyped error %v", err)
-			}
+		if !checkRoundTrip(t, b, again, err) {
 			return
-		}
-		if !bytes.Equal(again, b) {
-			t.Fatalf("round trip: %x != %x", again, b)
 		}
 		// Storing what parsed never panics, and fails with a typed error when the data is not what the heads say.
 		store := dedup.NewContentStore(1<<24, nil)

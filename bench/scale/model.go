@@ -47,7 +47,7 @@ const (
 	nativeZeroRecord = 8 + 1
 	// vmscatter page records (docs/dedup.md): an 11-byte header (kind, block, offset), then 4 bytes of content
 	// id, 1 fill byte, or codec, length and the compressed page. Frames of references and zero pages travel
-	// compressed (PAGES_Z): about 5 bytes a record (scatter/pagesz.go).
+	// compressed (PAGES_Z): about 5 bytes a record (dedup.CompressRecords).
 	refRecord        = 5
 	zeroRecord       = 5
 	literalRecordHdr = 14
