@@ -112,7 +112,8 @@ func (p Policy) capabilities() map[string]bool {
 }
 
 // apply sets the source's capabilities and parameters before `migrate`.
-func (p Policy) apply(ctx context.Context, q *kvm.QMP, caps map[string]bool, maxBandwidth int64) error {
+// downtime is the limit QEMU starts with (the downtime guard's first value, startingDowntime).
+func (p Policy) apply(ctx context.Context, q *kvm.QMP, caps map[string]bool, maxBandwidth int64, downtime time.Duration) error {
 	if err := q.Execute(ctx, "migrate-set-capabilities", map[string]any{"capabilities": capabilityList(caps)}, nil); err != nil {
 		return err
 	}
@@ -124,7 +125,7 @@ func (p Policy) apply(ctx context.Context, q *kvm.QMP, caps map[string]bool, max
 	// for precopy. Their steering forces the switch-over when QEMU does not converge. (A 1 ms limit for the whole
 	// migration, which would leave the moment to the steering alone, makes QEMU sync its dirty bitmap many times in
 	// quick succession, and under TCG every sync can lose guest writes.)
-	params := map[string]any{"downtime-limit": p.Downtime.Milliseconds(), "max-bandwidth": maxBandwidth}
+	params := map[string]any{"downtime-limit": max(1, downtime.Milliseconds()), "max-bandwidth": maxBandwidth}
 	if p.Kind == PolicyAutoconverge {
 		params["cpu-throttle-initial"] = p.ThrottleInitial
 		params["cpu-throttle-increment"] = p.ThrottleIncrement

@@ -196,6 +196,12 @@ type sender struct {
 	iface    string // the data-plane interface, for its counters
 }
 
+// A prime smaller than this measures set-up more than the link: the downtime guard then does without a share.
+const (
+	minRateSampleBytes = 8 << 20
+	minRateSampleMS    = 200
+)
+
 // linkShare is one migration's share of the source link as the prime measured it, bytes/s; 0 when unknown.
 func (s *sender) linkShare() float64 {
 	return s.linkRate / float64(max(1, min(s.cfg.Parallel, len(s.vms))))
@@ -329,7 +335,7 @@ func (s *sender) run(ctx context.Context) (*Report, error) {
 		}
 	}
 	rep.Totals.Phases.Prime = phase.lap()
-	if tx, err := txBytes(iface); err == nil && txErr == nil && rep.Totals.Phases.Prime > 0 && tx > primeTx0 {
+	if tx, err := txBytes(iface); err == nil && txErr == nil && rep.Totals.Phases.Prime >= minRateSampleMS && tx-primeTx0 >= minRateSampleBytes {
 		s.linkRate = float64(tx-primeTx0) / (float64(rep.Totals.Phases.Prime) / 1000)
 	}
 

@@ -110,7 +110,7 @@ func (m *vmMigration) run(ctx context.Context) error {
 	}
 	defer ln.Close()
 	defer os.Remove(sock)
-	if err := s.cfg.Policy.apply(ctx, vm.qmp, caps, s.cfg.MaxBandwidth); err != nil {
+	if err := s.cfg.Policy.apply(ctx, vm.qmp, caps, s.cfg.MaxBandwidth, startingDowntime(s.cfg.Policy.Downtime, s.linkShare())); err != nil {
 		return fmt.Errorf("setting migration parameters: %w", err)
 	}
 	vm.qmp.DrainEvents("STOP")
