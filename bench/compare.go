@@ -179,6 +179,19 @@ func RunCompare(ctx context.Context, cfg CompareConfig) (*CompareResult, error) 
 	return res, writeCompare(cfg.Dir, res)
 }
 
+// Replot reads dir/results.json of an earlier run and writes its summary.md and plots again.
+func Replot(dir string) (*CompareResult, error) {
+	b, err := os.ReadFile(filepath.Join(dir, "results.json"))
+	if err != nil {
+		return nil, err
+	}
+	var res CompareResult
+	if err := json.Unmarshal(b, &res); err != nil {
+		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, "results.json"), err)
+	}
+	return &res, writeCompare(dir, &res)
+}
+
 func writeCompare(dir string, res *CompareResult) error {
 	b, err := json.MarshalIndent(res, "", "  ")
 	if err != nil {

@@ -34,7 +34,7 @@ func TestCompareOutputs(t *testing.T) {
 	res := &CompareResult{VMs: []string{"vm1", "vm2"}}
 	res.Native = MethodFigures{Method: "QEMU native", SourceTxBytes: 400 << 20, TargetRxBytes: 400 << 20, TotalMS: 3500, DowntimeMS: []int64{200, 180}}
 	res.Scatter = MethodFigures{Method: "vmscatter", SourceTxBytes: 120 << 20, TargetRxBytes: 150 << 20, TotalMS: 3000, DowntimeMS: []int64{150, 250}}
-	res.LowerBoundCompressedBytes = 100 << 20
+	res.FinalBoundBytes = 100 << 20
 	if err := writeCompare(dir, res); err != nil {
 		t.Fatal(err)
 	}

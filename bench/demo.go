@@ -110,9 +110,10 @@ func printSummary(w io.Writer, c *Cluster, res *SendResult) {
 	t := res.Report.Totals
 	fmt.Fprintf(w, "guest RAM %.0f MiB; %d non-zero pages, %d distinct; prime %.1f MiB; on the wire %.1f MiB in all\n",
 		float64(t.RAMBytes)/(1<<20), t.NonZeroPages, t.DistinctPages, float64(t.PrimeBytes)/(1<<20), float64(t.WireBytes)/(1<<20))
-	fmt.Fprintf(w, "source interface sent %.1f MiB in %.1f s over %s; lower bound for it (each distinct page once%s) %.1f MiB, %.1f MiB compressed\n",
+	fmt.Fprintf(w, "source interface sent %.1f MiB in %.1f s over %s; lower bound for it (each distinct page the destinations "+
+		"loaded once%s, compressed as it travelled) %.1f MiB: %.2f× it; %d pages came from the targets' own boot files\n",
 		float64(res.SourceTx)/(1<<20), res.Elapsed.Seconds(), res.Report.Transport, map[bool]string{true: "", false: " per target"}[res.Report.Transport == "multicast"],
-		float64(t.LowerBoundBytes)/(1<<20), float64(t.LowerBoundCompressedBytes)/(1<<20))
+		float64(t.FinalBoundBytes)/(1<<20), float64(res.SourceTx)/float64(max(1, t.FinalBoundBytes)), t.SeededContents)
 }
 
 // waitGuestOK waits until a console log shows n progress lines and no failure.

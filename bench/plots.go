@@ -18,11 +18,11 @@ func writePlots(dir string, res *CompareResult) error {
 		}
 		return a / b
 	}
-	lb := float64(res.LowerBoundCompressedBytes)
+	lb := float64(res.FinalBoundBytes) // the bound the run is measured against (scatter.Totals.FinalBoundBytes)
 	charts := map[string][]byte{
 		"methods.svg": plot.BarChart{
-			Title: fmt.Sprintf("%d × %d MiB guests → %d targets, %s uplink, relative to QEMU native", res.Config.Guests,
-				res.Config.MemoryMiB, res.Config.Targets, bps(res.Config.UplinkBps)),
+			Title: fmt.Sprintf("%d × %d MiB → %d targets, %s uplink", res.Config.Guests, res.Config.MemoryMiB,
+				res.Config.Targets, bps(res.Config.UplinkBps)),
 			YLabel:      "relative to QEMU native",
 			Categories:  []string{"bytes leaving the source", "bytes into the targets", "total time"},
 			ValueFormat: "%.2f",
