@@ -226,8 +226,9 @@ func (r *CompareResult) Markdown() string {
 		mib(uint64(r.FinalBoundBytes)), t.FinalDistinctPages, r.Ratios.WireVsLowerBound,
 		mib(uint64(r.LowerBoundBytes)), mib(uint64(r.LowerBoundCompressedBytes)), r.Ratios.WireVsScanBound, t.NonZeroPages, t.DistinctPages, t.ScanMS)
 	p := t.Phases
-	fmt.Fprintf(&b, "\nvmscatter's phases, ms: prepare %d, scan %d, place %d, seed %d, prime %d, migrate %d.\n",
-		p.Prepare, p.Scan, p.Place, p.Seed, p.Prime, p.Migrate)
+	fmt.Fprintf(&b, "\nvmscatter's phases, ms: prepare %d, scan %d, place %d, seed %d, prime %d, migrate %d. "+
+		"Primed %s, of which %s held contents that no VM's final memory references (the guests overwrote them).\n",
+		p.Prepare, p.Scan, p.Place, p.Seed, p.Prime, p.Migrate, mib(uint64(t.PrimeBytes)), mib(uint64(t.PrimeUnusedBytes)))
 	return b.String()
 }
 

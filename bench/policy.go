@@ -45,33 +45,53 @@ type PolicyConfig struct {
 	Out       io.Writer
 }
 
+// defaults fills in what the configuration leaves unset.
+func (c *PolicyConfig) defaults() {
+	if c.MemoryMiB == 0 {
+		c.MemoryMiB = 256
+	}
+	if c.WSS == 0 {
+		c.WSS = 96 << 20
+	}
+	if c.UplinkBps == 0 {
+		c.UplinkBps = 200e6
+	}
+	if len(c.Rates) == 0 {
+		c.Rates = []float64{500, 3000, 12000}
+	}
+	if len(c.Patterns) == 0 {
+		c.Patterns = []string{"seq", "random"}
+	}
+	if len(c.Policies) == 0 {
+		c.Policies = []string{"precopy", "autoconverge", "timebound", "membound"}
+	}
+	if c.Deadline == 0 {
+		c.Deadline = 20 * time.Second
+	}
+	if c.Timeout == 0 {
+		c.Timeout = 2 * c.Deadline
+	}
+}
+
+// ReplotPolicies reads dir/policies.json of an earlier matrix (possibly merged from several runs) and writes its
+// policies.md and plots again.
+func ReplotPolicies(dir string, cfg PolicyConfig) ([]PolicyRun, error) {
+	cfg.defaults()
+	b, err := os.ReadFile(filepath.Join(dir, "policies.json"))
+	if err != nil {
+		return nil, err
+	}
+	var rows []PolicyRun
+	if err := json.Unmarshal(b, &rows); err != nil {
+		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, "policies.json"), err)
+	}
+	return rows, WritePolicyReport(dir, rows, cfg)
+}
+
 // RunPolicyMatrix moves one fresh guest per cell through a shaped uplink with each policy and records what it
 // cost. A run that does not finish within --timeout rolls back, and the row says so.
 func RunPolicyMatrix(ctx context.Context, cfg PolicyConfig) ([]PolicyRun, error) {
-	if cfg.MemoryMiB == 0 {
-		cfg.MemoryMiB = 256
-	}
-	if cfg.WSS == 0 {
-		cfg.WSS = 96 << 20
-	}
-	if cfg.UplinkBps == 0 {
-		cfg.UplinkBps = 200e6
-	}
-	if len(cfg.Rates) == 0 {
-		cfg.Rates = []float64{500, 3000, 12000}
-	}
-	if len(cfg.Patterns) == 0 {
-		cfg.Patterns = []string{"seq", "random"}
-	}
-	if len(cfg.Policies) == 0 {
-		cfg.Policies = []string{"precopy", "autoconverge", "timebound", "membound"}
-	}
-	if cfg.Deadline == 0 {
-		cfg.Deadline = 20 * time.Second
-	}
-	if cfg.Timeout == 0 {
-		cfg.Timeout = 2 * cfg.Deadline
-	}
+	cfg.defaults()
 	out := cfg.Out
 	if out == nil {
 		out = io.Discard
@@ -141,6 +161,7 @@ func WritePolicyReport(dir string, rows []PolicyRun, cfg PolicyConfig) error {
 
 // PolicyMarkdown renders the matrix as a table.
 func PolicyMarkdown(rows []PolicyRun, cfg PolicyConfig) string {
+	cfg.defaults()
 	var b strings.Builder
 	fmt.Fprintf(&b, "One guest of %d MiB, working set %d MiB, uplink %s, timebound deadline %v, every run bounded by --timeout %v.\n\n",
 		cfg.MemoryMiB, cfg.WSS>>20, bps(cfg.UplinkBps), cfg.Deadline, cfg.Timeout)

@@ -23,6 +23,7 @@ type finalPage struct {
 	fp    dedup.Fingerprint
 	cost  uint32 // wire bytes of the content as it travelled
 	local bool   // the target produced it from a file of its own: it crossed no link
+	ref   uint32 // 1 + the content id the stream referenced; 0 for a literal
 }
 
 func newFinalImage(target int) *finalImage {
@@ -34,9 +35,15 @@ func pageKey(block uint16, offset uint64) uint64 { return uint64(block)<<48 | of
 // zero records that a page ended as a zero (or fill) page: it costs the bound nothing.
 func (f *finalImage) zero(block uint16, offset uint64) { delete(f.pages, pageKey(block, offset)) }
 
-// content records that a page's content is now fp, which cost cost bytes (local: none, from the target's files).
-func (f *finalImage) content(block uint16, offset uint64, fp dedup.Fingerprint, cost uint32, local bool) {
-	f.pages[pageKey(block, offset)] = finalPage{fp: fp, cost: cost, local: local}
+// literal records that a page's content is now fp, sent in the stream at cost bytes.
+func (f *finalImage) literal(block uint16, offset uint64, fp dedup.Fingerprint, cost uint32) {
+	f.pages[pageKey(block, offset)] = finalPage{fp: fp, cost: cost}
+}
+
+// ref records that a page's content is now held content id, which cost cost bytes to bring (local: none, the
+// target read it from its own files).
+func (f *finalImage) ref(block uint16, offset uint64, fp dedup.Fingerprint, id dedup.ContentID, cost uint32, local bool) {
+	f.pages[pageKey(block, offset)] = finalPage{fp: fp, cost: cost, local: local, ref: uint32(id) + 1}
 }
 
 // finalBound is the bound over a set of final images.
@@ -45,6 +52,9 @@ type finalBound struct {
 	// Multicast and Unicast are the bound in compressed bytes for each transport: each distinct content that a
 	// target needed and did not have locally, once in all, or once per target that needed it.
 	Multicast, Unicast int64
+	// PrimeUnused is what the prime spent, in compressed bytes counted once per content, on contents that no
+	// final image references: the guests overwrote every page that held them before its stream went by.
+	PrimeUnused int64
 }
 
 // need is what one content costs a target set: local when every target that needed it had it locally, else the
@@ -64,12 +74,19 @@ func (n need) merge(o need) need {
 	return need{cost: min(n.cost, o.cost)}
 }
 
-// computeFinalBound folds the images into the bound.
-func computeFinalBound(images []*finalImage) finalBound {
+// computeFinalBound folds the images into the bound. primeCosts is what each primed content cost, by content id
+// (0: not primed).
+func computeFinalBound(images []*finalImage, primeCosts []uint32) finalBound {
 	perTarget := map[int]map[dedup.Fingerprint]need{}
+	used := make([]bool, len(primeCosts))
 	for _, img := range images {
 		if img == nil {
 			continue
+		}
+		for _, p := range img.pages {
+			if p.ref > 0 && int(p.ref-1) < len(used) {
+				used[p.ref-1] = true
+			}
 		}
 		t := perTarget[img.target]
 		if t == nil {
@@ -94,6 +111,11 @@ func computeFinalBound(images []*finalImage) finalBound {
 		}
 	}
 	b := finalBound{DistinctPages: int64(len(all))}
+	for id, c := range primeCosts {
+		if !used[id] {
+			b.PrimeUnused += int64(c)
+		}
+	}
 	for _, n := range all {
 		if !n.local {
 			b.Multicast += int64(n.cost)

@@ -4,21 +4,26 @@ import "testing"
 
 func TestFinalBound(t *testing.T) {
 	a := newFinalImage(0) // VM on target 0
-	a.content(0, 0, 1, 100, false)
-	a.content(0, 4096, 2, 50, false)
-	a.content(0, 8192, 3, 0, true) // from a local file
-	a.content(0, 12288, 9, 4096, false)
+	a.ref(0, 0, 1, 1, 100, false)
+	a.ref(0, 4096, 2, 2, 50, false)
+	a.ref(0, 8192, 3, 3, 0, true) // from a local file
+	a.literal(0, 12288, 9, 4096)
 	a.zero(0, 12288)                 // ended as a zero page: free
 	b := newFinalImage(1)            // VM on target 1
-	b.content(0, 0, 1, 80, false)    // same content, cheaper: the bound takes the cheapest
-	b.content(0, 4096, 3, 30, false) // local on target 0, not on target 1
-	b.content(0, 8192, 4, 10, false)
-	b.content(0, 8192, 5, 20, false) // overwritten: only the last content counts
+	b.literal(0, 0, 1, 80)          // same content, cheaper: the bound takes the cheapest
+	b.ref(0, 4096, 3, 3, 30, false) // local on target 0, not on target 1
+	b.ref(0, 8192, 4, 4, 10, false)
+	b.ref(0, 8192, 5, 5, 20, false) // overwritten: only the last content counts
 	c := newFinalImage(0)            // a second VM on target 0 shares content 1 and 2
-	c.content(1, 0, 1, 100, false)
-	c.content(1, 4096, 2, 50, false)
+	c.ref(1, 0, 1, 1, 100, false)
+	c.ref(1, 4096, 2, 2, 50, false)
 
-	got := computeFinalBound([]*finalImage{a, b, c, nil})
+	// Primed: 1, 2, 3 (for target 1), 4 (overwritten before the end) and 7 (referenced by no stream).
+	primed := []uint32{1: 100, 2: 50, 3: 30, 4: 10, 7: 40}
+	got := computeFinalBound([]*finalImage{a, b, c, nil}, primed)
+	if got.PrimeUnused != 50 { // 4 and 7
+		t.Errorf("prime unused %d, want 50", got.PrimeUnused)
+	}
 	if got.DistinctPages != 4 { // 1, 2, 3, 5
 		t.Errorf("distinct %d, want 4", got.DistinctPages)
 	}

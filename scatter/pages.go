@@ -90,13 +90,13 @@ func (m *vmMigration) pump(ctx context.Context) error {
 					m.pages.Referenced++
 					rec.Kind, rec.Ref = dedup.RecordRef, id
 					cost, local := m.s.contentCost(m.vm.target, id)
-					final.content(rec.Block, rec.Offset, fp, cost, local)
+					final.ref(rec.Block, rec.Offset, fp, id, cost, local)
 				} else {
 					m.pages.Literal++
 					rec.Kind = dedup.RecordLiteral
 					m.litBuf, rec.Codec = m.s.codec.Compress(m.litBuf[:0], e.Data)
 					rec.Data = m.litBuf
-					final.content(rec.Block, rec.Offset, fp, uint32(len(m.litBuf)), false)
+					final.literal(rec.Block, rec.Offset, fp, uint32(len(m.litBuf)))
 					m.counters.litStream.Add(dedup.PageSize)
 					m.counters.litWire.Add(int64(len(m.litBuf)))
 				}

@@ -191,15 +191,19 @@ func (p Policy) steerTimebound(ctx context.Context, q *kvm.QMP, log *slog.Logger
 	var tb timeBudget
 	var pass, passSize int64
 	watchMigration(ctx, q, func(mi migrateInfo) bool {
-		tb.observe(mi.RAM.Transferred, time.Since(start))
+		pageSize := mi.RAM.PageSize
+		if pageSize <= 0 {
+			pageSize = 4096
+		}
+		tb.observe(mi.RAM.Normal+mi.RAM.Duplicate, time.Since(start))
 		if mi.RAM.Iterations != pass {
 			// A pass starts just after QEMU synced its dirty bitmap: what remains then is the dirty set, which is
 			// what a stop will have to send; during the pass `remaining` shrinks and would underestimate it.
 			pass, passSize = mi.RAM.Iterations, mi.RAM.Remaining
 		}
-		if tb.mustSwitch(max(mi.RAM.Remaining, passSize), time.Since(start), p.Deadline) {
+		if tb.mustSwitch(max(mi.RAM.Remaining, passSize)/pageSize, time.Since(start), p.Deadline) {
 			log.Info("timebound: switching over so that the rest fits before the deadline", "remaining", mi.RAM.Remaining,
-				"elapsed", time.Since(start).Round(time.Millisecond))
+				"elapsed", time.Since(start).Round(time.Millisecond), "pages_per_s", int64(tb.rate))
 			switchOver(q, stopped)
 			return true
 		}
@@ -219,34 +223,44 @@ func (p Policy) steerTimebound(ctx context.Context, q *kvm.QMP, log *slog.Logger
 
 // timeBudget decides when a time-bound migration must switch over: when the time already spent plus the time to
 // send what remains, at the rate measured so far (with a margin), reaches the deadline. It is pure: it learns
-// from the transferred-bytes samples it is given.
+// from the samples it is given. Its unit is pages, not bytes: QEMU's `remaining` counts every page at full size,
+// and a zero page, which QEMU sends as a flag, would make a byte rate taken over a stretch of literals
+// overestimate the rest several times over (measured: a 256 MiB guest stopped 2 s into its first pass, and then
+// 8.9 s of downtime while the rest of that pass went out).
 type timeBudget struct {
-	lastBytes int64
+	samples   int
+	lastPages int64
 	lastAt    time.Duration
-	rate      float64 // bytes per second, smoothed
+	rate      float64 // pages per second, smoothed
 }
 
 // switchMargin pads the estimated stop-and-copy time: the last pass also carries device state and the start-up
 // of the destination.
 const switchMargin = 1.2
 
-func (b *timeBudget) observe(transferred int64, at time.Duration) {
-	if at > b.lastAt && transferred >= b.lastBytes && b.lastAt > 0 {
-		r := float64(transferred-b.lastBytes) / (at - b.lastAt).Seconds()
+// minBudgetSamples is how many rate samples (one per steerPeriod) the budget takes before it decides anything but
+// the deadline itself: the first ones see a migration still starting up.
+const minBudgetSamples = 5
+
+func (b *timeBudget) observe(pages int64, at time.Duration) {
+	if at > b.lastAt && pages >= b.lastPages && b.lastAt > 0 {
+		r := float64(pages-b.lastPages) / (at - b.lastAt).Seconds()
 		if b.rate == 0 {
 			b.rate = r
 		} else {
 			b.rate = 0.7*b.rate + 0.3*r
 		}
+		b.samples++
 	}
-	b.lastBytes, b.lastAt = transferred, at
+	b.lastPages, b.lastAt = pages, at
 }
 
+// mustSwitch reports whether a migration with remaining pages still to send must stop now to finish by deadline.
 func (b *timeBudget) mustSwitch(remaining int64, elapsed, deadline time.Duration) bool {
 	if elapsed >= deadline {
 		return true
 	}
-	if b.rate <= 0 {
+	if b.rate <= 0 || b.samples < minBudgetSamples {
 		return false
 	}
 	copyTime := time.Duration(switchMargin * float64(remaining) / b.rate * float64(time.Second))

@@ -7,23 +7,30 @@ import (
 
 // TestTimeBudget drives the time-bound switch-over decision with samples, no clock and no QEMU.
 func TestTimeBudget(t *testing.T) {
-	const mb = 1 << 20
 	var b timeBudget
 	deadline := 20 * time.Second
-	// 25 MB/s measured; 100 MB left would take 4 s (4.8 s with the margin).
-	b.observe(0, 100*time.Millisecond)
-	b.observe(25*mb, 1100*time.Millisecond)
-	if b.mustSwitch(100*mb, 10*time.Second, deadline) {
+	// 6,400 pages/s measured; 25,600 pages left would take 4 s (4.8 s with the margin).
+	for i := range 6 {
+		b.observe(int64(i)*640, time.Duration(i+1)*100*time.Millisecond)
+	}
+	if b.mustSwitch(25600, 10*time.Second, deadline) {
 		t.Error("switched at 10 s with 4.8 s of copy left before a 20 s deadline")
 	}
-	if !b.mustSwitch(100*mb, 15300*time.Millisecond, deadline) {
+	if !b.mustSwitch(25600, 15300*time.Millisecond, deadline) {
 		t.Error("did not switch at 15.3 s with 4.8 s of copy left before a 20 s deadline")
 	}
 	if !b.mustSwitch(0, deadline, deadline) {
 		t.Error("did not switch at the deadline")
 	}
+	// A start-up sample alone decides nothing: one slow first tenth of a second would predict 40 s.
+	var early timeBudget
+	early.observe(0, 100*time.Millisecond)
+	early.observe(64, 200*time.Millisecond)
+	if early.mustSwitch(25600, time.Second, deadline) {
+		t.Error("switched on a single start-up sample")
+	}
 	var fresh timeBudget
-	if fresh.mustSwitch(100*mb, time.Second, deadline) {
+	if fresh.mustSwitch(25600, time.Second, deadline) {
 		t.Error("switched with no rate measured yet")
 	}
 }

@@ -97,6 +97,10 @@ type Totals struct {
 	FinalBoundBytes          int64 `json:"final_bound_bytes"`
 	FinalBoundUnicastBytes   int64 `json:"final_bound_unicast_bytes"`
 	FinalBoundMulticastBytes int64 `json:"final_bound_multicast_bytes"`
+	// PrimeUnusedBytes is what the prime spent on contents that no migrated VM's final memory references (the
+	// guests overwrote them after the prime), compressed, once per content: the prime's part of the excess over the
+	// final bound.
+	PrimeUnusedBytes int64 `json:"prime_unused_bytes"`
 }
 
 // Phases is the wall time of each phase of the run, in milliseconds. Migrate runs from the first migration's start

@@ -358,8 +358,8 @@ func (s *sender) run(ctx context.Context) (*Report, error) {
 			images = append(images, vm.final)
 		}
 	}
-	fb := computeFinalBound(images)
-	rep.Totals.FinalDistinctPages = fb.DistinctPages
+	fb := computeFinalBound(images, s.costs)
+	rep.Totals.FinalDistinctPages, rep.Totals.PrimeUnusedBytes = fb.DistinctPages, fb.PrimeUnused
 	rep.Totals.FinalBoundUnicastBytes, rep.Totals.FinalBoundMulticastBytes = fb.Unicast, fb.Multicast
 	rep.Totals.FinalBoundBytes = fb.Unicast
 	if rep.Transport == TransportMulticast {

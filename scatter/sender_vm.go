@@ -325,6 +325,9 @@ type migrateInfo struct {
 	Total    int64  `json:"total-time"`
 	RAM      struct {
 		Transferred int64   `json:"transferred"`
+		Normal      int64   `json:"normal"`    // pages sent whole
+		Duplicate   int64   `json:"duplicate"` // zero pages, sent as a flag
+		PageSize    int64   `json:"page-size"`
 		DirtyRate   int64   `json:"dirty-pages-rate"`
 		Iterations  int64   `json:"dirty-sync-count"`
 		Remaining   int64   `json:"remaining"`

@@ -40,9 +40,17 @@ func benchCommand() *cli.Command {
 			&cli.StringSliceFlag{Name: "only", Usage: "policy matrix: these policies only"},
 			&cli.StringFlag{Name: "out", Value: "out/bench", Usage: "results directory"},
 			&cli.StringSliceFlag{Name: "send-arg", Usage: "extra argument for vmscatter send (repeat), e.g. --send-arg=--compress=zstd"},
-			&cli.StringFlag{Name: "replot", Usage: "redraw summary.md and the plots of an earlier side-by-side run from `DIR`/results.json, running nothing"},
+			&cli.StringFlag{Name: "replot", Usage: "redraw summary.md and the plots of an earlier side-by-side run from `DIR`/results.json (with --policies: policies.md from policies.json), running nothing"},
 		},
 		Action: func(c *cli.Context) error {
+			if dir := c.String("replot"); dir != "" && c.Bool("policies") {
+				rows, err := bench.ReplotPolicies(dir, bench.PolicyConfig{Deadline: c.Duration("deadline")})
+				if err != nil {
+					return withCode(ExitError, err)
+				}
+				_, err = c.App.Writer.Write([]byte(bench.PolicyMarkdown(rows, bench.PolicyConfig{Deadline: c.Duration("deadline")})))
+				return err
+			}
 			if dir := c.String("replot"); dir != "" {
 				res, err := bench.Replot(dir)
 				if err != nil {
