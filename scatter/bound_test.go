@@ -8,13 +8,13 @@ func TestFinalBound(t *testing.T) {
 	a.ref(0, 4096, 2, 2, 50, false)
 	a.ref(0, 8192, 3, 3, 0, true) // from a local file
 	a.literal(0, 12288, 9, 4096)
-	a.zero(0, 12288)                 // ended as a zero page: free
-	b := newFinalImage(1)            // VM on target 1
+	a.zero(0, 12288)                // ended as a zero page: free
+	b := newFinalImage(1)           // VM on target 1
 	b.literal(0, 0, 1, 80)          // same content, cheaper: the bound takes the cheapest
 	b.ref(0, 4096, 3, 3, 30, false) // local on target 0, not on target 1
 	b.ref(0, 8192, 4, 4, 10, false)
 	b.ref(0, 8192, 5, 5, 20, false) // overwritten: only the last content counts
-	c := newFinalImage(0)            // a second VM on target 0 shares content 1 and 2
+	c := newFinalImage(0)           // a second VM on target 0 shares content 1 and 2
 	c.ref(1, 0, 1, 1, 100, false)
 	c.ref(1, 4096, 2, 2, 50, false)
 
