@@ -134,7 +134,7 @@ func TestScatterRealGuestsAcrossNamespaces(t *testing.T) {
 	}
 	// Freeze vm4 and keep a copy of its memory.
 	frozen := guests[3]
-	want := pmemsave(t, ctx, frozen.QMPPath, true, 128<<20, filepath.Join(t.TempDir(), "src.mem"))
+	want := pmemsave(t, ctx, frozen.QMPPath, true, int(fixture.GuestOptions{MemoryMiB: 128}.RAMBytes()), filepath.Join(t.TempDir(), "src.mem"))
 
 	res, err := c.Send(ctx, guests, "--parallel", "2")
 	if err != nil {
@@ -189,7 +189,7 @@ func TestScatterRealGuestsAcrossNamespaces(t *testing.T) {
 			fdir = c.DestinationDir(c.TargetIndex(v.Target), v.Name)
 		}
 	}
-	got := pmemsave(t, ctx, filepath.Join(fdir, "qmp.sock"), false, 128<<20, filepath.Join(t.TempDir(), "dst.mem"))
+	got := pmemsave(t, ctx, filepath.Join(fdir, "qmp.sock"), false, int(fixture.GuestOptions{MemoryMiB: 128}.RAMBytes()), filepath.Join(t.TempDir(), "dst.mem"))
 	if !bytes.Equal(got, want) {
 		t.Fatalf("%s: destination memory differs from the source's", frozen.Name)
 	}

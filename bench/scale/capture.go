@@ -80,7 +80,7 @@ func Capture(ctx context.Context, o CaptureOptions) (paths []string, err error) 
 	}
 	for k, g := range guests {
 		path := filepath.Join(dir, fmt.Sprintf("img%d.ram", k))
-		if err := saveRAM(ctx, g.QMPPath, path, int64(o.MemoryMiB)<<20); err != nil {
+		if err := saveRAM(ctx, g.QMPPath, path, fixture.GuestOptions{MemoryMiB: o.MemoryMiB}.RAMBytes()); err != nil {
 			return nil, fmt.Errorf("scale: capturing %s: %w", g.Name, err)
 		}
 		g.Kill()
