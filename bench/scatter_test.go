@@ -275,7 +275,7 @@ func TestReceiverKilledMidMigration(t *testing.T) {
 	if err := c.StartReceiver(ctx, 0); err != nil {
 		t.Fatal(err)
 	}
-	res, err = c.Send(ctx, guests) // with dedup: a short stream keeps clear of the TCG artifact
+	res, err = c.Send(ctx, guests)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -291,10 +291,8 @@ func TestEveryPolicyEndToEnd(t *testing.T) {
 	requireLab(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	// Migrations here stay short (an unshaped link, dedup, a light dirty rate): under TCG, QEMU's own migration of a
-	// guest loses writes when it runs long or syncs its dirty bitmap often (see TestTCGArtifactNativeControl), which
-	// would make the guest's own verification useless as an oracle. The long, hot runs are in the policy matrix of
-	// `vmscatter bench`.
+	// Migrations here stay short (an unshaped link, dedup, a light dirty rate); the long, hot runs are in the policy
+	// matrix of `vmscatter bench`.
 	c := newCluster(t, ctx, ClusterConfig{Targets: 1})
 	for i, pol := range []string{"precopy", "autoconverge", "timebound", "membound"} {
 		t.Run(pol, func(t *testing.T) {
@@ -305,7 +303,7 @@ func TestEveryPolicyEndToEnd(t *testing.T) {
 			}
 			g := guests[0]
 			waitOK(t, ctx, g.SerialPath, 3)
-			args := []string{"--policy", pol, "--guest-downtime"} // dedup keeps the stream, and so the exposure, short
+			args := []string{"--policy", pol, "--guest-downtime"}
 			if pol == "timebound" {
 				args = append(args, "--deadline", "5s")
 			}
@@ -379,12 +377,10 @@ func TestScatterWithLossOnEveryTargetLink(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// The subject is the multicast prime under loss. The VM streams are TCP, which 5% loss makes slow, so vmscatter's
-	// downtime guard would rightly have QEMU iterate until the rest fits 300 ms of that link; but under TCG every
-	// extra dirty-bitmap sync can lose guest writes (TestTCGArtifactNativeControl shows it with QEMU alone), and the
-	// guests' verification afterwards is this test's oracle. A downtime limit the streams meet after one dirty pass
-	// keeps that oracle sound.
-	res, err := c.Send(ctx, guests, "--transport", "multicast", "--downtime", "2s")
+	// The subject is the multicast prime under loss. The VM streams are TCP, which 5% loss makes slow, so the downtime
+	// guard has QEMU iterate until the rest fits 300 ms of that link: several dirty-bitmap syncs, which the fixture's
+	// TCG guests survive (fixture.GuestOptions.MemArg), so their verification afterwards is a sound oracle.
+	res, err := c.Send(ctx, guests, "--transport", "multicast")
 	if err != nil {
 		t.Fatal(err)
 	}
