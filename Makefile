@@ -23,8 +23,8 @@ fixture: deps
 	$(GO) run ./bench/fixture/cmd/build-fixture
 
 # The bench package's tests run real guests across namespaces under TCG, after the rest and alone: on two cores,
-# sharing the CPU with the other packages' tests stretches their migrations, and QEMU 7.2's TCG dirty tracking
-# loses guest writes in long migrations (docs/benchmarks.md, section 2).
+# sharing the CPU with the other packages' tests (the multicast engine's run for minutes) stretches every boot and
+# migration of theirs.
 test: deps fixture verify
 	$(GO) test -race -timeout $(TEST_TIMEOUT) $$($(GO) list ./... | grep -v '/bench$$')
 	$(GO) test -race -timeout $(TEST_TIMEOUT) ./bench
