@@ -83,17 +83,15 @@ func computeFinalBound(images []*finalImage, primeCosts []uint32) finalBound {
 		if img == nil {
 			continue
 		}
-		for _, p := range img.pages {
-			if p.ref > 0 && int(p.ref-1) < len(used) {
-				used[p.ref-1] = true
-			}
-		}
 		t := perTarget[img.target]
 		if t == nil {
 			t = map[dedup.Fingerprint]need{}
 			perTarget[img.target] = t
 		}
 		for _, p := range img.pages {
+			if p.ref > 0 && int(p.ref-1) < len(used) {
+				used[p.ref-1] = true
+			}
 			n := need{cost: p.cost, local: p.local}
 			if have, ok := t[p.fp]; ok {
 				n = have.merge(n)

@@ -168,11 +168,8 @@ type streamCounters struct {
 func (m *vmMigration) guardDowntime(ctx context.Context, q *kvm.QMP, log *slog.Logger, maxBandwidth int64) {
 	g := newDowntimeGuard(m.s.cfg.Policy.Downtime, m.s.linkShare())
 	start := time.Now()
-	userCap := maxBandwidth
-	if userCap <= 0 {
-		userCap = 1 << 40 // as Policy.apply sets it: vmscatter's link governs
-	}
-	set := guardSetting{downtime: g.qemu, maxBandwidth: userCap} // as apply left them
+	userCap := qemuMaxBandwidth(maxBandwidth)
+	set := guardSetting{downtime: g.qemu, maxBandwidth: userCap} // as Policy.apply left them
 	far := func(a, b int64) bool { return a-b > b/10 || b-a > b/10 }
 	watchMigration(ctx, q, func(mi migrateInfo) bool {
 		want := g.observe(guardSample{at: time.Since(start), stream: m.counters.stream.Load(), wire: m.sc.BytesOut(),

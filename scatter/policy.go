@@ -111,21 +111,27 @@ func (p Policy) capabilities() map[string]bool {
 	return map[string]bool{"auto-converge": p.Kind == PolicyAutoconverge, "events": true}
 }
 
+// qemuMaxBandwidth is the max-bandwidth QEMU gets for the user's --max-bandwidth (bytes/s; 0: none): with none,
+// vmscatter's link governs, not QEMU's default 128 MiB/s cap.
+func qemuMaxBandwidth(user int64) int64 {
+	if user <= 0 {
+		return 1 << 40
+	}
+	return user
+}
+
 // apply sets the source's capabilities and parameters before `migrate`.
 // downtime is the limit QEMU starts with (the downtime guard's first value, startingDowntime).
 func (p Policy) apply(ctx context.Context, q *kvm.QMP, caps map[string]bool, maxBandwidth int64, downtime time.Duration) error {
 	if err := q.Execute(ctx, "migrate-set-capabilities", map[string]any{"capabilities": capabilityList(caps)}, nil); err != nil {
 		return err
 	}
-	if maxBandwidth <= 0 {
-		maxBandwidth = 1 << 40 // vmscatter's link governs, not QEMU's default 128 MiB/s cap
-	}
 	// Every policy keeps QEMU's own switch-over at the downtime limit, as the downtime guard (downtime.go) translates
 	// it to QEMU's view of the link: when the rest fits, finishing early is as good for timebound and membound as
 	// for precopy. Their steering forces the switch-over when QEMU does not converge. (A 1 ms limit for the whole
 	// migration, which would leave the moment to the steering alone, makes QEMU sync its dirty bitmap many times in
 	// quick succession, and under TCG every sync can lose guest writes.)
-	params := map[string]any{"downtime-limit": max(1, downtime.Milliseconds()), "max-bandwidth": maxBandwidth}
+	params := map[string]any{"downtime-limit": max(1, downtime.Milliseconds()), "max-bandwidth": qemuMaxBandwidth(maxBandwidth)}
 	if p.Kind == PolicyAutoconverge {
 		params["cpu-throttle-initial"] = p.ThrottleInitial
 		params["cpu-throttle-increment"] = p.ThrottleIncrement

@@ -32,13 +32,13 @@ type primer struct {
 	groups                              map[string]*primeGroup
 	slots                               []int
 	heads                               []bundleHead
-	pages                               []byte // the current window's pages, as read at prime time
-	holders                             []int  // the current window's contents' holder VMs, back to back
-	probe                               linkProbe
-	unicastBytes                        int64 // CONTENT bytes queued so far
-	lowerBound, lowerCompressed         int64 // once per target that needs it (unicast)
-	lowerBoundOnce, lowerCompressedOnce int64 // once in all (multicast)
-	multicastBytes                      int64 // datagram payload bytes the group senders sent
+	pages                               []byte    // the current window's pages, as read at prime time
+	holders                             []int     // the current window's contents' holder VMs, back to back
+	probe                               ifaceRate // the link under TCP: first unicast frames to first multicast batch
+	unicastBytes                        int64     // CONTENT bytes queued so far
+	lowerBound, lowerCompressed         int64     // once per target that needs it (unicast)
+	lowerBoundOnce, lowerCompressedOnce int64     // once in all (multicast)
+	multicastBytes                      int64     // datagram payload bytes the group senders sent
 }
 
 // primeGroup is one multicast group: the batches of one target set of two or more targets.
@@ -86,12 +86,12 @@ func (s *sender) prime(ctx context.Context, sm *dedup.SharingMap, rep *Report) e
 	lastProgress := time.Now()
 	var full, partial []uint32
 	var rest []int
-	p.probe = linkProbe{iface: s.iface}
+	p.probe = ifaceRate{iface: s.iface, minBytes: minProbeBytes, minTime: minProbeTime}
 	capped := false
 	for _, b := range p.unicastFirst() {
 		g := p.groups[targetSetKey(b.targets)]
 		if g != nil && g.sender != nil && !capped {
-			p.capGroups(p.probe.rate())
+			p.capGroups(int64(8 * p.probe.rate()))
 			capped = true
 		}
 		for start := 0; start < len(b.contents); start += prepareWindow {
@@ -163,43 +163,11 @@ func (p *primer) unicastFirst() []primeBatch {
 	return append(uc, mc...)
 }
 
-// linkProbe measures the source link's rate on the data-plane interface while TCP saturates it: from the moment
-// the first unicast frames are queued (a socket buffer's worth later, the link is busy) to the first multicast
-// batch.
-type linkProbe struct {
-	iface   string
-	at      time.Time
-	tx      int64
-	started bool
-}
-
 // minProbeBytes and minProbeTime: a shorter unicast part measures nothing reliable.
 const (
 	minProbeBytes = 2 << 20
 	minProbeTime  = 100 * time.Millisecond
 )
-
-func (lp *linkProbe) start() {
-	if lp.started || lp.iface == "" {
-		return
-	}
-	if tx, err := txBytes(lp.iface); err == nil {
-		lp.at, lp.tx, lp.started = time.Now(), tx, true
-	}
-}
-
-// rate returns the measured rate in bits per second, or 0.
-func (lp *linkProbe) rate() int64 {
-	if !lp.started {
-		return 0
-	}
-	tx, err := txBytes(lp.iface)
-	d := time.Since(lp.at)
-	if err != nil || tx-lp.tx < minProbeBytes || d < minProbeTime {
-		return 0
-	}
-	return int64(float64(tx-lp.tx) * 8 / d.Seconds())
-}
 
 // capGroups caps every group's rate at a little above the measured link rate (the congestion control probes below
 // it).

@@ -199,7 +199,7 @@ type sender struct {
 // A prime smaller than this measures set-up more than the link: the downtime guard then does without a share.
 const (
 	minRateSampleBytes = 8 << 20
-	minRateSampleMS    = 200
+	minRateSampleTime  = 200 * time.Millisecond
 )
 
 // linkShare is one migration's share of the source link as the prime measured it, bytes/s; 0 when unknown.
@@ -328,16 +328,15 @@ func (s *sender) run(ctx context.Context) (*Report, error) {
 	}
 	rep.Totals.Phases.Seed = phase.lap()
 	// Phase 5: the prime. A failed prime costs bytes, never correctness: pages then travel literal.
-	primeTx0, _ := txBytes(iface)
+	primeRate := ifaceRate{iface: iface, minBytes: minRateSampleBytes, minTime: minRateSampleTime}
+	primeRate.start()
 	if sm != nil {
 		if err := s.prime(ctx, sm, rep); err != nil {
 			rep.Warnings = append(rep.Warnings, fmt.Sprintf("prime failed, pages travel literal: %v", err))
 		}
 	}
 	rep.Totals.Phases.Prime = phase.lap()
-	if tx, err := txBytes(iface); err == nil && txErr == nil && rep.Totals.Phases.Prime >= minRateSampleMS && tx-primeTx0 >= minRateSampleBytes {
-		s.linkRate = float64(tx-primeTx0) / (float64(rep.Totals.Phases.Prime) / 1000)
-	}
+	s.linkRate = primeRate.rate()
 
 	// Phase 6: the migrations, a bounded number at once.
 	var mg errgroup.Group

@@ -44,14 +44,14 @@ func benchCommand() *cli.Command {
 		},
 		Action: func(c *cli.Context) error {
 			if dir := c.String("replot"); dir != "" && c.Bool("policies") {
-				rows, err := bench.ReplotPolicies(dir, bench.PolicyConfig{Deadline: c.Duration("deadline")})
+				pc := bench.PolicyConfig{Deadline: c.Duration("deadline")}
+				rows, err := bench.ReplotPolicies(dir, pc)
 				if err != nil {
 					return withCode(ExitError, err)
 				}
-				_, err = c.App.Writer.Write([]byte(bench.PolicyMarkdown(rows, bench.PolicyConfig{Deadline: c.Duration("deadline")})))
+				_, err = c.App.Writer.Write([]byte(bench.PolicyMarkdown(rows, pc)))
 				return err
-			}
-			if dir := c.String("replot"); dir != "" {
+			} else if dir != "" {
 				res, err := bench.Replot(dir)
 				if err != nil {
 					return withCode(ExitError, err)
