@@ -11,7 +11,8 @@ import (
 	"time"
 
 	"github.com/vmscatter/vmscatter/bench/fixture"
-	"github.com/vmscatter/vmscatter/kvm"
+	"github.com/vmscatter/vmscatter/qemu"
+	"github.com/vmscatter/vmscatter/qemu/qmp"
 )
 
 // NativePortBase is the first TCP port destination QEMUs listen on for QEMU-native migration (one per VM).
@@ -46,8 +47,8 @@ func (c *Cluster) MigrateNative(ctx context.Context, guests []*fixture.Guest, as
 	}
 	type prepared struct {
 		g    *fixture.Guest
-		dest *kvm.Destination
-		src  *kvm.QMP
+		dest *qemu.Destination
+		src  *qmp.Client
 		uri  string
 		ti   int
 	}
@@ -68,7 +69,7 @@ func (c *Cluster) MigrateNative(ctx context.Context, guests []*fixture.Guest, as
 	for i, g := range guests {
 		ti := assign[i]
 		t := c.Targets[ti]
-		argv, err := kvm.ReadCommandLine(g.PID)
+		argv, err := qemu.ReadCommandLine(g.PID)
 		if err != nil {
 			return nil, err
 		}
@@ -76,7 +77,7 @@ func (c *Cluster) MigrateNative(ctx context.Context, guests []*fixture.Guest, as
 			argv = argv[4:]
 		}
 		dir := filepath.Join(c.DataDir(ti), g.Name)
-		dargv, err := kvm.RewriteCommandLine(argv, dir)
+		dargv, err := qemu.RewriteCommandLine(argv, dir)
 		if err != nil {
 			return nil, err
 		}
@@ -84,12 +85,12 @@ func (c *Cluster) MigrateNative(ctx context.Context, guests []*fixture.Guest, as
 		dargv = append(dargv[:len(dargv)-1], "tcp:"+addr) // -incoming tcp:ADDR:PORT instead of defer
 		dargv = append([]string{"ip", "netns", "exec", t.NS}, dargv...)
 		lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		dest, err := kvm.LaunchDestination(lctx, dargv, kvm.PathsIn(dir))
+		dest, err := qemu.LaunchDestination(lctx, dargv, qemu.PathsIn(dir))
 		cancel()
 		if err != nil {
 			return nil, fmt.Errorf("%s: destination: %w", g.Name, err)
 		}
-		src, err := kvm.DialQMP(ctx, g.QMPPath)
+		src, err := qmp.Dial(ctx, g.QMPPath)
 		if err != nil {
 			return nil, err
 		}
@@ -141,7 +142,7 @@ func (c *Cluster) MigrateNative(ctx context.Context, guests []*fixture.Guest, as
 }
 
 // waitNative waits until the source completed and the destination runs.
-func waitNative(ctx context.Context, src *kvm.QMP, dest *kvm.Destination) string {
+func waitNative(ctx context.Context, src *qmp.Client, dest *qemu.Destination) string {
 	for {
 		var mi struct {
 			Status string `json:"status"`

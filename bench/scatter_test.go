@@ -14,7 +14,7 @@ import (
 	"github.com/vmscatter/vmscatter/bench/fixture"
 	"github.com/vmscatter/vmscatter/bench/guest/guestlog"
 	"github.com/vmscatter/vmscatter/bench/lab"
-	"github.com/vmscatter/vmscatter/kvm"
+	"github.com/vmscatter/vmscatter/qemu/qmp"
 )
 
 // The tests here scatter real guests (the Debian cloud kernel, a busybox initramfs and the self-verifying
@@ -105,7 +105,7 @@ func tail(b []byte, n int) []byte {
 }
 
 func qmpStatus(ctx context.Context, path string) (string, error) {
-	q, err := kvm.DialQMP(ctx, path)
+	q, err := qmp.Dial(ctx, path)
 	if err != nil {
 		return "", err
 	}
@@ -201,9 +201,9 @@ func TestScatterRealGuestsAcrossNamespaces(t *testing.T) {
 	}
 }
 
-func pmemsave(t *testing.T, ctx context.Context, qmp string, stop bool, size int, path string) []byte {
+func pmemsave(t *testing.T, ctx context.Context, qmpPath string, stop bool, size int, path string) []byte {
 	t.Helper()
-	q, err := kvm.DialQMP(ctx, qmp)
+	q, err := qmp.Dial(ctx, qmpPath)
 	if err != nil {
 		t.Fatal(err)
 	}

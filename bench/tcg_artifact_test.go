@@ -11,7 +11,7 @@ import (
 
 	"github.com/vmscatter/vmscatter/bench/fixture"
 	"github.com/vmscatter/vmscatter/bench/lab"
-	"github.com/vmscatter/vmscatter/kvm"
+	"github.com/vmscatter/vmscatter/qemu/qmp"
 )
 
 // TestTCGArtifactNativeControl reproduces, with QEMU's own migration and no vmscatter in the path, the TCG
@@ -51,7 +51,7 @@ func TestTCGArtifactNativeControl(t *testing.T) {
 				return
 			}
 			time.Sleep(1500 * time.Millisecond)
-			q, err := kvm.DialQMP(ctx, g.QMPPath)
+			q, err := qmp.Dial(ctx, g.QMPPath)
 			if err != nil {
 				return
 			}

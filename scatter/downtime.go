@@ -8,9 +8,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/vmscatter/vmscatter/qemu/qmp"
 	"golang.org/x/sys/unix"
-
-	"github.com/vmscatter/vmscatter/kvm"
 )
 
 // QEMU decides the switch-over from the rate of its own writes into vmscatter's socket: it stops the VM once what
@@ -165,7 +164,7 @@ type streamCounters struct {
 // guardDowntime runs the guard beside a migration until ctx ends, setting QEMU's parameters whenever the guard's
 // answer changes by more than a tenth. maxBandwidth is the user's cap on QEMU (bytes/s; 0 none), which the guard's
 // never exceeds.
-func (m *vmMigration) guardDowntime(ctx context.Context, q *kvm.QMP, log *slog.Logger, maxBandwidth int64) {
+func (m *vmMigration) guardDowntime(ctx context.Context, q *qmp.Client, log *slog.Logger, maxBandwidth int64) {
 	g := newDowntimeGuard(m.s.cfg.Policy.Downtime, m.s.linkShare())
 	start := time.Now()
 	userCap := qemuMaxBandwidth(maxBandwidth)

@@ -18,7 +18,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vmscatter/vmscatter/kvm"
+	"github.com/vmscatter/vmscatter/qemu/qmp"
 )
 
 // These tests run real QEMU guests (SeaBIOS only, no kernel: they boot in well under a second under TCG) and a real
@@ -41,7 +41,7 @@ type testGuest struct {
 	name string
 	qmp  string
 	cmd  *exec.Cmd
-	q    *kvm.QMP
+	q    *qmp.Client
 }
 
 // startGuest starts a BIOS-only source guest and returns it connected over QMP.
@@ -60,7 +60,7 @@ func startGuest(t *testing.T, bin, dir, name string, memMiB int, extra ...string
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	for {
-		if q, err := kvm.DialQMP(ctx, sock); err == nil {
+		if q, err := qmp.Dial(ctx, sock); err == nil {
 			g := &testGuest{name: name, qmp: sock, cmd: cmd, q: q}
 			t.Cleanup(func() { g.q.Close() })
 			return g
@@ -79,7 +79,7 @@ func (g *testGuest) status(t *testing.T) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	q, err := kvm.DialQMP(ctx, g.qmp)
+	q, err := qmp.Dial(ctx, g.qmp)
 	if err != nil {
 		return "gone: " + err.Error()
 	}
@@ -91,7 +91,7 @@ func (g *testGuest) status(t *testing.T) string {
 	return s
 }
 
-func (g *testGuest) pmemsave(t *testing.T, q *kvm.QMP, size int, path string) []byte {
+func (g *testGuest) pmemsave(t *testing.T, q *qmp.Client, size int, path string) []byte {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -170,11 +170,11 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 	return l.w.Write(p)
 }
 
-func destQMP(t *testing.T, r *testReceiver, vm string) *kvm.QMP {
+func destQMP(t *testing.T, r *testReceiver, vm string) *qmp.Client {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	q, err := kvm.DialQMP(ctx, filepath.Join(r.dataDir, vm, "qmp.sock"))
+	q, err := qmp.Dial(ctx, filepath.Join(r.dataDir, vm, "qmp.sock"))
 	if err != nil {
 		t.Fatalf("destination of %s: %v", vm, err)
 	}

@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/vmscatter/vmscatter/dedup"
-	"github.com/vmscatter/vmscatter/kvm"
+	"github.com/vmscatter/vmscatter/qemu/stream"
 )
 
 // pageCodec compresses literal pages.
@@ -30,7 +30,7 @@ const pagesFrameTarget = 64 << 10
 // pump decodes the source QEMU's stream and sends it to the receiver as frames. It runs on its own goroutine and
 // is the only writer of stream frames; it returns nil at the source stream's clean end (STREAM_END sent).
 func (m *vmMigration) pump(ctx context.Context) error {
-	dec := kvm.NewDecoder(m.src)
+	dec := stream.NewDecoder(m.src)
 	sc := m.sc
 	held := m.s.heldFor(m.vm)
 	fingerprint := m.s.fingerprint()
@@ -69,13 +69,13 @@ func (m *vmMigration) pump(ctx context.Context) error {
 			return fmt.Errorf("source stream: %w", err)
 		}
 		switch e := ev.(type) {
-		case kvm.Prefix:
+		case stream.Prefix:
 			err = sc.Send(framePrefix, e.Raw, true)
-		case kvm.RAMStart:
+		case stream.RAMStart:
 			err = sendJSON(sc, frameRAMStart, e)
-		case kvm.SectionBegin:
+		case stream.SectionBegin:
 			err = sc.Send(frameSection, appendSection(nil, byte(e.Kind), e.SectionID), false)
-		case kvm.Page:
+		case stream.Page:
 			m.pages.Total++
 			m.counters.stream.Add(dedup.PageSize)
 			rec := dedup.PageRecord{Block: uint16(e.Block), Offset: uint64(e.Offset)}
@@ -115,11 +115,11 @@ func (m *vmMigration) pump(ctx context.Context) error {
 				<-ctx.Done()
 				return ctx.Err()
 			}
-		case kvm.SectionEnd:
+		case stream.SectionEnd:
 			if err = flush(false); err == nil {
 				err = sc.Send(frameSectionEnd, nil, true)
 			}
-		case kvm.Tail:
+		case stream.Tail:
 			m.counters.stream.Add(int64(len(e.Raw)))
 			if err = flush(false); err == nil {
 				err = sc.Send(frameTail, e.Raw, true)
@@ -151,10 +151,10 @@ var errInjectedDeath = errors.New("injected receiver death")
 
 // rebuilder turns a VM connection's frames back into a QEMU stream for the destination.
 type rebuilder struct {
-	enc      *kvm.Encoder
+	enc      *stream.Encoder
 	store    *dedup.ContentStore
 	refWait  time.Duration
-	blocks   []kvm.RAMBlock
+	blocks   []stream.RAMBlock
 	page     []byte
 	pages    int
 	refs     int
@@ -163,7 +163,7 @@ type rebuilder struct {
 }
 
 func newRebuilder(w net.Conn, store *dedup.ContentStore, refWait time.Duration) *rebuilder {
-	return &rebuilder{enc: kvm.NewEncoder(w), store: store, refWait: refWait, page: make([]byte, dedup.PageSize)}
+	return &rebuilder{enc: stream.NewEncoder(w), store: store, refWait: refWait, page: make([]byte, dedup.PageSize)}
 }
 
 // run consumes frames until STREAM_END (nil) or an error.
@@ -177,7 +177,7 @@ func (rb *rebuilder) run(ctx context.Context, sc *secureConn) error {
 		case framePrefix:
 			err = rb.enc.WritePrefix(b)
 		case frameRAMStart:
-			var rs kvm.RAMStart
+			var rs stream.RAMStart
 			if err = decodeJSON(t, b, &rs); err != nil {
 				return err
 			}
@@ -188,7 +188,7 @@ func (rb *rebuilder) run(ctx context.Context, sc *secureConn) error {
 			if perr != nil {
 				return perr
 			}
-			err = rb.enc.BeginSection(kvm.SectionKind(kind))
+			err = rb.enc.BeginSection(stream.SectionKind(kind))
 		case framePages:
 			err = rb.pagesFrame(ctx, b)
 		case framePagesZ:
@@ -226,7 +226,7 @@ func (rb *rebuilder) pagesFrame(ctx context.Context, b []byte) error {
 		if int(rec.Block) >= len(rb.blocks) {
 			return fmt.Errorf("%w: page record names block %d of %d", ErrFrame, rec.Block, len(rb.blocks))
 		}
-		p := kvm.Page{Block: int(rec.Block), Offset: kvm.RAMOffset(rec.Offset)}
+		p := stream.Page{Block: int(rec.Block), Offset: stream.RAMOffset(rec.Offset)}
 		switch rec.Kind {
 		case dedup.RecordZero:
 			p.Zero, p.Fill = true, rec.Fill

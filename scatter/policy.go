@@ -6,9 +6,8 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/vmscatter/vmscatter/qemu/qmp"
 	"golang.org/x/sys/unix"
-
-	"github.com/vmscatter/vmscatter/kvm"
 )
 
 // Policy is a convergence policy: how QEMU is steered to switch a VM over.
@@ -46,7 +45,7 @@ const DefaultDowntime = 300 * time.Millisecond
 // rest". Raising downtime-limit instead would leave the moment to QEMU's next estimate; under TCG that path also
 // loses guest writes in QEMU 7.2 (bench/tcg_artifact_test.go). The time of the stop is recorded, because QEMU's own
 // downtime figure does not see a stop it did not make.
-func switchOver(q *kvm.QMP, stopped func(time.Time)) {
+func switchOver(q *qmp.Client, stopped func(time.Time)) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	at := time.Now()
@@ -122,7 +121,7 @@ func qemuMaxBandwidth(user int64) int64 {
 
 // apply sets the source's capabilities and parameters before `migrate`.
 // downtime is the limit QEMU starts with (the downtime guard's first value, startingDowntime).
-func (p Policy) apply(ctx context.Context, q *kvm.QMP, caps map[string]bool, maxBandwidth int64, downtime time.Duration) error {
+func (p Policy) apply(ctx context.Context, q *qmp.Client, caps map[string]bool, maxBandwidth int64, downtime time.Duration) error {
 	if err := q.Execute(ctx, "migrate-set-capabilities", map[string]any{"capabilities": capabilityList(caps)}, nil); err != nil {
 		return err
 	}
@@ -141,7 +140,7 @@ func (p Policy) apply(ctx context.Context, q *kvm.QMP, caps map[string]bool, max
 
 // steer runs beside a migration until ctx ends, for the policies that act during it.
 // stopped is called with the time vmscatter stopped the VM itself, if it did.
-func (p Policy) steer(ctx context.Context, q *kvm.QMP, log *slog.Logger, stopped func(time.Time)) {
+func (p Policy) steer(ctx context.Context, q *qmp.Client, log *slog.Logger, stopped func(time.Time)) {
 	switch p.Kind {
 	case PolicyTimebound:
 		p.steerTimebound(ctx, q, log, stopped)
@@ -154,7 +153,7 @@ const steerPeriod = 100 * time.Millisecond
 
 // watchMigration calls f with QEMU's migration state every steerPeriod while the migration is active, until f
 // says it is done or ctx ends.
-func watchMigration(ctx context.Context, q *kvm.QMP, f func(mi migrateInfo) (done bool)) {
+func watchMigration(ctx context.Context, q *qmp.Client, f func(mi migrateInfo) (done bool)) {
 	t := time.NewTicker(steerPeriod)
 	defer t.Stop()
 	for {
@@ -173,7 +172,7 @@ func watchMigration(ctx context.Context, q *kvm.QMP, f func(mi migrateInfo) (don
 	}
 }
 
-func (p Policy) steerMembound(ctx context.Context, q *kvm.QMP, log *slog.Logger, stopped func(time.Time)) {
+func (p Policy) steerMembound(ctx context.Context, q *qmp.Client, log *slog.Logger, stopped func(time.Time)) {
 	watchMigration(ctx, q, func(mi migrateInfo) bool {
 		// dirty-sync-count is 1 during the first pass, 2 during the first dirty pass; at 3 both are done.
 		if mi.RAM.Iterations < 3 {
@@ -185,7 +184,7 @@ func (p Policy) steerMembound(ctx context.Context, q *kvm.QMP, log *slog.Logger,
 	})
 }
 
-func (p Policy) steerTimebound(ctx context.Context, q *kvm.QMP, log *slog.Logger, stopped func(time.Time)) {
+func (p Policy) steerTimebound(ctx context.Context, q *qmp.Client, log *slog.Logger, stopped func(time.Time)) {
 	start := time.Now()
 	var restore func()
 	defer func() {
@@ -275,7 +274,7 @@ func (b *timeBudget) mustSwitch(remaining int64, elapsed, deadline time.Duration
 
 // pinVCPUs pins every vCPU thread of the VM onto the first n CPUs it may use, and returns a function that
 // restores each thread's original affinity.
-func pinVCPUs(ctx context.Context, q *kvm.QMP, n int) (func(), error) {
+func pinVCPUs(ctx context.Context, q *qmp.Client, n int) (func(), error) {
 	var cpus []struct {
 		Thread int `json:"thread-id"`
 	}

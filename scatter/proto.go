@@ -25,7 +25,7 @@ const (
 	frameOpen         frameType = 0x10 // sender→receiver, JSON openMsg
 	frameReady        frameType = 0x11 // receiver→sender, JSON readyMsg
 	framePrefix       frameType = 0x12 // sender→receiver, raw stream bytes before the ram section
-	frameRAMStart     frameType = 0x13 // sender→receiver, JSON kvm.RAMStart
+	frameRAMStart     frameType = 0x13 // sender→receiver, JSON stream.RAMStart
 	frameSection      frameType = 0x14 // sender→receiver, binary: kind byte (2 part, 3 end) + be32 section id
 	framePages        frameType = 0x15 // sender→receiver, binary: page records (dedup record codec)
 	frameSectionEnd   frameType = 0x16 // sender→receiver, empty

@@ -12,7 +12,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/vmscatter/vmscatter/kvm"
+	"github.com/vmscatter/vmscatter/qemu"
+	"github.com/vmscatter/vmscatter/qemu/qmp"
 )
 
 // serveVM runs one VM's migration on the receiver. The stages, each sequential on this connection's goroutine:
@@ -47,13 +48,13 @@ func (r *Receiver) serveVM(ctx context.Context, sc *secureConn, peer string) (er
 	log := r.log.With("vm", open.VM, "session", s.id)
 
 	dir := filepath.Join(r.cfg.DataDir, open.VM)
-	argv, err := kvm.RewriteCommandLine(open.Argv, dir)
+	argv, err := qemu.RewriteCommandLine(open.Argv, dir)
 	if err != nil {
 		return fail(err)
 	}
 	argv = withPausedStart(argv)
 	launchCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	dest, err := kvm.LaunchDestination(launchCtx, argv, kvm.PathsIn(dir))
+	dest, err := qemu.LaunchDestination(launchCtx, argv, qemu.PathsIn(dir))
 	cancel()
 	if err != nil {
 		return fail(err)
@@ -134,7 +135,7 @@ func (r *Receiver) serveVM(ctx context.Context, sc *secureConn, peer string) (er
 	}
 	var console *consoleWatch
 	if open.WatchConsole {
-		if path := kvm.SerialLogPath(argv); path != "" {
+		if path := qemu.SerialLogPath(argv); path != "" {
 			wctx, stopWatch := context.WithTimeout(ctx, time.Minute)
 			defer stopWatch()
 			console = watchConsole(wctx, path)
@@ -240,7 +241,7 @@ func relayReturnPath(qc net.Conn, sc *secureConn) error {
 }
 
 // waitIncomingDone waits for the destination's incoming migration to complete.
-func waitIncomingDone(ctx context.Context, dest *kvm.Destination, timeout time.Duration) error {
+func waitIncomingDone(ctx context.Context, dest *qemu.Destination, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	for {
@@ -273,7 +274,7 @@ func waitIncomingDone(ctx context.Context, dest *kvm.Destination, timeout time.D
 	}
 }
 
-func queryStatus(ctx context.Context, q *kvm.QMP) (string, error) {
+func queryStatus(ctx context.Context, q *qmp.Client) (string, error) {
 	var st struct {
 		Status string `json:"status"`
 	}

@@ -6,7 +6,7 @@ import (
 	"time"
 
 	"github.com/vmscatter/vmscatter/dedup"
-	"github.com/vmscatter/vmscatter/kvm"
+	"github.com/vmscatter/vmscatter/qemu"
 )
 
 // scan reads every VM's RAM while the VMs run and builds the sharing map (phase 2). A VM whose RAM cannot be read
@@ -19,7 +19,7 @@ func (s *sender) scan(ctx context.Context, rep *Report) *dedup.SharingMap {
 			continue
 		}
 		s.progress.set(vm.spec.Name, "scanning", "")
-		ram, err := kvm.OpenGuestRAM(ctx, vm.qmp, vm.pid)
+		ram, err := qemu.OpenGuestRAM(ctx, vm.qmp, vm.pid)
 		if err != nil {
 			rep.Warnings = append(rep.Warnings, fmt.Sprintf("VM %s: scan skipped, its pages travel literal: %v", vm.spec.Name, err))
 			continue

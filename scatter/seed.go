@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/vmscatter/vmscatter/dedup"
-	"github.com/vmscatter/vmscatter/kvm"
+	"github.com/vmscatter/vmscatter/qemu"
 )
 
 // The seed (between placement and the prime): a guest's RAM holds copies of the files its QEMU booted it from (a
@@ -73,7 +73,7 @@ func (s *sender) seed(ctx context.Context, sm *dedup.SharingMap, rep *Report) {
 			continue
 		}
 		ti := s.targetIndex(vm.target)
-		for _, f := range kvm.BootFiles(vm.argv) {
+		for _, f := range qemu.BootFiles(vm.argv) {
 			if !filepath.IsAbs(f) {
 				continue // relative to the QEMU's own working directory: not something a target can find
 			}

@@ -14,7 +14,8 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/vmscatter/vmscatter/dedup"
-	"github.com/vmscatter/vmscatter/kvm"
+	"github.com/vmscatter/vmscatter/qemu"
+	"github.com/vmscatter/vmscatter/qemu/qmp"
 )
 
 // VMSpec names one source VM and its QMP socket.
@@ -70,7 +71,7 @@ const (
 // sourceVM is what the inventory learned of one VM.
 type sourceVM struct {
 	spec       VMSpec
-	qmp        *kvm.QMP
+	qmp        *qmp.Client
 	pid        int
 	argv       []string
 	wasRunning bool
@@ -182,7 +183,7 @@ type sender struct {
 	vms      []*sourceVM
 	targets  []*targetConn
 	tmpDir   string
-	rams     []*kvm.GuestRAM // open for the scan and the prime
+	rams     []*qemu.GuestRAM // open for the scan and the prime
 	sharing  *dedup.SharingMap
 	batches  []primeBatch // the prime's schedule, from placement
 	costs    []uint32     // by content id: the wire bytes its prime cost (compressed), for the report's bound
@@ -402,7 +403,7 @@ func (s *sender) inventory(ctx context.Context, vm *sourceVM) {
 		s.progress.set(vm.spec.Name, "error", err.Error())
 	}
 	s.progress.set(vm.spec.Name, "inventory", "")
-	q, err := kvm.DialQMP(ctx, vm.spec.QMP)
+	q, err := qmp.Dial(ctx, vm.spec.QMP)
 	if err != nil {
 		fail(StatusFailed, err)
 		return
@@ -412,7 +413,7 @@ func (s *sender) inventory(ctx context.Context, vm *sourceVM) {
 		fail(StatusRolledBack, err)
 		return
 	}
-	if vm.argv, err = kvm.ReadCommandLine(vm.pid); err != nil {
+	if vm.argv, err = qemu.ReadCommandLine(vm.pid); err != nil {
 		fail(StatusRolledBack, err)
 		return
 	}

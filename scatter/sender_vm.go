@@ -12,7 +12,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/vmscatter/vmscatter/kvm"
+	"github.com/vmscatter/vmscatter/qemu"
+	"github.com/vmscatter/vmscatter/qemu/qmp"
 )
 
 // migrate moves one VM. The stages:
@@ -126,7 +127,7 @@ func (m *vmMigration) run(ctx context.Context) error {
 	s.progress.set(name, "migrating", "")
 	var console *consoleWatch
 	if s.cfg.GuestDowntime {
-		if path := kvm.SerialLogPath(vm.argv); path != "" {
+		if path := qemu.SerialLogPath(vm.argv); path != "" {
 			console = watchConsole(ctx, path)
 		}
 	}
@@ -213,7 +214,7 @@ func (m *vmMigration) run(ctx context.Context) error {
 		return ctx.Err()
 	}
 	// The destination runs: the source QEMU may quit now, and only now.
-	if err := vm.qmp.Execute(ctx, "quit", nil, nil); err != nil && !errors.Is(err, kvm.ErrQMPClosed) {
+	if err := vm.qmp.Execute(ctx, "quit", nil, nil); err != nil && !errors.Is(err, qmp.ErrClosed) {
 		s.log.Warn("source quit", "vm", name, "err", err)
 	}
 	select {

@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/vmscatter/vmscatter/bench/fixture"
-	"github.com/vmscatter/vmscatter/kvm"
+	"github.com/vmscatter/vmscatter/qemu/qmp"
 )
 
 // CaptureOptions say which base images Capture takes.
@@ -91,7 +91,7 @@ func Capture(ctx context.Context, o CaptureOptions) (paths []string, err error) 
 
 // saveRAM stops the guest and writes its first size bytes of guest-physical memory to path.
 func saveRAM(ctx context.Context, qmpPath, path string, size int64) error {
-	q, err := kvm.DialQMP(ctx, qmpPath)
+	q, err := qmp.Dial(ctx, qmpPath)
 	if err != nil {
 		return err
 	}

@@ -1,7 +1,7 @@
-// Package kvm talks to QEMU: the QMP client, the QEMU 7.2 pre-copy migration stream codec, the guest RAM reader and
-// the launch of a destination QEMU from a source QEMU's command line. It is the edge of vmscatter towards QEMU: the
-// rest of the project sees typed values, never QMP JSON or stream bytes.
-package kvm
+// Package qmp is vmscatter's QEMU Machine Protocol client: one connection to a QEMU's QMP socket, commands with
+// their answers matched by id, and asynchronous events. It is the only package that knows QMP command names; the
+// rest of the project calls its typed methods.
+package qmp
 
 import (
 	"bufio"
@@ -23,18 +23,18 @@ import (
 const maxQMPLine = 64 << 20
 
 // QMPError is an error answer from QEMU ({"error":{"class":...,"desc":...}}).
-type QMPError struct {
+type Error struct {
 	Command string
 	Class   string
 	Desc    string
 }
 
-func (e *QMPError) Error() string {
+func (e *Error) Error() string {
 	return fmt.Sprintf("qmp %s: %s: %s", e.Command, e.Class, e.Desc)
 }
 
 // ErrQMPClosed is returned for commands issued after the connection ended.
-var ErrQMPClosed = errors.New("qmp: connection closed")
+var ErrClosed = errors.New("qmp: connection closed")
 
 // Event is an asynchronous QMP event.
 type Event struct {
@@ -56,7 +56,7 @@ const maxBufferedEvents = 256
 
 // QMP is a client for one QMP socket. It is safe for concurrent use: commands are matched to answers by id, and one
 // reader goroutine owns the socket's read side.
-type QMP struct {
+type Client struct {
 	conn net.Conn
 	path string
 
@@ -77,19 +77,19 @@ type qmpReply struct {
 		Class string `json:"class"`
 		Desc  string `json:"desc"`
 	} `json:"error"`
-	ID    json.RawMessage `json:"id"`
-	Event string          `json:"event"`
-	QMP   json.RawMessage `json:"QMP"`
+	ID     json.RawMessage `json:"id"`
+	Event  string          `json:"event"`
+	Client json.RawMessage `json:"QMP"`
 }
 
 // DialQMP connects to a QMP unix socket, reads the greeting and enters command mode (qmp_capabilities).
-func DialQMP(ctx context.Context, socketPath string) (*QMP, error) {
+func Dial(ctx context.Context, socketPath string) (*Client, error) {
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "unix", socketPath)
 	if err != nil {
 		return nil, fmt.Errorf("qmp: connect %s: %w (is the VM running with -qmp unix:%s,server=on,wait=off?)", socketPath, err, socketPath)
 	}
-	q := &QMP{conn: conn, path: socketPath, pending: map[string]chan qmpReply{}, evSig: make(chan struct{}), done: make(chan struct{})}
+	q := &Client{conn: conn, path: socketPath, pending: map[string]chan qmpReply{}, evSig: make(chan struct{}), done: make(chan struct{})}
 	br := bufio.NewReaderSize(conn, 64<<10)
 	// The greeting comes first and unprompted.
 	if dl, ok := ctx.Deadline(); ok {
@@ -101,7 +101,7 @@ func DialQMP(ctx context.Context, socketPath string) (*QMP, error) {
 		return nil, fmt.Errorf("qmp: %s: no greeting (%w): QEMU serves one client per QMP socket; if another tool holds this one, give the VM a second -qmp socket for vmscatter", socketPath, err)
 	}
 	var greet qmpReply
-	if err := json.Unmarshal(line, &greet); err != nil || greet.QMP == nil {
+	if err := json.Unmarshal(line, &greet); err != nil || greet.Client == nil {
 		conn.Close()
 		return nil, fmt.Errorf("qmp: %s: not a QMP greeting: %.80q", socketPath, line)
 	}
@@ -132,7 +132,7 @@ func readLine(br *bufio.Reader) ([]byte, error) {
 	}
 }
 
-func (q *QMP) readLoop(br *bufio.Reader) {
+func (q *Client) readLoop(br *bufio.Reader) {
 	var err error
 	for {
 		var line []byte
@@ -172,7 +172,7 @@ func (q *QMP) readLoop(br *bufio.Reader) {
 		}
 	}
 	q.mu.Lock()
-	q.err = fmt.Errorf("%w (%v)", ErrQMPClosed, err)
+	q.err = fmt.Errorf("%w (%v)", ErrClosed, err)
 	for id, ch := range q.pending {
 		close(ch)
 		delete(q.pending, id)
@@ -183,7 +183,7 @@ func (q *QMP) readLoop(br *bufio.Reader) {
 
 // Execute runs one command. args is marshalled as "arguments" unless nil; the "return" value is unmarshalled into
 // result unless result is nil. A QEMU error answer comes back as *QMPError.
-func (q *QMP) Execute(ctx context.Context, command string, args any, result any) error {
+func (q *Client) Execute(ctx context.Context, command string, args any, result any) error {
 	q.mu.Lock()
 	if q.err != nil {
 		err := q.err
@@ -224,7 +224,7 @@ func (q *QMP) Execute(ctx context.Context, command string, args any, result any)
 			return fmt.Errorf("qmp %s: %w", command, q.closedErr())
 		}
 		if r.Error != nil {
-			return &QMPError{Command: command, Class: r.Error.Class, Desc: r.Error.Desc}
+			return &Error{Command: command, Class: r.Error.Class, Desc: r.Error.Desc}
 		}
 		if result != nil && len(r.Return) > 0 {
 			if err := json.Unmarshal(r.Return, result); err != nil {
@@ -238,23 +238,23 @@ func (q *QMP) Execute(ctx context.Context, command string, args any, result any)
 	}
 }
 
-func (q *QMP) forget(id string) {
+func (q *Client) forget(id string) {
 	q.mu.Lock()
 	delete(q.pending, strconv.Quote(id))
 	q.mu.Unlock()
 }
 
-func (q *QMP) closedErr() error {
+func (q *Client) closedErr() error {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if q.err != nil {
 		return q.err
 	}
-	return ErrQMPClosed
+	return ErrClosed
 }
 
 // HMP runs a human-monitor command through QMP and returns its text output.
-func (q *QMP) HMP(ctx context.Context, cmdline string) (string, error) {
+func (q *Client) HMP(ctx context.Context, cmdline string) (string, error) {
 	var out string
 	err := q.Execute(ctx, "human-monitor-command", map[string]any{"command-line": cmdline}, &out)
 	return out, err
@@ -262,7 +262,7 @@ func (q *QMP) HMP(ctx context.Context, cmdline string) (string, error) {
 
 // WaitEvent waits for the next event with this name that arrives after the call, or one already buffered that has
 // not been consumed by an earlier WaitEvent for the same name. It returns ErrQMPClosed if QEMU goes away first.
-func (q *QMP) WaitEvent(ctx context.Context, name string) (Event, error) {
+func (q *Client) WaitEvent(ctx context.Context, name string) (Event, error) {
 	for {
 		q.mu.Lock()
 		for i, ev := range q.events {
@@ -287,7 +287,7 @@ func (q *QMP) WaitEvent(ctx context.Context, name string) (Event, error) {
 }
 
 // DrainEvents forgets every buffered event with this name.
-func (q *QMP) DrainEvents(name string) {
+func (q *Client) DrainEvents(name string) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	kept := q.events[:0]
@@ -300,10 +300,10 @@ func (q *QMP) DrainEvents(name string) {
 }
 
 // Done is closed when the connection ends (QEMU quit or Close was called).
-func (q *QMP) Done() <-chan struct{} { return q.done }
+func (q *Client) Done() <-chan struct{} { return q.done }
 
 // PeerPID returns the process id of the QEMU at the other end of the socket (SO_PEERCRED).
-func (q *QMP) PeerPID() (int, error) {
+func (q *Client) PeerPID() (int, error) {
 	uc, ok := q.conn.(*net.UnixConn)
 	if !ok {
 		return 0, errors.New("qmp: not a unix socket, cannot learn the QEMU pid")
@@ -326,7 +326,7 @@ func (q *QMP) PeerPID() (int, error) {
 }
 
 // Close ends the connection.
-func (q *QMP) Close() error {
+func (q *Client) Close() error {
 	err := q.conn.Close()
 	<-q.done
 	return err

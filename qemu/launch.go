@@ -1,4 +1,4 @@
-package kvm
+package qemu
 
 import (
 	"bytes"
@@ -11,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/vmscatter/vmscatter/qemu/qmp"
 )
 
 // ReadCommandLine returns the argv of a running process (/proc/PID/cmdline).
@@ -211,7 +213,7 @@ func (r *rewriter) rewriteChardev(val string) string {
 type Destination struct {
 	Paths DestinationPaths
 	Cmd   *exec.Cmd
-	QMP   *QMP
+	QMP   *qmp.Client
 	exit  chan struct{}
 	err   error // the process's exit status, once exit is closed
 }
@@ -247,7 +249,7 @@ func LaunchDestination(ctx context.Context, argv []string, p DestinationPaths) (
 	go func() { d.err = cmd.Wait(); close(d.exit) }()
 	for {
 		if _, err := os.Stat(p.QMP); err == nil {
-			q, err := DialQMP(ctx, p.QMP)
+			q, err := qmp.Dial(ctx, p.QMP)
 			if err == nil {
 				d.QMP = q
 				return d, nil

@@ -1,4 +1,4 @@
-package kvm
+package qmp
 
 import (
 	"bufio"
@@ -77,7 +77,7 @@ func TestQMPCommandsEventsAndLongLines(t *testing.T) {
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	q, err := DialQMP(ctx, path)
+	q, err := Dial(ctx, path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,7 +97,7 @@ func TestQMPCommandsEventsAndLongLines(t *testing.T) {
 	if err != nil || len(out) != len(long) {
 		t.Fatalf("HMP: len %d, err %v", len(out), err)
 	}
-	var qe *QMPError
+	var qe *Error
 	if err := q.Execute(ctx, "bad", nil, nil); !errors.As(err, &qe) || qe.Class != "CommandNotFound" {
 		t.Fatalf("bad command error = %v", err)
 	}
@@ -117,15 +117,15 @@ func TestQMPPeerGoneFailsPendingCommands(t *testing.T) {
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	q, err := DialQMP(ctx, path)
+	q, err := Dial(ctx, path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer q.Close()
-	if err := q.Execute(ctx, "query-status", nil, nil); !errors.Is(err, ErrQMPClosed) {
+	if err := q.Execute(ctx, "query-status", nil, nil); !errors.Is(err, ErrClosed) {
 		t.Fatalf("got %v, want ErrQMPClosed", err)
 	}
-	if _, err := q.WaitEvent(ctx, "STOP"); !errors.Is(err, ErrQMPClosed) {
+	if _, err := q.WaitEvent(ctx, "STOP"); !errors.Is(err, ErrClosed) {
 		t.Fatalf("WaitEvent after close: %v", err)
 	}
 }
@@ -146,19 +146,9 @@ func TestQMPNotAQMPSocket(t *testing.T) {
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if _, err := DialQMP(ctx, path); err == nil || !strings.Contains(err.Error(), "not a QMP greeting") {
+	if _, err := Dial(ctx, path); err == nil || !strings.Contains(err.Error(), "not a QMP greeting") {
 		t.Fatalf("got %v", err)
 	}
-}
-
-// requireQEMU skips the test with a reason when QEMU is not installed.
-func requireQEMU(t *testing.T) string {
-	t.Helper()
-	bin, err := exec.LookPath("qemu-system-x86_64")
-	if err != nil {
-		t.Skip("qemu-system-x86_64 not installed (make deps installs it)")
-	}
-	return bin
 }
 
 func TestQMPRealQEMU(t *testing.T) {
@@ -194,12 +184,12 @@ func TestQMPRealQEMU(t *testing.T) {
 }
 
 // dialWhenReady retries until QEMU has created its QMP socket.
-func dialWhenReady(ctx context.Context, t *testing.T, sock string) *QMP {
+// dialWhenReady is qemutest.DialWhenReady, which this package's tests cannot import (it imports qmp).
+func dialWhenReady(ctx context.Context, t *testing.T, sock string) *Client {
 	t.Helper()
 	for {
 		if _, err := os.Stat(sock); err == nil {
-			q, err := DialQMP(ctx, sock)
-			if err == nil {
+			if q, err := Dial(ctx, sock); err == nil {
 				return q
 			}
 		}
@@ -211,11 +201,12 @@ func dialWhenReady(ctx context.Context, t *testing.T, sock string) *QMP {
 	}
 }
 
-func readFile(t *testing.T, path string) []byte {
+// requireQEMU is qemutest.Require, likewise.
+func requireQEMU(t *testing.T) string {
 	t.Helper()
-	b, err := os.ReadFile(path)
+	bin, err := exec.LookPath("qemu-system-x86_64")
 	if err != nil {
-		t.Fatal(err)
+		t.Skip("qemu-system-x86_64 not installed (make deps installs it)")
 	}
-	return b
+	return bin
 }

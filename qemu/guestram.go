@@ -1,4 +1,4 @@
-package kvm
+package qemu
 
 import (
 	"context"
@@ -9,6 +9,8 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+
+	"github.com/vmscatter/vmscatter/qemu/qmp"
 )
 
 // RAMBlockInfo is one line of QEMU's `info ramblock`.
@@ -21,7 +23,7 @@ type RAMBlockInfo struct {
 }
 
 // QueryRAMBlocks lists the guest's RAM blocks (HMP `info ramblock`).
-func QueryRAMBlocks(ctx context.Context, q *QMP) ([]RAMBlockInfo, error) {
+func QueryRAMBlocks(ctx context.Context, q *qmp.Client) ([]RAMBlockInfo, error) {
 	out, err := q.HMP(ctx, "info ramblock")
 	if err != nil {
 		return nil, err
@@ -74,7 +76,7 @@ var ErrRAMUnreadable = errors.New("guest RAM is not readable from here")
 
 // OpenGuestRAM finds the main RAM block's exact host address with `gpa2hva 0` and opens /proc/PID/mem.
 // The block is contiguous in QEMU's address space from that address; no guessing from /proc/PID/maps.
-func OpenGuestRAM(ctx context.Context, q *QMP, pid int) (*GuestRAM, error) {
+func OpenGuestRAM(ctx context.Context, q *qmp.Client, pid int) (*GuestRAM, error) {
 	out, err := q.HMP(ctx, "gpa2hva 0")
 	if err != nil {
 		return nil, fmt.Errorf("%w: gpa2hva: %v", ErrRAMUnreadable, err)

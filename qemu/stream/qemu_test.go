@@ -1,4 +1,4 @@
-package kvm
+package stream
 
 import (
 	"bytes"
@@ -14,6 +14,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/vmscatter/vmscatter/qemu/qemutest"
+	"github.com/vmscatter/vmscatter/qemu/qmp"
 )
 
 // guestFixture is the busybox guest a colleague builds (bench/fixture); the test boots it when present.
@@ -23,7 +26,7 @@ const guestRAM = 64 << 20
 
 // streamVM is one QEMU process of the real-QEMU stream tests.
 type streamVM struct {
-	qmp    *QMP
+	qmp    *qmp.Client
 	stderr *bytes.Buffer
 }
 
@@ -50,7 +53,7 @@ func startStreamVM(ctx context.Context, t *testing.T, bin, dir, name string, ext
 			t.Logf("%s QEMU stderr:\n%s", name, vm.stderr)
 		}
 	})
-	vm.qmp = dialWhenReady(ctx, t, sock)
+	vm.qmp = qemutest.DialWhenReady(ctx, t, sock)
 	t.Cleanup(func() { vm.qmp.Close() })
 	return vm
 }
@@ -169,7 +172,7 @@ func TestRegroupedStreamLoadsInRealQEMU(t *testing.T) {
 }
 
 func testRegroupedStream(t *testing.T, returnPath bool) {
-	bin := requireQEMU(t)
+	bin := qemutest.Require(t)
 	if !fileExists(filepath.Join(guestFixture, "vmlinuz")) {
 		t.Logf("no guest fixture in %s: migrating a SeaBIOS-only guest", guestFixture)
 	}
@@ -273,7 +276,7 @@ func testRegroupedStream(t *testing.T, returnPath bool) {
 	srcMem, dstMem := filepath.Join(dir, "src.mem"), filepath.Join(dir, "dst.mem")
 	src.exec(ctx, t, "pmemsave", map[string]any{"val": 0, "size": guestRAM, "filename": srcMem}, nil)
 	dst.exec(ctx, t, "pmemsave", map[string]any{"val": 0, "size": guestRAM, "filename": dstMem}, nil)
-	a, b := readFile(t, srcMem), readFile(t, dstMem)
+	a, b := qemutest.ReadFile(t, srcMem), qemutest.ReadFile(t, dstMem)
 	if len(a) != guestRAM || len(b) != guestRAM {
 		t.Fatalf("pmemsave wrote %d and %d bytes", len(a), len(b))
 	}

@@ -1,7 +1,11 @@
-package kvm
+// Package stream is the QEMU pre-copy migration stream codec: a decoder that turns a source QEMU's stream into
+// typed records (prefix, RAM sections and pages, device-state tail) and an encoder that writes a byte-valid stream
+// from them for a destination QEMU. docs/stream.md gives the byte layout. It is a leaf: it imports nothing of the
+// project.
+package stream
 
-// The QEMU 7.2 pre-copy migration stream codec: the shared vocabulary of the decoder (stream_decode.go) and the
-// encoder (stream_encode.go). docs/stream.md gives the byte layout; the constants below are named as in QEMU's
+// The QEMU 7.2 pre-copy migration stream codec: the shared vocabulary of the decoder (decode.go) and the
+// encoder (encode.go). docs/stream.md gives the byte layout; the constants below are named as in QEMU's
 // migration/savevm.c and migration/ram.c.
 
 import (

@@ -1,4 +1,4 @@
-package kvm
+package qemu
 
 import (
 	"bytes"
@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vmscatter/vmscatter/qemu/qemutest"
 )
 
 func TestRewriteCommandLine(t *testing.T) {
@@ -67,7 +69,7 @@ func TestParseRAMBlocks(t *testing.T) {
 // TestGuestRAMAndCommandLineOfRealQEMU reads a live guest's RAM through /proc/PID/mem and checks it against QEMU's
 // own pmemsave of the same paused guest, and reads the process's command line back.
 func TestGuestRAMAndCommandLineOfRealQEMU(t *testing.T) {
-	bin := requireQEMU(t)
+	bin := qemutest.Require(t)
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "qmp.sock")
 	args := []string{"-accel", "tcg", "-machine", "pc", "-m", "32", "-nodefaults", "-display", "none", "-no-user-config",
@@ -79,7 +81,7 @@ func TestGuestRAMAndCommandLineOfRealQEMU(t *testing.T) {
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	q := dialWhenReady(ctx, t, sock)
+	q := qemutest.DialWhenReady(ctx, t, sock)
 	defer q.Close()
 	pid, err := q.PeerPID()
 	if err != nil {
@@ -105,7 +107,7 @@ func TestGuestRAMAndCommandLineOfRealQEMU(t *testing.T) {
 	if err := q.Execute(ctx, "pmemsave", map[string]any{"val": 0, "size": 1 << 20, "filename": dump}, nil); err != nil {
 		t.Fatal(err)
 	}
-	want := readFile(t, dump)
+	want := qemutest.ReadFile(t, dump)
 	got := make([]byte, 1<<20)
 	if _, err := ram.ReadAt(got, 0); err != nil {
 		t.Fatal(err)

@@ -1,0 +1,4 @@
+// Package qemu is vmscatter's edge towards a QEMU process other than its protocols: a source QEMU's command line
+// (read from /proc, rewritten for a destination), the launch of a destination QEMU, and the guest RAM reader. QMP
+// is in qemu/qmp, the migration stream codec in qemu/stream.
+package qemu
