@@ -23,7 +23,8 @@ import (
 
 	"github.com/vmscatter/vmscatter/bench/fixture"
 	"github.com/vmscatter/vmscatter/bench/lab"
-	"github.com/vmscatter/vmscatter/scatter"
+	"github.com/vmscatter/vmscatter/scatter/report"
+	"github.com/vmscatter/vmscatter/scatter/secure"
 )
 
 // ReceiverPort is the port receivers listen on inside the lab.
@@ -99,7 +100,7 @@ func NewCluster(ctx context.Context, cfg ClusterConfig) (_ *Cluster, err error) 
 	}
 	c.KeyFile = filepath.Join(cfg.Dir, "key")
 	os.Remove(c.KeyFile)
-	if err := scatter.WriteNewKey(c.KeyFile); err != nil {
+	if err := secure.WriteNewKey(c.KeyFile); err != nil {
 		return nil, err
 	}
 	c.receivers = make([]*exec.Cmd, len(c.Targets))
@@ -216,7 +217,7 @@ func (c *Cluster) StartGuests(ctx context.Context, prefix string, n int, o fixtu
 
 // SendResult is what one `vmscatter send` run gave.
 type SendResult struct {
-	Report     scatter.Report
+	Report     report.Report
 	ReportPath string
 	Exit       int
 	Stderr     string

@@ -12,7 +12,8 @@ import (
 
 	"github.com/vmscatter/vmscatter/bench/fixture"
 	"github.com/vmscatter/vmscatter/bench/lab"
-	"github.com/vmscatter/vmscatter/scatter"
+	"github.com/vmscatter/vmscatter/scatter/converge"
+	"github.com/vmscatter/vmscatter/scatter/report"
 )
 
 // CompareConfig is one side-by-side run: the same guests, the same targets, QEMU's own migration against vmscatter.
@@ -53,14 +54,14 @@ type CompareResult struct {
 	Placement map[string]int `json:"placement"` // VM -> target index, the same for both methods
 	Native    MethodFigures  `json:"qemu_native"`
 	Scatter   MethodFigures  `json:"vmscatter"`
-	Report    scatter.Report `json:"vmscatter_report"`
+	Report    report.Report  `json:"vmscatter_report"`
 	// LowerBoundBytes is each distinct non-zero page once per target that needs it (unicast), uncompressed;
 	// LowerBoundCompressedBytes the same, compressed as the prime sends it.
 	LowerBoundBytes           int64 `json:"lower_bound_bytes"`
 	LowerBoundCompressedBytes int64 `json:"lower_bound_compressed_bytes"`
 	// FinalBoundBytes is the bound the run is measured against: each distinct non-zero content of what the
 	// destinations loaded, that a target did not hold locally, once per target set of the transport used, compressed
-	// as it travelled (scatter.Totals.FinalBoundBytes).
+	// as it travelled (report.Totals.FinalBoundBytes).
 	FinalBoundBytes int64 `json:"final_bound_bytes"`
 	Ratios          struct {
 		SourceBytesVsNative float64 `json:"source_bytes_vs_native"` // vmscatter / QEMU native
@@ -128,7 +129,7 @@ func RunCompare(ctx context.Context, cfg CompareConfig) (*CompareResult, error) 
 	for i, v := range sr.Report.VMs {
 		res.VMs = append(res.VMs, v.Name)
 		res.Scatter.DowntimeMS = append(res.Scatter.DowntimeMS, v.DowntimeMS)
-		if v.Status == scatter.StatusMigrated {
+		if v.Status == report.StatusMigrated {
 			res.Scatter.Migrated++
 		} else {
 			res.Scatter.Failures = append(res.Scatter.Failures, v.Name+": "+v.Status+": "+v.Error)
@@ -156,7 +157,7 @@ func RunCompare(ctx context.Context, cfg CompareConfig) (*CompareResult, error) 
 	}
 	time.Sleep(cfg.Settle)
 	say("QEMU native migration, every VM straight to its target, all at once")
-	nr, err := c.MigrateNative(ctx, native, assign, scatter.DefaultDowntime)
+	nr, err := c.MigrateNative(ctx, native, assign, converge.DefaultDowntime)
 	if err != nil {
 		return nil, err
 	}

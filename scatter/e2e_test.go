@@ -1,4 +1,4 @@
-package scatter
+package scatter_test
 
 import (
 	"bytes"
@@ -18,7 +18,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmscatter/vmscatter/dedup"
 	"github.com/vmscatter/vmscatter/qemu/qmp"
+	"github.com/vmscatter/vmscatter/scatter/dest"
+	"github.com/vmscatter/vmscatter/scatter/host"
+	"github.com/vmscatter/vmscatter/scatter/report"
+	"github.com/vmscatter/vmscatter/scatter/source"
 )
 
 // These tests run real QEMU guests (SeaBIOS only, no kernel: they boot in well under a second under TCG) and a real
@@ -84,7 +89,7 @@ func (g *testGuest) status(t *testing.T) string {
 		return "gone: " + err.Error()
 	}
 	defer q.Close()
-	s, err := queryStatus(ctx, q)
+	s, err := statusOf(ctx, q)
 	if err != nil {
 		return "gone: " + err.Error()
 	}
@@ -111,19 +116,19 @@ type testReceiver struct {
 	cancel  context.CancelFunc
 	done    chan struct{}
 	log     *bytes.Buffer
-	r       *Receiver
+	r       *dest.Receiver
 }
 
 // startReceiver runs a receiver on 127.0.0.1. Destination QEMUs it leaves running are killed by pidfile at cleanup.
-func startReceiver(t *testing.T, key []byte, mutate func(*ReceiverConfig)) *testReceiver {
+func startReceiver(t *testing.T, key []byte, mutate func(*dest.Config)) *testReceiver {
 	t.Helper()
 	dir := t.TempDir()
 	logBuf := &bytes.Buffer{}
-	cfg := ReceiverConfig{DataDir: dir, Key: key, Log: slog.New(slog.NewTextHandler(&lockedWriter{w: io.MultiWriter(logBuf, testLogWriter{t})}, nil))}
+	cfg := dest.Config{DataDir: dir, Key: key, Log: slog.New(slog.NewTextHandler(&lockedWriter{w: io.MultiWriter(logBuf, testLogWriter{t})}, nil))}
 	if mutate != nil {
 		mutate(&cfg)
 	}
-	r, err := NewReceiver(cfg)
+	r, err := dest.NewReceiver(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -146,7 +151,7 @@ func startReceiver(t *testing.T, key []byte, mutate func(*ReceiverConfig)) *test
 func killDestinations(dataDir string) {
 	files, _ := filepath.Glob(filepath.Join(dataDir, "*", "qemu.pid"))
 	for _, f := range files {
-		if pid := runningPID(f); pid > 0 {
+		if pid := host.RunningPID(f); pid > 0 {
 			syscall.Kill(pid, syscall.SIGKILL)
 		}
 	}
@@ -182,17 +187,17 @@ func destQMP(t *testing.T, r *testReceiver, vm string) *qmp.Client {
 	return q
 }
 
-func sendCfg(key []byte, targets []string, guests ...*testGuest) SendConfig {
-	cfg := SendConfig{Targets: targets, Key: key, Timeout: 2 * time.Minute, Progress: io.Discard}
+func sendCfg(key []byte, targets []string, guests ...*testGuest) source.Config {
+	cfg := source.Config{Targets: targets, Key: key, Timeout: 2 * time.Minute, Progress: io.Discard}
 	for _, g := range guests {
 		g.release()
-		cfg.VMs = append(cfg.VMs, VMSpec{Name: g.name, QMP: g.qmp})
+		cfg.VMs = append(cfg.VMs, source.VMSpec{Name: g.name, QMP: g.qmp})
 	}
 	return cfg
 }
 
 // sendPinned migrates guests[i] to receivers[i] and fails the test unless every one migrated.
-func sendPinned(t *testing.T, receivers []*testReceiver, guests ...*testGuest) *Report {
+func sendPinned(t *testing.T, receivers []*testReceiver, guests ...*testGuest) *report.Report {
 	t.Helper()
 	var addrs []string
 	for _, r := range receivers {
@@ -203,12 +208,12 @@ func sendPinned(t *testing.T, receivers []*testReceiver, guests ...*testGuest) *
 	for i, g := range guests {
 		cfg.Placement[g.name] = receivers[i].addr
 	}
-	rep, err := Send(context.Background(), cfg)
+	rep, err := source.Send(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, v := range rep.VMs {
-		if v.Status != StatusMigrated {
+		if v.Status != report.StatusMigrated {
 			t.Fatalf("%s: %s: %s", v.Name, v.Status, v.Error)
 		}
 	}
@@ -263,7 +268,7 @@ func TestMigrateTwoVMsToTwoReceiversOverLoopback(t *testing.T) {
 			v.Pages.Referenced, v.ScanNonZero)
 	}
 	t.Logf("warnings %q, transport %s", rep.Warnings, rep.Transport)
-	if rep.Transport != TransportMulticast {
+	if rep.Transport != source.TransportMulticast {
 		t.Errorf("transport %q: the contents both guests hold should have gone to both targets over multicast on lo", rep.Transport)
 	}
 	t.Logf("totals %+v; %s pages %+v; %s pages %+v", rep.Totals, rep.VMs[0].Name, rep.VMs[0].Pages, rep.VMs[1].Name, rep.VMs[1].Pages)
@@ -271,11 +276,11 @@ func TestMigrateTwoVMsToTwoReceiversOverLoopback(t *testing.T) {
 	waitExit(t, paused)
 
 	q1 := destQMP(t, r1, "run1")
-	if s, _ := queryStatus(ctx, q1); s != "running" {
+	if s, _ := statusOf(ctx, q1); s != "running" {
 		t.Errorf("run1 on its target is %q, want running", s)
 	}
 	q2 := destQMP(t, r2, "frozen1")
-	if s, _ := queryStatus(ctx, q2); s != "paused" {
+	if s, _ := statusOf(ctx, q2); s != "paused" {
 		t.Errorf("frozen1 on its target is %q, want paused (it was paused at the source)", s)
 	}
 	got := paused.pmemsave(t, q2, 64<<20, filepath.Join(dir, "dst.mem"))
@@ -298,11 +303,11 @@ func TestWrongKeyRollsBack(t *testing.T) {
 	bin := requireQEMU(t)
 	g := startGuest(t, bin, t.TempDir(), "vm1", 32)
 	r := startReceiver(t, []byte("another key, not the sender's!!"), nil)
-	rep, err := Send(context.Background(), sendCfg(testKey, []string{r.addr}, g))
-	if !errors.Is(err, ErrNothingMigrated) {
+	rep, err := source.Send(context.Background(), sendCfg(testKey, []string{r.addr}, g))
+	if !errors.Is(err, source.ErrNothingMigrated) {
 		t.Fatalf("err = %v", err)
 	}
-	if v := rep.VMs[0]; v.Status != StatusRolledBack || !strings.Contains(v.Error, "key") {
+	if v := rep.VMs[0]; v.Status != report.StatusRolledBack || !strings.Contains(v.Error, "key") {
 		t.Fatalf("report: %+v", v)
 	}
 	if s := g.status(t); s != "running" {
@@ -319,8 +324,8 @@ func TestUnreachableReceiverRollsBack(t *testing.T) {
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
 	addr := ln.Addr().String()
 	ln.Close() // nothing listens there now
-	rep, err := Send(context.Background(), sendCfg(testKey, []string{addr}, g))
-	if err == nil || rep == nil || rep.VMs[0].Status != StatusRolledBack || !strings.Contains(rep.VMs[0].Error, "unreachable") {
+	rep, err := source.Send(context.Background(), sendCfg(testKey, []string{addr}, g))
+	if err == nil || rep == nil || rep.VMs[0].Status != report.StatusRolledBack || !strings.Contains(rep.VMs[0].Error, "unreachable") {
 		t.Fatalf("err %v, report %+v", err, rep)
 	}
 	if s := g.status(t); s != "running" {
@@ -333,38 +338,43 @@ func TestUnreachableReceiverRollsBack(t *testing.T) {
 // receiver must hold no destination.
 func TestStreamFaultsRollBack(t *testing.T) {
 	bin := requireQEMU(t)
+	const cut = 64 << 10 // bytes into the stream, well before its end
 	for _, tc := range []struct {
 		name    string
-		fault   faults
-		die     int
+		stream  func(net.Conn) net.Conn // the source QEMU's stream as the sender reads it
+		die     bool                    // the receiver's VM connection breaks after cut bytes
 		timeout time.Duration
 		want    string
 	}{
-		{"truncated stream", faults{truncateAfterPages: 500}, 0, 0, "stream"},
-		{"receiver dies mid-stream", faults{}, 500, 0, "receiver"},
-		{"timeout", faults{stallAfterPages: 500}, 0, 3 * time.Second, "timed out"},
+		{"truncated stream", func(c net.Conn) net.Conn { return &faultConn{Conn: c, after: cut, eof: true} }, false, 0, "stream"},
+		{"receiver dies mid-stream", nil, true, 0, "receiver"},
+		{"timeout", func(c net.Conn) net.Conn { return newStallConn(c, cut) }, false, 3 * time.Second, "timed out"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			g := startGuest(t, bin, t.TempDir(), "vm1", 32)
-			r := startReceiver(t, testKey, func(c *ReceiverConfig) {
+			r := startReceiver(t, testKey, func(c *dest.Config) {
 				c.LoadTimeout = 10 * time.Second
-				c.dieAfterPages = tc.die
+				if tc.die {
+					c.WrapConn = secondConnBreaksAfter(cut)
+				}
 			})
 			cfg := sendCfg(testKey, []string{r.addr}, g)
-			cfg.faults = tc.fault
+			if tc.stream != nil {
+				cfg.WrapStream = func(_ string, c net.Conn) net.Conn { return tc.stream(c) }
+			}
 			if tc.timeout > 0 {
 				cfg.Timeout = tc.timeout
 			}
-			rep, _ := Send(context.Background(), cfg)
+			rep, _ := source.Send(context.Background(), cfg)
 			v := rep.VMs[0]
-			if v.Status != StatusRolledBack || !strings.Contains(v.Error, tc.want) {
+			if v.Status != report.StatusRolledBack || !strings.Contains(v.Error, tc.want) {
 				t.Fatalf("report: %+v", v)
 			}
 			if s := g.status(t); s != "running" {
 				t.Fatalf("source is %q after the rollback", s)
 			}
 			deadline := time.Now().Add(10 * time.Second)
-			for runningPID(filepath.Join(r.dataDir, "vm1", "qemu.pid")) > 0 {
+			for host.RunningPID(filepath.Join(r.dataDir, "vm1", "qemu.pid")) > 0 {
 				if time.Now().After(deadline) {
 					t.Fatal("the receiver left its destination QEMU running")
 				}
@@ -393,8 +403,8 @@ func TestForcedFingerprintCollisionsNeverDeliverWrongPages(t *testing.T) {
 		want = append(want, g.pmemsave(t, g.q, 64<<20, filepath.Join(dir, g.name+".src")))
 	}
 	cfg := sendCfg(testKey, []string{r.addr}, g1, g2)
-	cfg.faults.weakFingerprint = true
-	rep, err := Send(ctx, cfg)
+	cfg.Fingerprint = func(page []byte) dedup.Fingerprint { return dedup.Fingerprint(page[0]) }
+	rep, err := source.Send(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -402,7 +412,7 @@ func TestForcedFingerprintCollisionsNeverDeliverWrongPages(t *testing.T) {
 		t.Fatalf("the weak fingerprint did not take: %d distinct contents", rep.Totals.DistinctPages)
 	}
 	for i, v := range rep.VMs {
-		if v.Status != StatusMigrated {
+		if v.Status != report.StatusMigrated {
 			t.Fatalf("%s: %s: %s", v.Name, v.Status, v.Error)
 		}
 		q := destQMP(t, r, v.Name)
@@ -433,7 +443,18 @@ func TestSeedFromBootFiles(t *testing.T) {
 	a := startGuest(t, bin, dir, "seeda", 64, "-device", loader)
 	b := startGuest(t, bin, dir, "seedb", 64, "-device", loader)
 	r1 := startReceiver(t, testKey, nil)
-	r2 := startReceiver(t, testKey, func(c *ReceiverConfig) { c.seedDiffers = true })
+	other := filepath.Join(dir, "blob-elsewhere.bin") // r2's copy of the blob differs from the source's
+	if err := os.WriteFile(other, bytes.Repeat([]byte{0x5a}, len(blob)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r2 := startReceiver(t, testKey, func(c *dest.Config) {
+		c.OpenSeedFile = func(p string) (*os.File, error) {
+			if p == blobPath {
+				p = other
+			}
+			return os.Open(p)
+		}
+	})
 	time.Sleep(time.Second) // SeaBIOS runs; the blob stays where the loader put it
 	ctx := context.Background()
 	var want [][]byte
@@ -463,4 +484,12 @@ func TestSeedFromBootFiles(t *testing.T) {
 	if rep.Totals.FinalBoundUnicastBytes <= 0 || rep.Totals.FinalBoundBytes > rep.Totals.WireBytes {
 		t.Errorf("final bound %d (unicast %d) against %d wire bytes", rep.Totals.FinalBoundBytes, rep.Totals.FinalBoundUnicastBytes, rep.Totals.WireBytes)
 	}
+}
+
+func statusOf(ctx context.Context, q *qmp.Client) (string, error) {
+	var st struct {
+		Status string `json:"status"`
+	}
+	err := q.Execute(ctx, "query-status", nil, &st)
+	return st.Status, err
 }

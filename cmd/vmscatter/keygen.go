@@ -4,8 +4,7 @@ import (
 	"fmt"
 
 	"github.com/urfave/cli/v2"
-
-	"github.com/vmscatter/vmscatter/scatter"
+	"github.com/vmscatter/vmscatter/scatter/secure"
 )
 
 func keygenCommand() *cli.Command {
@@ -15,7 +14,7 @@ func keygenCommand() *cli.Command {
 		ArgsUsage: " ",
 		Flags:     []cli.Flag{&cli.StringFlag{Name: "out", Required: true, Usage: "key file to create (never overwritten)"}},
 		Action: func(c *cli.Context) error {
-			if err := scatter.WriteNewKey(c.String("out")); err != nil {
+			if err := secure.WriteNewKey(c.String("out")); err != nil {
 				return withCode(ExitError, err)
 			}
 			fmt.Fprintf(c.App.Writer, "wrote %s\n", c.String("out"))

@@ -11,8 +11,8 @@ import (
 	"text/tabwriter"
 
 	"github.com/urfave/cli/v2"
-
-	"github.com/vmscatter/vmscatter/scatter"
+	"github.com/vmscatter/vmscatter/scatter/plan"
+	"github.com/vmscatter/vmscatter/scatter/source"
 )
 
 func planCommand() *cli.Command {
@@ -40,7 +40,7 @@ func planCommand() *cli.Command {
 }
 
 func runPlan(c *cli.Context) error {
-	var plan *scatter.Plan
+	var pl *plan.Plan
 	var err error
 	live, images := len(c.StringSlice("vms")) > 0, len(c.StringSlice("images")) > 0
 	switch {
@@ -58,19 +58,19 @@ func runPlan(c *cli.Context) error {
 		if len(tp) == 0 {
 			return usageError("--images needs at least one --target NAME=MEMBYTES")
 		}
-		var ims []scatter.ImageSpec
+		var ims []plan.ImageSpec
 		for _, p := range pairs {
-			ims = append(ims, scatter.ImageSpec{Name: p[0], Path: p[1]})
+			ims = append(ims, plan.ImageSpec{Name: p[0], Path: p[1]})
 		}
-		var ts []scatter.TargetSpec
+		var ts []plan.TargetSpec
 		for _, p := range tp {
 			n, err := parseSize(p[1])
 			if err != nil {
 				return usageError("--target %s: %v", p[0], err)
 			}
-			ts = append(ts, scatter.TargetSpec{Name: p[0], MemBytes: uint64(n)})
+			ts = append(ts, plan.TargetSpec{Name: p[0], MemBytes: uint64(n)})
 		}
-		plan, err = scatter.PlanImages(context.Background(), ims, ts, c.String("algorithm"))
+		pl, err = plan.Images(context.Background(), ims, ts, c.String("algorithm"))
 		if err != nil {
 			return withCode(ExitError, err)
 		}
@@ -79,7 +79,7 @@ func runPlan(c *cli.Context) error {
 		if err != nil {
 			return err
 		}
-		plan, err = scatter.PlanLive(context.Background(), cfg)
+		pl, err = source.Plan(context.Background(), cfg)
 		if err != nil {
 			return withCode(ExitError, err)
 		}
@@ -92,13 +92,13 @@ func runPlan(c *cli.Context) error {
 	if c.Bool("json") {
 		enc := json.NewEncoder(c.App.Writer)
 		enc.SetIndent("", "  ")
-		return enc.Encode(plan)
+		return enc.Encode(pl)
 	}
-	printPlan(c.App.Writer, plan)
+	printPlan(c.App.Writer, pl)
 	return nil
 }
 
-func printPlan(w io.Writer, p *scatter.Plan) {
+func printPlan(w io.Writer, p *plan.Plan) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "VM\tTARGET")
 	for _, vm := range p.VMs {

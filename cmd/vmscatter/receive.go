@@ -7,8 +7,8 @@ import (
 	"syscall"
 
 	"github.com/urfave/cli/v2"
-
-	"github.com/vmscatter/vmscatter/scatter"
+	"github.com/vmscatter/vmscatter/scatter/dest"
+	"github.com/vmscatter/vmscatter/scatter/secure"
 )
 
 func receiveCommand() *cli.Command {
@@ -35,7 +35,7 @@ func receiveCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			key, err := scatter.LoadKey(c.String("key-file"))
+			key, err := secure.LoadKey(c.String("key-file"))
 			if err != nil {
 				return withCode(ExitError, err)
 			}
@@ -49,7 +49,7 @@ func receiveCommand() *cli.Command {
 					return usageError("--capacity: %v", err)
 				}
 			}
-			r, err := scatter.NewReceiver(scatter.ReceiverConfig{DataDir: c.String("data-dir"), Key: key, StoreLimit: limit,
+			r, err := dest.NewReceiver(dest.Config{DataDir: c.String("data-dir"), Key: key, StoreLimit: limit,
 				Capacity: uint64(capacity), MaxVMs: c.Int("max-vms"), Iface: c.String("iface"), Log: log})
 			if err != nil {
 				return withCode(ExitError, err)

@@ -8,8 +8,8 @@ import (
 	"strings"
 
 	"github.com/urfave/cli/v2"
-
-	"github.com/vmscatter/vmscatter/scatter"
+	"github.com/vmscatter/vmscatter/scatter/secure"
+	"github.com/vmscatter/vmscatter/scatter/source"
 )
 
 // Run runs the vmscatter command line and returns the error that decides the exit code.
@@ -138,13 +138,13 @@ func parseRate(s string) (int64, error) {
 
 // baseSendConfig reads what `send` and `plan` share: the logger, the key, the VMs, the targets, the pins and the
 // placement algorithm.
-func baseSendConfig(c *cli.Context) (scatter.SendConfig, error) {
-	var cfg scatter.SendConfig
+func baseSendConfig(c *cli.Context) (source.Config, error) {
+	var cfg source.Config
 	log, err := logger(c.String("log-level"), c.App.ErrWriter)
 	if err != nil {
 		return cfg, err
 	}
-	key, err := scatter.LoadKey(c.String("key-file"))
+	key, err := secure.LoadKey(c.String("key-file"))
 	if err != nil {
 		return cfg, withCode(ExitError, err)
 	}
@@ -162,9 +162,9 @@ func baseSendConfig(c *cli.Context) (scatter.SendConfig, error) {
 	if err != nil {
 		return cfg, err
 	}
-	cfg = scatter.SendConfig{Targets: splitList(c.StringSlice("targets")), Key: key, Algorithm: c.String("algorithm"), Log: log}
+	cfg = source.Config{Targets: splitList(c.StringSlice("targets")), Key: key, Algorithm: c.String("algorithm"), Log: log}
 	for _, p := range pairs {
-		cfg.VMs = append(cfg.VMs, scatter.VMSpec{Name: p[0], QMP: p[1]})
+		cfg.VMs = append(cfg.VMs, source.VMSpec{Name: p[0], QMP: p[1]})
 	}
 	if len(pins) > 0 {
 		cfg.Placement = map[string]string{}

@@ -11,8 +11,8 @@ import (
 	"time"
 
 	"github.com/urfave/cli/v2"
-
-	"github.com/vmscatter/vmscatter/scatter"
+	"github.com/vmscatter/vmscatter/scatter/converge"
+	"github.com/vmscatter/vmscatter/scatter/source"
 )
 
 func sendCommand() *cli.Command {
@@ -34,7 +34,7 @@ func sendCommand() *cli.Command {
 			&cli.IntFlag{Name: "parallel", Usage: "migrations at once (default min(4, VMs))"},
 			&cli.DurationFlag{Name: "timeout", Value: 10 * time.Minute, Usage: "bound on each VM's migration; past it the VM rolls back"},
 			&cli.StringFlag{Name: "policy", Value: "precopy", Usage: "convergence: precopy, autoconverge, timebound, membound"},
-			&cli.DurationFlag{Name: "downtime", Value: scatter.DefaultDowntime, Usage: "precopy/autoconverge: downtime limit"},
+			&cli.DurationFlag{Name: "downtime", Value: converge.DefaultDowntime, Usage: "precopy/autoconverge: downtime limit"},
 			&cli.IntFlag{Name: "throttle-initial", Value: 20, Usage: "autoconverge: first vCPU throttle, percent"},
 			&cli.IntFlag{Name: "throttle-increment", Value: 10, Usage: "autoconverge: throttle step, percent"},
 			&cli.DurationFlag{Name: "deadline", Usage: "timebound: switch over by this time"},
@@ -62,7 +62,7 @@ func runSend(c *cli.Context) error {
 	}
 	cfg.Parallel, cfg.Timeout, cfg.Compress = c.Int("parallel"), c.Duration("timeout"), c.String("compress")
 	cfg.NoDedup, cfg.GuestDowntime = c.Bool("no-dedup"), c.Bool("guest-downtime")
-	cfg.Policy = scatter.Policy{Kind: c.String("policy"), Downtime: c.Duration("downtime"),
+	cfg.Policy = converge.Policy{Kind: c.String("policy"), Downtime: c.Duration("downtime"),
 		ThrottleInitial: c.Int("throttle-initial"), ThrottleIncrement: c.Int("throttle-increment"),
 		Deadline: c.Duration("deadline"), Marker: c.Float64("marker"), OvercommitCPUs: c.Int("overcommit-cpus")}
 	cfg.Transport, cfg.Iface = c.String("transport"), c.String("iface")
@@ -90,7 +90,7 @@ func runSend(c *cli.Context) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	rep, err := scatter.Send(ctx, cfg)
+	rep, err := source.Send(ctx, cfg)
 	if rep != nil {
 		if werr := rep.WriteFile(c.String("report")); werr != nil {
 			return withCode(ExitFailed, fmt.Errorf("writing the report: %w", werr))
@@ -100,7 +100,7 @@ func runSend(c *cli.Context) error {
 			t.Migrated, t.VMs, t.RolledBack, t.Failed, float64(t.WireBytes)/(1<<20), float64(t.ElapsedMS)/1000, c.String("report"))
 	}
 	switch {
-	case errors.Is(err, scatter.ErrNothingMigrated):
+	case errors.Is(err, source.ErrNothingMigrated):
 		return withCode(ExitRolledBack, err)
 	case err != nil:
 		return withCode(ExitError, err)

@@ -1,0 +1,101 @@
+package converge
+
+import (
+	"fmt"
+	"time"
+)
+
+// Policy is a convergence policy: how QEMU is steered to switch a VM over.
+//
+//   - precopy: QEMU's pre-copy; it switches over once the rest fits in Downtime at the measured rate.
+//   - autoconverge: pre-copy plus QEMU's vCPU throttling while dirtying outruns the link (Jin et al. 2011).
+//   - timebound: finish within Deadline. Once the first pass passes Marker (a fraction of RAM sent), the VM's vCPU
+//     threads are pinned onto OvercommitCPUs host CPUs to slow dirtying (Chanchio's TLM); at the deadline the
+//     switch-over is forced.
+//   - membound: send all memory once, then one dirty pass, then switch over whatever remains (MPLM, Chanchio &
+//     Yaothanee 2018), unless QEMU converges under the downtime limit before that.
+type Policy struct {
+	Kind              string
+	Downtime          time.Duration
+	ThrottleInitial   int // autoconverge: cpu-throttle-initial, percent
+	ThrottleIncrement int // autoconverge: cpu-throttle-increment, percent
+	Deadline          time.Duration
+	Marker            float64
+	OvercommitCPUs    int
+}
+
+// Policy kinds.
+const (
+	PolicyPrecopy      = "precopy"
+	PolicyAutoconverge = "autoconverge"
+	PolicyTimebound    = "timebound"
+	PolicyMembound     = "membound"
+)
+
+// DefaultDowntime is QEMU-precopy's downtime limit unless --downtime says otherwise.
+const DefaultDowntime = 300 * time.Millisecond
+
+// Name is the policy's name for reports.
+func (p Policy) Name() string {
+	if p.Kind == "" {
+		return PolicyPrecopy
+	}
+	return p.Kind
+}
+
+func (p *Policy) Validate() error {
+	if p.Kind == "" {
+		p.Kind = PolicyPrecopy
+	}
+	if p.Downtime == 0 {
+		p.Downtime = DefaultDowntime
+	}
+	switch p.Kind {
+	case PolicyPrecopy:
+	case PolicyAutoconverge:
+		if p.ThrottleInitial == 0 {
+			p.ThrottleInitial = 20
+		}
+		if p.ThrottleIncrement == 0 {
+			p.ThrottleIncrement = 10
+		}
+		if p.ThrottleInitial < 1 || p.ThrottleInitial > 99 || p.ThrottleIncrement < 1 || p.ThrottleIncrement > 99 {
+			return fmt.Errorf("throttle percentages must be within 1..99 (got initial %d, increment %d)", p.ThrottleInitial, p.ThrottleIncrement)
+		}
+	case PolicyTimebound:
+		if p.Deadline <= 0 {
+			return fmt.Errorf("policy timebound needs --deadline (e.g. --deadline 60s)")
+		}
+		if p.Marker == 0 {
+			p.Marker = 0.5
+		}
+		if p.Marker <= 0 || p.Marker >= 1 {
+			return fmt.Errorf("--marker must be between 0 and 1 (got %v)", p.Marker)
+		}
+		if p.OvercommitCPUs == 0 {
+			p.OvercommitCPUs = 1
+		}
+		if p.OvercommitCPUs < 0 {
+			return fmt.Errorf("--overcommit-cpus must be positive")
+		}
+	case PolicyMembound:
+	default:
+		return fmt.Errorf("unknown policy %q: use precopy, autoconverge, timebound or membound", p.Kind)
+	}
+	return nil
+}
+
+// Capabilities are the source's migration Capabilities for this policy. Everything the stream codec refuses stays
+// off; the destination gets the ones it must share.
+func (p Policy) Capabilities() map[string]bool {
+	return map[string]bool{"auto-converge": p.Kind == PolicyAutoconverge, "events": true}
+}
+
+// QEMUMaxBandwidth is the max-bandwidth QEMU gets for the user's --max-bandwidth (bytes/s; 0: none): with none,
+// vmscatter's link governs, not QEMU's default 128 MiB/s cap.
+func QEMUMaxBandwidth(user int64) int64 {
+	if user <= 0 {
+		return 1 << 40
+	}
+	return user
+}

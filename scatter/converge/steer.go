@@ -1,0 +1,85 @@
+package converge
+
+import "time"
+
+// Progress is one reading of the source QEMU's migration (its query-migrate answer), as the policies read it.
+type Progress struct {
+	Elapsed     time.Duration // since the migration started
+	PagesSent   int64         // pages QEMU has sent, whole or as zero flags
+	Remaining   int64         // bytes QEMU still counts as dirty
+	Total       int64         // bytes of guest RAM
+	Transferred int64         // bytes QEMU has written
+	Iterations  int64         // dirty-sync count: 1 during the first pass
+	PageSize    int64
+}
+
+// Step is what a policy asks of the migration's driver after one reading.
+type Step struct {
+	// SwitchOver: stop the VM now, so that QEMU sends the rest and completes (MPLM's "stop and send the dirty
+	// rest"). With downtime-limit at 1 ms QEMU would complete only once nothing is left; stopping the VM instead
+	// makes the moment the policy's. The driver records the time of the stop: QEMU does not count a stop it did not
+	// make in its own downtime figure.
+	SwitchOver bool
+	// PinVCPUs > 0: over-commit the VM's vCPU threads onto that many host CPUs (TLM's marker), once.
+	PinVCPUs int
+	Reason   string // for the log
+}
+
+// Steering decides, reading by reading, when the membound and timebound policies act during a migration. It is
+// pure: the driver reads QEMU, feeds each reading to Observe and carries out the Step. Once it has returned
+// SwitchOver it returns nothing more. Owned by one goroutine.
+type Steering struct {
+	p              Policy
+	budget         TimeBudget
+	pass, passSize int64
+	pinned, done   bool
+}
+
+// Steering returns the policy's decider; precopy and autoconverge never act, QEMU steers them.
+func (p Policy) Steering() *Steering { return &Steering{p: p} }
+
+// Acts reports whether the policy ever asks for anything during a migration.
+func (p Policy) Acts() bool { return p.Kind == PolicyTimebound || p.Kind == PolicyMembound }
+
+// Observe takes one reading of an active migration and returns what to do now.
+func (s *Steering) Observe(pr Progress) Step {
+	if s.done {
+		return Step{}
+	}
+	switch s.p.Kind {
+	case PolicyMembound:
+		// dirty-sync-count is 1 during the first pass, 2 during the first dirty pass; at 3 both are done.
+		if pr.Iterations >= 3 {
+			s.done = true
+			return Step{SwitchOver: true, Reason: "membound: full pass and one dirty pass done, switching over"}
+		}
+	case PolicyTimebound:
+		return s.timebound(pr)
+	}
+	return Step{}
+}
+
+func (s *Steering) timebound(pr Progress) Step {
+	pageSize := pr.PageSize
+	if pageSize <= 0 {
+		pageSize = 4096
+	}
+	s.budget.Observe(pr.PagesSent, pr.Elapsed)
+	if pr.Iterations != s.pass {
+		// A pass starts just after QEMU synced its dirty bitmap: what remains then is the dirty set, which is what a
+		// stop will have to send; during the pass `remaining` shrinks and would underestimate it.
+		s.pass, s.passSize = pr.Iterations, pr.Remaining
+	}
+	if s.budget.MustSwitch(max(pr.Remaining, s.passSize)/pageSize, pr.Elapsed, s.p.Deadline) {
+		s.done = true
+		return Step{SwitchOver: true, Reason: "timebound: switching over so that the rest fits before the deadline"}
+	}
+	if !s.pinned && pr.Total > 0 && (float64(pr.Transferred)/float64(pr.Total) >= s.p.Marker || pr.Iterations >= 2) {
+		s.pinned = true
+		return Step{PinVCPUs: s.p.OvercommitCPUs, Reason: "timebound: marker passed, over-committing vCPUs"}
+	}
+	return Step{}
+}
+
+// Rate is the stop-and-copy rate the time budget has measured, pages/s (for the log).
+func (s *Steering) Rate() float64 { return s.budget.rate }

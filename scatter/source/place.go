@@ -1,0 +1,129 @@
+package source
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/vmscatter/vmscatter/dedup"
+	"github.com/vmscatter/vmscatter/grouping"
+	"github.com/vmscatter/vmscatter/scatter/plan"
+	"github.com/vmscatter/vmscatter/scatter/report"
+	"github.com/vmscatter/vmscatter/scatter/wire"
+)
+
+// place assigns every VM a target (phase 3): the user's pins, then the planner over the reachable targets. With no
+// sharing map (no scan) the planner has nothing to group by, and the VMs are spread round-robin. A capacity that
+// cannot be met is an error, and nothing moves.
+func (s *sender) place(sm *dedup.SharingMap, rep *report.Report) error {
+	byAddr := map[string]int{}
+	for i, t := range s.targets {
+		byAddr[t.addr] = i
+	}
+	names := map[string]bool{}
+	for _, vm := range s.vms {
+		names[vm.spec.Name] = true
+	}
+	for name, addr := range s.cfg.Placement {
+		if _, ok := byAddr[addr]; !ok {
+			return fmt.Errorf("placement %s=%s: %s is not among --targets", name, addr, addr)
+		}
+		if !names[name] {
+			return fmt.Errorf("placement %s=%s: no VM named %s in --vms", name, addr, name)
+		}
+	}
+	// The problem covers live VMs and reachable targets only.
+	var live []*sourceVM
+	var reach []*targetConn
+	var firstErr error
+	for _, t := range s.targets {
+		if t.sc != nil {
+			reach = append(reach, t)
+		} else if firstErr == nil {
+			firstErr = t.err
+		}
+	}
+	for _, vm := range s.vms {
+		if vm.report.Status != "" {
+			continue
+		}
+		pin, pinned := s.cfg.Placement[vm.spec.Name]
+		switch {
+		case pinned && s.targets[byAddr[pin]].sc == nil:
+			s.rollBackUntouched(vm, pin, s.targets[byAddr[pin]].err)
+		case len(reach) == 0:
+			s.rollBackUntouched(vm, "", firstErr)
+		default:
+			live = append(live, vm)
+		}
+	}
+	if len(live) == 0 {
+		return nil
+	}
+	var targets []grouping.Target
+	for _, t := range reach {
+		targets = append(targets, grouping.Target{Name: t.addr, MemBytes: capacity(t.info), MaxVMs: t.info.MaxVMs})
+	}
+	var vms []grouping.VM
+	var slots []int
+	for _, vm := range live {
+		vms = append(vms, grouping.VM{Name: vm.spec.Name, MemBytes: uint64(vm.ramBytes), VCPUs: 1, Pinned: s.cfg.Placement[vm.spec.Name]})
+		slots = append(slots, s.vmIndex(vm))
+	}
+	sol, err := plan.Solve(plan.Problem(sm, vms, slots, targets), s.cfg.Algorithm, sm != nil)
+	if err != nil {
+		return err
+	}
+	assign := sol.Assign
+	rep.Placement = sol.Placement
+	for i, vm := range live {
+		vm.target = reach[assign[i]]
+		vm.report.Target = vm.target.addr
+	}
+	if sm != nil {
+		// Phase 4: the schedule. Batch target indices become indices into s.targets.
+		idx := map[*targetConn]int{}
+		for i, t := range s.targets {
+			idx[t] = i
+		}
+		for _, b := range sol.Schedule.Batches {
+			tb := primeBatch{contents: b.Contents}
+			for _, ti := range b.Targets {
+				tb.targets = append(tb.targets, idx[reach[ti]])
+			}
+			s.batches = append(s.batches, tb)
+		}
+	}
+	return nil
+}
+
+// primeBatch is contents that go to the same set of targets (indices into sender.targets).
+type primeBatch struct {
+	targets  []int
+	contents []uint32
+}
+
+func (s *sender) vmIndex(vm *sourceVM) int {
+	for i, v := range s.vms {
+		if v == vm {
+			return i
+		}
+	}
+	return -1
+}
+
+func (s *sender) rollBackUntouched(vm *sourceVM, target string, err error) {
+	if err == nil {
+		err = errors.New("no receiver reachable")
+	}
+	vm.report.Target = target
+	vm.report.Status, vm.report.Error = report.StatusRolledBack, err.Error()
+	s.progress.set(vm.spec.Name, "rolled back", err.Error())
+}
+
+// capacity is the memory a target offers to migrated VMs: its configured capacity, else its available memory.
+func capacity(m wire.InfoMsg) uint64 {
+	if m.Capacity > 0 {
+		return m.Capacity
+	}
+	return m.MemAvailable
+}

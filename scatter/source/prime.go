@@ -1,0 +1,504 @@
+package source
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/vmscatter/vmscatter/dedup"
+	"github.com/vmscatter/vmscatter/multicast"
+	mwire "github.com/vmscatter/vmscatter/multicast/wire"
+	"github.com/vmscatter/vmscatter/scatter/host"
+	"github.com/vmscatter/vmscatter/scatter/report"
+	"github.com/vmscatter/vmscatter/scatter/wire"
+)
+
+// contentFrameTarget is the size at which a CONTENT frame is sent.
+const contentFrameTarget = 256 << 10
+
+// multicastChunk bounds the bytes of one multicast Send (and so the memory held for repairs).
+const multicastChunk = 8 << 20
+
+// primer is the state of one prime (phase 5), owned by the sender's goroutine.
+type primer struct {
+	s                                   *sender
+	sm                                  *dedup.SharingMap
+	digester                            *dedup.Digester
+	held                                []*dedup.HeldIndex // per target
+	pinned                              [][]uint64         // per target: contents kept for no VM in particular
+	frames                              [][]byte           // per target: the CONTENT frame being filled
+	sent                                []int              // per target: contents sent to it
+	groups                              map[string]*primeGroup
+	slots                               []int
+	heads                               []wire.BundleHead
+	pages                               []byte         // the current window's pages, as read at prime time
+	holders                             []int          // the current window's contents' holder VMs, back to back
+	probe                               host.IfaceRate // the link under TCP: first unicast frames to first multicast batch
+	unicastBytes                        int64          // CONTENT bytes queued so far
+	lowerBound, lowerCompressed         int64          // once per target that needs it (unicast)
+	lowerBoundOnce, lowerCompressedOnce int64          // once in all (multicast)
+	multicastBytes                      int64          // datagram payload bytes the group senders sent
+}
+
+// primeGroup is one multicast group: the batches of one target set of two or more targets.
+type primeGroup struct {
+	addr    string
+	targets []int
+	sender  *multicast.Sender // nil: the group is served by unicast
+	objects []multicast.Object
+	queued  int // payload bytes of objects
+}
+
+// prime sends every distinct content once to each target that needs it (phase 5), batch by batch in the
+// schedule's order: over multicast to a batch's group when it has two or more targets and multicast works, else
+// over the targets' control connections. It records what each target confirmed holding. Each content's bytes are
+// read once, at prime time, from a page that still has the scanned fingerprint; the keyed digest is taken over
+// exactly the bytes sent, so a later reference is exact whatever the guest did in between.
+func (s *sender) prime(ctx context.Context, sm *dedup.SharingMap, rep *report.Report) error {
+	n := len(s.targets)
+	s.costs = make([]uint32, sm.Distinct())
+	p := &primer{s: s, sm: sm, digester: s.digester, held: make([]*dedup.HeldIndex, n),
+		pinned: make([][]uint64, n), frames: make([][]byte, n), sent: make([]int, n)}
+	for i, t := range s.targets {
+		p.held[i] = dedup.NewHeldIndex(s.fingerprint(), p.digester)
+		p.pinned[i] = make([]uint64, (sm.Distinct()+63)/64)
+		for _, e := range t.seedHeld { // what the seed brought is held as the prime's contents are
+			p.held[i].Add(e.id, e.fp, e.dg)
+		}
+	}
+	if err := p.openGroups(ctx, rep); err != nil {
+		return err
+	}
+	defer func() {
+		p.closeGroups()
+		rep.Totals.PrimeBytes += p.multicastBytes
+		for _, t := range s.targets {
+			if t.sc != nil {
+				rep.Totals.PrimeBytes += t.sc.BytesOut()
+			}
+		}
+	}()
+	done, total := 0, 0
+	for _, b := range s.batches {
+		total += len(b.contents)
+	}
+	lastProgress := time.Now()
+	var full, partial []uint32
+	var rest []int
+	p.probe = host.IfaceRate{Iface: s.iface, MinBytes: minProbeBytes, MinTime: minProbeTime}
+	capped := false
+	for _, b := range p.unicastFirst() {
+		g := p.groups[targetSetKey(b.targets)]
+		if g != nil && g.sender != nil && !capped {
+			p.capGroups(int64(8 * p.probe.Rate()))
+			capped = true
+		}
+		for start := 0; start < len(b.contents); start += prepareWindow {
+			window := b.contents[start:min(start+prepareWindow, len(b.contents))]
+			// Contents that every target of the batch read from its own files need no prime. One that some of them
+			// read (their copy of the file differs from the source's elsewhere) goes to the others alone.
+			full, partial = full[:0], partial[:0]
+			for _, id := range window {
+				switch cid := dedup.ContentID(id); {
+				case !p.seededAtAny(cid, b.targets):
+					full = append(full, id)
+				case !p.seededAtAll(cid, b.targets):
+					partial = append(partial, id)
+				}
+			}
+			bundles, err := p.prepare(ctx, full, dedup.MaxBundlePages)
+			if err != nil {
+				return err
+			}
+			for i := range bundles {
+				if err := p.one(ctx, &bundles[i], b.targets, g); err != nil {
+					return err
+				}
+			}
+			if bundles, err = p.prepare(ctx, partial, 1); err != nil {
+				return err
+			}
+			for i := range bundles {
+				rest = p.notSeeded(rest[:0], bundles[i].contents[0].id, b.targets)
+				if err := p.one(ctx, &bundles[i], rest, nil); err != nil {
+					return err
+				}
+			}
+			done += len(window)
+			if time.Since(lastProgress) > time.Second {
+				s.progress.set("(prime)", "priming", fmt.Sprintf("%d of %d contents", done, total))
+				lastProgress = time.Now()
+			}
+		}
+		if g != nil {
+			if err := p.flushGroup(ctx, g); err != nil {
+				return err
+			}
+		}
+	}
+	rep.Totals.LowerBoundUnicastBytes, rep.Totals.LowerBoundMulticastBytes = p.lowerBound, p.lowerBoundOnce
+	rep.Totals.LowerBoundBytes, rep.Totals.LowerBoundCompressedBytes = p.lowerBound, p.lowerCompressed
+	if rep.Transport == TransportMulticast {
+		rep.Totals.LowerBoundBytes, rep.Totals.LowerBoundCompressedBytes = p.lowerBoundOnce, p.lowerCompressedOnce
+	}
+	return p.finish(ctx, rep)
+}
+
+// unicastFirst orders the schedule's batches so that the unicast ones go first and those of working multicast
+// groups after, each in schedule order. The unicast part is TCP, which finds the link's rate by itself; its rate,
+// measured on the interface, caps the groups (capGroups), whose own congestion control starts at the maximum and,
+// on a link ten times slower (a 100 Mbit/s uplink under the 1 Gbit/s default), came down so slowly that a prime
+// never outlasted it (measured: 39.7 MB of repairs for 14 MB of data; with the cap, a few percent). And a
+// multicast batch never shares the link with unicast content still draining from socket buffers.
+func (p *primer) unicastFirst() []primeBatch {
+	var mc, uc []primeBatch
+	for _, b := range p.s.batches {
+		if g := p.groups[targetSetKey(b.targets)]; g != nil && g.sender != nil {
+			mc = append(mc, b)
+		} else {
+			uc = append(uc, b)
+		}
+	}
+	return append(uc, mc...)
+}
+
+// minProbeBytes and minProbeTime: a shorter unicast part measures nothing reliable.
+const (
+	minProbeBytes = 2 << 20
+	minProbeTime  = 100 * time.Millisecond
+)
+
+// capGroups caps every group's rate at a little above the measured link rate (the congestion control probes below
+// it).
+func (p *primer) capGroups(bps int64) {
+	if bps <= 0 {
+		return
+	}
+	limit := bps + bps/10
+	for _, g := range p.groups {
+		if g.sender != nil {
+			g.sender.LimitRate(limit)
+		}
+	}
+	p.s.log.Info("multicast rate capped at the measured link rate", "link_bps", bps, "cap_bps", limit)
+}
+
+// seededAtAny reports whether some target in targets read content id from its own files.
+func (p *primer) seededAtAny(id dedup.ContentID, targets []int) bool {
+	for _, ti := range targets {
+		if p.s.targets[ti].isSeeded(id) {
+			return true
+		}
+	}
+	return false
+}
+
+// seededAtAll reports whether every target in targets read content id from its own files.
+func (p *primer) seededAtAll(id dedup.ContentID, targets []int) bool {
+	for _, ti := range targets {
+		if !p.s.targets[ti].isSeeded(id) {
+			return false
+		}
+	}
+	return true
+}
+
+// notSeeded appends to dst the targets that did not read content id from their own files.
+func (p *primer) notSeeded(dst []int, id dedup.ContentID, targets []int) []int {
+	for _, ti := range targets {
+		if !p.s.targets[ti].isSeeded(id) {
+			dst = append(dst, ti)
+		}
+	}
+	return dst
+}
+
+// prepareWindow is how many contents are read, digested and compressed at once, in parallel: it bounds the
+// memory of the prime's pipeline (about 2 × 4 KiB each).
+const prepareWindow = 1024
+
+// preparedContent is one content ready to send: its bytes as read at prime time, and their digest.
+type preparedContent struct {
+	id      dedup.ContentID
+	ok      bool   // false: every holder changed since the scan; its pages will travel literal
+	page    []byte // in primer.pages
+	dg      dedup.Digest
+	holders []int // the VMs that held it at the scan, in primer.holders
+}
+
+// preparedBundle is contents compressed together, ready to send as one bundle.
+type preparedBundle struct {
+	contents []preparedContent
+	codec    dedup.Codec
+	data     []byte
+}
+
+// prepare reads, digests and compresses a window of contents, in bundles of at most maxPer. The pipeline's
+// stages, each bounded by the window:
+//
+//  1. parallel (GOMAXPROCS workers, at most 4): read each content's bytes from a page that still has the scanned
+//     fingerprint, and digest them;
+//  2. sequential: group the contents still found into bundles whose encoding fits one multicast object;
+//  3. parallel (the same workers): compress each bundle.
+//
+// The sequential queueing in one follows, in order. The bundles point into p's window buffers: they are valid until
+// the next prepare.
+func (p *primer) prepare(ctx context.Context, ids []uint32, maxPer int) ([]preparedBundle, error) {
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	if need := len(ids) * dedup.PageSize; cap(p.pages) < need {
+		p.pages = make([]byte, need)
+	}
+	out := make([]preparedContent, len(ids))
+	workers := min(runtime.GOMAXPROCS(0), 4)
+	var g errgroup.Group
+	per := (len(ids) + workers - 1) / workers
+	for w := range workers {
+		lo, hi := w*per, min((w+1)*per, len(ids))
+		if lo >= hi {
+			break
+		}
+		g.Go(func() error {
+			fp := p.s.fingerprint()
+			for i := lo; i < hi; i++ {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				c := &out[i]
+				c.id, c.page = dedup.ContentID(ids[i]), p.pages[i*dedup.PageSize:(i+1)*dedup.PageSize]
+				if c.ok = readCurrent(p.sm, c.id, c.page, fp); c.ok {
+					c.dg = p.digester.Sum(c.page)
+				}
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+
+	var bundles []preparedBundle
+	p.holders = p.holders[:0]
+	headLen := 6
+	for i := range out {
+		c := &out[i]
+		if !c.ok {
+			continue
+		}
+		from := len(p.holders)
+		p.holders = p.sm.HolderVMs(p.holders, c.id)
+		c.holders = p.holders[from:len(p.holders):len(p.holders)]
+		cl := 5 + 2*len(c.holders)
+		if len(c.holders) > wire.MaxSlotsPerContent {
+			cl = 5
+		}
+		last := len(bundles) - 1
+		if last < 0 || len(bundles[last].contents) == maxPer ||
+			headLen+cl+(len(bundles[last].contents)+1)*dedup.PageSize > mwire.MaxObject {
+			bundles = append(bundles, preparedBundle{})
+			last, headLen = last+1, 6
+		}
+		bundles[last].contents = append(bundles[last].contents, *c)
+		headLen += cl
+	}
+
+	next := make(chan int, len(bundles))
+	for i := range bundles {
+		next <- i
+	}
+	close(next)
+	for range workers {
+		g.Go(func() error {
+			raw := make([]byte, 0, dedup.MaxBundlePages*dedup.PageSize)
+			for i := range next {
+				b := &bundles[i]
+				raw = raw[:0]
+				for _, c := range b.contents {
+					raw = append(raw, c.page...)
+				}
+				b.data, b.codec = dedup.CompressPages(nil, raw, p.s.codec)
+			}
+			return nil
+		})
+	}
+	return bundles, g.Wait()
+}
+
+// one queues a prepared bundle for its targets: over the group when g can send, else to each target alone.
+func (p *primer) one(ctx context.Context, b *preparedBundle, targets []int, g *primeGroup) error {
+	s, sm := p.s, p.sm
+	share := uint32(len(b.data) / len(b.contents)) // each content's part of the compressed bundle
+	for _, c := range b.contents {
+		p.lowerBound += int64(len(targets)) * dedup.PageSize
+		p.lowerBoundOnce += dedup.PageSize
+		p.lowerCompressed += int64(len(targets)) * int64(share)
+		p.lowerCompressedOnce += int64(share)
+		s.costs[c.id] = share
+	}
+	hold := func(ti int) {
+		for _, c := range b.contents {
+			p.held[ti].Add(c.id, sm.Contents[c.id].FP, c.dg)
+		}
+		p.sent[ti] += len(b.contents)
+	}
+	if g != nil && g.sender != nil {
+		// One object for the whole group, naming every holder; each receiver keeps its own VMs' slots. A content
+		// with too many holders to name is kept for the whole session.
+		p.heads = p.heads[:0]
+		for _, c := range b.contents {
+			h := wire.BundleHead{ID: c.id, Slots: c.holders}
+			if len(c.holders) > wire.MaxSlotsPerContent {
+				h.Slots = nil
+				for _, ti := range targets {
+					p.pinned[ti][c.id/64] |= 1 << (c.id % 64)
+				}
+			}
+			p.heads = append(p.heads, h)
+		}
+		payload := wire.AppendBundle(nil, b.codec, p.heads, b.data)
+		g.objects = append(g.objects, multicast.Object{ID: uint64(b.contents[0].id), Payload: payload})
+		g.queued += len(payload)
+		for _, ti := range targets {
+			hold(ti)
+		}
+		if g.queued >= multicastChunk {
+			return p.flushGroup(ctx, g)
+		}
+		return nil
+	}
+	for _, ti := range targets {
+		p.heads, p.slots = p.heads[:0], p.slots[:0]
+		for _, c := range b.contents {
+			from := len(p.slots)
+			for _, vmi := range c.holders {
+				if s.vms[vmi].target == s.targets[ti] {
+					p.slots = append(p.slots, vmi)
+				}
+			}
+			h := wire.BundleHead{ID: c.id, Slots: p.slots[from:len(p.slots):len(p.slots)]}
+			if len(h.Slots) > wire.MaxSlotsPerContent {
+				// Too many to name: the receiver keeps it for the whole session, and every VM may use it.
+				h.Slots = nil
+				p.pinned[ti][c.id/64] |= 1 << (c.id % 64)
+			}
+			p.heads = append(p.heads, h)
+		}
+		p.frames[ti] = wire.AppendBundle(p.frames[ti], b.codec, p.heads, b.data)
+		hold(ti)
+		if len(p.frames[ti]) >= contentFrameTarget {
+			if err := p.flush(ti); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (p *primer) flush(ti int) error {
+	if len(p.frames[ti]) == 0 {
+		return nil
+	}
+	if p.unicastBytes += int64(len(p.frames[ti])); p.unicastBytes >= 1<<20 {
+		p.probe.Start() // a socket buffer's worth in: TCP is past its start, the link busy
+	}
+	err := p.s.targets[ti].sc.Send(wire.FrameContent, p.frames[ti], false)
+	p.frames[ti] = p.frames[ti][:0]
+	if err != nil {
+		return fmt.Errorf("prime to %s: %w", p.s.targets[ti].addr, err)
+	}
+	return nil
+}
+
+// flushGroup multicasts the group's queued objects; targets the transport dropped get them by unicast.
+func (p *primer) flushGroup(ctx context.Context, g *primeGroup) error {
+	if len(g.objects) == 0 {
+		return nil
+	}
+	ids := make([]multicast.ReceiverID, len(g.targets))
+	for i, ti := range g.targets {
+		ids[i] = multicast.ReceiverID(ti)
+	}
+	res, err := g.sender.Send(ctx, ids, g.objects)
+	if err != nil {
+		return fmt.Errorf("multicast to %s: %w", g.addr, err)
+	}
+	for _, id := range res.Dropped {
+		ti := int(id)
+		p.s.log.Warn("multicast receiver dropped as too slow; serving it by unicast", "target", p.s.targets[ti].addr)
+		for _, o := range g.objects {
+			p.frames[ti] = append(p.frames[ti], o.Payload...) // the same bundle as on unicast
+			if len(p.frames[ti]) >= contentFrameTarget {
+				if err := p.flush(ti); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	g.objects, g.queued = g.objects[:0], 0
+	return nil
+}
+
+// finish flushes the unicast frames, closes the prime with every target and waits for their confirmations. Only
+// a target that confirmed counts as holding the contents.
+func (p *primer) finish(ctx context.Context, rep *report.Report) error {
+	s := p.s
+	for ti, t := range s.targets {
+		if t.sc == nil || p.sent[ti] == 0 {
+			continue
+		}
+		if err := p.flush(ti); err != nil {
+			return err
+		}
+		if err := t.sc.SendJSON(wire.FramePrimeDone, wire.PrimeDoneMsg{Contents: p.sent[ti]}); err != nil {
+			return fmt.Errorf("prime to %s: %w", t.addr, err)
+		}
+	}
+	for ti, t := range s.targets {
+		if t.sc != nil && p.sent[ti] == 0 && len(t.seedHeld) > 0 {
+			t.held, t.pinned = p.held[ti], p.pinned[ti] // the seed brought everything this target needs
+		}
+		if t.sc == nil || p.sent[ti] == 0 {
+			continue
+		}
+		var ack wire.PrimeAckMsg
+		if err := t.sc.Expect(ctx, wire.FramePrimeAck, &ack); err != nil {
+			rep.Warnings = append(rep.Warnings, fmt.Sprintf("prime to %s failed, its VMs' pages travel literal: %v", t.addr, err))
+			continue
+		}
+		if want := p.sent[ti] + len(t.seedHeld); ack.Held < want {
+			rep.Warnings = append(rep.Warnings, fmt.Sprintf("prime to %s: it holds %d of %d contents; its VMs' pages travel literal",
+				t.addr, ack.Held, want))
+			continue
+		}
+		t.held, t.pinned = p.held[ti], p.pinned[ti]
+		s.log.Info("prime done", "target", t.addr, "contents", ack.Held, "bytes", ack.Bytes)
+	}
+	return nil
+}
+
+func targetSetKey(targets []int) string { return fmt.Sprint(targets) }
+
+// readCurrent reads content id's bytes from the first holder whose page still has the scanned fingerprint.
+func readCurrent(sm *dedup.SharingMap, id dedup.ContentID, page []byte, fp dedup.FingerprintFunc) bool {
+	want := sm.Contents[id].FP
+	for i, l := range sm.Holders(id) {
+		if i >= 4 {
+			return false
+		}
+		var rerr *dedup.RegionError
+		if err := sm.ReadPage(l, page); err != nil && !errors.As(err, &rerr) {
+			return false
+		} else if err != nil {
+			continue
+		}
+		if fp(page) == want && !dedup.IsZero(page) {
+			return true
+		}
+	}
+	return false
+}

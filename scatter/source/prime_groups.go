@@ -1,0 +1,154 @@
+package source
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+
+	"github.com/vmscatter/vmscatter/multicast"
+	"github.com/vmscatter/vmscatter/scatter/host"
+	"github.com/vmscatter/vmscatter/scatter/report"
+	"github.com/vmscatter/vmscatter/scatter/wire"
+)
+
+// multicastPort is the UDP port of every prime group; groups differ by address.
+const multicastPort = 7450
+
+// openGroups sets up one multicast group per target set of two or more targets in the schedule, unless the
+// transport is unicast: every member joins before any data flows (a join takes time to reach a snooping bridge),
+// then a probe checks that every member hears the group. A group that does not work is served by unicast (auto)
+// or fails the prime (multicast).
+func (p *primer) openGroups(ctx context.Context, rep *report.Report) error {
+	s := p.s
+	p.groups = map[string]*primeGroup{}
+	mode := s.cfg.Transport
+	if mode == TransportUnicast {
+		return nil
+	}
+	var key [32]byte
+	if _, err := rand.Read(key[:]); err != nil {
+		return err
+	}
+	sid := binary.BigEndian.Uint64(s.session[:8])
+	cfg := multicast.Config{Key: key, SessionID: sid, RateBps: s.cfg.RateBps}
+	var sets [][]int
+	for _, b := range s.batches {
+		k := targetSetKey(b.targets)
+		if len(b.targets) < 2 || p.groups[k] != nil {
+			continue
+		}
+		if len(sets) >= 250 {
+			break // more target sets than group addresses: the rest go by unicast
+		}
+		g := &primeGroup{addr: fmt.Sprintf("239.255.%d.%d:%d", s.session[0], len(sets)+1, multicastPort), targets: b.targets}
+		p.groups[k] = g
+		sets = append(sets, b.targets)
+	}
+	if len(sets) == 0 {
+		return nil
+	}
+	iface := s.cfg.Iface
+	for _, t := range s.targets {
+		if iface == "" && t.sc != nil {
+			iface, _ = host.IfaceFor(t.sc.LocalAddr())
+		}
+	}
+	fail := func(g *primeGroup, err error) error {
+		if mode == TransportMulticast {
+			return fmt.Errorf("multicast group %s does not work (%v): use --transport auto or unicast", g.addr, err)
+		}
+		rep.Warnings = append(rep.Warnings, fmt.Sprintf("multicast group %s: %v; its contents go by unicast", g.addr, err))
+		return nil
+	}
+	// Join early: every member of every group, before the first byte.
+	for _, g := range p.groups {
+		for _, ti := range g.targets {
+			t := s.targets[ti]
+			var local []int
+			for vmi, vm := range s.vms {
+				if vm.target == t {
+					local = append(local, vmi)
+				}
+			}
+			err := t.sc.SendJSON(wire.FrameJoin, wire.JoinMsg{Group: g.addr, ReceiverID: uint16(ti), Key: key[:], SessionID: sid,
+				RateBps: s.cfg.RateBps, LocalSlots: local})
+			if err == nil {
+				var e wire.ErrorMsg
+				if err = t.sc.Expect(ctx, wire.FrameJoined, &e); err == nil && e.Error != "" {
+					err = errors.New(e.Error)
+				}
+			}
+			if err != nil {
+				g.targets = nil // mark as broken below
+				if ferr := fail(g, fmt.Errorf("%s could not join: %w", t.addr, err)); ferr != nil {
+					return ferr
+				}
+				break
+			}
+		}
+	}
+	for _, g := range p.groups {
+		if g.targets == nil || iface == "" {
+			continue
+		}
+		addr, err := netip.ParseAddrPort(g.addr)
+		if err != nil {
+			return err
+		}
+		tr, err := multicast.ListenMulticast(ctx, multicast.MulticastConfig{Group: addr, Iface: iface})
+		if err != nil {
+			if ferr := fail(g, err); ferr != nil {
+				return ferr
+			}
+			continue
+		}
+		ms, err := multicast.NewSender(cfg, tr)
+		if err != nil {
+			tr.Close()
+			return err
+		}
+		want := make([]multicast.ReceiverID, len(g.targets))
+		for i, ti := range g.targets {
+			want[i] = multicast.ReceiverID(ti)
+		}
+		heard, _, err := ms.Probe(ctx, want, multicast.DefaultProbeTimeout)
+		if err == nil && len(heard) < len(want) {
+			err = fmt.Errorf("%d of %d targets heard the probe", len(heard), len(want))
+		}
+		if err != nil {
+			ms.Close()
+			if ferr := fail(g, err); ferr != nil {
+				return ferr
+			}
+			continue
+		}
+		g.sender = ms
+		rep.Transport = TransportMulticast
+	}
+	// Broken groups: their batches go by unicast.
+	for k, g := range p.groups {
+		if g.sender == nil {
+			delete(p.groups, k)
+		}
+	}
+	return nil
+}
+
+// closeGroups ends every group: the members leave, the senders close, and their bytes count as prime bytes.
+func (p *primer) closeGroups() {
+	for _, g := range p.groups {
+		for _, ti := range g.targets {
+			_ = p.s.targets[ti].sc.SendJSON(wire.FrameLeave, wire.LeaveMsg{Group: g.addr})
+		}
+		if g.sender != nil {
+			st := g.sender.Stats()
+			p.multicastBytes += int64(st.Transport.BytesSent)
+			p.s.log.Debug("multicast group closed", "group", g.addr, "sent", st.Transport.BytesSent, "data", st.Engine.DataBytes,
+				"repair", st.Engine.RepairBytes, "rate_bps", st.Engine.RateBps, "cuts", st.Engine.RateCuts, "undos", st.Engine.RateUndos)
+			g.sender.Close()
+		}
+	}
+}

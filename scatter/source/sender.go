@@ -1,0 +1,517 @@
+package source
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/vmscatter/vmscatter/dedup"
+	"github.com/vmscatter/vmscatter/qemu"
+	"github.com/vmscatter/vmscatter/qemu/qmp"
+	"github.com/vmscatter/vmscatter/scatter/converge"
+	"github.com/vmscatter/vmscatter/scatter/host"
+	"github.com/vmscatter/vmscatter/scatter/report"
+	"github.com/vmscatter/vmscatter/scatter/secure"
+	"github.com/vmscatter/vmscatter/scatter/wire"
+)
+
+// VMSpec names one source VM and its QMP socket.
+type VMSpec struct {
+	Name string
+	QMP  string
+}
+
+// Config configures one scatter run: `vmscatter send`.
+type Config struct {
+	VMs       []VMSpec
+	Targets   []string          // receiver addresses, host:port
+	Placement map[string]string // VM name -> target address; VMs not named here are placed by the planner
+	Algorithm string            // placement: greedy, ours (default) or exact
+	Key       []byte
+
+	Parallel     int           // migrations at once; 0 means min(4, VMs)
+	Timeout      time.Duration // bound on each VM's migration; 0 means 10 min
+	DialTimeout  time.Duration // bound on connecting to a receiver; 0 means 10 s
+	MaxBandwidth int64         // bytes/s QEMU may write into vmscatter; 0 means unlimited
+	Policy       converge.Policy
+
+	Compress string // page compression: zstd (default), s2, none; the prime compresses pages in bundles
+	NoDedup  bool   // skip the scan and prime: every page travels literal
+	// GuestDowntime measures the guest-observed downtime: the gap between the guest's last console line at the
+	// source and its first at the destination (serial ports that write to a file only; host clocks must agree).
+	GuestDowntime bool
+
+	Transport string // how prime contents travel: auto (default), multicast or unicast
+	RateBps   int64  // multicast rate cap, bits/s; 0 means 1 Gbit/s
+	Iface     string // data-plane interface for multicast; "" means the one the control connections use
+
+	Progress io.Writer    // progress lines; nil means none
+	Log      *slog.Logger // nil logs nowhere
+
+	// Seams for tests, which inject faults through them; nil means the ordinary behaviour.
+	// Fingerprint is the fast page hash of the scan and of the held index (default dedup.XXHash); a weak one forces
+	// collisions, which the exact digest must catch.
+	Fingerprint dedup.FingerprintFunc
+	// WrapStream wraps the source QEMU's migration stream as vmscatter reads it: a wrapper can cut it short or
+	// stall it, as a failing source or link would.
+	WrapStream func(vm string, c net.Conn) net.Conn
+}
+
+// Transports for the prime.
+const (
+	TransportAuto      = "auto"
+	TransportMulticast = "multicast"
+	TransportUnicast   = "unicast"
+)
+
+// sourceVM is what the inventory learned of one VM.
+type sourceVM struct {
+	spec       VMSpec
+	qmp        *qmp.Client
+	pid        int
+	argv       []string
+	wasRunning bool
+	ramBytes   int64
+	target     *targetConn
+	report     *report.VMReport
+	open       *opening           // the VM connection, once opening it started
+	final      *report.FinalImage // what its destination loaded, for the report's bound
+}
+
+// targetConn is the control connection to one receiver.
+type targetConn struct {
+	addr   string
+	sc     *secure.Conn
+	info   wire.InfoMsg
+	err    error            // set if the receiver could not be reached
+	held   *dedup.HeldIndex // contents the receiver confirmed holding; nil before the prime
+	pinned []uint64         // bitset of contents it holds for no VM in particular (until the session ends)
+	// The seed: contents the receiver read from its own copies of the boot files (a bitset by content id), and
+	// what the held index records of each.
+	seeded   []uint64
+	seedHeld []heldEntry
+}
+
+// streamSocketBuffer is the send buffer of a VM stream's socket (the kernel doubles it).
+const streamSocketBuffer = 256 << 10
+
+// ErrNothingMigrated is returned when the run could not start at all.
+var ErrNothingMigrated = errors.New("no VM could be migrated")
+
+// Send runs one scatter: inventory, sessions, scan, placement, prime, the migrations, and the report. The report
+// is returned even when some VMs failed; the error is non-nil only when the run could not start at all.
+func Send(ctx context.Context, cfg Config) (*report.Report, error) {
+	s, err := newSender(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return s.run(ctx)
+}
+
+func newSender(cfg Config) (*sender, error) {
+	if len(cfg.VMs) == 0 {
+		return nil, errors.New("no VMs given (--vms NAME=QMP_SOCKET,...)")
+	}
+	if len(cfg.Targets) == 0 {
+		return nil, errors.New("no targets given (--targets HOST:PORT,...)")
+	}
+	seen := map[string]bool{}
+	for _, vm := range cfg.VMs {
+		if err := wire.CheckVMName(vm.Name); err != nil {
+			return nil, err
+		}
+		if seen[vm.Name] {
+			return nil, fmt.Errorf("VM %s is named twice", vm.Name)
+		}
+		seen[vm.Name] = true
+	}
+	if cfg.Parallel <= 0 {
+		cfg.Parallel = min(4, len(cfg.VMs))
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = 10 * time.Minute
+	}
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = 10 * time.Second
+	}
+	if cfg.Compress == "" {
+		cfg.Compress = "zstd"
+	}
+	switch cfg.Transport {
+	case "":
+		cfg.Transport = TransportAuto
+	case TransportAuto, TransportMulticast, TransportUnicast:
+	default:
+		return nil, fmt.Errorf("unknown transport %q: use auto, multicast or unicast", cfg.Transport)
+	}
+	if cfg.RateBps == 0 {
+		cfg.RateBps = 1e9
+	}
+	if err := cfg.Policy.Validate(); err != nil {
+		return nil, err
+	}
+	codec, err := parseCompress(cfg.Compress)
+	if err != nil {
+		return nil, err
+	}
+	log := cfg.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &sender{cfg: cfg, log: log, codec: codec, progress: newProgress(cfg.Progress)}
+	if _, err := rand.Read(s.session[:]); err != nil {
+		return nil, err
+	}
+	var salt [32]byte
+	if _, err := rand.Read(salt[:]); err != nil {
+		return nil, err
+	}
+	s.digester = dedup.NewDigester(salt)
+	return s, nil
+}
+
+type sender struct {
+	cfg      Config
+	log      *slog.Logger
+	codec    pageCodec
+	session  wire.SessionID
+	progress *progress
+	vms      []*sourceVM
+	targets  []*targetConn
+	tmpDir   string
+	rams     []*qemu.GuestRAM // open for the scan and the prime
+	sharing  *dedup.SharingMap
+	batches  []primeBatch // the prime's schedule, from placement
+	costs    []uint32     // by content id: the wire bytes its prime cost (compressed), for the report's bound
+	// digester takes the keyed digests that make references exact, over the bytes each target stores (seed and
+	// prime); its salt is fresh for every run.
+	digester *dedup.Digester
+	// linkRate is the rate the prime achieved on the source link, from the data-plane interface's counters, bytes/s
+	// (0: unknown). Datagrams a shaper drops never count, nor do bytes that waited on the CPU. The downtime guard's
+	// bound on what one migration can send.
+	linkRate float64
+	iface    string // the data-plane interface, for its counters
+}
+
+// A prime smaller than this measures set-up more than the link: the downtime guard then does without a share.
+const (
+	minRateSampleBytes = 8 << 20
+	minRateSampleTime  = 200 * time.Millisecond
+)
+
+// linkShare is one migration's share of the source link as the prime measured it, bytes/s; 0 when unknown.
+func (s *sender) linkShare() float64 {
+	return s.linkRate / float64(max(1, min(s.cfg.Parallel, len(s.vms))))
+}
+
+// contentCost is what content id cost to bring to target t, for the report's bound: its compressed size as primed,
+// or nothing when t read it from a file of its own.
+func (s *sender) contentCost(t *targetConn, id dedup.ContentID) (cost uint32, local bool) {
+	if t.isSeeded(id) {
+		return 0, true
+	}
+	if int(id) < len(s.costs) {
+		cost = s.costs[id]
+	}
+	return cost, false
+}
+
+// targetIndex is t's index in s.targets.
+func (s *sender) targetIndex(t *targetConn) int {
+	for i, x := range s.targets {
+		if x == t {
+			return i
+		}
+	}
+	return -1
+}
+
+// prepare runs phases 0 and 1: the inventory of every VM and a session with every receiver, concurrently. Call
+// release when done.
+func (s *sender) prepare(ctx context.Context, rep *report.Report) error {
+	var err error
+	s.tmpDir, err = os.MkdirTemp("", "vmscatter-")
+	if err != nil {
+		return err
+	}
+	s.vms = make([]*sourceVM, len(s.cfg.VMs))
+	for i, spec := range s.cfg.VMs {
+		s.vms[i] = &sourceVM{spec: spec, report: &report.VMReport{Name: spec.Name, Policy: s.cfg.Policy.Name(), GuestDowntimeMS: -1}}
+	}
+	s.targets = make([]*targetConn, len(s.cfg.Targets))
+	for i, a := range s.cfg.Targets {
+		s.targets[i] = &targetConn{addr: a}
+	}
+	var g errgroup.Group
+	for _, vm := range s.vms {
+		g.Go(func() error { s.inventory(ctx, vm); return nil })
+	}
+	for _, t := range s.targets {
+		g.Go(func() error { s.openSession(ctx, t); return nil })
+	}
+	g.Wait()
+	for _, t := range s.targets {
+		if t.err != nil {
+			rep.Warnings = append(rep.Warnings, fmt.Sprintf("receiver %s: %v", t.addr, t.err))
+		}
+	}
+	return nil
+}
+
+// release closes the sessions and QMP connections and removes the sender's sockets.
+func (s *sender) release() {
+	for _, vm := range s.vms {
+		if vm.open != nil {
+			vm.open.discard()
+		}
+	}
+	s.closeSessions()
+	for _, r := range s.rams {
+		r.Close()
+	}
+	for _, vm := range s.vms {
+		if vm.qmp != nil {
+			vm.qmp.Close()
+		}
+	}
+	if s.tmpDir != "" {
+		os.RemoveAll(s.tmpDir)
+	}
+}
+
+func (s *sender) run(ctx context.Context) (*report.Report, error) {
+	start := time.Now()
+	rep := &report.Report{Version: report.ReportVersion, Session: s.session.String(), Started: start.UTC(), Transport: "unicast",
+		Policy: s.cfg.Policy.Name()}
+	phase := phaseClock{last: start}
+	if err := s.prepare(ctx, rep); err != nil {
+		return nil, err
+	}
+	defer s.release()
+	rep.Totals.Phases.Prepare = phase.lap()
+
+	// The source link's counters: what left the data-plane interface during the run.
+	iface := s.cfg.Iface
+	for _, t := range s.targets {
+		if iface == "" && t.sc != nil {
+			iface, _ = host.IfaceFor(t.sc.LocalAddr())
+		}
+	}
+	s.iface = iface
+	tx0, txErr := host.TxBytes(iface)
+	defer func() {
+		rep.Totals.SourceLinkBytes = -1
+		if tx1, err := host.TxBytes(iface); err == nil && txErr == nil {
+			rep.Totals.SourceLinkBytes = tx1 - tx0
+		}
+	}()
+
+	// Phase 2: the scan, unless turned off.
+	var sm *dedup.SharingMap
+	if !s.cfg.NoDedup {
+		sm = s.scan(ctx, rep)
+		s.sharing = sm
+	}
+	rep.Totals.Phases.Scan = phase.lap()
+	// Phase 3: placement.
+	if err := s.place(sm, rep); err != nil {
+		return nil, err
+	}
+	rep.Totals.Phases.Place = phase.lap()
+	// The first migrations' destinations start now, while the seed and the prime run.
+	s.openEarly(ctx)
+	if sm != nil {
+		s.seed(ctx, sm, rep)
+	}
+	rep.Totals.Phases.Seed = phase.lap()
+	// Phase 5: the prime. A failed prime costs bytes, never correctness: pages then travel literal.
+	primeRate := host.IfaceRate{Iface: iface, MinBytes: minRateSampleBytes, MinTime: minRateSampleTime}
+	primeRate.Start()
+	if sm != nil {
+		if err := s.prime(ctx, sm, rep); err != nil {
+			rep.Warnings = append(rep.Warnings, fmt.Sprintf("prime failed, pages travel literal: %v", err))
+		}
+	}
+	rep.Totals.Phases.Prime = phase.lap()
+	s.linkRate = primeRate.Rate()
+
+	// Phase 6: the migrations, a bounded number at once.
+	var mg errgroup.Group
+	mg.SetLimit(s.cfg.Parallel)
+	for _, vm := range s.vms {
+		if vm.report.Status != "" { // inventory or placement already settled it
+			continue
+		}
+		mg.Go(func() error { s.migrate(ctx, vm); return nil })
+	}
+	mg.Wait()
+	rep.Totals.Phases.Migrate = phase.lap()
+
+	var images []*report.FinalImage
+	for _, vm := range s.vms {
+		rep.VMs = append(rep.VMs, *vm.report)
+		if vm.report.Status == report.StatusMigrated {
+			images = append(images, vm.final)
+		}
+	}
+	fb := report.ComputeFinalBound(images, s.costs)
+	rep.Totals.FinalDistinctPages, rep.Totals.PrimeUnusedBytes = fb.DistinctPages, fb.PrimeUnused
+	rep.Totals.FinalBoundUnicastBytes, rep.Totals.FinalBoundMulticastBytes = fb.Unicast, fb.Multicast
+	rep.Totals.FinalBoundBytes = fb.Unicast
+	if rep.Transport == TransportMulticast {
+		rep.Totals.FinalBoundBytes = fb.Multicast
+	}
+	rep.Totals.ElapsedMS = time.Since(start).Milliseconds()
+	rep.Sum()
+	if rep.Totals.Migrated == 0 && rep.Totals.VMs > 0 && allUntouched(rep) {
+		return rep, fmt.Errorf("%w: %s", ErrNothingMigrated, rep.VMs[0].Error)
+	}
+	return rep, nil
+}
+
+// phaseClock times consecutive phases.
+type phaseClock struct{ last time.Time }
+
+// lap returns the milliseconds since the previous lap (or the start) and starts the next.
+func (c *phaseClock) lap() int64 {
+	now := time.Now()
+	d := now.Sub(c.last)
+	c.last = now
+	return d.Milliseconds()
+}
+
+func allUntouched(rep *report.Report) bool {
+	for _, v := range rep.VMs {
+		if v.Status != report.StatusRolledBack || v.MigrationMS != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// inventory learns a VM's QEMU: pid, command line, run state, RAM size, and refuses features the stream codec
+// does not support.
+func (s *sender) inventory(ctx context.Context, vm *sourceVM) {
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	fail := func(status string, err error) {
+		vm.report.Status, vm.report.Error = status, err.Error()
+		s.progress.set(vm.spec.Name, "error", err.Error())
+	}
+	s.progress.set(vm.spec.Name, "inventory", "")
+	q, err := qmp.Dial(ctx, vm.spec.QMP)
+	if err != nil {
+		fail(report.StatusFailed, err)
+		return
+	}
+	vm.qmp = q
+	if vm.pid, err = q.PeerPID(); err != nil {
+		fail(report.StatusRolledBack, err)
+		return
+	}
+	if vm.argv, err = qemu.ReadCommandLine(vm.pid); err != nil {
+		fail(report.StatusRolledBack, err)
+		return
+	}
+	vm.report.SourcePID = vm.pid
+	status, err := queryStatus(ctx, q)
+	if err != nil {
+		fail(report.StatusRolledBack, err)
+		return
+	}
+	switch status {
+	case "running":
+		vm.wasRunning = true
+	case "paused", "prelaunch":
+	default:
+		fail(report.StatusRolledBack, fmt.Errorf("VM is %q; only running or paused VMs can be migrated", status))
+		return
+	}
+	var mem struct {
+		Base int64 `json:"base-memory"`
+	}
+	if err := q.Execute(ctx, "query-memory-size-summary", nil, &mem); err != nil {
+		fail(report.StatusRolledBack, err)
+		return
+	}
+	vm.ramBytes = mem.Base
+	vm.report.RAMBytes = mem.Base
+	var caps []struct {
+		Name  string `json:"capability"`
+		State bool   `json:"state"`
+	}
+	if err := q.Execute(ctx, "query-migrate-capabilities", nil, &caps); err != nil {
+		fail(report.StatusRolledBack, err)
+		return
+	}
+	for _, c := range caps {
+		if c.State && unsupportedCapabilities[c.Name] {
+			fail(report.StatusRolledBack, fmt.Errorf("migration capability %q is on; vmscatter does not support it yet: turn it off (migrate-set-capabilities)", c.Name))
+			return
+		}
+	}
+	s.progress.set(vm.spec.Name, "ready", fmt.Sprintf("pid %d, %s RAM", vm.pid, fmtBytes(vm.ramBytes)))
+}
+
+var unsupportedCapabilities = map[string]bool{"multifd": true, "compress": true, "xbzrle": true, "postcopy-ram": true,
+	"block": true, "x-colo": true, "dirty-bitmaps": true, "background-snapshot": true, "zero-copy-send": true,
+	"postcopy-preempt": true, "x-ignore-shared": true, "release-ram": true}
+
+// openSession connects and authenticates the control connection to one receiver.
+func (s *sender) openSession(ctx context.Context, t *targetConn) {
+	sc, err := s.dial(ctx, t.addr, secure.RoleControl)
+	if err != nil {
+		t.err = err
+		return
+	}
+	host, _ := os.Hostname()
+	if err := sc.SendJSON(wire.FrameHello, wire.HelloMsg{Session: s.session, Sender: host}); err != nil {
+		sc.Close()
+		t.err = err
+		return
+	}
+	if err := sc.Expect(ctx, wire.FrameInfo, &t.info); err != nil {
+		sc.Close()
+		t.err = err
+		return
+	}
+	t.sc = sc
+	s.log.Info("session open", "target", t.addr, "host", t.info.Host, "mem_available", t.info.MemAvailable)
+}
+
+func (s *sender) dial(ctx context.Context, addr string, role byte) (*secure.Conn, error) {
+	d := net.Dialer{Timeout: s.cfg.DialTimeout, KeepAlive: 15 * time.Second}
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("receiver %s unreachable: %w (is `vmscatter receive` running there?)", addr, err)
+	}
+	if tc, ok := c.(*net.TCPConn); ok && role == secure.RoleVM {
+		// QEMU sizes its switch-over from the rate of its own writes into our socket. A deep buffer between it
+		// and the link (TCP send-buffer autotuning grows to 4 MiB) would show it a faster link than there is, and
+		// the real downtime would exceed its estimate: keep the whole path near 1 MiB.
+		_ = tc.SetWriteBuffer(streamSocketBuffer)
+	}
+	sc, err := secure.ClientHandshake(c, s.cfg.Key, role)
+	if err != nil {
+		c.Close()
+		return nil, fmt.Errorf("receiver %s: %w", addr, err)
+	}
+	return sc, nil
+}
+
+func (s *sender) closeSessions() {
+	for _, t := range s.targets {
+		if t.sc != nil {
+			_ = t.sc.Send(wire.FrameBye, nil, true)
+			t.sc.Close()
+		}
+	}
+}

@@ -1,0 +1,128 @@
+package source
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/vmscatter/vmscatter/qemu/qmp"
+	"github.com/vmscatter/vmscatter/scatter/converge"
+	"github.com/vmscatter/vmscatter/scatter/host"
+)
+
+// switchOver forces the switch-over now: the VM stops, and QEMU's migration sends what is left, then completes.
+// Raising downtime-limit instead would leave the moment to QEMU's next estimate; under TCG that path also loses
+// guest writes in QEMU 7.2 (bench/tcg_artifact_test.go). The time of the stop is recorded, because QEMU's own
+// downtime figure does not see a stop it did not make.
+func switchOver(q *qmp.Client, stopped func(time.Time)) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	at := time.Now()
+	if err := q.Execute(ctx, "stop", nil, nil); err == nil && stopped != nil {
+		stopped(at)
+	}
+}
+
+// applyPolicy sets the source's capabilities and parameters before `migrate`. downtime is the limit QEMU starts
+// with (the downtime guard's first value, converge.StartingDowntime).
+func applyPolicy(ctx context.Context, q *qmp.Client, p converge.Policy, caps map[string]bool, maxBandwidth int64, downtime time.Duration) error {
+	if err := q.Execute(ctx, "migrate-set-capabilities", map[string]any{"capabilities": capabilityList(caps)}, nil); err != nil {
+		return err
+	}
+	// Every policy keeps QEMU's own switch-over at the downtime limit, as the downtime guard translates it to
+	// QEMU's view of the link: when the rest fits, finishing early is as good for timebound and membound as for
+	// precopy. Their steering forces the switch-over when QEMU does not converge. (A 1 ms limit for the whole
+	// migration, which would leave the moment to the steering alone, makes QEMU sync its dirty bitmap many times in
+	// quick succession, and under TCG every sync can lose guest writes.)
+	params := map[string]any{"downtime-limit": max(1, downtime.Milliseconds()), "max-bandwidth": converge.QEMUMaxBandwidth(maxBandwidth)}
+	if p.Kind == converge.PolicyAutoconverge {
+		params["cpu-throttle-initial"] = p.ThrottleInitial
+		params["cpu-throttle-increment"] = p.ThrottleIncrement
+	}
+	return q.Execute(ctx, "migrate-set-parameters", params, nil)
+}
+
+// steer carries out the policy's decisions beside a migration until ctx ends. stopped is called with the time
+// vmscatter stopped the VM itself, if it did.
+func steer(ctx context.Context, q *qmp.Client, p converge.Policy, log *slog.Logger, stopped func(time.Time)) {
+	if !p.Acts() {
+		return
+	}
+	s := p.Steering()
+	start := time.Now()
+	var restore func()
+	defer func() {
+		if restore != nil && ctx.Err() != nil {
+			// Only a migration that did not finish runs on here; give its vCPUs their CPUs back.
+			restore()
+		}
+	}()
+	watchMigration(ctx, q, func(mi migrateInfo) bool {
+		st := s.Observe(converge.Progress{Elapsed: time.Since(start), PagesSent: mi.RAM.Normal + mi.RAM.Duplicate,
+			Remaining: mi.RAM.Remaining, Total: mi.RAM.Total, Transferred: mi.RAM.Transferred, Iterations: mi.RAM.Iterations,
+			PageSize: mi.RAM.PageSize})
+		if st.PinVCPUs > 0 {
+			r, err := pinVCPUs(ctx, q, st.PinVCPUs)
+			if err != nil {
+				log.Warn("timebound: pinning vCPUs failed", "err", err)
+				return false
+			}
+			log.Info(st.Reason, "cpus", st.PinVCPUs)
+			restore = r
+		}
+		if st.SwitchOver {
+			log.Info(st.Reason, "remaining", mi.RAM.Remaining, "elapsed", time.Since(start).Round(time.Millisecond),
+				"pass", mi.RAM.Iterations, "pages_per_s", int64(s.Rate()))
+			switchOver(q, stopped)
+			return true
+		}
+		return false
+	})
+}
+
+// pinVCPUs pins every vCPU thread of the VM onto the first n CPUs it may use, and returns a function that restores
+// each thread's original affinity.
+func pinVCPUs(ctx context.Context, q *qmp.Client, n int) (func(), error) {
+	var cpus []struct {
+		Thread int `json:"thread-id"`
+	}
+	if err := q.Execute(ctx, "query-cpus-fast", nil, &cpus); err != nil {
+		return nil, err
+	}
+	threads := make([]int, len(cpus))
+	for i, c := range cpus {
+		threads[i] = c.Thread
+	}
+	return host.PinThreads(threads, n)
+}
+
+const steerPeriod = 100 * time.Millisecond
+
+// watchMigration calls f with QEMU's migration state every steerPeriod while the migration is active, until f
+// says it is done or ctx ends.
+func watchMigration(ctx context.Context, q *qmp.Client, f func(mi migrateInfo) (done bool)) {
+	t := time.NewTicker(steerPeriod)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		var mi migrateInfo
+		if q.Execute(ctx, "query-migrate", nil, &mi) != nil || !migrationActive(mi.Status) {
+			continue
+		}
+		if f(mi) {
+			return
+		}
+	}
+}
+
+func capabilityList(m map[string]bool) []map[string]any {
+	var caps []map[string]any
+	for name, on := range m {
+		caps = append(caps, map[string]any{"capability": name, "state": on})
+	}
+	return caps
+}

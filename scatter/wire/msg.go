@@ -1,0 +1,126 @@
+package wire
+
+import (
+	"fmt"
+	"regexp"
+
+	"github.com/vmscatter/vmscatter/qemu/stream"
+)
+
+type HelloMsg struct {
+	Session SessionID `json:"session"`
+	Sender  string    `json:"sender"` // sender host name, for logs
+	DataKey []byte    `json:"data_key,omitempty"`
+}
+
+type InfoMsg struct {
+	Host         string `json:"host"`
+	MemTotal     uint64 `json:"mem_total"`
+	MemAvailable uint64 `json:"mem_available"`
+	CPUs         int    `json:"cpus"`
+	StoreLimit   int64  `json:"store_limit"`
+	Capacity     uint64 `json:"capacity,omitempty"` // memory offered to migrated VMs, if configured
+	MaxVMs       int    `json:"max_vms,omitempty"`
+}
+
+type PrimeDoneMsg struct {
+	Contents int `json:"contents"`
+}
+
+type PrimeAckMsg struct {
+	Held  int    `json:"held"`
+	Bytes int64  `json:"bytes"`
+	Error string `json:"error,omitempty"`
+}
+
+type OpenMsg struct {
+	Session      SessionID       `json:"session"`
+	VM           string          `json:"vm"`
+	Argv         []string        `json:"argv"`
+	Capabilities map[string]bool `json:"capabilities"`  // migration capabilities the destination must share
+	Run          bool            `json:"run"`           // the source ran: START resumes the destination
+	Slot         int             `json:"slot"`          // the VM's index in the sender's list, as in CONTENT records
+	WatchConsole bool            `json:"watch_console"` // report when the guest's first console line arrives after START`
+}
+
+type ReadyMsg struct {
+	Dir string `json:"dir"`
+	PID int    `json:"pid"`
+}
+
+type RunningMsg struct {
+	Status      string `json:"status"`
+	PID         int    `json:"pid"`
+	LoadMillis  int64  `json:"load_ms"` // from the first stream byte to the destination running
+	StoreHits   int    `json:"store_hits"`
+	PagesLoaded int    `json:"pages_loaded"`
+}
+
+// JoinMsg asks a receiver to join a multicast group of the prime. The data key is fresh for every run.
+type JoinMsg struct {
+	Group      string `json:"group"` // "239.255.x.y:port"
+	ReceiverID uint16 `json:"receiver_id"`
+	Key        []byte `json:"key"`        // 32 bytes, AES-256-GCM data key
+	SessionID  uint64 `json:"session_id"` // the data plane's session number
+	RateBps    int64  `json:"rate_bps"`
+	LocalSlots []int  `json:"local_slots"` // VM slots placed on this receiver (content records name all holders)
+}
+
+type LeaveMsg struct {
+	Group string `json:"group"`
+}
+
+type DoneMsg struct {
+	FirstOutputUnixMS int64 `json:"first_output_unix_ms,omitempty"` // first console line after START, host time
+}
+
+type ErrorMsg struct {
+	Error string `json:"error"`
+}
+
+// RAMStartMsg is RAM_START's payload: the source's ram START section, whose block list every later page record
+// refers to by index. It is stream.RAMStart with the wire's own names, so that renaming a field of the codec never
+// changes the protocol; RAMStartToWire and RAMStartMsg.FromWire convert at the boundary.
+type RAMStartMsg struct {
+	SectionID    uint32          `json:"section_id"`
+	InstanceID   uint32          `json:"instance_id"`
+	VersionID    uint32          `json:"version_id"`
+	Blocks       []RAMBlockEntry `json:"blocks"`
+	IgnoreShared bool            `json:"ignore_shared,omitempty"`
+}
+
+// RAMBlockEntry is one RAM block of RAM_START.
+type RAMBlockEntry struct {
+	ID     string `json:"id"`
+	Length uint64 `json:"length"`
+	Addr   uint64 `json:"addr,omitempty"` // present when IgnoreShared
+}
+
+// RAMStartToWire converts the codec's RAM START for the wire.
+func RAMStartToWire(s stream.RAMStart) RAMStartMsg {
+	m := RAMStartMsg{SectionID: s.SectionID, InstanceID: s.InstanceID, VersionID: s.VersionID, IgnoreShared: s.IgnoreShared}
+	for _, b := range s.Blocks {
+		m.Blocks = append(m.Blocks, RAMBlockEntry{ID: b.ID, Length: b.Length, Addr: b.Addr})
+	}
+	return m
+}
+
+// FromWire converts RAM_START back into the codec's RAM START.
+func (m RAMStartMsg) FromWire() stream.RAMStart {
+	s := stream.RAMStart{SectionID: m.SectionID, InstanceID: m.InstanceID, VersionID: m.VersionID, IgnoreShared: m.IgnoreShared}
+	for _, b := range m.Blocks {
+		s.Blocks = append(s.Blocks, stream.RAMBlock{ID: b.ID, Length: b.Length, Addr: b.Addr})
+	}
+	return s
+}
+
+// vmNameRE is what a VM name may be: it names the VM's directory on the receiver.
+var vmNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+
+// CheckVMName refuses a VM name that could not name a directory safely.
+func CheckVMName(name string) error {
+	if !vmNameRE.MatchString(name) {
+		return fmt.Errorf("invalid VM name %q: use letters, digits, '.', '_' and '-'", name)
+	}
+	return nil
+}
