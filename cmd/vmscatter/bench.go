@@ -12,6 +12,7 @@ import (
 	"github.com/vmscatter/vmscatter/bench"
 	"github.com/vmscatter/vmscatter/bench/fixture"
 	"github.com/vmscatter/vmscatter/bench/scale"
+	"github.com/vmscatter/vmscatter/cmd/internal/cliapp"
 )
 
 func benchCommand() *cli.Command {
@@ -63,7 +64,7 @@ func benchCommand() *cli.Command {
 			if err != nil {
 				return withCode(ExitError, err)
 			}
-			uplink, err := parseRate(c.String("uplink"))
+			uplink, err := cliapp.ParseRate(c.String("uplink"))
 			if err != nil {
 				return usageError("--uplink: %v", err)
 			}

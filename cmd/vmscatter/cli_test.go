@@ -23,6 +23,9 @@ func TestHelpAndUsageErrors(t *testing.T) {
 	if code != ExitOK || !strings.Contains(out, "EXIT CODES") || !strings.Contains(out, "send") || !strings.Contains(out, "receive") {
 		t.Fatalf("help: %d\n%s", code, out)
 	}
+	if code, _, errs := run(t, "no-such-command"); code != ExitUsage || !strings.Contains(errs, "no-such-command") {
+		t.Fatalf("unknown command: exit %d, %s", code, errs)
+	}
 	if code, _, errs := run(t, "send", "--no-such-flag"); code != ExitUsage {
 		t.Fatalf("bad flag: exit %d, %s", code, errs)
 	}

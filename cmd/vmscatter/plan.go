@@ -12,6 +12,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/vmscatter/vmscatter/cmd/internal/cliapp"
 	"github.com/vmscatter/vmscatter/scatter"
 )
 
@@ -64,7 +65,7 @@ func runPlan(c *cli.Context) error {
 		}
 		var ts []scatter.TargetSpec
 		for _, p := range tp {
-			n, err := parseSize(p[1])
+			n, err := cliapp.ParseSize(p[1])
 			if err != nil {
 				return usageError("--target %s: %v", p[0], err)
 			}
