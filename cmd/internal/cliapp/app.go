@@ -1,6 +1,7 @@
 package cliapp
 
 import (
+	"bytes"
 	"io"
 
 	"github.com/urfave/cli/v2"
@@ -36,4 +37,13 @@ func UnknownCommand(c *cli.Context) error {
 		return cli.ShowAppHelp(c)
 	}
 	return UsageError("no command %q (see --help)", c.Args().First())
+}
+
+// RunCaptured runs a command line in-process, for tests: the app newApp builds, with args after its name. It returns
+// the exit code Code gives and what the app wrote to stdout and stderr.
+func RunCaptured(newApp func(stdout, stderr io.Writer) *cli.App, args ...string) (code int, stdout, stderr string) {
+	var out, errb bytes.Buffer
+	app := newApp(&out, &errb)
+	err := app.Run(append([]string{app.Name}, args...))
+	return Code(app.Name, err, &errb), out.String(), errb.String()
 }
