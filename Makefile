@@ -3,6 +3,8 @@ SHELL := /bin/bash
 export PATH := /usr/local/go/bin:$(PATH)
 GO ?= go
 BIN := bin/vmscatter
+# The development and measurement binary (demo, bench): never installed on hosts. It runs $(BIN), found next to it.
+LAB := bin/vmscatter-lab
 # CI has 90 minutes for everything; the suite takes far less. The bound keeps a hung QEMU from eating it all.
 TEST_TIMEOUT ?= 40m
 
@@ -12,6 +14,7 @@ all: build
 
 build:
 	$(GO) build -o $(BIN) ./cmd/vmscatter
+	$(GO) build -o $(LAB) ./cmd/vmscatter-lab
 
 # System packages (QEMU, busybox-static, iproute2, ...): idempotent, a no-op when present.
 deps:
@@ -41,13 +44,13 @@ verify:
 	   cp /tmp/vmscatter.go.mod.bak go.mod; cp /tmp/vmscatter.go.sum.bak go.sum; echo "go.mod/go.sum are not tidy: run go mod tidy"; exit 1; fi
 
 demo: deps fixture build
-	./$(BIN) demo --dir out/demo
+	./$(LAB) demo --dir out/demo
 
 bench-quick: deps fixture build
-	./$(BIN) bench --quick --out out/bench-quick
+	./$(LAB) bench --quick --out out/bench-quick
 
 bench: deps fixture build
-	./$(BIN) bench --out out/bench
+	./$(LAB) bench --out out/bench
 
 clean:
 	rm -rf bin out

@@ -8,42 +8,50 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/vmscatter/vmscatter/cmd/internal/cliapp"
 )
 
 // run runs the command line in-process and returns its exit code and output.
-func run(t *testing.T, args ...string) (int, string, string) {
-	t.Helper()
-	var out, errb bytes.Buffer
-	err := newApp(&out, &errb).Run(append([]string{"vmscatter"}, args...))
-	return exitCode(err, &errb), out.String(), errb.String()
-}
+func run(args ...string) (int, string, string) { return cliapp.RunCaptured(newApp, args...) }
 
 func TestHelpAndUsageErrors(t *testing.T) {
-	code, out, _ := run(t, "--help")
+	code, out, _ := run("--help")
 	if code != ExitOK || !strings.Contains(out, "EXIT CODES") || !strings.Contains(out, "send") || !strings.Contains(out, "receive") {
 		t.Fatalf("help: %d\n%s", code, out)
 	}
-	if code, _, errs := run(t, "send", "--no-such-flag"); code != ExitUsage {
+	if code, _, errs := run("no-such-command"); code != ExitUsage || !strings.Contains(errs, "no-such-command") {
+		t.Fatalf("unknown command: exit %d, %s", code, errs)
+	}
+	for _, moved := range []string{"demo", "bench"} {
+		if strings.Contains(out, "   "+moved+" ") {
+			t.Errorf("help lists %s, which is vmscatter-lab's:\n%s", moved, out)
+		}
+		if code, _, errs := run(moved); code != ExitUsage || !strings.Contains(errs, "vmscatter-lab "+moved) {
+			t.Errorf("%s: exit %d, %s", moved, code, errs)
+		}
+	}
+	if code, _, errs := run("send", "--no-such-flag"); code != ExitUsage {
 		t.Fatalf("bad flag: exit %d, %s", code, errs)
 	}
-	if code, _, errs := run(t, "send", "--vms", "a=/x", "--targets", "h:1"); code != ExitUsage || !strings.Contains(errs, "key-file") {
+	if code, _, errs := run("send", "--vms", "a=/x", "--targets", "h:1"); code != ExitUsage || !strings.Contains(errs, "key-file") {
 		t.Fatalf("missing --key-file: exit %d, %s", code, errs)
 	}
-	if code, _, errs := run(t, "send", "--vms", "a=/x", "--targets", "h:1", "--placement", "auto", "--key-file", "/nonexistent"); code != ExitError || !strings.Contains(errs, "keygen") {
+	if code, _, errs := run("send", "--vms", "a=/x", "--targets", "h:1", "--placement", "auto", "--key-file", "/nonexistent"); code != ExitError || !strings.Contains(errs, "keygen") {
 		t.Fatalf("missing key file: exit %d, %s", code, errs)
 	}
 }
 
 func TestKeygen(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "key")
-	if code, _, errs := run(t, "keygen", "--out", path); code != ExitOK {
+	if code, _, errs := run("keygen", "--out", path); code != ExitOK {
 		t.Fatalf("keygen: %d %s", code, errs)
 	}
 	st, err := os.Stat(path)
 	if err != nil || st.Mode().Perm() != 0o600 {
 		t.Fatalf("key file: %v %v", st, err)
 	}
-	if code, _, _ := run(t, "keygen", "--out", path); code != ExitError {
+	if code, _, _ := run("keygen", "--out", path); code != ExitError {
 		t.Fatal("keygen overwrote an existing key")
 	}
 }
@@ -79,7 +87,7 @@ func TestPlanImagesJSON(t *testing.T) {
 		return p
 	}
 	a, b, c := write("a", 200, 10), write("b", 200, 10), write("c", 0, 210)
-	code, out, errs := run(t, "plan", "--images", "a="+a+",b="+b+",c="+c, "--target", "t1=3M", "--target", "t2=3M", "--json")
+	code, out, errs := run("plan", "--images", "a="+a+",b="+b+",c="+c, "--target", "t1=3M", "--target", "t2=3M", "--json")
 	if code != ExitOK {
 		t.Fatalf("plan: %d %s", code, errs)
 	}
@@ -107,7 +115,7 @@ func TestPlanImagesJSON(t *testing.T) {
 		t.Errorf("algorithm %q, schedule %+v", plan.Algorithm, plan.Schedule)
 	}
 	// Too little capacity: a clear error, exit 1.
-	code, _, errs = run(t, "plan", "--images", "a="+a+",b="+b+",c="+c, "--target", "t1=1M")
+	code, _, errs = run("plan", "--images", "a="+a+",b="+b+",c="+c, "--target", "t1=1M")
 	if code != ExitError || !strings.Contains(errs, "memory") {
 		t.Errorf("over capacity: exit %d, %s", code, errs)
 	}

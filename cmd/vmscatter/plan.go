@@ -13,6 +13,8 @@ import (
 	"github.com/urfave/cli/v2"
 	"github.com/vmscatter/vmscatter/scatter/plan"
 	"github.com/vmscatter/vmscatter/scatter/source"
+
+	"github.com/vmscatter/vmscatter/cmd/internal/cliapp"
 )
 
 func planCommand() *cli.Command {
@@ -64,7 +66,7 @@ func runPlan(c *cli.Context) error {
 		}
 		var ts []plan.TargetSpec
 		for _, p := range tp {
-			n, err := parseSize(p[1])
+			n, err := cliapp.ParseSize(p[1])
 			if err != nil {
 				return usageError("--target %s: %v", p[0], err)
 			}

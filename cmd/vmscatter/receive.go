@@ -9,6 +9,8 @@ import (
 	"github.com/urfave/cli/v2"
 	"github.com/vmscatter/vmscatter/scatter/dest"
 	"github.com/vmscatter/vmscatter/scatter/secure"
+
+	"github.com/vmscatter/vmscatter/cmd/internal/cliapp"
 )
 
 func receiveCommand() *cli.Command {
@@ -39,13 +41,13 @@ func receiveCommand() *cli.Command {
 			if err != nil {
 				return withCode(ExitError, err)
 			}
-			limit, err := parseSize(c.String("store-limit"))
+			limit, err := cliapp.ParseSize(c.String("store-limit"))
 			if err != nil {
 				return usageError("--store-limit: %v", err)
 			}
 			var capacity int64
 			if s := c.String("capacity"); s != "" {
-				if capacity, err = parseSize(s); err != nil {
+				if capacity, err = cliapp.ParseSize(s); err != nil {
 					return usageError("--capacity: %v", err)
 				}
 			}

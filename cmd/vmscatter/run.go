@@ -1,7 +1,6 @@
 package main
 
 import (
-	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -10,6 +9,8 @@ import (
 	"github.com/urfave/cli/v2"
 	"github.com/vmscatter/vmscatter/scatter/secure"
 	"github.com/vmscatter/vmscatter/scatter/source"
+
+	"github.com/vmscatter/vmscatter/cmd/internal/cliapp"
 )
 
 // Run runs the vmscatter command line and returns the error that decides the exit code.
@@ -18,8 +19,7 @@ func Run(args []string) error {
 }
 
 func newApp(stdout, stderr io.Writer) *cli.App {
-	cli.HelpFlag = &cli.BoolFlag{Name: "help", Aliases: []string{"h"}, Usage: "show help"}
-	app := &cli.App{
+	return cliapp.New(&cli.App{
 		Name:  "vmscatter",
 		Usage: "live-migrate many QEMU/KVM VMs from one host to several, each distinct page sent once",
 		Description: `On every target host run the receiver as a daemon:
@@ -28,21 +28,14 @@ func newApp(stdout, stderr io.Writer) *cli.App {
      vmscatter send --vms web1=/run/qemu/web1.qmp,web2=/run/qemu/web2.qmp \
                     --targets hostA:7400,hostB:7400 --key-file /etc/vmscatter/key --report run.json
    Create the shared key once with 'vmscatter keygen --out FILE' and copy it to every host (mode 0600).`,
-		Writer:                 stdout,
-		ErrWriter:              stderr,
-		HideVersion:            true,
-		UseShortOptionHandling: true,
-		CustomAppHelpTemplate:  cli.AppHelpTemplate + "\n" + exitCodesHelp + "\n",
-		Commands:               []*cli.Command{sendCommand(), receiveCommand(), planCommand(), keygenCommand(), demoCommand(), benchCommand()},
-		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
-			return usageError("%v (see --help)", err)
+		Commands: []*cli.Command{sendCommand(), receiveCommand(), planCommand(), keygenCommand()},
+		Action: func(c *cli.Context) error {
+			if name := c.Args().First(); name == "demo" || name == "bench" {
+				return usageError("%s is a command of vmscatter-lab, the development and measurement binary (vmscatter-lab %s --help)", name, name)
+			}
+			return cliapp.UnknownCommand(c)
 		},
-		ExitErrHandler: func(*cli.Context, error) {}, // exit codes are decided in one place: exitCode
-	}
-	for _, cmd := range app.Commands {
-		cmd.OnUsageError = app.OnUsageError
-	}
-	return app
+	}, stdout, stderr, exitCodesHelp)
 }
 
 // logger builds the structured logger for --log-level, writing to stderr.
@@ -90,50 +83,6 @@ func splitList(items []string) []string {
 		}
 	}
 	return out
-}
-
-// parseSize parses a byte count with an optional K, M, G or T suffix (powers of 1024).
-func parseSize(s string) (int64, error) {
-	s = strings.TrimSpace(strings.TrimSuffix(strings.TrimSuffix(s, "iB"), "B"))
-	mult := int64(1)
-	if n := len(s); n > 0 {
-		switch s[n-1] {
-		case 'k', 'K':
-			mult, s = 1<<10, s[:n-1]
-		case 'm', 'M':
-			mult, s = 1<<20, s[:n-1]
-		case 'g', 'G':
-			mult, s = 1<<30, s[:n-1]
-		case 't', 'T':
-			mult, s = 1<<40, s[:n-1]
-		}
-	}
-	var v float64
-	if _, err := fmt.Sscanf(s, "%g", &v); err != nil || v < 0 {
-		return 0, fmt.Errorf("%q is not a size (e.g. 512M, 4G)", s)
-	}
-	return int64(v * float64(mult)), nil
-}
-
-// parseRate parses a bit rate with an optional k, M or G suffix (powers of 1000, as link rates are quoted).
-func parseRate(s string) (int64, error) {
-	s = strings.TrimSuffix(strings.TrimSuffix(strings.TrimSpace(s), "bit/s"), "bps")
-	mult := 1.0
-	if n := len(s); n > 0 {
-		switch s[n-1] {
-		case 'k', 'K':
-			mult, s = 1e3, s[:n-1]
-		case 'm', 'M':
-			mult, s = 1e6, s[:n-1]
-		case 'g', 'G':
-			mult, s = 1e9, s[:n-1]
-		}
-	}
-	var v float64
-	if _, err := fmt.Sscanf(s, "%g", &v); err != nil || v <= 0 {
-		return 0, fmt.Errorf("%q is not a rate (e.g. 100M, 1G)", s)
-	}
-	return int64(v * mult), nil
 }
 
 // baseSendConfig reads what `send` and `plan` share: the logger, the key, the VMs, the targets, the pins and the

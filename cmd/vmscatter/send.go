@@ -13,6 +13,8 @@ import (
 	"github.com/urfave/cli/v2"
 	"github.com/vmscatter/vmscatter/scatter/converge"
 	"github.com/vmscatter/vmscatter/scatter/source"
+
+	"github.com/vmscatter/vmscatter/cmd/internal/cliapp"
 )
 
 func sendCommand() *cli.Command {
@@ -66,11 +68,11 @@ func runSend(c *cli.Context) error {
 		ThrottleInitial: c.Int("throttle-initial"), ThrottleIncrement: c.Int("throttle-increment"),
 		Deadline: c.Duration("deadline"), Marker: c.Float64("marker"), OvercommitCPUs: c.Int("overcommit-cpus")}
 	cfg.Transport, cfg.Iface = c.String("transport"), c.String("iface")
-	if cfg.RateBps, err = parseRate(c.String("rate")); err != nil {
+	if cfg.RateBps, err = cliapp.ParseRate(c.String("rate")); err != nil {
 		return usageError("--rate: %v", err)
 	}
 	if s := c.String("max-bandwidth"); s != "" {
-		if cfg.MaxBandwidth, err = parseSize(s); err != nil {
+		if cfg.MaxBandwidth, err = cliapp.ParseSize(s); err != nil {
 			return usageError("--max-bandwidth: %v", err)
 		}
 	}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"os"
 	"os/signal"
 	"syscall"
 	"time"
@@ -12,6 +11,7 @@ import (
 	"github.com/vmscatter/vmscatter/bench"
 	"github.com/vmscatter/vmscatter/bench/fixture"
 	"github.com/vmscatter/vmscatter/bench/scale"
+	"github.com/vmscatter/vmscatter/cmd/internal/cliapp"
 )
 
 func benchCommand() *cli.Command {
@@ -40,6 +40,7 @@ func benchCommand() *cli.Command {
 			&cli.StringSliceFlag{Name: "only", Usage: "policy matrix: these policies only"},
 			&cli.StringFlag{Name: "out", Value: "out/bench", Usage: "results directory"},
 			&cli.StringSliceFlag{Name: "send-arg", Usage: "extra argument for vmscatter send (repeat), e.g. --send-arg=--compress=zstd"},
+			vmscatterFlag,
 			&cli.StringFlag{Name: "replot", Usage: "redraw summary.md and the plots of an earlier side-by-side run from `DIR`/results.json (with --policies: policies.md from policies.json), running nothing"},
 		},
 		Action: func(c *cli.Context) error {
@@ -59,15 +60,11 @@ func benchCommand() *cli.Command {
 				_, err = c.App.Writer.Write([]byte(res.Markdown()))
 				return err
 			}
-			bin, err := os.Executable()
-			if err != nil {
-				return withCode(ExitError, err)
-			}
-			uplink, err := parseRate(c.String("uplink"))
+			uplink, err := cliapp.ParseRate(c.String("uplink"))
 			if err != nil {
 				return usageError("--uplink: %v", err)
 			}
-			cfg := bench.CompareConfig{Bin: bin, Dir: c.String("out"), Guests: c.Int("guests"), MemoryMiB: c.Int("memory"),
+			cfg := bench.CompareConfig{Dir: c.String("out"), Guests: c.Int("guests"), MemoryMiB: c.Int("memory"),
 				Targets: c.Int("targets"), UplinkBps: uint64(uplink), Settle: c.Duration("settle"), Out: c.App.ErrWriter,
 				Workload: fixture.Workload{WSS: 16 << 20, Rate: c.Float64("dirty-rate"), Seed: 7, Private: 0.25},
 				SendArgs: c.StringSlice("send-arg")}
@@ -84,8 +81,11 @@ func benchCommand() *cli.Command {
 				_, err = c.App.Writer.Write([]byte(scale.Markdown(rows)))
 				return err
 			}
+			if cfg.Bin, err = vmscatterBin(c); err != nil { // the scale model runs no vmscatter; the rest does
+				return err
+			}
 			if c.Bool("policies") {
-				pc := bench.PolicyConfig{Bin: bin, Dir: cfg.Dir, Deadline: c.Duration("deadline"), Out: c.App.ErrWriter,
+				pc := bench.PolicyConfig{Bin: cfg.Bin, Dir: cfg.Dir, Deadline: c.Duration("deadline"), Out: c.App.ErrWriter,
 					Rates: c.Float64Slice("rates"), Policies: c.StringSlice("only")}
 				if c.IsSet("uplink") {
 					pc.UplinkBps = uint64(uplink)

@@ -25,11 +25,12 @@ func demoCommand() *cli.Command {
 			&cli.IntFlag{Name: "targets", Value: 2, Usage: "target hosts"},
 			&cli.IntFlag{Name: "memory", Value: 128, Usage: "MiB of RAM per guest"},
 			&cli.StringFlag{Name: "dir", Usage: "work directory (default: a temporary one, removed afterwards)"},
+			vmscatterFlag,
 		},
 		Action: func(c *cli.Context) error {
-			bin, err := os.Executable()
+			bin, err := vmscatterBin(c)
 			if err != nil {
-				return withCode(ExitError, err)
+				return err
 			}
 			dir, keep := c.String("dir"), true
 			if dir == "" {
