@@ -181,38 +181,65 @@ func ParseRecords(b []byte, fn func(PageRecord) error) error {
 	return nil
 }
 
-// AppendPage appends the record for one page of a VM in migration, applying the rule that
-// makes references exact:
+// Holder answers whether a target holds a page's exact content: a HeldIndex, or a view of one (the contents one VM
+// may reference). fp is the page's fingerprint, which the caller has taken once.
+type Holder interface {
+	LookupFP(page []byte, fp Fingerprint) (ContentID, bool)
+}
+
+// Page is one RAM page of a VM's migration stream as the sender meets it.
+type Page struct {
+	Block  uint16
+	Offset uint64
+	Zero   bool   // the source sent it as a zero (fill) page: Data is not read
+	Fill   byte   // a zero page's fill byte
+	Data   []byte // PageSize bytes, unless Zero
+}
+
+// Placed says how AppendPage sent a page, for the caller's counters and bookkeeping.
+type Placed struct {
+	Kind RecordKind
+	FP   Fingerprint // the page's fingerprint (not taken for a zero page)
+	Ref  ContentID   // RecordRef: the content referenced
+	Size int         // RecordLiteral: bytes of the page in the record, compressed or raw
+}
+
+// AppendPage appends the record for one page of a VM in migration to dst: the sender's whole decision in one place,
+// and the one path every page of every stream takes. It applies the rule that makes references exact:
 //
-//   - a zero page becomes a RecordZero with fill 0;
-//   - a page whose exact bytes the target holds (held.Lookup: fingerprint, then keyed
-//     digest) becomes a RecordRef;
-//   - any other page becomes a RecordLiteral compressed with c, or stored raw when
-//     compression does not make it smaller.
+//   - a page the source sent as a zero page becomes a RecordZero with its fill byte;
+//   - a page whose exact bytes the target holds (held.LookupFP: fingerprint, then keyed digest) becomes a
+//     RecordRef;
+//   - any other page becomes a RecordLiteral compressed with c, or stored raw when compression does not make it
+//     smaller.
 //
-// held may be nil: no references. It returns the kind it chose. The compressed data is
-// written straight into dst. It panics if offset is not a multiple of PageSize or page is
-// not PageSize long.
-func AppendPage(dst []byte, block uint16, offset uint64, page []byte, held *HeldIndex, c Codec) ([]byte, RecordKind) {
-	if len(page) != PageSize || offset%PageSize != 0 || !c.Valid() {
-		panic(fmt.Sprintf("dedup: AppendPage of %d bytes at %#x with %v", len(page), offset, c))
+// The compressed bytes are written straight into dst: a literal page is compressed once and copied nowhere else on
+// its way into the frame. held may be nil (no references); fp nil means XXHash. It panics if the page is not
+// PageSize long or its offset not a multiple of PageSize: pages come from the stream decoder, which checks both.
+func AppendPage(dst []byte, p Page, fp FingerprintFunc, held Holder, c Codec) ([]byte, Placed) {
+	if p.Offset%PageSize != 0 || !c.Valid() || (!p.Zero && len(p.Data) != PageSize) {
+		panic(fmt.Sprintf("dedup: AppendPage of %d bytes at %#x with %v", len(p.Data), p.Offset, c))
 	}
-	if IsZero(page) {
-		return AppendRecord(dst, PageRecord{Kind: RecordZero, Block: block, Offset: offset}), RecordZero
+	if p.Zero {
+		return AppendRecord(dst, PageRecord{Kind: RecordZero, Block: p.Block, Offset: p.Offset, Fill: p.Fill}), Placed{Kind: RecordZero}
 	}
+	if fp == nil {
+		fp = XXHash
+	}
+	f := fp(p.Data)
 	if held != nil {
-		if id, ok := held.Lookup(page); ok {
-			return AppendRecord(dst, PageRecord{Kind: RecordRef, Block: block, Offset: offset, Ref: id}), RecordRef
+		if id, ok := held.LookupFP(p.Data, f); ok {
+			return AppendRecord(dst, PageRecord{Kind: RecordRef, Block: p.Block, Offset: p.Offset, Ref: id}), Placed{Kind: RecordRef, FP: f, Ref: id}
 		}
 	}
 	start := len(dst)
 	dst = append(dst, byte(RecordLiteral))
-	dst = binary.BigEndian.AppendUint16(dst, block)
-	dst = binary.BigEndian.AppendUint64(dst, offset)
+	dst = binary.BigEndian.AppendUint16(dst, p.Block)
+	dst = binary.BigEndian.AppendUint64(dst, p.Offset)
 	dst = append(dst, 0, 0, 0) // codec and length, set below
-	dst, used := c.Compress(dst, page)
+	dst, used := c.Compress(dst, p.Data)
 	n := len(dst) - start - literalHeaderLen
 	dst[start+recordHeaderLen] = byte(used)
 	binary.BigEndian.PutUint16(dst[start+recordHeaderLen+1:], uint16(n))
-	return dst, RecordLiteral
+	return dst, Placed{Kind: RecordLiteral, FP: f, Size: n}
 }

@@ -122,7 +122,7 @@ func TestAppendPage(t *testing.T) {
 		codec Codec
 		kind  RecordKind
 	}{
-		{make([]byte, PageSize), CodecS2, RecordZero},
+		{nil, CodecS2, RecordZero},
 		{held, CodecS2, RecordRef},
 		{textPage(12), CodecS2, RecordLiteral},
 		{textPage(12), CodecZstd, RecordLiteral},
@@ -131,10 +131,13 @@ func TestAppendPage(t *testing.T) {
 	}
 	var batch []byte
 	for i, c := range cases {
-		var kind RecordKind
-		batch, kind = AppendPage(batch, uint16(i), uint64(i)*PageSize, c.page, h, c.codec)
-		if kind != c.kind {
-			t.Fatalf("case %d: kind %v, want %v", i, kind, c.kind)
+		var placed Placed
+		batch, placed = AppendPage(batch, Page{Block: uint16(i), Offset: uint64(i) * PageSize, Zero: c.page == nil, Data: c.page}, nil, h, c.codec)
+		if placed.Kind != c.kind {
+			t.Fatalf("case %d: kind %v, want %v", i, placed.Kind, c.kind)
+		}
+		if placed.Kind == RecordRef && placed.Ref != 42 || placed.Kind != RecordZero && placed.FP != XXHash(c.page) {
+			t.Fatalf("case %d: %+v", i, placed)
 		}
 	}
 	i := 0
@@ -168,7 +171,7 @@ func TestAppendPage(t *testing.T) {
 		t.Fatalf("parsed %d records: %v", i, err)
 	}
 	// Without an index nothing becomes a reference.
-	if _, kind := AppendPage(nil, 0, 0, held, nil, CodecS2); kind != RecordLiteral {
-		t.Fatalf("kind %v without an index", kind)
+	if _, placed := AppendPage(nil, Page{Data: held}, nil, nil, CodecS2); placed.Kind != RecordLiteral {
+		t.Fatalf("kind %v without an index", placed.Kind)
 	}
 }

@@ -232,13 +232,7 @@ func indexBootFiles(paths []string) (*dedup.FileIndex, func(), error) {
 	return x, closeAll, nil
 }
 
-// LoadImageFiles opens raw RAM image files (pmemsave output) and loads them with LoadImages. Each image is named
-// after its file.
-func LoadImageFiles(ctx context.Context, paths []string) (*Catalog, error) {
-	return LoadImageFilesWith(ctx, paths, LoadOptions{})
-}
-
-// LoadImageFilesWith is LoadImageFiles with options.
+// LoadImageFilesWith opens raw RAM image files (pmemsave output) and loads them with LoadImages, with options.
 func LoadImageFilesWith(ctx context.Context, paths []string, o LoadOptions) (*Catalog, error) {
 	var srcs []ImageSource
 	for _, p := range paths {

@@ -134,15 +134,6 @@ type RAMStart struct {
 	IgnoreShared bool
 }
 
-// TotalBytes is the sum of the block lengths (the MEM_SIZE record).
-func (s RAMStart) TotalBytes() uint64 {
-	var t uint64
-	for _, b := range s.Blocks {
-		t += b.Length
-	}
-	return t
-}
-
 // SectionBegin opens a PART or END section of the ram state.
 type SectionBegin struct {
 	Kind      SectionKind

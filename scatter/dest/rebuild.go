@@ -39,10 +39,11 @@ func (rb *rebuilder) run(ctx context.Context, sc *secure.Conn) error {
 		case wire.FramePrefix:
 			err = rb.enc.WritePrefix(b)
 		case wire.FrameRAMStart:
-			var rs stream.RAMStart
-			if err = wire.Unmarshal(t, b, &rs); err != nil {
+			var m wire.RAMStartMsg
+			if err = wire.Unmarshal(t, b, &m); err != nil {
 				return err
 			}
+			rs := m.FromWire()
 			rb.blocks = rs.Blocks
 			err = rb.enc.StartRAM(rs)
 		case wire.FrameSection:

@@ -168,8 +168,8 @@ func (r *Receiver) serveControl(ctx context.Context, sc *secure.Conn, peer strin
 		}
 	}()
 	hostname, _ := os.Hostname()
-	total, avail := host.MemInfo()
-	if err := sc.SendJSON(wire.FrameInfo, wire.InfoMsg{Host: hostname, MemTotal: total, MemAvailable: avail, CPUs: runtime.NumCPU(),
+	_, avail := host.MemInfo()
+	if err := sc.SendJSON(wire.FrameInfo, wire.InfoMsg{Host: hostname, MemAvailable: avail, CPUs: runtime.NumCPU(),
 		StoreLimit: r.cfg.StoreLimit, Capacity: r.cfg.Capacity, MaxVMs: r.cfg.MaxVMs}); err != nil {
 		return err
 	}

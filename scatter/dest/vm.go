@@ -153,8 +153,7 @@ func (r *Receiver) serveVM(ctx context.Context, sc *secure.Conn, peer string) (e
 		return fail(fmt.Errorf("destination is %q after the switch-over, want %q: %v", status, want, err))
 	}
 	log.Info("destination runs", "pid", dest.Cmd.Process.Pid, "load_ms", time.Since(start).Milliseconds())
-	if err := sc.SendJSON(wire.FrameRunning, wire.RunningMsg{Status: status, PID: dest.Cmd.Process.Pid,
-		LoadMillis: time.Since(start).Milliseconds(), StoreHits: rb.refs, PagesLoaded: rb.pages}); err != nil {
+	if err := sc.SendJSON(wire.FrameRunning, wire.RunningMsg{Status: status, PID: dest.Cmd.Process.Pid}); err != nil {
 		return nil // the VM runs here; the sender will learn from the target or its report
 	}
 	// Stage 5: the sender quits the source, then says COMMIT (or ABORT if quitting failed, which leaves both

@@ -47,15 +47,14 @@ var ErrAuth = errors.New("authentication failed")
 type Conn struct {
 	c      net.Conn
 	r      *bufio.Reader
-	sendMu sync.Mutex // guards w, seal, sendN, wbuf, sbuf, bytesOut
+	sendMu sync.Mutex // guards w, seal, sendN, wbuf, bytesOut
 	w      *bufio.Writer
 	seal   cipher.AEAD
 	open   cipher.AEAD
 	sendN  uint64
 	recvN  uint64
 	rbuf   []byte
-	wbuf   []byte // plaintext being sealed
-	sbuf   []byte // sealed frame
+	wbuf   []byte // the frame being sealed, sealed in place
 
 	bytesOut, bytesIn int64 // wire bytes after the handshake (guarded by sendMu for out; Recv's goroutine for in)
 }
@@ -189,8 +188,9 @@ func (s *Conn) Send(typ wire.FrameType, payload []byte, flush bool) error {
 	defer s.sendMu.Unlock()
 	s.wbuf = append(s.wbuf[:0], byte(typ))
 	s.wbuf = append(s.wbuf, payload...)
-	sealed := s.seal.Seal(s.sbuf[:0], counterNonce(s.sendN), s.wbuf, nil)
-	s.sbuf = sealed
+	// Sealed in place: the plaintext's buffer takes the ciphertext (AEAD allows exactly overlapping dst).
+	sealed := s.seal.Seal(s.wbuf[:0], counterNonce(s.sendN), s.wbuf, nil)
+	s.wbuf = sealed
 	s.sendN++
 	var hdr [4]byte
 	binary.BigEndian.PutUint32(hdr[:], uint32(len(sealed)))

@@ -6,16 +6,6 @@ import (
 	"github.com/vmscatter/vmscatter/dedup"
 )
 
-// heldLookup answers whether a target holds a page's exact content.
-type heldLookup interface {
-	// LookupFP returns the id of the content with page's exact bytes; fp is page's fingerprint.
-	LookupFP(page []byte, fp dedup.Fingerprint) (dedup.ContentID, bool)
-}
-
-type holdsNothing struct{}
-
-func (holdsNothing) LookupFP([]byte, dedup.Fingerprint) (dedup.ContentID, bool) { return 0, false }
-
 // vmHeld is what one VM may reference on its target: contents the target confirmed holding that stay alive until
 // this VM's migration ends. The receiver frees a content when the last VM named in its CONTENT record finishes, so
 // a VM may reference a content only if it is one of them (it held the content at the scan), or if the content was
@@ -39,10 +29,10 @@ func (v vmHeld) LookupFP(page []byte, fp dedup.Fingerprint) (dedup.ContentID, bo
 }
 
 // heldFor returns what a VM may reference on its target (confirmed primes only).
-func (s *sender) heldFor(vm *sourceVM) heldLookup {
+func (s *sender) heldFor(vm *sourceVM) dedup.Holder {
 	t := vm.target
 	if t.held == nil || s.sharing == nil {
-		return holdsNothing{}
+		return nil
 	}
 	var mine []dedup.ContentID
 	if i := s.vmIndex(vm); i < len(s.sharing.PerVM) {

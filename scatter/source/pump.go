@@ -38,16 +38,21 @@ func (m *vmMigration) pump(ctx context.Context) error {
 	final := report.NewFinalImage(m.s.targetIndex(m.vm.target))
 	m.vm.final = final
 	var batch, zbuf []byte
+	literalBytes := 0 // of the batch: compressed page bytes, which a frame compression would not shrink
 	flush := func(force bool) error {
 		if len(batch) > 0 {
 			t, payload := wire.FramePages, batch
-			if zbuf = dedup.CompressRecords(zbuf, batch); zbuf != nil {
-				t, payload = wire.FramePagesZ, zbuf
+			// A frame of zero pages and references shrinks to about 5 bytes a record when compressed as a whole; a
+			// frame of literals, compressed one by one already, does not, and is not given the extra pass.
+			if literalBytes < len(batch)/2 {
+				if zbuf = dedup.CompressRecords(zbuf, batch); zbuf != nil {
+					t, payload = wire.FramePagesZ, zbuf
+				}
 			}
 			if err := sc.Send(t, payload, force); err != nil {
 				return err
 			}
-			batch = batch[:0]
+			batch, literalBytes = batch[:0], 0
 		} else if force {
 			return sc.Flush()
 		}
@@ -73,36 +78,31 @@ func (m *vmMigration) pump(ctx context.Context) error {
 		case stream.Prefix:
 			err = sc.Send(wire.FramePrefix, e.Raw, true)
 		case stream.RAMStart:
-			err = sc.SendJSON(wire.FrameRAMStart, e)
+			err = sc.SendJSON(wire.FrameRAMStart, wire.RAMStartToWire(e))
 		case stream.SectionBegin:
 			err = sc.Send(wire.FrameSection, wire.AppendSection(nil, byte(e.Kind), e.SectionID), false)
 		case stream.Page:
 			m.pages.Total++
 			m.counters.stream.Add(dedup.PageSize)
-			rec := dedup.PageRecord{Block: uint16(e.Block), Offset: uint64(e.Offset)}
-			switch {
-			case e.Zero:
+			var placed dedup.Placed
+			batch, placed = dedup.AppendPage(batch, dedup.Page{Block: uint16(e.Block), Offset: uint64(e.Offset), Zero: e.Zero,
+				Fill: e.Fill, Data: e.Data}, fingerprint, held, m.s.codec)
+			block, offset := uint16(e.Block), uint64(e.Offset)
+			switch placed.Kind {
+			case dedup.RecordZero:
 				m.pages.Zero++
-				rec.Kind, rec.Fill = dedup.RecordZero, e.Fill
-				final.Zero(rec.Block, rec.Offset)
-			default:
-				fp := fingerprint(e.Data)
-				if id, ok := held.LookupFP(e.Data, fp); ok {
-					m.pages.Referenced++
-					rec.Kind, rec.Ref = dedup.RecordRef, id
-					cost, local := m.s.contentCost(m.vm.target, id)
-					final.Ref(rec.Block, rec.Offset, fp, id, cost, local)
-				} else {
-					m.pages.Literal++
-					rec.Kind = dedup.RecordLiteral
-					m.litBuf, rec.Codec = m.s.codec.Compress(m.litBuf[:0], e.Data)
-					rec.Data = m.litBuf
-					final.Literal(rec.Block, rec.Offset, fp, uint32(len(m.litBuf)))
-					m.counters.litStream.Add(dedup.PageSize)
-					m.counters.litWire.Add(int64(len(m.litBuf)))
-				}
+				final.Zero(block, offset)
+			case dedup.RecordRef:
+				m.pages.Referenced++
+				cost, local := m.s.contentCost(m.vm.target, placed.Ref)
+				final.Ref(block, offset, placed.FP, placed.Ref, cost, local)
+			case dedup.RecordLiteral:
+				m.pages.Literal++
+				literalBytes += placed.Size
+				final.Literal(block, offset, placed.FP, uint32(placed.Size))
+				m.counters.litStream.Add(dedup.PageSize)
+				m.counters.litWire.Add(int64(placed.Size))
 			}
-			batch = dedup.AppendRecord(batch, rec)
 			if len(batch) >= pagesFrameTarget {
 				err = flush(false)
 			}

@@ -79,9 +79,8 @@ type vmMigration struct {
 	sc       *secure.Conn
 	src      net.Conn // the source QEMU's migration stream
 	pages    report.PageCounts
-	started  bool      // START was sent: the destination may run
-	stopAt   time.Time // when vmscatter stopped the VM itself to force the switch-over (guarded by mu)
-	litBuf   []byte
+	started  bool           // START was sent: the destination may run
+	stopAt   time.Time      // when vmscatter stopped the VM itself to force the switch-over (guarded by mu)
 	counters streamCounters // the pump's, for the downtime guard
 
 	mu       sync.Mutex

@@ -22,15 +22,7 @@ type BundleHead struct {
 	Slots []int
 }
 
-// BundleHeadLen is the encoded size of the Bundle's fixed part and heads.
-func BundleHeadLen(heads []BundleHead) int {
-	n := 2 + 4
-	for _, h := range heads {
-		n += 5 + 2*len(h.Slots)
-	}
-	return n
-}
-
+// AppendBundle appends a bundle: its codec, its heads and its compressed data.
 func AppendBundle(dst []byte, codec dedup.Codec, heads []BundleHead, data []byte) []byte {
 	dst = append(dst, byte(codec), byte(len(heads)))
 	for _, h := range heads {

@@ -10,12 +10,10 @@ import (
 type HelloMsg struct {
 	Session SessionID `json:"session"`
 	Sender  string    `json:"sender"` // sender host name, for logs
-	DataKey []byte    `json:"data_key,omitempty"`
 }
 
 type InfoMsg struct {
 	Host         string `json:"host"`
-	MemTotal     uint64 `json:"mem_total"`
 	MemAvailable uint64 `json:"mem_available"`
 	CPUs         int    `json:"cpus"`
 	StoreLimit   int64  `json:"store_limit"`
@@ -49,11 +47,8 @@ type ReadyMsg struct {
 }
 
 type RunningMsg struct {
-	Status      string `json:"status"`
-	PID         int    `json:"pid"`
-	LoadMillis  int64  `json:"load_ms"` // from the first stream byte to the destination running
-	StoreHits   int    `json:"store_hits"`
-	PagesLoaded int    `json:"pages_loaded"`
+	Status string `json:"status"`
+	PID    int    `json:"pid"`
 }
 
 // JoinMsg asks a receiver to join a multicast group of the prime. The data key is fresh for every run.
