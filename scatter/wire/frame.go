@@ -52,13 +52,13 @@ const (
 )
 
 func (t FrameType) String() string {
-	if n, ok := FrameNames[t]; ok {
+	if n, ok := frameNames[t]; ok {
 		return n
 	}
 	return fmt.Sprintf("frame 0x%02x", byte(t))
 }
 
-var FrameNames = map[FrameType]string{
+var frameNames = map[FrameType]string{
 	FrameHello: "HELLO", FrameInfo: "INFO", FrameContent: "CONTENT", FramePrimeDone: "PRIME_DONE",
 	FramePrimeAck: "PRIME_ACK", FrameBye: "BYE", FrameOpen: "OPEN", FrameReady: "READY", FramePrefix: "PREFIX",
 	FrameRAMStart: "RAM_START", FrameSection: "SECTION", FramePages: "PAGES", FrameSectionEnd: "SECTION_END",

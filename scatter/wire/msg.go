@@ -7,11 +7,13 @@ import (
 	"github.com/vmscatter/vmscatter/qemu/stream"
 )
 
+// HelloMsg opens a control connection: the run and the sender.
 type HelloMsg struct {
 	Session SessionID `json:"session"`
 	Sender  string    `json:"sender"` // sender host name, for logs
 }
 
+// InfoMsg is the receiver's answer to HELLO: what it offers for placement.
 type InfoMsg struct {
 	Host         string `json:"host"`
 	MemAvailable uint64 `json:"mem_available"`
@@ -21,16 +23,19 @@ type InfoMsg struct {
 	MaxVMs       int    `json:"max_vms,omitempty"`
 }
 
+// PrimeDoneMsg ends the prime's CONTENT frames.
 type PrimeDoneMsg struct {
 	Contents int `json:"contents"`
 }
 
+// PrimeAckMsg is the receiver's count of the contents it holds after the prime.
 type PrimeAckMsg struct {
 	Held  int    `json:"held"`
 	Bytes int64  `json:"bytes"`
 	Error string `json:"error,omitempty"`
 }
 
+// OpenMsg opens a VM connection: the VM, the source's command line and what the destination needs to load it.
 type OpenMsg struct {
 	Session      SessionID       `json:"session"`
 	VM           string          `json:"vm"`
@@ -41,11 +46,13 @@ type OpenMsg struct {
 	WatchConsole bool            `json:"watch_console"` // report when the guest's first console line arrives after START`
 }
 
+// ReadyMsg says the destination QEMU runs paused and waits for the stream.
 type ReadyMsg struct {
 	Dir string `json:"dir"`
 	PID int    `json:"pid"`
 }
 
+// RunningMsg is the destination's state after loading (LOADED) or after START (RUNNING).
 type RunningMsg struct {
 	Status string `json:"status"`
 	PID    int    `json:"pid"`
@@ -61,14 +68,17 @@ type JoinMsg struct {
 	LocalSlots []int  `json:"local_slots"` // VM slots placed on this receiver (content records name all holders)
 }
 
+// LeaveMsg asks a receiver to leave a multicast group.
 type LeaveMsg struct {
 	Group string `json:"group"`
 }
 
+// DoneMsg answers COMMIT.
 type DoneMsg struct {
 	FirstOutputUnixMS int64 `json:"first_output_unix_ms,omitempty"` // first console line after START, host time
 }
 
+// ErrorMsg is the payload of ERROR, ABORT and STREAM_CANCEL: the reason, for the operator.
 type ErrorMsg struct {
 	Error string `json:"error"`
 }
