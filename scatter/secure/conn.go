@@ -1,3 +1,10 @@
+// Package secure is the handshake and framing of every vmscatter TCP connection (control and per-VM data). docs/control.md has the
+// byte layout. Both sides prove knowledge of the shared key with HMAC-SHA256 over fresh nonces from each side, and
+// derive per-direction AES-256-GCM keys from it; every frame after the handshake is sealed with a counter nonce, so
+// a forged, altered, reordered or replayed frame fails to open and ends the connection.
+//
+// Conn is the connection: Send is safe for concurrent use, Recv (and Expect, which bounds its wait with a context
+// and a deadline) belong to one goroutine. LoadKey and WriteNewKey read and write the shared key file.
 package secure
 
 import (
@@ -18,11 +25,6 @@ import (
 
 	"github.com/vmscatter/vmscatter/scatter/wire"
 )
-
-// The handshake and framing of every vmscatter TCP connection (control and per-VM data). docs/control.md has the
-// byte layout. Both sides prove knowledge of the shared key with HMAC-SHA256 over fresh nonces from each side, and
-// derive per-direction AES-256-GCM keys from it; every frame after the handshake is sealed with a counter nonce, so
-// a forged, altered, reordered or replayed frame fails to open and ends the connection.
 
 const (
 	handshakeMagic   = "VMSC"
