@@ -42,39 +42,42 @@ func applyPolicy(ctx context.Context, q *qmp.Client, p converge.Policy, caps map
 	return q.Execute(ctx, "migrate-set-parameters", params, nil)
 }
 
-// steer carries out the policy's decisions beside a migration until ctx ends. stopped is called with the time
-// vmscatter stopped the VM itself, if it did.
-func steer(ctx context.Context, q *qmp.Client, p converge.Policy, log *slog.Logger, stopped func(time.Time)) {
-	if !p.Acts() {
-		return
-	}
-	s := p.Steering()
+// watch reads the source's migration every steerPeriod while it is active, until ctx ends, and hands each reading
+// to the policy's steering and to the downtime guard: one reader of QEMU per VM. The caller joins it before it
+// reports the VM's outcome or rolls it back, so no decision of either lands after that.
+func (m *vmMigration) watch(ctx context.Context, log *slog.Logger) {
+	q, p := m.vm.qmp, m.s.cfg.Policy
+	steering := p.Steering()
+	guard := m.newGuardWatch(log)
 	start := time.Now()
 	var restore func()
 	defer func() {
-		if restore != nil && ctx.Err() != nil {
-			// Only a migration that did not finish runs on here; give its vCPUs their CPUs back.
-			restore()
+		if restore != nil {
+			restore() // the vCPUs get their CPUs back, whether the source runs on or is about to quit
 		}
 	}()
+	steered := !p.Acts()
 	watchMigration(ctx, q, func(mi migrateInfo) bool {
-		st := s.Observe(converge.Progress{Elapsed: time.Since(start), PagesSent: mi.RAM.Normal + mi.RAM.Duplicate,
+		guard.observe(ctx, mi)
+		if steered {
+			return false
+		}
+		st := steering.Observe(converge.Progress{Elapsed: time.Since(start), PagesSent: mi.RAM.Normal + mi.RAM.Duplicate,
 			Remaining: mi.RAM.Remaining, Total: mi.RAM.Total, Transferred: mi.RAM.Transferred, Iterations: mi.RAM.Iterations,
 			PageSize: mi.RAM.PageSize})
 		if st.PinVCPUs > 0 {
-			r, err := pinVCPUs(ctx, q, st.PinVCPUs)
-			if err != nil {
+			if r, err := pinVCPUs(ctx, q, st.PinVCPUs); err != nil {
 				log.Warn("timebound: pinning vCPUs failed", "err", err)
-				return false
+			} else {
+				log.Info(st.Reason, "cpus", st.PinVCPUs)
+				restore = r
 			}
-			log.Info(st.Reason, "cpus", st.PinVCPUs)
-			restore = r
 		}
 		if st.SwitchOver {
 			log.Info(st.Reason, "remaining", mi.RAM.Remaining, "elapsed", time.Since(start).Round(time.Millisecond),
-				"pass", mi.RAM.Iterations, "pages_per_s", int64(s.Rate()))
-			switchOver(q, stopped)
-			return true
+				"pass", mi.RAM.Iterations, "pages_per_s", int64(steering.Rate()))
+			switchOver(q, m.setStopped)
+			steered = true
 		}
 		return false
 	})

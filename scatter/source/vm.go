@@ -146,8 +146,9 @@ func (m *vmMigration) run(ctx context.Context) error {
 	pumpErr := make(chan error, 1)
 	pctx, stopPolicy := context.WithCancel(ctx)
 	defer stopPolicy()
-	go steer(pctx, vm.qmp, s.cfg.Policy, s.log.With("vm", name), m.setStopped)
-	go m.guardDowntime(pctx, vm.qmp, s.log.With("vm", name), s.cfg.MaxBandwidth)
+	watched := make(chan struct{})
+	go func() { defer close(watched); m.watch(pctx, s.log.With("vm", name)) }()
+	defer func() { stopPolicy(); <-watched }() // no policy decision lands after the outcome
 	go func() { pumpErr <- m.pump(ctx) }()
 	pumpDone := false
 	defer func() {
@@ -189,6 +190,7 @@ func (m *vmMigration) run(ctx context.Context) error {
 		}
 	}
 	stopPolicy()
+	<-watched
 
 	// Stage 4: the switch-over.
 	var mi migrateInfo
