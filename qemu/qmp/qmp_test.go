@@ -11,26 +11,49 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
 
-// fakeQMP serves a scripted QMP peer on a unix socket. handle gets each command and returns the line(s) to send.
+// fakeQMP serves a scripted QMP peer on a unix socket. handle gets each command and returns the line(s) to send;
+// a line "CLOSE" closes the connection instead.
 func fakeQMP(t *testing.T, handle func(cmd map[string]any) []string) string {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "qmp.sock")
+	path, _ := fakeQMPPush(t, handle)
+	return path
+}
+
+// fakeQMPPush is fakeQMP, and also returns push, which sends a line (an event) unprompted.
+func fakeQMPPush(t *testing.T, handle func(cmd map[string]any) []string) (path string, push func(line string)) {
+	t.Helper()
+	path = filepath.Join(t.TempDir(), "qmp.sock")
 	ln, err := net.Listen("unix", path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
+	conns := make(chan net.Conn, 1)
+	var writeMu sync.Mutex
+	write := func(c net.Conn, l string) bool {
+		writeMu.Lock()
+		defer writeMu.Unlock()
+		if l == "CLOSE" {
+			c.Close()
+			return false
+		}
+		_, err := c.Write([]byte(l + "\n"))
+		return err == nil
+	}
 	go func() {
 		c, err := ln.Accept()
 		if err != nil {
+			close(conns)
 			return
 		}
 		defer c.Close()
 		fmt.Fprintf(c, `{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}}, "capabilities": []}}`+"\n")
+		conns <- c
 		sc := bufio.NewScanner(c)
 		sc.Buffer(nil, 1<<20)
 		for sc.Scan() {
@@ -39,13 +62,27 @@ func fakeQMP(t *testing.T, handle func(cmd map[string]any) []string) string {
 				return
 			}
 			for _, l := range handle(cmd) {
-				if _, err := c.Write([]byte(l + "\n")); err != nil {
+				if !write(c, l) {
 					return
 				}
 			}
 		}
 	}()
-	return path
+	var conn net.Conn
+	push = func(line string) {
+		t.Helper()
+		if conn == nil {
+			c, ok := <-conns
+			if !ok {
+				t.Fatal("fake QMP: no client connected")
+			}
+			conn = c
+		}
+		if !write(conn, line) {
+			t.Fatalf("fake QMP: pushing %s failed", line)
+		}
+	}
+	return path, push
 }
 
 func reply(cmd map[string]any, ret string) string {
