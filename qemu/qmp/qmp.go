@@ -1,7 +1,7 @@
 // Package qmp is vmscatter's QEMU Machine Protocol client: one connection to a QEMU's QMP socket, commands with
 // their answers matched by id, and asynchronous events. It is the only package that knows QMP command names; the
 // rest of the project calls its typed methods (vm.go: run state, vCPUs, memory, machine type; migrate.go: migration,
-// its capabilities and parameters).
+// its capabilities and parameters; events.go: subscriptions and waits on STOP, RESUME and MIGRATION events).
 //
 // Every method takes a context that bounds it. Errors are typed: a QEMU error answer is an *Error naming the command;
 // a connection that ended (QEMU quit or crashed, or Close was called) gives an error that wraps ErrClosed.
@@ -56,9 +56,6 @@ func (e Event) Time() time.Time {
 	return time.Unix(e.Timestamp.Seconds, e.Timestamp.Microseconds*1000)
 }
 
-// maxBufferedEvents bounds the events kept for WaitEvent callers; older ones are dropped first.
-const maxBufferedEvents = 256
-
 // Client is a client for one QMP socket. It is safe for concurrent use: commands are matched to answers by id, and one
 // reader goroutine owns the socket's read side.
 type Client struct {
@@ -67,11 +64,11 @@ type Client struct {
 
 	writeMu sync.Mutex // serializes writes
 
-	mu      sync.Mutex // guards the fields below
+	mu      sync.Mutex // guards the fields below and every Subscription's queue
 	nextID  uint64
 	pending map[string]chan qmpReply
-	events  []Event       // recent events, bounded
-	evSig   chan struct{} // closed and replaced whenever an event arrives
+	subs    map[*Subscription]struct{}
+	evSig   chan struct{} // closed and replaced whenever an event is queued
 	err     error         // set once the reader stops
 	done    chan struct{}
 }
@@ -94,7 +91,8 @@ func Dial(ctx context.Context, socketPath string) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("qmp: connect %s: %w (is the VM running with -qmp unix:%s,server=on,wait=off?)", socketPath, err, socketPath)
 	}
-	q := &Client{conn: conn, path: socketPath, pending: map[string]chan qmpReply{}, evSig: make(chan struct{}), done: make(chan struct{})}
+	q := &Client{conn: conn, path: socketPath, pending: map[string]chan qmpReply{}, subs: map[*Subscription]struct{}{},
+		evSig: make(chan struct{}), done: make(chan struct{})}
 	br := bufio.NewReaderSize(conn, 64<<10)
 	// The greeting comes first and unprompted.
 	if dl, ok := ctx.Deadline(); ok {
@@ -156,14 +154,7 @@ func (q *Client) readLoop(br *bufio.Reader) {
 		if r.Event != "" {
 			var ev Event
 			if json.Unmarshal(line, &ev) == nil {
-				q.mu.Lock()
-				if len(q.events) >= maxBufferedEvents {
-					q.events = q.events[1:]
-				}
-				q.events = append(q.events, ev)
-				close(q.evSig)
-				q.evSig = make(chan struct{})
-				q.mu.Unlock()
+				q.deliver(ev)
 			}
 			continue
 		}
@@ -183,6 +174,7 @@ func (q *Client) readLoop(br *bufio.Reader) {
 		delete(q.pending, id)
 	}
 	close(q.done)
+	close(q.evSig) // wakes every waiter; they see q.err
 	q.mu.Unlock()
 }
 
@@ -281,44 +273,12 @@ func (q *Client) HMP(ctx context.Context, cmdline string) (string, error) {
 	return out, err
 }
 
-// WaitEvent waits for the next event with this name that arrives after the call, or one already buffered that has
-// not been consumed by an earlier WaitEvent for the same name. It returns ErrQMPClosed if QEMU goes away first.
-func (q *Client) WaitEvent(ctx context.Context, name string) (Event, error) {
-	for {
-		q.mu.Lock()
-		for i, ev := range q.events {
-			if ev.Name == name {
-				q.events = append(q.events[:i:i], q.events[i+1:]...)
-				q.mu.Unlock()
-				return ev, nil
-			}
-		}
-		sig, done, err := q.evSig, q.done, q.err
-		q.mu.Unlock()
-		if err != nil {
-			return Event{}, err
-		}
-		select {
-		case <-sig:
-		case <-done:
-		case <-ctx.Done():
-			return Event{}, fmt.Errorf("qmp: waiting for event %s: %w", name, ctx.Err())
-		}
-	}
-}
-
-// DrainEvents forgets every buffered event with this name.
-func (q *Client) DrainEvents(name string) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	kept := q.events[:0]
-	for _, ev := range q.events {
-		if ev.Name != name {
-			kept = append(kept, ev)
-		}
-	}
-	q.events = kept
-}
+// DrainEvents does nothing.
+//
+// Deprecated: events are no longer kept for later waiters, so there is nothing to drain: a Subscription sees exactly
+// the events that arrive after it was made, and the typed waits (WaitStop, WaitResume, WaitMigration) check the
+// current state after subscribing. Remove the call.
+func (q *Client) DrainEvents(name string) {}
 
 // Done is closed when the connection ends (QEMU quit or Close was called).
 func (q *Client) Done() <-chan struct{} { return q.done }

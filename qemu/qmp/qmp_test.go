@@ -120,15 +120,17 @@ func TestQMPCommandsEventsAndLongLines(t *testing.T) {
 	}
 	defer q.Close()
 
+	sub := q.Subscribe(EventStop)
+	defer sub.Close()
 	var st struct {
 		Status string `json:"status"`
 	}
 	if err := q.Execute(ctx, "query-status", nil, &st); err != nil || st.Status != "paused" {
 		t.Fatalf("query-status = %+v, %v", st, err)
 	}
-	ev, err := q.WaitEvent(ctx, "STOP")
+	ev, err := sub.Next(ctx)
 	if err != nil || ev.Name != "STOP" || ev.Time().Unix() != 1 {
-		t.Fatalf("WaitEvent = %+v, %v", ev, err)
+		t.Fatalf("Next = %+v, %v", ev, err)
 	}
 	out, err := q.HMP(ctx, "info something")
 	if err != nil || len(out) != len(long) {
@@ -160,10 +162,17 @@ func TestQMPPeerGoneFailsPendingCommands(t *testing.T) {
 	}
 	defer q.Close()
 	if err := q.Execute(ctx, "query-status", nil, nil); !errors.Is(err, ErrClosed) {
-		t.Fatalf("got %v, want ErrQMPClosed", err)
+		t.Fatalf("got %v, want ErrClosed", err)
 	}
-	if _, err := q.WaitEvent(ctx, "STOP"); !errors.Is(err, ErrClosed) {
-		t.Fatalf("WaitEvent after close: %v", err)
+	<-q.Done()
+	if _, err := q.Status(ctx); !errors.Is(err, ErrClosed) || !strings.Contains(err.Error(), "query-status") {
+		t.Fatalf("command after close: %v", err)
+	}
+	if _, err := q.Subscribe(EventStop).Next(ctx); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Next after close: %v", err)
+	}
+	if _, err := q.WaitStop(ctx); !errors.Is(err, ErrClosed) {
+		t.Fatalf("WaitStop after close: %v", err)
 	}
 }
 
@@ -215,7 +224,7 @@ func TestQMPRealQEMU(t *testing.T) {
 	if err := q.Execute(ctx, "cont", nil, nil); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := q.WaitEvent(ctx, "RESUME"); err != nil {
+	if _, err := q.WaitResume(ctx); err != nil {
 		t.Fatal(err)
 	}
 }
