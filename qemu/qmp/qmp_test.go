@@ -197,38 +197,6 @@ func TestQMPNotAQMPSocket(t *testing.T) {
 	}
 }
 
-func TestQMPRealQEMU(t *testing.T) {
-	bin := requireQEMU(t)
-	dir := t.TempDir()
-	sock := filepath.Join(dir, "qmp.sock")
-	cmd := exec.Command(bin, "-accel", "tcg", "-machine", "pc", "-m", "32", "-nodefaults", "-display", "none",
-		"-no-user-config", "-S", "-qmp", "unix:"+sock+",server=on,wait=off")
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	q := dialWhenReady(ctx, t, sock)
-	defer q.Close()
-	pid, err := q.PeerPID()
-	if err != nil || pid != cmd.Process.Pid {
-		t.Fatalf("PeerPID = %d, %v; want %d", pid, err, cmd.Process.Pid)
-	}
-	var st struct {
-		Status string `json:"status"`
-	}
-	if err := q.Execute(ctx, "query-status", nil, &st); err != nil || st.Status != "prelaunch" {
-		t.Fatalf("query-status = %+v, %v", st, err)
-	}
-	if err := q.Execute(ctx, "cont", nil, nil); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := q.WaitResume(ctx); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // dialWhenReady retries until QEMU has created its QMP socket.
 // dialWhenReady is qemutest.DialWhenReady, which this package's tests cannot import (it imports qmp).
 func dialWhenReady(ctx context.Context, t *testing.T, sock string) *Client {
