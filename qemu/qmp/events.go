@@ -33,7 +33,7 @@ var ErrEventsLost = errors.New("qmp: events lost: the subscriber fell behind")
 // answer. WaitStop, WaitResume and WaitMigration do exactly that.
 type Subscription struct {
 	q      *Client
-	names  []string // nil: every event
+	names  []string // none: every event
 	queue  []Event  // guarded by q.mu
 	lost   bool     // guarded by q.mu
 	closed bool     // guarded by q.mu
@@ -54,7 +54,7 @@ func (q *Client) deliver(ev Event) {
 	defer q.mu.Unlock()
 	queued := false
 	for s := range q.subs {
-		if s.names != nil && !slices.Contains(s.names, ev.Name) {
+		if len(s.names) > 0 && !slices.Contains(s.names, ev.Name) {
 			continue
 		}
 		if len(s.queue) >= maxQueuedEvents {
