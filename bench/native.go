@@ -95,8 +95,7 @@ func (c *Cluster) MigrateNative(ctx context.Context, guests []*fixture.Guest, as
 			return nil, err
 		}
 		preps[i] = &prepared{g: g, dest: dest, src: src, uri: "tcp:" + addr, ti: ti}
-		params := map[string]any{"downtime-limit": downtime.Milliseconds(), "max-bandwidth": int64(1) << 40}
-		if err := src.Execute(ctx, "migrate-set-parameters", params, nil); err != nil {
+		if err := src.SetParameters(ctx, qmp.MigrationParameters{DowntimeLimit: new(downtime), MaxBandwidth: new(int64(1) << 40)}); err != nil {
 			return nil, err
 		}
 	}
@@ -109,7 +108,7 @@ func (c *Cluster) MigrateNative(ctx context.Context, guests []*fixture.Guest, as
 	var wg sync.WaitGroup
 	for i, p := range preps {
 		res.VMs[i] = NativeVM{Name: p.g.Name, Target: c.Targets[p.ti].Addr.String()}
-		if err := p.src.Execute(ctx, "migrate", map[string]any{"uri": p.uri}, nil); err != nil {
+		if err := p.src.Migrate(ctx, p.uri); err != nil {
 			res.VMs[i].Status = err.Error()
 			continue
 		}
@@ -119,16 +118,10 @@ func (c *Cluster) MigrateNative(ctx context.Context, guests []*fixture.Guest, as
 			v := &res.VMs[i]
 			v.Status = waitNative(ctx, p.src, p.dest)
 			v.TotalMS = time.Since(start).Milliseconds()
-			var mi struct {
-				Downtime int64 `json:"downtime"`
-				RAM      struct {
-					Transferred int64 `json:"transferred"`
-				} `json:"ram"`
+			if mi, err := p.src.QueryMigrate(ctx); err == nil {
+				v.DowntimeMS, v.Transferred = mi.Downtime.Milliseconds(), mi.RAM.Transferred
 			}
-			if p.src.Execute(ctx, "query-migrate", nil, &mi) == nil {
-				v.DowntimeMS, v.Transferred = mi.Downtime, mi.RAM.Transferred
-			}
-			_ = p.src.Execute(ctx, "quit", nil, nil)
+			_ = p.src.Quit(ctx)
 		}()
 	}
 	wg.Wait()
@@ -144,21 +137,15 @@ func (c *Cluster) MigrateNative(ctx context.Context, guests []*fixture.Guest, as
 // waitNative waits until the source completed and the destination runs.
 func waitNative(ctx context.Context, src *qmp.Client, dest *qemu.Destination) string {
 	for {
-		var mi struct {
-			Status string `json:"status"`
-			Error  string `json:"error-desc"`
-		}
-		if err := src.Execute(ctx, "query-migrate", nil, &mi); err != nil {
+		mi, err := src.QueryMigrate(ctx)
+		if err != nil {
 			return err.Error()
 		}
 		switch mi.Status {
-		case "failed", "cancelled":
-			return "source migration " + mi.Status + ": " + mi.Error
-		case "completed":
-			var st struct {
-				Status string `json:"status"`
-			}
-			if err := dest.QMP.Execute(ctx, "query-status", nil, &st); err == nil && st.Status == "running" {
+		case qmp.MigrationFailed, qmp.MigrationCancelled:
+			return "source migration " + string(mi.Status) + ": " + mi.ErrorDesc
+		case qmp.MigrationCompleted:
+			if st, err := dest.QMP.Status(ctx); err == nil && st == qmp.RunStateRunning {
 				return "completed"
 			}
 		}

@@ -110,11 +110,8 @@ func qmpStatus(ctx context.Context, path string) (string, error) {
 		return "", err
 	}
 	defer q.Close()
-	var st struct {
-		Status string `json:"status"`
-	}
-	err = q.Execute(ctx, "query-status", nil, &st)
-	return st.Status, err
+	st, err := q.Status(ctx)
+	return string(st), err
 }
 
 // TestScatterRealGuestsAcrossNamespaces is the spine's acceptance test: three running guests and one paused guest
@@ -209,11 +206,11 @@ func pmemsave(t *testing.T, ctx context.Context, qmpPath string, stop bool, size
 	}
 	defer q.Close()
 	if stop {
-		if err := q.Execute(ctx, "stop", nil, nil); err != nil {
+		if err := q.Stop(ctx); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := q.Execute(ctx, "pmemsave", map[string]any{"val": 0, "size": size, "filename": path}, nil); err != nil {
+	if err := q.Pmemsave(ctx, 0, int64(size), path); err != nil {
 		t.Fatal(err)
 	}
 	b, err := os.ReadFile(path)

@@ -57,10 +57,9 @@ func TestTCGArtifactNativeControl(t *testing.T) {
 			}
 			defer q.Close()
 			for range 100 {
-				var mi migrateInfoProbe
-				q.Execute(ctx, "query-migrate", nil, &mi)
-				if mi.RAM.Iter >= 3 {
-					q.Execute(ctx, "migrate-set-parameters", map[string]any{"downtime-limit": 2000000}, nil)
+				mi, _ := q.QueryMigrate(ctx)
+				if mi.RAM.DirtySyncCount >= 3 {
+					q.SetParameters(ctx, qmp.MigrationParameters{DowntimeLimit: new(2000 * time.Second)})
 					return
 				}
 				time.Sleep(100 * time.Millisecond)
@@ -75,10 +74,4 @@ func TestTCGArtifactNativeControl(t *testing.T) {
 			t.Errorf("native %d: guest after migration: %v", i, err)
 		}
 	}
-}
-
-type migrateInfoProbe struct {
-	RAM struct {
-		Iter int64 `json:"dirty-sync-count"`
-	} `json:"ram"`
 }

@@ -96,8 +96,8 @@ func saveRAM(ctx context.Context, qmpPath, path string, size int64) error {
 		return err
 	}
 	defer q.Close()
-	if err := q.Execute(ctx, "stop", nil, nil); err != nil {
+	if err := q.Stop(ctx); err != nil {
 		return err
 	}
-	return q.Execute(ctx, "pmemsave", map[string]any{"val": 0, "size": size, "filename": path}, nil)
+	return q.Pmemsave(ctx, 0, size, path)
 }

@@ -1,6 +1,10 @@
 // Package qmp is vmscatter's QEMU Machine Protocol client: one connection to a QEMU's QMP socket, commands with
 // their answers matched by id, and asynchronous events. It is the only package that knows QMP command names; the
-// rest of the project calls its typed methods.
+// rest of the project calls its typed methods (vm.go: run state, vCPUs, memory, machine type; migrate.go: migration,
+// its capabilities and parameters; events.go: subscriptions and waits on STOP, RESUME and MIGRATION events).
+//
+// Every method takes a context that bounds it. Errors are typed: a QEMU error answer is an *Error naming the command;
+// a connection that ended (QEMU quit or crashed, or Close was called) gives an error that wraps ErrClosed.
 package qmp
 
 import (
@@ -22,7 +26,7 @@ import (
 // human-monitor output of large guests while still refusing a runaway peer.
 const maxQMPLine = 64 << 20
 
-// QMPError is an error answer from QEMU ({"error":{"class":...,"desc":...}}).
+// Error is an error answer from QEMU ({"error":{"class":...,"desc":...}}).
 type Error struct {
 	Command string
 	Class   string
@@ -33,7 +37,8 @@ func (e *Error) Error() string {
 	return fmt.Sprintf("qmp %s: %s: %s", e.Command, e.Class, e.Desc)
 }
 
-// ErrQMPClosed is returned for commands issued after the connection ended.
+// ErrClosed is wrapped by the error of every command or wait that the end of the connection cut short, and of those
+// issued after it.
 var ErrClosed = errors.New("qmp: connection closed")
 
 // Event is an asynchronous QMP event.
@@ -51,10 +56,7 @@ func (e Event) Time() time.Time {
 	return time.Unix(e.Timestamp.Seconds, e.Timestamp.Microseconds*1000)
 }
 
-// maxBufferedEvents bounds the events kept for WaitEvent callers; older ones are dropped first.
-const maxBufferedEvents = 256
-
-// QMP is a client for one QMP socket. It is safe for concurrent use: commands are matched to answers by id, and one
+// Client is a client for one QMP socket. It is safe for concurrent use: commands are matched to answers by id, and one
 // reader goroutine owns the socket's read side.
 type Client struct {
 	conn net.Conn
@@ -62,11 +64,11 @@ type Client struct {
 
 	writeMu sync.Mutex // serializes writes
 
-	mu      sync.Mutex // guards the fields below
+	mu      sync.Mutex // guards the fields below and every Subscription's queue
 	nextID  uint64
 	pending map[string]chan qmpReply
-	events  []Event       // recent events, bounded
-	evSig   chan struct{} // closed and replaced whenever an event arrives
+	subs    map[*Subscription]struct{}
+	evSig   chan struct{} // closed and replaced whenever an event is queued
 	err     error         // set once the reader stops
 	done    chan struct{}
 }
@@ -82,14 +84,15 @@ type qmpReply struct {
 	Client json.RawMessage `json:"QMP"`
 }
 
-// DialQMP connects to a QMP unix socket, reads the greeting and enters command mode (qmp_capabilities).
+// Dial connects to a QMP unix socket, reads the greeting and enters command mode (qmp_capabilities).
 func Dial(ctx context.Context, socketPath string) (*Client, error) {
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "unix", socketPath)
 	if err != nil {
 		return nil, fmt.Errorf("qmp: connect %s: %w (is the VM running with -qmp unix:%s,server=on,wait=off?)", socketPath, err, socketPath)
 	}
-	q := &Client{conn: conn, path: socketPath, pending: map[string]chan qmpReply{}, evSig: make(chan struct{}), done: make(chan struct{})}
+	q := &Client{conn: conn, path: socketPath, pending: map[string]chan qmpReply{}, subs: map[*Subscription]struct{}{},
+		evSig: make(chan struct{}), done: make(chan struct{})}
 	br := bufio.NewReaderSize(conn, 64<<10)
 	// The greeting comes first and unprompted.
 	if dl, ok := ctx.Deadline(); ok {
@@ -151,14 +154,7 @@ func (q *Client) readLoop(br *bufio.Reader) {
 		if r.Event != "" {
 			var ev Event
 			if json.Unmarshal(line, &ev) == nil {
-				q.mu.Lock()
-				if len(q.events) >= maxBufferedEvents {
-					q.events = q.events[1:]
-				}
-				q.events = append(q.events, ev)
-				close(q.evSig)
-				q.evSig = make(chan struct{})
-				q.mu.Unlock()
+				q.deliver(ev)
 			}
 			continue
 		}
@@ -178,17 +174,27 @@ func (q *Client) readLoop(br *bufio.Reader) {
 		delete(q.pending, id)
 	}
 	close(q.done)
+	close(q.evSig) // wakes every waiter; they see q.err
 	q.mu.Unlock()
 }
 
-// Execute runs one command. args is marshalled as "arguments" unless nil; the "return" value is unmarshalled into
-// result unless result is nil. A QEMU error answer comes back as *QMPError.
+// Execute runs one command by its QMP name. It is the low-level escape hatch: the rest of the project calls the
+// typed methods (Status, Migrate, SetParameters, ...), which are the only places that name QMP commands; use Execute
+// only for a command that has none yet, and then add one. args is marshalled as "arguments" unless nil; the "return"
+// value is unmarshalled into result unless result is nil. A QEMU error answer comes back as *Error; a connection
+// that ended before the answer as an error wrapping ErrClosed.
 func (q *Client) Execute(ctx context.Context, command string, args any, result any) error {
+	_, err := q.call(ctx, command, args, result)
+	return err
+}
+
+// call is Execute, and also says whether the command was written to QEMU (Quit needs to know).
+func (q *Client) call(ctx context.Context, command string, args any, result any) (sent bool, err error) {
 	q.mu.Lock()
 	if q.err != nil {
 		err := q.err
 		q.mu.Unlock()
-		return err
+		return false, fmt.Errorf("qmp %s: %w", command, err)
 	}
 	q.nextID++
 	id := strconv.FormatUint(q.nextID, 10)
@@ -203,7 +209,7 @@ func (q *Client) Execute(ctx context.Context, command string, args any, result a
 	b, err := json.Marshal(msg)
 	if err != nil {
 		q.forget(id)
-		return fmt.Errorf("qmp %s: %w", command, err)
+		return false, fmt.Errorf("qmp %s: %w", command, err)
 	}
 	b = append(b, '\n')
 	q.writeMu.Lock()
@@ -216,27 +222,34 @@ func (q *Client) Execute(ctx context.Context, command string, args any, result a
 	q.writeMu.Unlock()
 	if err != nil {
 		q.forget(id)
-		return fmt.Errorf("qmp %s: %w", command, err)
+		select {
+		case <-q.done: // the peer went away while we wrote
+			return true, fmt.Errorf("qmp %s: %w", command, q.closedErr())
+		default:
+		}
+		return true, fmt.Errorf("qmp %s: %w", command, err)
 	}
 	select {
 	case r, ok := <-ch:
 		if !ok {
-			return fmt.Errorf("qmp %s: %w", command, q.closedErr())
+			return true, fmt.Errorf("qmp %s: %w", command, q.closedErr())
 		}
 		if r.Error != nil {
-			return &Error{Command: command, Class: r.Error.Class, Desc: r.Error.Desc}
+			return true, &Error{Command: command, Class: r.Error.Class, Desc: r.Error.Desc}
 		}
 		if result != nil && len(r.Return) > 0 {
 			if err := json.Unmarshal(r.Return, result); err != nil {
-				return fmt.Errorf("qmp %s: decoding answer: %w", command, err)
+				return true, fmt.Errorf("qmp %s: decoding answer: %w", command, err)
 			}
 		}
-		return nil
+		return true, nil
 	case <-ctx.Done():
 		q.forget(id)
-		return fmt.Errorf("qmp %s: %w", command, ctx.Err())
+		return true, fmt.Errorf("qmp %s: %w", command, ctx.Err())
 	}
 }
+
+func isClosed(err error) bool { return errors.Is(err, ErrClosed) }
 
 func (q *Client) forget(id string) {
 	q.mu.Lock()
@@ -260,44 +273,12 @@ func (q *Client) HMP(ctx context.Context, cmdline string) (string, error) {
 	return out, err
 }
 
-// WaitEvent waits for the next event with this name that arrives after the call, or one already buffered that has
-// not been consumed by an earlier WaitEvent for the same name. It returns ErrQMPClosed if QEMU goes away first.
-func (q *Client) WaitEvent(ctx context.Context, name string) (Event, error) {
-	for {
-		q.mu.Lock()
-		for i, ev := range q.events {
-			if ev.Name == name {
-				q.events = append(q.events[:i:i], q.events[i+1:]...)
-				q.mu.Unlock()
-				return ev, nil
-			}
-		}
-		sig, done, err := q.evSig, q.done, q.err
-		q.mu.Unlock()
-		if err != nil {
-			return Event{}, err
-		}
-		select {
-		case <-sig:
-		case <-done:
-		case <-ctx.Done():
-			return Event{}, fmt.Errorf("qmp: waiting for event %s: %w", name, ctx.Err())
-		}
-	}
-}
-
-// DrainEvents forgets every buffered event with this name.
-func (q *Client) DrainEvents(name string) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	kept := q.events[:0]
-	for _, ev := range q.events {
-		if ev.Name != name {
-			kept = append(kept, ev)
-		}
-	}
-	q.events = kept
-}
+// DrainEvents does nothing.
+//
+// Deprecated: events are no longer kept for later waiters, so there is nothing to drain: a Subscription sees exactly
+// the events that arrive after it was made, and the typed waits (WaitStop, WaitResume, WaitMigration) check the
+// current state after subscribing. Remove the call.
+func (q *Client) DrainEvents(name string) {}
 
 // Done is closed when the connection ends (QEMU quit or Close was called).
 func (q *Client) Done() <-chan struct{} { return q.done }
