@@ -89,18 +89,18 @@ func (g *testGuest) status(t *testing.T) string {
 		return "gone: " + err.Error()
 	}
 	defer q.Close()
-	s, err := statusOf(ctx, q)
+	s, err := q.Status(ctx)
 	if err != nil {
 		return "gone: " + err.Error()
 	}
-	return s
+	return string(s)
 }
 
 func (g *testGuest) pmemsave(t *testing.T, q *qmp.Client, size int, path string) []byte {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	if err := q.Execute(ctx, "pmemsave", map[string]any{"val": 0, "size": size, "filename": path}, nil); err != nil {
+	if err := q.Pmemsave(ctx, 0, int64(size), path); err != nil {
 		t.Fatal(err)
 	}
 	b, err := os.ReadFile(path)
@@ -239,7 +239,7 @@ func TestMigrateTwoVMsToTwoReceiversOverLoopback(t *testing.T) {
 	r1, r2 := startReceiver(t, testKey, nil), startReceiver(t, testKey, nil)
 	time.Sleep(time.Second) // let SeaBIOS write into RAM
 	ctx := context.Background()
-	if err := paused.q.Execute(ctx, "stop", nil, nil); err != nil {
+	if err := paused.q.Stop(ctx); err != nil {
 		t.Fatal(err)
 	}
 	want := paused.pmemsave(t, paused.q, 64<<20, filepath.Join(dir, "src.mem"))
@@ -276,11 +276,11 @@ func TestMigrateTwoVMsToTwoReceiversOverLoopback(t *testing.T) {
 	waitExit(t, paused)
 
 	q1 := destQMP(t, r1, "run1")
-	if s, _ := statusOf(ctx, q1); s != "running" {
+	if s, _ := q1.Status(ctx); s != "running" {
 		t.Errorf("run1 on its target is %q, want running", s)
 	}
 	q2 := destQMP(t, r2, "frozen1")
-	if s, _ := statusOf(ctx, q2); s != "paused" {
+	if s, _ := q2.Status(ctx); s != "paused" {
 		t.Errorf("frozen1 on its target is %q, want paused (it was paused at the source)", s)
 	}
 	got := paused.pmemsave(t, q2, 64<<20, filepath.Join(dir, "dst.mem"))
@@ -397,7 +397,7 @@ func TestForcedFingerprintCollisionsNeverDeliverWrongPages(t *testing.T) {
 	ctx := context.Background()
 	var want [][]byte
 	for _, g := range []*testGuest{g1, g2} {
-		if err := g.q.Execute(ctx, "stop", nil, nil); err != nil {
+		if err := g.q.Stop(ctx); err != nil {
 			t.Fatal(err)
 		}
 		want = append(want, g.pmemsave(t, g.q, 64<<20, filepath.Join(dir, g.name+".src")))
@@ -459,7 +459,7 @@ func TestSeedFromBootFiles(t *testing.T) {
 	ctx := context.Background()
 	var want [][]byte
 	for _, g := range []*testGuest{a, b} {
-		if err := g.q.Execute(ctx, "stop", nil, nil); err != nil {
+		if err := g.q.Stop(ctx); err != nil {
 			t.Fatal(err)
 		}
 		mem := g.pmemsave(t, g.q, 64<<20, filepath.Join(dir, g.name+".src"))
@@ -484,12 +484,4 @@ func TestSeedFromBootFiles(t *testing.T) {
 	if rep.Totals.FinalBoundUnicastBytes <= 0 || rep.Totals.FinalBoundBytes > rep.Totals.WireBytes {
 		t.Errorf("final bound %d (unicast %d) against %d wire bytes", rep.Totals.FinalBoundBytes, rep.Totals.FinalBoundUnicastBytes, rep.Totals.WireBytes)
 	}
-}
-
-func statusOf(ctx context.Context, q *qmp.Client) (string, error) {
-	var st struct {
-		Status string `json:"status"`
-	}
-	err := q.Execute(ctx, "query-status", nil, &st)
-	return st.Status, err
 }

@@ -273,13 +273,6 @@ func (q *Client) HMP(ctx context.Context, cmdline string) (string, error) {
 	return out, err
 }
 
-// DrainEvents does nothing.
-//
-// Deprecated: events are no longer kept for later waiters, so there is nothing to drain: a Subscription sees exactly
-// the events that arrive after it was made, and the typed waits (WaitStop, WaitResume, WaitMigration) check the
-// current state after subscribing. Remove the call.
-func (q *Client) DrainEvents(name string) {}
-
 // Done is closed when the connection ends (QEMU quit or Close was called).
 func (q *Client) Done() <-chan struct{} { return q.done }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -74,14 +75,18 @@ func (r *Receiver) serveVM(ctx context.Context, sc *secure.Conn, peer string) (e
 	}()
 	log.Info("destination started", "pid", dest.Cmd.Process.Pid, "dir", dir)
 
-	if caps := capabilityList(open.Capabilities); len(caps) > 0 {
-		if err := dest.QMP.Execute(ctx, "migrate-set-capabilities", map[string]any{"capabilities": caps}, nil); err != nil {
-			return fail(err)
-		}
+	// The capabilities the stream needs the destination to share, and events, which this receiver waits on.
+	caps := maps.Clone(open.Capabilities)
+	if caps == nil {
+		caps = map[string]bool{}
+	}
+	caps[qmp.CapEvents] = true
+	if err := dest.QMP.SetCapabilities(ctx, caps); err != nil {
+		return fail(err)
 	}
 	incoming := filepath.Join(dir, "incoming.sock")
 	os.Remove(incoming)
-	if err := dest.QMP.Execute(ctx, "migrate-incoming", map[string]any{"uri": "unix:" + incoming}, nil); err != nil {
+	if err := dest.QMP.MigrateIncoming(ctx, "unix:"+incoming); err != nil {
 		return fail(err)
 	}
 	qc, err := dialUnixRetry(ctx, incoming, dest.Exited())
@@ -139,21 +144,21 @@ func (r *Receiver) serveVM(ctx context.Context, sc *secure.Conn, peer string) (e
 			console = host.WatchConsole(wctx, path)
 		}
 	}
-	want := "paused" // a VM that was paused at the source stays paused here
+	want := qmp.RunStatePaused // a VM that was paused at the source stays paused here
 	if open.Run {
-		want = "running"
-		if err := dest.QMP.Execute(ctx, "cont", nil, nil); err != nil {
+		want = qmp.RunStateRunning
+		if err := dest.QMP.Cont(ctx); err != nil {
 			return fail(fmt.Errorf("starting the destination: %w", err))
 		}
 	}
 	owned = false
 	writeState(dir, stateOwned)
-	status, err := queryStatus(ctx, dest.QMP)
+	status, err := dest.QMP.Status(ctx)
 	if err != nil || status != want {
 		return fail(fmt.Errorf("destination is %q after the switch-over, want %q: %v", status, want, err))
 	}
 	log.Info("destination runs", "pid", dest.Cmd.Process.Pid, "load_ms", time.Since(start).Milliseconds())
-	if err := sc.SendJSON(wire.FrameRunning, wire.RunningMsg{Status: status, PID: dest.Cmd.Process.Pid}); err != nil {
+	if err := sc.SendJSON(wire.FrameRunning, wire.RunningMsg{Status: string(status), PID: dest.Cmd.Process.Pid}); err != nil {
 		return nil // the VM runs here; the sender will learn from the target or its report
 	}
 	// Stage 5: the sender quits the source, then says COMMIT (or ABORT if quitting failed, which leaves both
@@ -182,14 +187,6 @@ func withPausedStart(argv []string) []string {
 	}
 	out := append([]string{}, argv[:len(argv)-2]...)
 	return append(out, "-S", "-incoming", "defer")
-}
-
-func capabilityList(m map[string]bool) []map[string]any {
-	var caps []map[string]any
-	for name, on := range m {
-		caps = append(caps, map[string]any{"capability": name, "state": on})
-	}
-	return caps
 }
 
 func abortReason(t wire.FrameType, b []byte) error {
@@ -241,42 +238,34 @@ func relayReturnPath(qc net.Conn, sc *secure.Conn) error {
 func waitIncomingDone(ctx context.Context, dest *qemu.Destination, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	for {
-		var mi struct {
-			Status string `json:"status"`
+	// The wait ends on the destination's MIGRATION event, or when the QEMU exits: one that refuses the stream
+	// exits, and its QMP socket closes a moment before the process is reaped.
+	wctx, stop := context.WithCancel(ctx)
+	defer stop()
+	go func() {
+		select {
+		case <-dest.Exited():
+			stop()
+		case <-wctx.Done():
 		}
-		if err := dest.QMP.Execute(ctx, "query-migrate", nil, &mi); err != nil {
-			// A QEMU that refuses the stream exits; its QMP socket closes a moment before the process is reaped.
-			select {
-			case <-dest.Exited():
-				return fmt.Errorf("while loading the stream: %w", dest.ExitError())
-			case <-time.After(2 * time.Second):
-			}
-			return fmt.Errorf("destination query-migrate: %w", err)
-		}
-		switch mi.Status {
-		case "completed":
-			return nil
-		case "failed", "cancelled":
-			msg, _ := os.ReadFile(filepath.Join(dest.Paths.Dir, "qemu.stderr"))
-			return fmt.Errorf("destination refused the stream: %s", strings.TrimSpace(string(msg)))
-		}
+	}()
+	status, err := dest.QMP.WaitMigration(wctx, qmp.MigrationStatus.Finished)
+	if err != nil {
 		select {
 		case <-dest.Exited():
 			return fmt.Errorf("while loading the stream: %w", dest.ExitError())
-		case <-ctx.Done():
-			return fmt.Errorf("destination did not finish loading within %v (status %q)", timeout, mi.Status)
-		case <-time.After(20 * time.Millisecond):
+		case <-time.After(2 * time.Second):
 		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("destination did not finish loading within %v (status %q)", timeout, status)
+		}
+		return fmt.Errorf("destination's migration state: %w", err)
 	}
-}
-
-func queryStatus(ctx context.Context, q *qmp.Client) (string, error) {
-	var st struct {
-		Status string `json:"status"`
+	if status != qmp.MigrationCompleted {
+		msg, _ := os.ReadFile(filepath.Join(dest.Paths.Dir, "qemu.stderr"))
+		return fmt.Errorf("destination refused the stream (%s): %s", status, strings.TrimSpace(string(msg)))
 	}
-	err := q.Execute(ctx, "query-status", nil, &st)
-	return st.Status, err
+	return nil
 }
 
 // A destination's state file (DATA-DIR/<vm>/state) lets a restarted receiver tell a VM that runs here from a

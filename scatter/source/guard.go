@@ -6,6 +6,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/vmscatter/vmscatter/qemu/qmp"
 	"github.com/vmscatter/vmscatter/scatter/converge"
 	"github.com/vmscatter/vmscatter/scatter/host"
 	"golang.org/x/sys/unix"
@@ -34,10 +35,10 @@ func (m *vmMigration) newGuardWatch(log *slog.Logger) *guardWatch {
 		set: converge.GuardSetting{Downtime: g.Limit(), MaxBandwidth: userCap}} // as applyPolicy left them
 }
 
-func (w *guardWatch) observe(ctx context.Context, mi migrateInfo) {
+func (w *guardWatch) observe(ctx context.Context, mi qmp.MigrationInfo) {
 	m, g := w.m, w.g
 	want := g.Observe(converge.GuardSample{At: time.Since(w.start), Stream: m.counters.stream.Load(), Wire: m.sc.BytesOut(),
-		LitStream: m.counters.litStream.Load(), LitWire: m.counters.litWire.Load(), Iterations: mi.RAM.Iterations,
+		LitStream: m.counters.litStream.Load(), LitWire: m.counters.litWire.Load(), Iterations: mi.RAM.DirtySyncCount,
 		Queued: int64(float64(host.SocketQueue(m.src, unix.SIOCINQ))*max(g.Ratio(), 0.01)) + host.SocketQueue(m.sc.NetConn(), unix.SIOCOUTQ)})
 	if want.MaxBandwidth <= 0 || want.MaxBandwidth > w.userCap {
 		want.MaxBandwidth = w.userCap
@@ -46,10 +47,9 @@ func (w *guardWatch) observe(ctx context.Context, mi migrateInfo) {
 	if !far(int64(want.Downtime), int64(w.set.Downtime)) && !far(want.MaxBandwidth, w.set.MaxBandwidth) {
 		return
 	}
-	params := map[string]any{"downtime-limit": want.Downtime.Milliseconds(), "max-bandwidth": want.MaxBandwidth}
-	if err := m.vm.qmp.Execute(ctx, "migrate-set-parameters", params, nil); err == nil {
+	if err := m.vm.qmp.SetParameters(ctx, qmp.MigrationParameters{DowntimeLimit: new(want.Downtime), MaxBandwidth: new(want.MaxBandwidth)}); err == nil {
 		w.log.Debug("downtime guard", "qemu_limit_ms", want.Downtime.Milliseconds(), "max_bandwidth", want.MaxBandwidth,
-			"wire_rate", int64(g.Rate()), "pass", mi.RAM.Iterations)
+			"wire_rate", int64(g.Rate()), "pass", mi.RAM.DirtySyncCount)
 		w.set = want
 	}
 }

@@ -3,8 +3,10 @@ package source
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/vmscatter/vmscatter/qemu"
@@ -39,39 +41,34 @@ func (s *sender) inventory(ctx context.Context, vm *sourceVM) {
 		return
 	}
 	vm.report.SourcePID = vm.pid
-	status, err := queryStatus(ctx, q)
+	status, err := q.Status(ctx)
 	if err != nil {
 		fail(report.StatusRolledBack, err)
 		return
 	}
 	switch status {
-	case "running":
+	case qmp.RunStateRunning:
 		vm.wasRunning = true
-	case "paused", "prelaunch":
+	case qmp.RunStatePaused, qmp.RunStatePrelaunch:
 	default:
 		fail(report.StatusRolledBack, fmt.Errorf("VM is %q; only running or paused VMs can be migrated", status))
 		return
 	}
-	var mem struct {
-		Base int64 `json:"base-memory"`
-	}
-	if err := q.Execute(ctx, "query-memory-size-summary", nil, &mem); err != nil {
+	mem, err := q.MemorySizeSummary(ctx)
+	if err != nil {
 		fail(report.StatusRolledBack, err)
 		return
 	}
 	vm.ramBytes = mem.Base
 	vm.report.RAMBytes = mem.Base
-	var caps []struct {
-		Name  string `json:"capability"`
-		State bool   `json:"state"`
-	}
-	if err := q.Execute(ctx, "query-migrate-capabilities", nil, &caps); err != nil {
+	caps, err := q.Capabilities(ctx)
+	if err != nil {
 		fail(report.StatusRolledBack, err)
 		return
 	}
-	for _, c := range caps {
-		if c.State && unsupportedCapabilities[c.Name] {
-			fail(report.StatusRolledBack, fmt.Errorf("migration capability %q is on; vmscatter does not support it yet: turn it off (migrate-set-capabilities)", c.Name))
+	for _, name := range slices.Sorted(maps.Keys(caps)) {
+		if caps[name] && unsupportedCapabilities[name] {
+			fail(report.StatusRolledBack, fmt.Errorf("migration capability %q is on; vmscatter does not support it yet: turn it off (migrate-set-capabilities)", name))
 			return
 		}
 	}

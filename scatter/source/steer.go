@@ -18,7 +18,7 @@ func switchOver(q *qmp.Client, stopped func(time.Time)) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	at := time.Now()
-	if err := q.Execute(ctx, "stop", nil, nil); err == nil && stopped != nil {
+	if err := q.Stop(ctx); err == nil && stopped != nil {
 		stopped(at)
 	}
 }
@@ -26,7 +26,7 @@ func switchOver(q *qmp.Client, stopped func(time.Time)) {
 // applyPolicy sets the source's capabilities and parameters before `migrate`. downtime is the limit QEMU starts
 // with (the downtime guard's first value, converge.StartingDowntime).
 func applyPolicy(ctx context.Context, q *qmp.Client, p converge.Policy, caps map[string]bool, maxBandwidth int64, downtime time.Duration) error {
-	if err := q.Execute(ctx, "migrate-set-capabilities", map[string]any{"capabilities": capabilityList(caps)}, nil); err != nil {
+	if err := q.SetCapabilities(ctx, caps); err != nil {
 		return err
 	}
 	// Every policy keeps QEMU's own switch-over at the downtime limit, as the downtime guard translates it to
@@ -34,12 +34,11 @@ func applyPolicy(ctx context.Context, q *qmp.Client, p converge.Policy, caps map
 	// precopy. Their steering forces the switch-over when QEMU does not converge. (A 1 ms limit for the whole
 	// migration, which would leave the moment to the steering alone, makes QEMU sync its dirty bitmap many times in
 	// quick succession, and under TCG every sync can lose guest writes.)
-	params := map[string]any{"downtime-limit": max(1, downtime.Milliseconds()), "max-bandwidth": converge.QEMUMaxBandwidth(maxBandwidth)}
+	params := qmp.MigrationParameters{DowntimeLimit: new(max(time.Millisecond, downtime)), MaxBandwidth: new(converge.QEMUMaxBandwidth(maxBandwidth))}
 	if p.Kind == converge.PolicyAutoconverge {
-		params["cpu-throttle-initial"] = p.ThrottleInitial
-		params["cpu-throttle-increment"] = p.ThrottleIncrement
+		params.CPUThrottleInitial, params.CPUThrottleIncrement = new(p.ThrottleInitial), new(p.ThrottleIncrement)
 	}
-	return q.Execute(ctx, "migrate-set-parameters", params, nil)
+	return q.SetParameters(ctx, params)
 }
 
 // watch reads the source's migration every steerPeriod while it is active, until ctx ends, and hands each reading
@@ -57,13 +56,13 @@ func (m *vmMigration) watch(ctx context.Context, log *slog.Logger) {
 		}
 	}()
 	steered := !p.Acts()
-	watchMigration(ctx, q, func(mi migrateInfo) bool {
+	watchMigration(ctx, q, func(mi qmp.MigrationInfo) bool {
 		guard.observe(ctx, mi)
 		if steered {
 			return false
 		}
 		st := steering.Observe(converge.Progress{Elapsed: time.Since(start), PagesSent: mi.RAM.Normal + mi.RAM.Duplicate,
-			Remaining: mi.RAM.Remaining, Total: mi.RAM.Total, Transferred: mi.RAM.Transferred, Iterations: mi.RAM.Iterations,
+			Remaining: mi.RAM.Remaining, Total: mi.RAM.Total, Transferred: mi.RAM.Transferred, Iterations: mi.RAM.DirtySyncCount,
 			PageSize: mi.RAM.PageSize})
 		if st.PinVCPUs > 0 {
 			if r, err := pinVCPUs(ctx, q, st.PinVCPUs); err != nil {
@@ -75,7 +74,7 @@ func (m *vmMigration) watch(ctx context.Context, log *slog.Logger) {
 		}
 		if st.SwitchOver {
 			log.Info(st.Reason, "remaining", mi.RAM.Remaining, "elapsed", time.Since(start).Round(time.Millisecond),
-				"pass", mi.RAM.Iterations, "pages_per_s", int64(steering.Rate()))
+				"pass", mi.RAM.DirtySyncCount, "pages_per_s", int64(steering.Rate()))
 			switchOver(q, m.setStopped)
 			steered = true
 		}
@@ -86,15 +85,9 @@ func (m *vmMigration) watch(ctx context.Context, log *slog.Logger) {
 // pinVCPUs pins every vCPU thread of the VM onto the first n CPUs it may use, and returns a function that restores
 // each thread's original affinity.
 func pinVCPUs(ctx context.Context, q *qmp.Client, n int) (func(), error) {
-	var cpus []struct {
-		Thread int `json:"thread-id"`
-	}
-	if err := q.Execute(ctx, "query-cpus-fast", nil, &cpus); err != nil {
+	threads, err := q.VCPUThreads(ctx)
+	if err != nil {
 		return nil, err
-	}
-	threads := make([]int, len(cpus))
-	for i, c := range cpus {
-		threads[i] = c.Thread
 	}
 	return host.PinThreads(threads, n)
 }
@@ -103,7 +96,7 @@ const steerPeriod = 100 * time.Millisecond
 
 // watchMigration calls f with QEMU's migration state every steerPeriod while the migration is active, until f
 // says it is done or ctx ends.
-func watchMigration(ctx context.Context, q *qmp.Client, f func(mi migrateInfo) (done bool)) {
+func watchMigration(ctx context.Context, q *qmp.Client, f func(mi qmp.MigrationInfo) (done bool)) {
 	t := time.NewTicker(steerPeriod)
 	defer t.Stop()
 	for {
@@ -112,20 +105,12 @@ func watchMigration(ctx context.Context, q *qmp.Client, f func(mi migrateInfo) (
 			return
 		case <-t.C:
 		}
-		var mi migrateInfo
-		if q.Execute(ctx, "query-migrate", nil, &mi) != nil || !migrationActive(mi.Status) {
+		mi, err := q.QueryMigrate(ctx)
+		if err != nil || !mi.Status.Active() {
 			continue
 		}
 		if f(mi) {
 			return
 		}
 	}
-}
-
-func capabilityList(m map[string]bool) []map[string]any {
-	var caps []map[string]any
-	for name, on := range m {
-		caps = append(caps, map[string]any{"capability": name, "state": on})
-	}
-	return caps
 }

@@ -118,8 +118,7 @@ func (m *vmMigration) run(ctx context.Context) error {
 	if err := applyPolicy(ctx, vm.qmp, s.cfg.Policy, caps, s.cfg.MaxBandwidth, converge.StartingDowntime(s.cfg.Policy.Downtime, s.linkShare())); err != nil {
 		return fmt.Errorf("setting migration parameters: %w", err)
 	}
-	vm.qmp.DrainEvents("STOP")
-	if err := vm.qmp.Execute(ctx, "migrate", map[string]any{"uri": "unix:" + sock}, nil); err != nil {
+	if err := vm.qmp.Migrate(ctx, "unix:"+sock); err != nil {
 		return fmt.Errorf("starting the source migration: %w", err)
 	}
 	src, err := acceptCtx(ctx, ln.(*net.UnixListener))
@@ -193,16 +192,16 @@ func (m *vmMigration) run(ctx context.Context) error {
 	<-watched
 
 	// Stage 4: the switch-over.
-	var mi migrateInfo
-	if err := vm.qmp.Execute(ctx, "query-migrate", nil, &mi); err != nil {
+	mi, err := vm.qmp.QueryMigrate(ctx)
+	if err != nil {
 		return err
 	}
-	if mi.Status != "completed" {
+	if mi.Status != qmp.MigrationCompleted {
 		return fmt.Errorf("source migration is %q after the destination loaded the stream", mi.Status)
 	}
-	vm.report.DowntimeMS = mi.Downtime
-	vm.report.DirtyRate = mi.RAM.DirtyRate
-	vm.report.Iterations = mi.RAM.Iterations
+	vm.report.DowntimeMS = mi.Downtime.Milliseconds()
+	vm.report.DirtyRate = mi.RAM.DirtyPagesRate
+	vm.report.Iterations = mi.RAM.DirtySyncCount
 	s.progress.set(name, "switching", "")
 	m.started = true
 	if err := sc.Send(wire.FrameStart, nil, true); err != nil {
@@ -223,7 +222,7 @@ func (m *vmMigration) run(ctx context.Context) error {
 		return ctx.Err()
 	}
 	// The destination runs: the source QEMU may quit now, and only now.
-	if err := vm.qmp.Execute(ctx, "quit", nil, nil); err != nil && !errors.Is(err, qmp.ErrClosed) {
+	if err := vm.qmp.Quit(ctx); err != nil {
 		s.log.Warn("source quit", "vm", name, "err", err)
 	}
 	select {
@@ -329,25 +328,6 @@ func (o *opening) discard() {
 	}
 }
 
-type migrateInfo struct {
-	Status   string `json:"status"`
-	Downtime int64  `json:"downtime"`
-	Total    int64  `json:"total-time"`
-	RAM      struct {
-		Transferred int64   `json:"transferred"`
-		Normal      int64   `json:"normal"`    // pages sent whole
-		Duplicate   int64   `json:"duplicate"` // zero pages, sent as a flag
-		PageSize    int64   `json:"page-size"`
-		DirtyRate   int64   `json:"dirty-pages-rate"`
-		Iterations  int64   `json:"dirty-sync-count"`
-		Remaining   int64   `json:"remaining"`
-		Total       int64   `json:"total"`
-		MBps        float64 `json:"mbps"`
-	} `json:"ram"`
-	CPUThrottle int    `json:"cpu-throttle-percentage"`
-	ErrorDesc   string `json:"error-desc"`
-}
-
 func (m *vmMigration) setStopped(at time.Time) {
 	m.mu.Lock()
 	m.stopAt = at
@@ -403,46 +383,31 @@ func (m *vmMigration) rollback() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	q := vm.qmp
-	var mi migrateInfo
-	if err := q.Execute(ctx, "query-migrate", nil, &mi); err != nil {
-		return err
-	}
-	if migrationActive(mi.Status) {
-		if err := q.Execute(ctx, "migrate_cancel", nil, nil); err != nil {
-			return err
-		}
-		for migrationActive(mi.Status) {
-			select {
-			case <-ctx.Done():
-				return fmt.Errorf("source migration still %q after migrate_cancel", mi.Status)
-			case <-time.After(20 * time.Millisecond):
-			}
-			if err := q.Execute(ctx, "query-migrate", nil, &mi); err != nil {
-				return err
-			}
-		}
-	}
-	status, err := queryStatus(ctx, q)
+	mi, err := q.QueryMigrate(ctx)
 	if err != nil {
 		return err
 	}
-	if vm.wasRunning && status != "running" {
-		if err := q.Execute(ctx, "cont", nil, nil); err != nil {
+	if mi.Status.Active() {
+		if err := q.MigrateCancel(ctx); err != nil {
+			return err
+		}
+		if st, err := q.WaitMigration(ctx, func(s qmp.MigrationStatus) bool { return !s.Active() }); err != nil {
+			return fmt.Errorf("source migration still %q after migrate_cancel: %w", st, err)
+		}
+	}
+	status, err := q.Status(ctx)
+	if err != nil {
+		return err
+	}
+	if vm.wasRunning && !status.Running() {
+		if err := q.Cont(ctx); err != nil {
 			return fmt.Errorf("resuming the source VM (was %q): %w", status, err)
 		}
-		if status, err = queryStatus(ctx, q); err != nil || status != "running" {
+		if status, err = q.Status(ctx); err != nil || !status.Running() {
 			return fmt.Errorf("source VM is %q after cont: %v", status, err)
 		}
 	}
 	return nil
-}
-
-func migrationActive(status string) bool {
-	switch status {
-	case "", "none", "completed", "failed", "cancelled":
-		return false
-	}
-	return true
 }
 
 func acceptCtx(ctx context.Context, ln *net.UnixListener) (net.Conn, error) {
@@ -469,12 +434,4 @@ func destinationCaps(caps map[string]bool) map[string]bool {
 		out["return-path"] = true
 	}
 	return out
-}
-
-func queryStatus(ctx context.Context, q *qmp.Client) (string, error) {
-	var st struct {
-		Status string `json:"status"`
-	}
-	err := q.Execute(ctx, "query-status", nil, &st)
-	return st.Status, err
 }
