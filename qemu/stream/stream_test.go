@@ -84,7 +84,7 @@ var testTail = new(sb).startHeader(secFull, 3, "timer", 0, 2).raw([]byte("device
 	u8(secEOF).u8(secVMDesc).be32(2).raw([]byte("{}")).bytes()
 
 // validStream is a hand-built stream that exercises every event, CONTINUE carried across a section boundary
-// included.
+// included, and QEMU 10.0's SWITCHOVER_START where a 10.0 machine type sends it: before the END section.
 func validStream() []byte {
 	s := new(sb).header()
 	s.u8(secSubsection).str("configuration/capabilities").be32(1).be32(1).str("events") // unknown to QEMU, kept
@@ -94,6 +94,7 @@ func validStream() []byte {
 	s.section(secPart).page("pc.ram", 0, 0xaa).page("", PageSize, 0xbb).zero("", 2*PageSize).
 		zero("pc.bios", 0).eos()
 	s.section(secPart).eos()
+	s.command(cmdSwitchoverStart, nil)
 	s.section(secEnd).page("", 3*PageSize, 0xcc).page("pc.ram", 15*PageSize, 0xdd).eos()
 	return s.raw(testTail).bytes()
 }
@@ -171,6 +172,7 @@ func TestDecodeHandBuiltStream(t *testing.T) {
 		SectionEnd{},
 		SectionBegin{Kind: SectionKindPart, SectionID: testRAMID},
 		SectionEnd{},
+		SwitchoverStart{},
 		SectionBegin{Kind: SectionKindEnd, SectionID: testRAMID},
 		Page{Block: 1, Offset: 3 * PageSize, Data: fill(0xcc)}, // CONTINUE from the previous section's block
 		Page{Block: 0, Offset: 15 * PageSize, Data: fill(0xdd)},
@@ -184,6 +186,11 @@ func TestDecodeHandBuiltStream(t *testing.T) {
 	out := encodeAll(t, evs)
 	if len(out) != len(in)+1+len("pc.bios") {
 		t.Fatalf("re-encoded %d bytes from %d", len(out), len(in))
+	}
+	// SWITCHOVER_START is written back in its place: right after the second PART, right before the END.
+	at := bytes.Index(in, []byte{secCommand, 0, cmdSwitchoverStart, 0, 0})
+	if at < 0 || !bytes.Equal(out[:at+switchoverStartSize+5], in[:at+switchoverStartSize+5]) {
+		t.Fatalf("re-encoded stream differs before or at SWITCHOVER_START (at %d)", at)
 	}
 	again, err := decodeAll(bytes.NewReader(out))
 	if err != nil {
@@ -279,7 +286,15 @@ func TestDecodeRefusesBadInput(t *testing.T) {
 		{"xbzrle", sec().be64(ramFlagXBZRLE).bytes(), ErrUnsupported, FeatureXBZRLE, ""},
 		{"compressed page", sec().be64(ramFlagCompress | ramFlagContinue).bytes(), ErrUnsupported, FeatureCompress, ""},
 		{"rdma hook", sec().be64(ramFlagHook).bytes(), ErrUnsupported, FeatureRDMA, ""},
-		{"multifd flush", sec().be64(ramFlagMultifdFlush).bytes(), ErrUnsupported, FeatureMultifd, ""},
+		{"multifd flush with an offset", sec().be64(PageSize | ramFlagMultifdFlush).bytes(), ErrBadRecord, "", "MULTIFD_FLUSH"},
+		{"multifd flush with CONTINUE", sec().be64(ramFlagMultifdFlush | ramFlagContinue).bytes(), ErrBadRecord, "", "MULTIFD_FLUSH"},
+		{"multifd flush and page", sec().be64(ramFlagMultifdFlush | ramFlagPage).bytes(), ErrBadRecord, "", "0x208"},
+		{"multifd flush then compress in START", hdr().startHeader(secStart, 2, "ram", 0, 4).be64(PageSize | ramFlagMemSize).
+			str("a").be64(PageSize).be64(ramFlagMultifdFlush).be64(ramFlagCompress).bytes(), ErrUnsupported, FeatureCompress, ""},
+		{"multifd flush then page in START", hdr().startHeader(secStart, 2, "ram", 0, 4).be64(PageSize|ramFlagMemSize).
+			str("a").be64(PageSize).be64(ramFlagMultifdFlush).zero("a", 0).bytes(), ErrBadRAMList, "", "EOS"},
+		{"mapped-ram", hdr().u8(secSubsection).str("configuration/capabilities").be32(1).be32(2).str(capIgnoreShared).
+			str(capMappedRAM).bytes(), ErrUnsupported, FeatureMappedRAM, ""},
 		{"unknown flags", sec().be64(0x01).bytes(), ErrBadRecord, "", "0x1"},
 		{"page and zero", sec().be64(ramFlagPage | ramFlagZero).bytes(), ErrBadRecord, "", ""},
 		{"EOS with offset", sec().be64(PageSize | ramFlagEOS).bytes(), ErrBadRecord, "", ""},
@@ -295,6 +310,11 @@ func TestDecodeRefusesBadInput(t *testing.T) {
 		{"block after ram", upToRAM().startHeader(secStart, 4, "block", 0, 1).bytes(), ErrUnsupported, "block", ""},
 		{"postcopy between", upToRAM().command(cmdPostcopyRun, nil).bytes(), ErrUnsupported, FeaturePostcopy, ""},
 		{"ping between", upToRAM().command(cmdPing, []byte{0, 0, 0, 2}).bytes(), ErrBadCommand, "", ""},
+		{"switchover with data", upToRAM().command(cmdSwitchoverStart, []byte{0}).bytes(), ErrBadCommand, "", "SWITCHOVER_START"},
+		{"second switchover", upToRAM().command(cmdSwitchoverStart, nil).section(secPart).eos().
+			command(cmdSwitchoverStart, nil).bytes(), ErrBadCommand, "", "second"},
+		{"switchover before ram", hdr().command(cmdSwitchoverStart, nil).bytes(), ErrBadCommand, "", "11"},
+		{"switchover inside a section", sec().command(cmdSwitchoverStart, nil).u8(0, 0, 0).bytes(), ErrBadRecord, "", ""},
 		{"unknown section type", upToRAM().u8(0x09).bytes(), ErrBadSection, "", "0x09"},
 		{"no tail", upToRAM().section(secEnd).eos().bytes(), io.ErrUnexpectedEOF, "", ""},
 		{"truncated page", sec().page("pc.ram", 0, 1).bytes()[:len(sec().bytes())+100], io.ErrUnexpectedEOF, "", "page data"},
