@@ -14,8 +14,10 @@ import (
 // FuzzStreamRoundTrip decodes arbitrary bytes. Decoding either fails with a typed error or yields events that the
 // encoder writes back into a stream that decodes to the same events.
 func FuzzStreamRoundTrip(f *testing.F) {
-	if seed, err := os.ReadFile(realStreamSeed); err == nil {
-		f.Add(seed)
+	for _, path := range realStreamSeeds() {
+		if seed, err := os.ReadFile(path); err == nil {
+			f.Add(seed)
+		}
 	}
 	f.Add(validStream())
 	f.Add(new(sb).header().u8(secSubsection).str("configuration/capabilities").be32(1).be32(1).str(capIgnoreShared).

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -622,27 +623,42 @@ func TestEncoderBufferStaysSmall(t *testing.T) {
 	}
 }
 
-// realStreamSeed is a QEMU 7.2 stream captured from a real source (the fixture guest when it exists, else SeaBIOS
-// only; return-path on) and shrunk to a few pages by TestRegroupedStreamLoadsInRealQEMU with VMSCATTER_WRITE_STREAM_SEED=1.
-const realStreamSeed = "testdata/qemu-7.2-guest.stream"
+// realStreamSeed is a stream of QEMU version captured from a real source (the fixture guest when it exists, else
+// SeaBIOS only; machine type pc; return-path on) and shrunk to a few pages by TestRegroupedStreamLoadsInRealQEMU with
+// VMSCATTER_WRITE_STREAM_SEED=1.
+func realStreamSeed(version string) string { return "testdata/qemu-" + version + "-guest.stream" }
+
+// realStreamSeeds are the captured streams there are.
+func realStreamSeeds() []string {
+	seeds, _ := filepath.Glob(realStreamSeed("*"))
+	return seeds
+}
 
 func TestRealStreamSeedRoundTrips(t *testing.T) {
-	in, err := os.ReadFile(realStreamSeed)
-	if err != nil {
-		t.Skipf("no captured stream (%v)", err)
+	seeds := realStreamSeeds()
+	if len(seeds) == 0 {
+		t.Skipf("no captured stream matches %s", realStreamSeed("*"))
 	}
-	evs, err := decodeAll(bytes.NewReader(in))
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := evs[0].(Prefix)
-	if p.Machine == "" || !p.ReturnPath {
-		t.Fatalf("prefix %+v", p)
-	}
-	// The seed was written by the Encoder, so re-encoding it gives the same bytes (QEMU's own streams may differ
-	// where QEMU uses CONTINUE across a section boundary).
-	if !bytes.Equal(encodeAll(t, evs), in) {
-		t.Fatal("re-encoding the captured stream changed its bytes")
+	for _, seed := range seeds {
+		t.Run(filepath.Base(seed), func(t *testing.T) {
+			in, err := os.ReadFile(seed)
+			if err != nil {
+				t.Fatal(err)
+			}
+			evs, err := decodeAll(bytes.NewReader(in))
+			if err != nil {
+				t.Fatal(err)
+			}
+			p := evs[0].(Prefix)
+			if p.Machine == "" || !p.ReturnPath {
+				t.Fatalf("prefix %+v", p)
+			}
+			// The seed was written by the Encoder, so re-encoding it gives the same bytes (QEMU's own streams may
+			// differ where QEMU uses CONTINUE across a section boundary).
+			if !bytes.Equal(encodeAll(t, evs), in) {
+				t.Fatal("re-encoding the captured stream changed its bytes")
+			}
+		})
 	}
 }
 
