@@ -653,6 +653,18 @@ func TestRealStreamSeedRoundTrips(t *testing.T) {
 			if p.Machine == "" || !p.ReturnPath {
 				t.Fatalf("prefix %+v", p)
 			}
+			swov := 0
+			for i, ev := range evs {
+				if _, ok := ev.(SwitchoverStart); ok {
+					swov++
+					if b, ok := evs[i+1].(SectionBegin); !ok || b.Kind != SectionKindEnd {
+						t.Fatalf("SWITCHOVER_START followed by %T %v", evs[i+1], evs[i+1])
+					}
+				}
+			}
+			if want := map[bool]int{false: 0, true: 1}[machineAtLeast(p.Machine, 10, 0)]; swov != want {
+				t.Fatalf("machine %s: %d SWITCHOVER_START, want %d", p.Machine, swov, want)
+			}
 			// The seed was written by the Encoder, so re-encoding it gives the same bytes (QEMU's own streams may
 			// differ where QEMU uses CONTINUE across a section boundary).
 			if !bytes.Equal(encodeAll(t, evs), in) {
