@@ -22,9 +22,9 @@ import (
 // guestFixture is the busybox guest a colleague builds (bench/fixture); the test boots it when present.
 const guestFixture = "/root/.cache/vmscatter/fixture"
 
-// guestRAM is 8 KiB short of 64 MiB, as the bench fixture sizes its TCG guests: a RAM block whose length is a multiple
-// of 64 pages sends QEMU 7.2's TCG onto a dirty-bitmap fast path that loses guest writes (docs/stream.md), which would
-// make the memory comparison fail for a reason that is not the codec's.
+// guestRAM is 8 KiB short of 64 MiB, as the bench fixture sizes its TCG guests: a RAM block whose start and length
+// are multiples of 64 pages sends QEMU 7.2's TCG onto a dirty-bitmap fast path that loses guest writes (DESIGN.md,
+// "QEMU 7.2 migration stream"), which would make the memory comparison fail for a reason that is not the codec's.
 const (
 	guestRAM    = 64<<20 - 8<<10
 	guestRAMArg = "65528K"
