@@ -136,11 +136,11 @@ const (
 // from QEMU 10.0 machine types), then Tail chunks until io.EOF. It is not safe for concurrent use.
 //
 // RAM_SAVE_FLAG_MULTIFD_FLUSH records (be64 0x200) are dropped, not returned: QEMU 8.1.0 to 8.1.2 send them without
-// multifd (machine types 8.0 and later: in the START section before EOS, after each full pass over RAM, and in the
-// END section before EOS), and without multifd a loader does nothing with them (multifd_recv_sync_main returns at
-// once), while QEMU 7.2 and 8.0 destinations reject them ("Unknown combination of migration flags: 0x200"). So the
-// stream means the same to every destination without them. With multifd they mark channel syncs, but a multifd
-// migration fails anyway: its extra connections start with the multifd magic, which the decoder refuses.
+// multifd on machine type 8.1 (in the START section before EOS, after each full pass over RAM, and in the END section
+// before EOS), and without multifd a precopy loader does nothing with them (multifd_recv_sync_main returns at once),
+// while QEMU 7.2 and 8.0 destinations reject them ("Unknown combination of migration flags: 0x200"). So the stream
+// means the same to every destination without them. With multifd they mark channel syncs, but a multifd migration
+// fails anyway: its extra connections start with the multifd magic, which the decoder refuses.
 type Decoder struct {
 	in           streamReader
 	state        decodeState
@@ -164,7 +164,7 @@ func NewDecoder(r io.Reader) *Decoder {
 func (d *Decoder) InputOffset() int64 { return d.in.off }
 
 // MultifdFlushes is the number of RAM_SAVE_FLAG_MULTIFD_FLUSH records dropped so far (see Decoder): non-zero for a
-// QEMU 8.1.0-8.1.2 source on a machine type 8.0 or later.
+// QEMU 8.1.0-8.1.2 source on machine type 8.1.
 func (d *Decoder) MultifdFlushes() int { return d.flushes }
 
 // Next returns the next event. Byte slices in a Page or Tail alias the decoder's buffer and stay valid only until
