@@ -100,14 +100,16 @@ find_mirror() {
 	done
 }
 mirror=${VMSCATTER_DEBIAN_MIRROR:-}
-if [ -z "$mirror" ] && [ -n "$host_release" ]; then
-	mirror=$(find_mirror "$host_release" | head -n 1)
-fi
-if [ -z "$mirror" ]; then
-	mirror=http://deb.debian.org/debian
-	say "no Debian mirror found in /etc/apt for '${host_release:-?}': using $mirror"
+if [ -n "$mirror" ]; then
+	say "Debian mirror (from \$VMSCATTER_DEBIAN_MIRROR): $mirror"
 else
-	say "Debian mirror (from this machine's apt configuration): $mirror"
+	[ -n "$host_release" ] && mirror=$(find_mirror "$host_release" | head -n 1)
+	if [ -z "$mirror" ]; then
+		mirror=http://deb.debian.org/debian
+		say "no Debian mirror found in /etc/apt for '${host_release:-?}': using $mirror"
+	else
+		say "Debian mirror (from this machine's apt configuration): $mirror"
+	fi
 fi
 keyring=/usr/share/keyrings/debian-archive-keyring.gpg
 [ -f "$keyring" ] || die "$keyring missing (package debian-archive-keyring)"
@@ -145,9 +147,10 @@ aptq() {
 }
 
 say "apt-get update: $release and $suite from $mirror (temporary lists)"
-if ! aptq apt-get update >"$work/update.log" 2>&1; then
+# apt-get update only warns when an index cannot be fetched; without both indexes nothing below can work.
+if ! aptq apt-get update >"$work/update.log" 2>&1 || grep -q '^W: \(Failed to fetch\|Some index files failed\)' "$work/update.log"; then
 	cat "$work/update.log" >&2
-	die "apt-get update failed for $mirror $release $suite"
+	die "apt-get update could not fetch the $release and $suite indexes from $mirror"
 fi
 grep '^W:' "$work/update.log" >&2 || true
 
