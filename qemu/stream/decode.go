@@ -131,9 +131,16 @@ const (
 	stTail                        // copying the tail
 )
 
-// Decoder reads a QEMU 7.2 pre-copy migration stream and returns it as events: one Prefix, one RAMStart, then
-// SectionBegin, Page..., SectionEnd for each RAM section, then Tail chunks until io.EOF. It is not safe for
-// concurrent use.
+// Decoder reads a pre-copy migration stream of QEMU 7.2 through 11.1 and returns it as events: one Prefix, one
+// RAMStart, then SectionBegin, Page..., SectionEnd for each RAM section (with one SwitchoverStart between two of them
+// from QEMU 10.0 machine types), then Tail chunks until io.EOF. It is not safe for concurrent use.
+//
+// RAM_SAVE_FLAG_MULTIFD_FLUSH records (be64 0x200) are dropped, not returned: QEMU 8.1.0 to 8.1.2 send them without
+// multifd on machine type 8.1 (in the START section before EOS, after each full pass over RAM, and in the END section
+// before EOS), and without multifd a precopy loader does nothing with them (multifd_recv_sync_main returns at once),
+// while QEMU 7.2 and 8.0 destinations reject them ("Unknown combination of migration flags: 0x200"). So the stream
+// means the same to every destination without them. With multifd they mark channel syncs, but a multifd migration
+// fails anyway: its extra connections start with the multifd magic, which the decoder refuses.
 type Decoder struct {
 	in           streamReader
 	state        decodeState
@@ -142,7 +149,9 @@ type Decoder struct {
 	ramID        uint32
 	blocks       []RAMBlock
 	index        map[string]int
-	cur          int // block of the last page record; like QEMU, it carries across sections
+	cur          int  // block of the last page record; like QEMU, it carries across sections
+	switchover   bool // SWITCHOVER_START seen
+	flushes      int  // MULTIFD_FLUSH records dropped
 }
 
 // NewDecoder returns a decoder reading from r. It reads ahead in chunks of up to 256 KiB but never waits for more
@@ -153,6 +162,10 @@ func NewDecoder(r io.Reader) *Decoder {
 
 // InputOffset is the number of input bytes consumed so far.
 func (d *Decoder) InputOffset() int64 { return d.in.off }
+
+// MultifdFlushes is the number of RAM_SAVE_FLAG_MULTIFD_FLUSH records dropped so far (see Decoder): non-zero for a
+// QEMU 8.1.0-8.1.2 source on machine type 8.1.
+func (d *Decoder) MultifdFlushes() int { return d.flushes }
 
 // Next returns the next event. Byte slices in a Page or Tail alias the decoder's buffer and stay valid only until
 // the next call. After the tail, Next returns io.EOF. Malformed input gives a *StreamError, a feature the codec
@@ -380,8 +393,12 @@ func (d *Decoder) readConfiguration(p *Prefix) error {
 					return err
 				}
 				p.Capabilities = append(p.Capabilities, string(c))
-				if string(c) == capIgnoreShared {
+				switch string(c) {
+				case capIgnoreShared:
 					d.ignoreShared = true
+				case capMappedRAM:
+					return unsupported(at, FeatureMappedRAM, "capability %q (file migration: each ram START block carries "+
+						"a header and the pages live at fixed file offsets)", c)
 				}
 			}
 		case "configuration/uuid":
@@ -513,6 +530,13 @@ func (d *Decoder) readRAMStart() (StreamEvent, error) {
 	if err != nil {
 		return nil, err
 	}
+	for eos == ramFlagMultifdFlush {
+		d.flushes++
+		eosAt = d.in.off
+		if eos, err = d.be64("EOS record"); err != nil {
+			return nil, err
+		}
+	}
 	if eos != ramFlagEOS {
 		if err := refusedRecord(eosAt, eos); err != nil {
 			return nil, err
@@ -574,14 +598,24 @@ func (d *Decoder) readBetween() (StreamEvent, error) {
 		}
 		return nil, unsupported(at, featureOfSection(idstr), "iterable section %q", idstr)
 	case secCommand:
-		cmd, _, err := d.readCommandHeader()
+		cmd, data, err := d.readCommandHeader()
 		if err != nil {
 			return nil, err
 		}
 		if f := commandFeature(cmd); f != "" {
 			return nil, unsupported(at, f, "command %d", cmd)
 		}
-		return nil, malformed(at, ErrBadCommand, "command %d between RAM sections", cmd)
+		if cmd != cmdSwitchoverStart {
+			return nil, malformed(at, ErrBadCommand, "command %d between RAM sections", cmd)
+		}
+		if len(data) != 0 {
+			return nil, malformed(at, ErrBadCommand, "SWITCHOVER_START with %d bytes of data, want 0", len(data))
+		}
+		if d.switchover {
+			return nil, malformed(at, ErrBadCommand, "second SWITCHOVER_START")
+		}
+		d.switchover = true
+		return SwitchoverStart{}, nil
 	}
 	return nil, malformed(at, ErrBadSection, "unknown section type %#02x", t)
 }
@@ -596,8 +630,6 @@ func refusedRecord(at int64, w uint64) error {
 		return unsupported(at, FeatureCompress, "RAM_SAVE_FLAG_COMPRESS_PAGE")
 	case flags&ramFlagHook != 0:
 		return unsupported(at, FeatureRDMA, "RAM_SAVE_FLAG_HOOK")
-	case flags&ramFlagMultifdFlush != 0:
-		return unsupported(at, FeatureMultifd, "RAM_SAVE_FLAG_MULTIFD_FLUSH")
 	}
 	return nil
 }
@@ -607,6 +639,13 @@ func (d *Decoder) readRecord() (StreamEvent, error) {
 	w, err := d.be64("RAM record")
 	if err != nil {
 		return nil, err
+	}
+	for w == ramFlagMultifdFlush { // dropped: see Decoder
+		d.flushes++
+		at = d.in.off
+		if w, err = d.be64("RAM record"); err != nil {
+			return nil, err
+		}
 	}
 	if err := refusedRecord(at, w); err != nil {
 		return nil, err
@@ -626,6 +665,8 @@ func (d *Decoder) readRecord() (StreamEvent, error) {
 	case ramFlagZero, ramFlagPage:
 	case ramFlagMemSize:
 		return nil, malformed(at, ErrBadRecord, "MEM_SIZE outside the START section")
+	case ramFlagMultifdFlush:
+		return nil, malformed(at, ErrBadRecord, "MULTIFD_FLUSH record %#x with an offset or CONTINUE", w)
 	default:
 		return nil, malformed(at, ErrBadRecord, "unknown flags %#x", flags)
 	}

@@ -24,8 +24,9 @@ const (
 	enTail                        // tail being written
 )
 
-// Encoder writes a QEMU 7.2 pre-copy migration stream that a QEMU 7.2 destination loads. Calls follow stream
-// order: WritePrefix, StartRAM, then BeginSection, WritePage..., EndSection any number of times, then WriteTail.
+// Encoder writes a pre-copy migration stream that a destination of the source's QEMU version (7.2 through 11.1)
+// loads. Calls follow stream order: WritePrefix, StartRAM, then BeginSection, WritePage..., EndSection any number of
+// times, with at most one WriteSwitchoverStart between two sections, then WriteTail.
 // Pages may be regrouped into sections of any size and any order within the rules of pre-copy (a later copy of a
 // page overrides an earlier one). Output is buffered up to 1 MiB and flushed at every section end and by WriteTail
 // and Flush. It is not safe for concurrent use.
@@ -37,6 +38,7 @@ type Encoder struct {
 	ramID        uint32
 	blocks       []RAMBlock
 	last         int // block named by the last page of the current section, -1 at a section start
+	switchover   bool
 	tailStarted  bool
 	written      int64
 	err          error // sticky write error
@@ -200,6 +202,22 @@ func (e *Encoder) EndSection() error {
 	return e.Flush()
 }
 
+// WriteSwitchoverStart writes the SWITCHOVER_START command (QEMU 10.0+) between two RAM sections. Write it where the
+// decoder found it: after every section that the source sent before it, before the END section (see SwitchoverStart).
+// A stream holds it at most once.
+func (e *Encoder) WriteSwitchoverStart() error {
+	if err := e.order("WriteSwitchoverStart", enBetween); err != nil {
+		return err
+	}
+	if e.switchover {
+		return fmt.Errorf("%w: second WriteSwitchoverStart", ErrEncoderState)
+	}
+	e.switchover = true
+	b := binary.BigEndian.AppendUint16(append(e.buf, secCommand), cmdSwitchoverStart)
+	e.buf = binary.BigEndian.AppendUint16(b, 0)
+	return nil
+}
+
 // WriteTail writes a chunk of the tail verbatim, after flushing what is buffered. The tail must start with a FULL
 // section or EOF, as the decoder found it.
 func (e *Encoder) WriteTail(raw []byte) error {
@@ -267,6 +285,8 @@ func (e *Encoder) WriteEvent(ev StreamEvent) error {
 		return e.WritePage(ev)
 	case SectionEnd:
 		return e.EndSection()
+	case SwitchoverStart:
+		return e.WriteSwitchoverStart()
 	case Tail:
 		return e.WriteTail(ev.Raw)
 	}

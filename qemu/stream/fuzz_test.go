@@ -14,14 +14,22 @@ import (
 // FuzzStreamRoundTrip decodes arbitrary bytes. Decoding either fails with a typed error or yields events that the
 // encoder writes back into a stream that decodes to the same events.
 func FuzzStreamRoundTrip(f *testing.F) {
-	if seed, err := os.ReadFile(realStreamSeed); err == nil {
-		f.Add(seed)
+	for _, path := range realStreamSeeds() {
+		if seed, err := os.ReadFile(path); err == nil {
+			f.Add(seed)
+		}
 	}
 	f.Add(validStream())
 	f.Add(new(sb).header().u8(secSubsection).str("configuration/capabilities").be32(1).be32(1).str(capIgnoreShared).
 		ramStart([]RAMBlock{{ID: "a", Length: PageSize, Addr: 1 << 20}}, true).section(secEnd).zero("a", 0).eos().
 		u8(secEOF).bytes())
 	f.Add(upToRAM().section(secPart).be64(ramFlagXBZRLE).bytes())
+	// Records of later QEMU versions: SWITCHOVER_START (10.0), the stray MULTIFD_FLUSH (8.1.0-8.1.2), mapped-ram
+	// (9.0), and a second SWITCHOVER_START, which is malformed.
+	f.Add(stream10())
+	f.Add(stream81(true))
+	f.Add(new(sb).header().u8(secSubsection).str("configuration/capabilities").be32(1).be32(1).str(capMappedRAM).bytes())
+	f.Add(upToRAM().command(cmdSwitchoverStart, nil).command(cmdSwitchoverStart, nil).bytes())
 	f.Fuzz(func(t *testing.T, in []byte) {
 		evs, err := decodeAll(bytes.NewReader(in))
 		// Reads of a few bytes at a time (a socket) give the same events and the same error.

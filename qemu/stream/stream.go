@@ -4,9 +4,9 @@
 // project.
 package stream
 
-// The QEMU 7.2 pre-copy migration stream codec: the shared vocabulary of the decoder (decode.go) and the
-// encoder (encode.go). docs/stream.md gives the byte layout; the constants below are named as in QEMU's
-// migration/savevm.c and migration/ram.c.
+// The pre-copy migration stream codec of QEMU 7.2 through 11.1: the shared vocabulary of the decoder (decode.go) and
+// the encoder (encode.go). docs/stream.md gives the byte layout and what each QEMU version sends; the constants below
+// are named as in QEMU's migration/savevm.c and migration/ram.c.
 
 import (
 	"errors"
@@ -46,20 +46,24 @@ const (
 	ramVersion      = 4
 	configName      = "configuration"
 	capIgnoreShared = "x-ignore-shared"
+	capMappedRAM    = "mapped-ram" // QEMU 9.0+, file migration only: the ram START section changes layout
 )
 
-// Commands (enum qemu_vm_cmd in migration/savevm.c).
+// Commands (enum qemu_vm_cmd in migration/savevm.c, read in QEMU v10.0.2; numbers 1-10 are the same since QEMU
+// 3.0, 11 came with 10.0).
 const (
-	cmdOpenReturnPath  = 1
-	cmdPing            = 2
-	cmdPostcopyAdvise  = 3
-	cmdPostcopyListen  = 4
-	cmdPostcopyRun     = 5
-	cmdPostcopyDiscard = 6
-	cmdPostcopyResume  = 7
-	cmdPackaged        = 8
-	cmdRecvBitmap      = 9
-	cmdEnableCOLO      = 10
+	cmdOpenReturnPath   = 1  // len 0
+	cmdPing             = 2  // len 4
+	cmdPostcopyAdvise   = 3  // len 16 (0 when only dirty bitmaps use postcopy)
+	cmdPostcopyListen   = 4  // len 0
+	cmdPostcopyRun      = 5  // len 0
+	cmdPostcopyDiscard  = 6  // variable
+	cmdPackaged         = 7  // len 4, postcopy's wrapped device state
+	cmdEnableCOLO       = 8  // len 0
+	cmdPostcopyResume   = 9  // len 0
+	cmdRecvBitmap       = 10 // variable
+	cmdSwitchoverStart  = 11 // len 0, QEMU 10.0+: the VM stopped, the final RAM section follows
+	switchoverStartSize = 5  // 0x08 · be16 11 · be16 0
 )
 
 // RAM record flags (migration/ram.c), in the low PageBits bits of each record's be64 word.
@@ -71,8 +75,8 @@ const (
 	ramFlagContinue     = 0x20
 	ramFlagXBZRLE       = 0x40
 	ramFlagHook         = 0x80  // RDMA
-	ramFlagCompress     = 0x100 // RAM_SAVE_FLAG_COMPRESS_PAGE
-	ramFlagMultifdFlush = 0x200 // QEMU 8.0 and later
+	ramFlagCompress     = 0x100 // RAM_SAVE_FLAG_COMPRESS_PAGE, QEMU 9.0 and earlier (9.1 removed compress)
+	ramFlagMultifdFlush = 0x200 // QEMU 8.1 and later; 8.1.0-8.1.2 send it without multifd too (see decode.go)
 	ramFlagMask         = PageSize - 1
 )
 
@@ -103,7 +107,8 @@ func (k SectionKind) String() string {
 	return fmt.Sprintf("SectionKind(%#x)", uint8(k))
 }
 
-// StreamEvent is one item of a decoded migration stream: Prefix, RAMStart, SectionBegin, Page, SectionEnd or Tail.
+// StreamEvent is one item of a decoded migration stream: Prefix, RAMStart, SectionBegin, Page, SectionEnd,
+// SwitchoverStart or Tail.
 // (It is not called Event because the QMP client owns that name.)
 type StreamEvent interface{ isStreamEvent() }
 
@@ -153,16 +158,24 @@ type Page struct {
 	Data   []byte
 }
 
+// SwitchoverStart is QEMU 10.0's MIG_CMD_SWITCHOVER_START command. Sources with machine types 10.0 and later send it
+// once, between RAM sections, after the VM stopped and just before the END section of ram (older machine types turn
+// it off: hw_compat_9_2's send-switchover-start=off). A destination runs the switchover_start handlers of its devices
+// (VFIO's, to start loading device state that came over multifd), so it must arrive where the source put it: after
+// every RAM section the source sent before it. QEMU before 10.0 rejects the command ("MIG_CMD 0xb unknown").
+type SwitchoverStart struct{}
+
 // Tail is a chunk of everything after the last RAM section: device state (FULL sections), EOF and VMDESCRIPTION,
 // verbatim. Chunks are cut wherever reads return; Raw from the Decoder is valid until the next Next call.
 type Tail struct{ Raw []byte }
 
-func (Prefix) isStreamEvent()       {}
-func (RAMStart) isStreamEvent()     {}
-func (SectionBegin) isStreamEvent() {}
-func (SectionEnd) isStreamEvent()   {}
-func (Page) isStreamEvent()         {}
-func (Tail) isStreamEvent()         {}
+func (Prefix) isStreamEvent()          {}
+func (RAMStart) isStreamEvent()        {}
+func (SectionBegin) isStreamEvent()    {}
+func (SectionEnd) isStreamEvent()      {}
+func (SwitchoverStart) isStreamEvent() {}
+func (Page) isStreamEvent()            {}
+func (Tail) isStreamEvent()            {}
 
 // ErrUnsupported is matched (errors.Is) by every *UnsupportedError.
 var ErrUnsupported = errors.New("unsupported migration feature")
@@ -179,6 +192,7 @@ const (
 	FeatureVFIO        = "vfio"
 	FeatureEarlyDevice = "device state before ram" // QEMU 8+ early-setup sections
 	FeaturePageSize    = "target page size"
+	FeatureMappedRAM   = "mapped-ram" // QEMU 9.0+ file migration's fixed-offset RAM layout
 )
 
 // UnsupportedError is a valid stream that uses a feature this codec does not handle.
@@ -243,9 +257,11 @@ func featureOfSection(idstr string) string {
 }
 
 // commandFeature names the feature behind a command that the codec refuses, or "" for an allowed or unknown one.
+// PACKAGED carries postcopy's device state; RECV_BITMAP and POSTCOPY_RESUME come only when a postcopy migration
+// recovers.
 func commandFeature(cmd uint16) string {
 	switch cmd {
-	case cmdPostcopyAdvise, cmdPostcopyListen, cmdPostcopyRun, cmdPostcopyDiscard, cmdPostcopyResume, cmdPackaged,
+	case cmdPostcopyAdvise, cmdPostcopyListen, cmdPostcopyRun, cmdPostcopyDiscard, cmdPackaged, cmdPostcopyResume,
 		cmdRecvBitmap:
 		return FeaturePostcopy
 	case cmdEnableCOLO:

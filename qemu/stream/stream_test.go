@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -84,7 +85,7 @@ var testTail = new(sb).startHeader(secFull, 3, "timer", 0, 2).raw([]byte("device
 	u8(secEOF).u8(secVMDesc).be32(2).raw([]byte("{}")).bytes()
 
 // validStream is a hand-built stream that exercises every event, CONTINUE carried across a section boundary
-// included.
+// included, and QEMU 10.0's SWITCHOVER_START where a 10.0 machine type sends it: before the END section.
 func validStream() []byte {
 	s := new(sb).header()
 	s.u8(secSubsection).str("configuration/capabilities").be32(1).be32(1).str("events") // unknown to QEMU, kept
@@ -94,6 +95,7 @@ func validStream() []byte {
 	s.section(secPart).page("pc.ram", 0, 0xaa).page("", PageSize, 0xbb).zero("", 2*PageSize).
 		zero("pc.bios", 0).eos()
 	s.section(secPart).eos()
+	s.command(cmdSwitchoverStart, nil)
 	s.section(secEnd).page("", 3*PageSize, 0xcc).page("pc.ram", 15*PageSize, 0xdd).eos()
 	return s.raw(testTail).bytes()
 }
@@ -171,6 +173,7 @@ func TestDecodeHandBuiltStream(t *testing.T) {
 		SectionEnd{},
 		SectionBegin{Kind: SectionKindPart, SectionID: testRAMID},
 		SectionEnd{},
+		SwitchoverStart{},
 		SectionBegin{Kind: SectionKindEnd, SectionID: testRAMID},
 		Page{Block: 1, Offset: 3 * PageSize, Data: fill(0xcc)}, // CONTINUE from the previous section's block
 		Page{Block: 0, Offset: 15 * PageSize, Data: fill(0xdd)},
@@ -184,6 +187,11 @@ func TestDecodeHandBuiltStream(t *testing.T) {
 	out := encodeAll(t, evs)
 	if len(out) != len(in)+1+len("pc.bios") {
 		t.Fatalf("re-encoded %d bytes from %d", len(out), len(in))
+	}
+	// SWITCHOVER_START is written back in its place: right after the second PART, right before the END.
+	at := bytes.Index(in, []byte{secCommand, 0, cmdSwitchoverStart, 0, 0})
+	if at < 0 || !bytes.Equal(out[:at+switchoverStartSize+5], in[:at+switchoverStartSize+5]) {
+		t.Fatalf("re-encoded stream differs before or at SWITCHOVER_START (at %d)", at)
 	}
 	again, err := decodeAll(bytes.NewReader(out))
 	if err != nil {
@@ -279,7 +287,15 @@ func TestDecodeRefusesBadInput(t *testing.T) {
 		{"xbzrle", sec().be64(ramFlagXBZRLE).bytes(), ErrUnsupported, FeatureXBZRLE, ""},
 		{"compressed page", sec().be64(ramFlagCompress | ramFlagContinue).bytes(), ErrUnsupported, FeatureCompress, ""},
 		{"rdma hook", sec().be64(ramFlagHook).bytes(), ErrUnsupported, FeatureRDMA, ""},
-		{"multifd flush", sec().be64(ramFlagMultifdFlush).bytes(), ErrUnsupported, FeatureMultifd, ""},
+		{"multifd flush with an offset", sec().be64(PageSize | ramFlagMultifdFlush).bytes(), ErrBadRecord, "", "MULTIFD_FLUSH"},
+		{"multifd flush with CONTINUE", sec().be64(ramFlagMultifdFlush | ramFlagContinue).bytes(), ErrBadRecord, "", "MULTIFD_FLUSH"},
+		{"multifd flush and page", sec().be64(ramFlagMultifdFlush | ramFlagPage).bytes(), ErrBadRecord, "", "0x208"},
+		{"multifd flush then compress in START", hdr().startHeader(secStart, 2, "ram", 0, 4).be64(PageSize | ramFlagMemSize).
+			str("a").be64(PageSize).be64(ramFlagMultifdFlush).be64(ramFlagCompress).bytes(), ErrUnsupported, FeatureCompress, ""},
+		{"multifd flush then page in START", hdr().startHeader(secStart, 2, "ram", 0, 4).be64(PageSize|ramFlagMemSize).
+			str("a").be64(PageSize).be64(ramFlagMultifdFlush).zero("a", 0).bytes(), ErrBadRAMList, "", "EOS"},
+		{"mapped-ram", hdr().u8(secSubsection).str("configuration/capabilities").be32(1).be32(2).str(capIgnoreShared).
+			str(capMappedRAM).bytes(), ErrUnsupported, FeatureMappedRAM, ""},
 		{"unknown flags", sec().be64(0x01).bytes(), ErrBadRecord, "", "0x1"},
 		{"page and zero", sec().be64(ramFlagPage | ramFlagZero).bytes(), ErrBadRecord, "", ""},
 		{"EOS with offset", sec().be64(PageSize | ramFlagEOS).bytes(), ErrBadRecord, "", ""},
@@ -295,6 +311,11 @@ func TestDecodeRefusesBadInput(t *testing.T) {
 		{"block after ram", upToRAM().startHeader(secStart, 4, "block", 0, 1).bytes(), ErrUnsupported, "block", ""},
 		{"postcopy between", upToRAM().command(cmdPostcopyRun, nil).bytes(), ErrUnsupported, FeaturePostcopy, ""},
 		{"ping between", upToRAM().command(cmdPing, []byte{0, 0, 0, 2}).bytes(), ErrBadCommand, "", ""},
+		{"switchover with data", upToRAM().command(cmdSwitchoverStart, []byte{0}).bytes(), ErrBadCommand, "", "SWITCHOVER_START"},
+		{"second switchover", upToRAM().command(cmdSwitchoverStart, nil).section(secPart).eos().
+			command(cmdSwitchoverStart, nil).bytes(), ErrBadCommand, "", "second"},
+		{"switchover before ram", hdr().command(cmdSwitchoverStart, nil).bytes(), ErrBadCommand, "", "11"},
+		{"switchover inside a section", sec().command(cmdSwitchoverStart, nil).u8(0, 0, 0).bytes(), ErrBadRecord, "", ""},
 		{"unknown section type", upToRAM().u8(0x09).bytes(), ErrBadSection, "", "0x09"},
 		{"no tail", upToRAM().section(secEnd).eos().bytes(), io.ErrUnexpectedEOF, "", ""},
 		{"truncated page", sec().page("pc.ram", 0, 1).bytes()[:len(sec().bytes())+100], io.ErrUnexpectedEOF, "", "page data"},
@@ -602,27 +623,54 @@ func TestEncoderBufferStaysSmall(t *testing.T) {
 	}
 }
 
-// realStreamSeed is a QEMU 7.2 stream captured from a real source (the fixture guest when it exists, else SeaBIOS
-// only; return-path on) and shrunk to a few pages by TestRegroupedStreamLoadsInRealQEMU with VMSCATTER_WRITE_STREAM_SEED=1.
-const realStreamSeed = "testdata/qemu-7.2-guest.stream"
+// realStreamSeed is a stream of QEMU version captured from a real source (the fixture guest when it exists, else
+// SeaBIOS only; machine type pc; return-path on) and shrunk to a few pages by TestRegroupedStreamLoadsInRealQEMU with
+// VMSCATTER_WRITE_STREAM_SEED=1.
+func realStreamSeed(version string) string { return "testdata/qemu-" + version + "-guest.stream" }
+
+// realStreamSeeds are the captured streams there are.
+func realStreamSeeds() []string {
+	seeds, _ := filepath.Glob(realStreamSeed("*"))
+	return seeds
+}
 
 func TestRealStreamSeedRoundTrips(t *testing.T) {
-	in, err := os.ReadFile(realStreamSeed)
-	if err != nil {
-		t.Skipf("no captured stream (%v)", err)
+	seeds := realStreamSeeds()
+	if len(seeds) == 0 {
+		t.Skipf("no captured stream matches %s", realStreamSeed("*"))
 	}
-	evs, err := decodeAll(bytes.NewReader(in))
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := evs[0].(Prefix)
-	if p.Machine == "" || !p.ReturnPath {
-		t.Fatalf("prefix %+v", p)
-	}
-	// The seed was written by the Encoder, so re-encoding it gives the same bytes (QEMU's own streams may differ
-	// where QEMU uses CONTINUE across a section boundary).
-	if !bytes.Equal(encodeAll(t, evs), in) {
-		t.Fatal("re-encoding the captured stream changed its bytes")
+	for _, seed := range seeds {
+		t.Run(filepath.Base(seed), func(t *testing.T) {
+			in, err := os.ReadFile(seed)
+			if err != nil {
+				t.Fatal(err)
+			}
+			evs, err := decodeAll(bytes.NewReader(in))
+			if err != nil {
+				t.Fatal(err)
+			}
+			p := evs[0].(Prefix)
+			if p.Machine == "" || !p.ReturnPath {
+				t.Fatalf("prefix %+v", p)
+			}
+			swov := 0
+			for i, ev := range evs {
+				if _, ok := ev.(SwitchoverStart); ok {
+					swov++
+					if b, ok := evs[i+1].(SectionBegin); !ok || b.Kind != SectionKindEnd {
+						t.Fatalf("SWITCHOVER_START followed by %T %v", evs[i+1], evs[i+1])
+					}
+				}
+			}
+			if want := map[bool]int{false: 0, true: 1}[machineAtLeast(p.Machine, 10, 0)]; swov != want {
+				t.Fatalf("machine %s: %d SWITCHOVER_START, want %d", p.Machine, swov, want)
+			}
+			// The seed was written by the Encoder, so re-encoding it gives the same bytes (QEMU's own streams may
+			// differ where QEMU uses CONTINUE across a section boundary).
+			if !bytes.Equal(encodeAll(t, evs), in) {
+				t.Fatal("re-encoding the captured stream changed its bytes")
+			}
+		})
 	}
 }
 
