@@ -8,7 +8,7 @@ LAB := bin/vmscatter-lab
 # CI has 90 minutes for everything; the suite takes far less. The bound keeps a hung QEMU from eating it all.
 TEST_TIMEOUT ?= 40m
 
-.PHONY: all build deps fixture test test-unit verify demo bench-quick bench clean
+.PHONY: all build deps fixture qemu-versions test test-unit verify demo bench-quick bench clean
 
 all: build
 
@@ -25,10 +25,16 @@ deps:
 fixture: deps
 	$(GO) run ./bench/fixture/cmd/build-fixture
 
+# Debian's QEMU 10.0 and 11.1 for the version matrix, unpacked into the cache (no system install); a no-op once
+# fetched. A fetch that fails stops `make test` here rather than letting the version tests skip.
+qemu-versions: deps
+	./scripts/fetch-qemu.sh 10.0
+	./scripts/fetch-qemu.sh 11.1
+
 # The bench package's tests run real guests across namespaces under TCG, after the rest and alone: on two cores,
 # sharing the CPU with the other packages' tests (the multicast engine's run for minutes) stretches every boot and
 # migration of theirs.
-test: deps fixture verify
+test: deps fixture qemu-versions verify
 	$(GO) test -race -timeout $(TEST_TIMEOUT) $$($(GO) list ./... | grep -v '/bench$$')
 	$(GO) test -race -timeout $(TEST_TIMEOUT) ./bench
 

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/vmscatter/vmscatter/dedup"
+	"github.com/vmscatter/vmscatter/qemu/qemutest"
 	"github.com/vmscatter/vmscatter/qemu/qmp"
 	"github.com/vmscatter/vmscatter/scatter/dest"
 	"github.com/vmscatter/vmscatter/scatter/host"
@@ -483,5 +484,46 @@ func TestSeedFromBootFiles(t *testing.T) {
 	// The bound counts the blob once for r2, and not at all for r1, which had it.
 	if rep.Totals.FinalBoundUnicastBytes <= 0 || rep.Totals.FinalBoundBytes > rep.Totals.WireBytes {
 		t.Errorf("final bound %d (unicast %d) against %d wire bytes", rep.Totals.FinalBoundBytes, rep.Totals.FinalBoundUnicastBytes, rep.Totals.WireBytes)
+	}
+}
+
+// TestMigrateEveryQEMUVersion moves a running and a paused guest of each QEMU version (Debian's builds, fetched by
+// scripts/fetch-qemu.sh) through vmscatter, to a destination of the same version. QEMU 10.0 and later send
+// SWITCHOVER_START between two RAM sections: it must reach the destination in its place, or the destination refuses
+// the stream. The paused guest's memory must arrive byte for byte.
+func TestMigrateEveryQEMUVersion(t *testing.T) {
+	requireQEMU(t)
+	for _, v := range qemutest.Versions[1:] { // the system's 7.2 is every other test's
+		t.Run(v, func(t *testing.T) {
+			bin := qemutest.Binary(t, v)
+			dir := t.TempDir()
+			running := startGuest(t, bin, dir, "run"+strings.ReplaceAll(v, ".", ""), 64)
+			paused := startGuest(t, bin, dir, "frozen"+strings.ReplaceAll(v, ".", ""), 64)
+			r := startReceiver(t, testKey, nil)
+			time.Sleep(time.Second) // SeaBIOS writes into RAM
+			ctx := context.Background()
+			if err := paused.q.Stop(ctx); err != nil {
+				t.Fatal(err)
+			}
+			want := paused.pmemsave(t, paused.q, 64<<20, filepath.Join(dir, "src.mem"))
+			rep, err := source.Send(ctx, sendCfg(testKey, []string{r.addr}, running, paused))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, v := range rep.VMs {
+				if v.Status != report.StatusMigrated {
+					t.Fatalf("%s: %s: %s", v.Name, v.Status, v.Error)
+				}
+			}
+			q := destQMP(t, r, paused.name)
+			got := paused.pmemsave(t, q, 64<<20, filepath.Join(dir, "dst.mem"))
+			if !bytes.Equal(got, want) {
+				t.Fatalf("QEMU %s: destination memory differs from the source's (%d bytes)", v, diffCount(got, want))
+			}
+			if s, _ := destQMP(t, r, running.name).Status(ctx); s != "running" {
+				t.Errorf("QEMU %s: %s on its target is %q", v, running.name, s)
+			}
+			t.Logf("QEMU %s: %+v", v, rep.Totals)
+		})
 	}
 }

@@ -12,9 +12,10 @@
 #   cpio xz-utils zstd  inspecting and unpacking initramfs images and kernel packages
 #   kmod             modprobe, for sch_netem / bridge on stock kernels
 #   ca-certificates  apt over https mirrors
+#   patchelf         points the unpacked QEMU 11.1 at its own libraries (scripts/fetch-qemu.sh)
 set -eu
 
-PACKAGES="qemu-system-x86 qemu-utils busybox-static iproute2 cpio xz-utils zstd kmod ca-certificates"
+PACKAGES="qemu-system-x86 qemu-utils busybox-static iproute2 cpio xz-utils zstd kmod ca-certificates patchelf"
 
 if [ "$(id -u)" -ne 0 ]; then
 	echo "install-deps.sh: must run as root" >&2

@@ -58,6 +58,8 @@ func (rb *rebuilder) run(ctx context.Context, sc *secure.Conn) error {
 			if rb.zbuf, err = dedup.DecodeRecords(rb.zbuf, b); err == nil {
 				err = rb.pagesFrame(ctx, rb.zbuf)
 			}
+		case wire.FrameSwitchover:
+			err = rb.enc.WriteSwitchoverStart()
 		case wire.FrameSectionEnd:
 			if err = rb.enc.EndSection(); err == nil {
 				err = rb.enc.Flush()

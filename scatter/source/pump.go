@@ -106,6 +106,11 @@ func (m *vmMigration) pump(ctx context.Context) error {
 			if len(batch) >= pagesFrameTarget {
 				err = flush(false)
 			}
+		case stream.SwitchoverStart:
+			// QEMU 10.0+ machine types: the VM stopped; the destination hears it where the source said it.
+			if err = flush(false); err == nil {
+				err = sc.Send(wire.FrameSwitchover, nil, true)
+			}
 		case stream.SectionEnd:
 			if err = flush(false); err == nil {
 				err = sc.Send(wire.FrameSectionEnd, nil, true)

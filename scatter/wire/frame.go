@@ -41,6 +41,7 @@ const (
 	FrameStreamCancel FrameType = 0x1f // sender→receiver, JSON ErrorMsg: the source stream failed
 	FrameLoaded       FrameType = 0x20 // receiver→sender, JSON RunningMsg: destination loaded, paused
 	FrameStart        FrameType = 0x21 // sender→receiver, empty: start the destination
+	FrameSwitchover   FrameType = 0x23 // sender→receiver, empty: QEMU 10.0+'s SWITCHOVER_START, between two RAM sections
 	FramePagesZ       FrameType = 0x22 // sender→receiver, binary: a PAGES payload compressed as a whole (dedup.CompressRecords)
 	FrameJoin         FrameType = 0x07 // sender→receiver (control), JSON JoinMsg: join a multicast group now
 	FrameJoined       FrameType = 0x08 // receiver→sender (control), JSON ErrorMsg: joined (error empty) or not
@@ -66,7 +67,7 @@ var frameNames = map[FrameType]string{
 	FrameCommit: "COMMIT", FrameAbort: "ABORT", FrameError: "ERROR", FrameDone: "DONE", FrameStreamCancel: "STREAM_CANCEL",
 	FrameLoaded: "LOADED", FrameStart: "START", FrameJoin: "JOIN", FrameJoined: "JOINED", FrameLeave: "LEAVE",
 	FrameSeedFiles: "SEED_FILES", FrameSeed: "SEED", FrameSeedDone: "SEED_DONE", FrameSeedAck: "SEED_ACK",
-	FramePagesZ: "PAGES_Z",
+	FramePagesZ: "PAGES_Z", FrameSwitchover: "SWITCHOVER_START",
 }
 
 // SessionID names one scatter run on every receiver.
