@@ -220,8 +220,8 @@ func (s *Source) confirm(ev Event) {
 		s.srcGone = true
 		s.send(FrameCommit, "")
 	case ev.Kind == SrcRefused && !s.srcGone:
-		s.finish(Unresolved, StatusUnresolved, because("the destination runs but the source QEMU did not quit: "+
-			"never resume it; run `vmscatter recover`", ev))
+		s.finish(Unresolved, StatusUnresolved, because("the source QEMU did not quit", ev)+"; the destination runs, "+
+			"so never resume the source; run `vmscatter recover`")
 	case ev.Kind == Recv && ev.Frame == FrameDone && s.srcGone:
 		s.commit("")
 	case (ev.Kind == PeerLost || ev.Kind == Timeout) && s.srcGone:
@@ -326,8 +326,8 @@ func (s *Source) rollingBack(ev Event) {
 		s.finish(RolledBack, s.status, s.why)
 		return
 	case ev.Kind == SrcRefused && s.resuming:
-		s.finish(Unresolved, StatusUnresolved, because("the destination is gone but the source VM could not be "+
-			"resumed; run `vmscatter recover`", ev))
+		s.finish(Unresolved, StatusUnresolved, because("the source VM could not be resumed", ev)+"; the destination "+
+			"is gone; run `vmscatter recover`")
 		return
 	case ev.Kind == SrcRefused:
 		// migrate_cancel refused: the migration's end status still comes.
