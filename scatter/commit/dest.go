@@ -16,6 +16,7 @@ type Dest struct {
 	machine
 	launched bool // LaunchDest issued: a destination process may exist until DestExited
 	gone     bool // DestExited heard
+	restored bool // rebuilt at Finish: an earlier receiver process may have started the guest
 	why      string
 }
 
@@ -46,7 +47,7 @@ func RestoreDest(last Entry) (*Dest, []Action) {
 		d.launched = true
 		d.emit(Action{Kind: AwaitResolution})
 	case Finish:
-		d.launched = true
+		d.launched, d.restored = true, true
 		d.emit(Action{Kind: StartDest})
 	case RolledBack:
 		d.launched = true
@@ -195,20 +196,28 @@ func (d *Dest) loadedPhase(ev Event) {
 
 func (d *Dest) finishPhase(ev Event) {
 	switch {
+	case ev.Kind == DestStarted && d.gone:
+		d.finish(Unresolved, StatusUnresolved, "the destination started, then its QEMU exited: the VM ran there; "+
+			"run `vmscatter recover`")
 	case ev.Kind == DestStarted:
 		d.send(FrameRunning, "")
 		d.phase = Confirm
+	case ev.Kind == DestFailed && d.restored:
+		d.finish(Unresolved, StatusUnresolved, because("the destination cannot be started, and an earlier receiver "+
+			"process may have started it", ev)+"; run `vmscatter recover`")
 	case ev.Kind == DestFailed:
-		// QEMU refused to start it: the guest never ran, so the VM can go back to the source.
+		// QEMU refused `cont`, or was gone before it: the guest never ran, so the VM can go back to the source.
 		d.teardown(because("the destination could not start", ev))
 	case ev.Kind == DestExited:
+		// A notice of the exit; StartDest's own outcome says whether the guest may have run.
 		d.gone = true
-		d.finish(Unresolved, StatusUnresolved, because("the destination QEMU exited after START: the VM may have "+
-			"run there; run `vmscatter recover`", ev))
 	case isFrame(ev, FrameStart), ev.Kind == PeerLost, ev.Kind == Reconnected, ev.Kind == Stop:
 		// StartDest is under way; RUNNING follows
 	case isFrame(ev, FrameAbort):
 		d.refuseAbort(ev)
+	case ev.Kind == Timeout && d.gone:
+		d.finish(Unresolved, StatusUnresolved, "the destination QEMU exited after START: the VM may have run there; "+
+			"run `vmscatter recover`")
 	case ev.Kind == Timeout:
 		d.finish(Unresolved, StatusUnresolved, "START received but the destination did not confirm it runs; run "+
 			"`vmscatter recover`")

@@ -206,7 +206,9 @@ const (
 	// Outcome: DestReady, DestFailed or DestExited.
 	LaunchDest
 	// StartDest (destination): `cont` the destination if the source ran (else leave it paused) and confirm its
-	// status. Outcome: DestStarted; DestFailed only if QEMU refused and the guest did not run; DestExited.
+	// status. Outcome: DestStarted; DestFailed if QEMU refused `cont` or was gone before it was sent (the guest
+	// did not run); only DestExited if the QEMU exited while `cont` may have reached it (the machine then ends
+	// Unresolved at the phase's Timeout).
 	StartDest
 	// KillDest (destination): kill the destination QEMU and reap it. Outcome: DestExited.
 	KillDest
