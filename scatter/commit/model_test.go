@@ -662,11 +662,11 @@ func runWorld(t *testing.T, seed int64, seen outcomes) {
 
 func TestModel(t *testing.T) {
 	seeds := 20000
-	if n, err := strconv.Atoi(os.Getenv("COMMIT_MODEL_SEEDS")); err == nil {
-		seeds = n
-	}
 	if testing.Short() {
 		seeds = 2000
+	}
+	if n, err := strconv.Atoi(os.Getenv("COMMIT_MODEL_SEEDS")); err == nil { // for a longer hunt
+		seeds = n
 	}
 	seen := outcomes{}
 	for seed := int64(0); seed < int64(seeds); seed++ {
