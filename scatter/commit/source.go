@@ -119,10 +119,10 @@ func (s *Source) perform(ev Event) {
 		// Someone resumed the source after it completed: its state has moved on, the destination's copy is stale.
 		s.settled, s.running = true, true
 		s.rollback("the source VM runs again after its migration completed", StatusRolledBack)
-	case ev.Kind == SrcExited && s.phase == Loaded:
-		// The destination holds the whole VM and the source's copy is gone: starting it is the only way on.
+	case ev.Kind == SrcExited && s.completed:
+		// The source's copy is gone after it sent everything: the destination's, once loaded, is the only one.
 		s.srcGone = true
-		s.decideStart()
+		s.maybeStart()
 	case ev.Kind == SrcFailed && s.migrating:
 		s.migrating = false
 		s.rollback(because("the source migration failed", ev), StatusRolledBack)
@@ -168,7 +168,7 @@ func (s *Source) maybeStart() {
 	if s.phase == Perform && s.completed && s.loaded {
 		s.phase = Loaded
 	}
-	if s.phase == Loaded && s.settled {
+	if s.phase == Loaded && (s.settled || s.srcGone) {
 		s.decideStart()
 	}
 }
@@ -251,6 +251,9 @@ func (s *Source) commit(note string) {
 // until the migration has ended, the source VM has left finish-migrate and the destination is gone, and put
 // the source back as it was.
 func (s *Source) rollback(why string, st Status) {
+	if s.srcGone && st != StatusFailed {
+		why, st = why+"; the source QEMU had exited, so the VM is lost", StatusFailed
+	}
 	if s.why == "" {
 		s.why, s.status = why, st
 	}
@@ -275,7 +278,9 @@ func (s *Source) needsCont() bool { return s.wasRunning && !s.running }
 
 func (s *Source) advance() {
 	if s.srcGone {
-		s.journal(RolledBack)
+		if !s.resuming {
+			s.journal(RolledBack)
+		}
 		s.finish(RolledBack, StatusFailed, s.why)
 		return
 	}
@@ -319,7 +324,6 @@ func (s *Source) rollingBack(ev Event) {
 	switch {
 	case (ev.Kind == SrcCompleted || ev.Kind == SrcFailed || ev.Kind == SrcCancelled) && s.migrating:
 		s.migrating = false
-		s.completed = ev.Kind == SrcCompleted
 	case (ev.Kind == SrcRunning || ev.Kind == SrcPaused) && !s.migrating && !s.settled:
 		s.settled, s.running = true, ev.Kind == SrcRunning
 	case ev.Kind == SrcRunning && s.resuming:
