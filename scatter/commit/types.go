@@ -57,7 +57,7 @@ const (
 	FrameOpen         Frame = iota + 1 // S→R: start a destination for this VM and epoch
 	FrameReady                         // R→S: the destination runs paused and waits for the stream
 	FrameStreamEnd                     // S→R: the source closed its stream (sent by the pump, after the last byte)
-	FrameStreamCancel                  // S→R: the source stream failed (read by the destination as ABORT)
+	FrameStreamCancel                  // S→R: the source stream failed (read as ABORT before LOADED; the machines send ABORT)
 	FrameLoaded                        // R→S: the destination loaded the whole stream and is paused
 	FrameStart                         // S→R: the destination may run (the source journaled Finish first)
 	FrameRunning                       // R→S: the destination runs (or stays paused, as the source was)
