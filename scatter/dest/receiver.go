@@ -229,7 +229,7 @@ func (r *Receiver) serveControl(ctx context.Context, sc *secure.Conn, peer strin
 				return err
 			}
 			err := groups.join(ctx, m, sc.LocalAddr(), s.store, r.cfg.Iface)
-			reply := wire.ErrorMsg{}
+			reply := wire.JoinedMsg{}
 			if err != nil {
 				r.log.Warn("multicast join failed; the sender serves this target by unicast", "group", m.Group, "err", err)
 				reply.Error = err.Error()

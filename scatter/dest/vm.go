@@ -94,7 +94,7 @@ func (r *Receiver) serveVM(ctx context.Context, sc *secure.Conn, peer string) (e
 		return fail(err)
 	}
 	defer qc.Close()
-	if err := sc.SendJSON(wire.FrameReady, wire.ReadyMsg{Dir: dir, PID: dest.Cmd.Process.Pid}); err != nil {
+	if err := sc.SendJSON(wire.FrameReady, wire.ReadyMsg{Epoch: open.Epoch, PID: dest.Cmd.Process.Pid}); err != nil {
 		return err
 	}
 

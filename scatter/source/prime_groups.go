@@ -76,7 +76,7 @@ func (p *primer) openGroups(ctx context.Context, rep *report.Report) error {
 			err := t.sc.SendJSON(wire.FrameJoin, wire.JoinMsg{Group: g.addr, ReceiverID: uint16(ti), Key: key[:], SessionID: sid,
 				RateBps: s.cfg.RateBps, LocalSlots: local})
 			if err == nil {
-				var e wire.ErrorMsg
+				var e wire.JoinedMsg
 				if err = t.sc.Expect(ctx, wire.FrameJoined, &e); err == nil && e.Error != "" {
 					err = errors.New(e.Error)
 				}

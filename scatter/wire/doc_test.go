@@ -12,10 +12,11 @@ import (
 // payloads names the JSON message of each frame that carries one.
 var payloads = map[FrameType]any{
 	FrameHello: HelloMsg{}, FrameInfo: InfoMsg{}, FramePrimeDone: PrimeDoneMsg{}, FramePrimeAck: PrimeAckMsg{},
-	FrameJoin: JoinMsg{}, FrameJoined: ErrorMsg{}, FrameLeave: LeaveMsg{}, FrameSeedFiles: SeedFilesMsg{},
+	FrameJoin: JoinMsg{}, FrameJoined: JoinedMsg{}, FrameLeave: LeaveMsg{}, FrameSeedFiles: SeedFilesMsg{},
 	FrameSeedDone: SeedDoneMsg{}, FrameSeedAck: SeedAckMsg{}, FrameOpen: OpenMsg{}, FrameReady: ReadyMsg{},
 	FrameRAMStart: RAMStartMsg{}, FrameRunning: RunningMsg{}, FrameAbort: ErrorMsg{}, FrameError: ErrorMsg{},
-	FrameDone: DoneMsg{}, FrameStreamCancel: ErrorMsg{}, FrameLoaded: RunningMsg{},
+	FrameDone: DoneMsg{}, FrameStreamCancel: ErrorMsg{}, FrameLoaded: RunningMsg{}, FrameStart: EpochMsg{},
+	FrameCommit: EpochMsg{}, FrameAborted: ErrorMsg{}, FrameAttach: AttachMsg{}, FrameQuery: EpochMsg{}, FrameState: StateMsg{},
 }
 
 // TestControlDocMatchesCode holds docs/control.md's frame table against the code: every frame type with its number

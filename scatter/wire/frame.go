@@ -41,10 +41,14 @@ const (
 	FrameStreamCancel FrameType = 0x1f // sender→receiver, JSON ErrorMsg: the source stream failed
 	FrameLoaded       FrameType = 0x20 // receiver→sender, JSON RunningMsg: destination loaded, paused
 	FrameStart        FrameType = 0x21 // sender→receiver, empty: start the destination
+	FrameAborted      FrameType = 0x24 // receiver→sender, JSON ErrorMsg: this epoch's destination is gone and never ran
+	FrameAttach       FrameType = 0x25 // sender→receiver, JSON AttachMsg: a VM connection for a migration that exists
+	FrameQuery        FrameType = 0x26 // sender→receiver, JSON EpochMsg: where does this VM stand?
+	FrameState        FrameType = 0x27 // receiver→sender, JSON StateMsg: the answer to QUERY
 	FrameSwitchover   FrameType = 0x23 // sender→receiver, empty: QEMU 10.0+'s SWITCHOVER_START, between two RAM sections
 	FramePagesZ       FrameType = 0x22 // sender→receiver, binary: a PAGES payload compressed as a whole (dedup.CompressRecords)
 	FrameJoin         FrameType = 0x07 // sender→receiver (control), JSON JoinMsg: join a multicast group now
-	FrameJoined       FrameType = 0x08 // receiver→sender (control), JSON ErrorMsg: joined (error empty) or not
+	FrameJoined       FrameType = 0x08 // receiver→sender (control), JSON JoinedMsg: joined (error empty) or not
 	FrameLeave        FrameType = 0x09 // sender→receiver (control), JSON LeaveMsg: leave a group
 	FrameSeedFiles    FrameType = 0x0a // sender→receiver (control), JSON SeedFilesMsg: a seed's files and salt
 	FrameSeed         FrameType = 0x0b // sender→receiver (control), binary: seed records
@@ -67,7 +71,8 @@ var frameNames = map[FrameType]string{
 	FrameCommit: "COMMIT", FrameAbort: "ABORT", FrameError: "ERROR", FrameDone: "DONE", FrameStreamCancel: "STREAM_CANCEL",
 	FrameLoaded: "LOADED", FrameStart: "START", FrameJoin: "JOIN", FrameJoined: "JOINED", FrameLeave: "LEAVE",
 	FrameSeedFiles: "SEED_FILES", FrameSeed: "SEED", FrameSeedDone: "SEED_DONE", FrameSeedAck: "SEED_ACK",
-	FramePagesZ: "PAGES_Z", FrameSwitchover: "SWITCHOVER_START",
+	FramePagesZ: "PAGES_Z", FrameSwitchover: "SWITCHOVER_START", FrameAborted: "ABORTED", FrameAttach: "ATTACH",
+	FrameQuery: "QUERY", FrameState: "STATE",
 }
 
 // SessionID names one scatter run on every receiver.

@@ -39,6 +39,7 @@ type PrimeAckMsg struct {
 type OpenMsg struct {
 	Session      SessionID       `json:"session"`
 	VM           string          `json:"vm"`
+	Epoch        uint64          `json:"epoch"` // this migration of the VM: greater than every earlier one's
 	Argv         []string        `json:"argv"`
 	Capabilities map[string]bool `json:"capabilities"`  // migration capabilities the destination must share
 	Run          bool            `json:"run"`           // the source ran: START resumes the destination
@@ -48,12 +49,13 @@ type OpenMsg struct {
 
 // ReadyMsg says the destination QEMU runs paused and waits for the stream.
 type ReadyMsg struct {
-	Dir string `json:"dir"`
-	PID int    `json:"pid"`
+	Epoch uint64 `json:"epoch"`
+	PID   int    `json:"pid"`
 }
 
 // RunningMsg is the destination's state after loading (LOADED) or after START (RUNNING).
 type RunningMsg struct {
+	Epoch  uint64 `json:"epoch"`
 	Status string `json:"status"`
 	PID    int    `json:"pid"`
 }
@@ -75,12 +77,34 @@ type LeaveMsg struct {
 
 // DoneMsg answers COMMIT.
 type DoneMsg struct {
+	Epoch             uint64 `json:"epoch"`
 	FirstOutputUnixMS int64 `json:"first_output_unix_ms,omitempty"` // first console line after START, host time
 }
 
 // ErrorMsg is the payload of ERROR, ABORT and STREAM_CANCEL: the reason, for the operator.
 type ErrorMsg struct {
+	Epoch uint64 `json:"epoch,omitempty"` // on a VM connection: the migration it is about
 	Error string `json:"error"`
+}
+
+// EpochMsg is the payload of START, COMMIT and QUERY: the migration they are about.
+type EpochMsg struct {
+	Epoch uint64 `json:"epoch"`
+}
+
+// AttachMsg opens a VM connection for a migration the receiver already knows (the sender reconnecting after a
+// lost connection, or `vmscatter recover`), instead of OPEN: the frames that follow are about that migration.
+type AttachMsg struct {
+	Session SessionID `json:"session"`
+	VM      string    `json:"vm"`
+	Epoch   uint64    `json:"epoch"`
+}
+
+// StateMsg answers QUERY: the receiver's journal of the VM and what its destination QEMU is now.
+type StateMsg struct {
+	Epoch uint64 `json:"epoch"` // the epoch of the receiver's record (0: it has none)
+	Phase string `json:"phase"` // the receiver's phase for that epoch (scatter/commit's names), "" if none
+	Dest  string `json:"dest"`  // the destination QEMU: "running", "paused", "gone", or another run state
 }
 
 // RAMStartMsg is RAM_START's payload: the source's ram START section, whose block list every later page record
@@ -128,4 +152,9 @@ func CheckVMName(name string) error {
 		return fmt.Errorf("invalid VM name %q: use letters, digits, '.', '_' and '-'", name)
 	}
 	return nil
+}
+
+// JoinedMsg answers JOIN: joined (Error empty), or why not.
+type JoinedMsg struct {
+	Error string `json:"error"`
 }
