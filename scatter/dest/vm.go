@@ -756,7 +756,8 @@ func (m *vmDriver) restored(rec record) {
 	m.gen++
 	m.rec, m.run = rec, rec.Run
 	m.log = m.r.log.With("vm", m.name, "epoch", e.Epoch)
-	if !e.Phase.Terminal() {
+	owned := e.Phase != commit.Committed // a committed VM's QEMU is the VM's, not the migration's
+	if owned {
 		if h := adoptDestination(m.dir); h != nil {
 			m.pid = h.pid
 			m.watch(h)
@@ -766,7 +767,7 @@ func (m *vmDriver) restored(rec record) {
 	m.d = d
 	m.log.Info("restored from the journal", "journal", e.Phase.String(), "phase", d.Phase().String(), "pid", m.pid)
 	m.carryOut(acts)
-	if !e.Phase.Terminal() && m.dest == nil && !m.exitSeen {
+	if owned && m.dest == nil && !m.exitSeen {
 		m.exitSeen = true
 		m.step(commit.Event{Kind: commit.DestExited, Reason: "the destination QEMU was gone when the receiver started"})
 	}
