@@ -106,7 +106,7 @@ func runSend(c *cli.Context) error {
 		return withCode(ExitRolledBack, err)
 	case err != nil:
 		return withCode(ExitError, err)
-	case rep.Totals.Failed > 0:
+	case rep.Totals.Failed > 0 || rep.Totals.Unresolved > 0:
 		return withCode(ExitFailed, errors.New("some VMs need an operator: see the report"))
 	case rep.Totals.RolledBack > 0:
 		return withCode(ExitRolledBack, errors.New("some VMs rolled back: their sources run on"))

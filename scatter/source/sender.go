@@ -18,6 +18,7 @@ import (
 	"github.com/vmscatter/vmscatter/qemu/qmp"
 	"github.com/vmscatter/vmscatter/scatter/converge"
 	"github.com/vmscatter/vmscatter/scatter/host"
+	"github.com/vmscatter/vmscatter/scatter/journal"
 	"github.com/vmscatter/vmscatter/scatter/report"
 	"github.com/vmscatter/vmscatter/scatter/secure"
 	"github.com/vmscatter/vmscatter/scatter/wire"
@@ -53,6 +54,10 @@ type Config struct {
 	RateBps   int64  // multicast rate cap, bits/s; 0 means 1 Gbit/s
 	Iface     string // data-plane interface for multicast; "" means the one the control connections use
 
+	// StateDir is where the run is journaled (one directory per run), for `vmscatter recover` and `status`; ""
+	// means DefaultStateDir.
+	StateDir string
+
 	Progress io.Writer    // progress lines; nil means none
 	Log      *slog.Logger // nil logs nowhere
 
@@ -82,8 +87,9 @@ type sourceVM struct {
 	ramBytes   int64
 	target     *targetConn
 	report     *report.VMReport
-	open       *opening           // the VM connection, once opening it started
 	final      *report.FinalImage // what its destination loaded, for the report's bound
+	mig        *vmMigration       // its migration, once started
+	done       chan struct{}      // closed when its migration has ended and its report is final
 }
 
 // targetConn is the control connection to one receiver.
@@ -179,18 +185,22 @@ func newSender(cfg Config) (*sender, error) {
 }
 
 type sender struct {
-	cfg      Config
-	log      *slog.Logger
-	codec    pageCodec
-	session  wire.SessionID
-	progress *progress
-	vms      []*sourceVM
-	targets  []*targetConn
-	tmpDir   string
-	rams     []*qemu.GuestRAM // open for the scan and the prime
-	sharing  *dedup.SharingMap
-	batches  []primeBatch // the prime's schedule, from placement
-	costs    []uint32     // by content id: the wire bytes its prime cost (compressed), for the report's bound
+	cfg Config
+	// epoch is this run's migrations' epoch (docs/commit.md): greater than any a VM's earlier runs journaled.
+	epoch          uint64
+	journal        *journal.Dir // this run's directory under --state-dir
+	stopMigrations func()
+	log            *slog.Logger
+	codec          pageCodec
+	session        wire.SessionID
+	progress       *progress
+	vms            []*sourceVM
+	targets        []*targetConn
+	tmpDir         string
+	rams           []*qemu.GuestRAM // open for the scan and the prime
+	sharing        *dedup.SharingMap
+	batches        []primeBatch // the prime's schedule, from placement
+	costs          []uint32     // by content id: the wire bytes its prime cost (compressed), for the report's bound
 	// digester takes the keyed digests that make references exact, over the bytes each target stores (seed and
 	// prime); its salt is fresh for every run.
 	digester *dedup.Digester
@@ -266,11 +276,15 @@ func (s *sender) prepare(ctx context.Context, rep *report.Report) error {
 	return nil
 }
 
-// release closes the sessions and QMP connections and removes the sender's sockets.
+// release stops the migrations still under way (each at its next safe point), closes the sessions and QMP
+// connections and removes the sender's sockets.
 func (s *sender) release() {
+	if s.stopMigrations != nil {
+		s.stopMigrations()
+	}
 	for _, vm := range s.vms {
-		if vm.open != nil {
-			vm.open.discard()
+		if vm.done != nil {
+			<-vm.done
 		}
 	}
 	s.closeSessions()
@@ -292,10 +306,20 @@ func (s *sender) run(ctx context.Context) (*report.Report, error) {
 	rep := &report.Report{Version: report.ReportVersion, Session: s.session.String(), Started: start.UTC(), Transport: "unicast",
 		Policy: s.cfg.Policy.Name()}
 	phase := phaseClock{last: start}
+	held, err := s.openJournal(start)
+	if err != nil {
+		return nil, err
+	}
 	if err := s.prepare(ctx, rep); err != nil {
 		return nil, err
 	}
 	defer s.release()
+	for _, vm := range s.vms {
+		if why, ok := held[vm.spec.Name]; ok && vm.report.Status == "" {
+			vm.report.Status, vm.report.Error = report.StatusRolledBack, why
+			s.progress.set(vm.spec.Name, "refused", why)
+		}
+	}
 	rep.Totals.Phases.Prepare = phase.lap()
 
 	// The source link's counters: what left the data-plane interface during the run.
@@ -326,8 +350,13 @@ func (s *sender) run(ctx context.Context) (*report.Report, error) {
 		return nil, err
 	}
 	rep.Totals.Phases.Place = phase.lap()
+	// The migrations' own context: the operator's stop (ctx) reaches each as Stop, which it obeys at its next safe
+	// point; release stops those the run abandons.
+	mctx, stopMigrations := context.WithCancelCause(context.WithoutCancel(ctx))
+	s.stopMigrations = func() { stopMigrations(errors.New("the run ended")) }
+	context.AfterFunc(ctx, func() { stopMigrations(context.Cause(ctx)) })
 	// The first migrations' destinations start now, while the seed and the prime run.
-	s.openEarly(ctx)
+	s.openEarly(mctx)
 	if sm != nil {
 		s.seed(ctx, sm, rep)
 	}
@@ -350,7 +379,14 @@ func (s *sender) run(ctx context.Context) (*report.Report, error) {
 		if vm.report.Status != "" { // inventory or placement already settled it
 			continue
 		}
-		mg.Go(func() error { s.migrate(ctx, vm); return nil })
+		mg.Go(func() error {
+			if vm.mig == nil {
+				s.startMigration(mctx, vm)
+			}
+			close(vm.mig.gate)
+			<-vm.done
+			return nil
+		})
 	}
 	mg.Wait()
 	rep.Totals.Phases.Migrate = phase.lap()
