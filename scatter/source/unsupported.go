@@ -16,18 +16,17 @@ import (
 // QEMU does not know is not in its list at all, which is fine.
 var unsupportedCapabilities = map[string]string{
 	// The source would wait for something the proxy never sends.
-	"switchover-ack": "the source QEMU (8.1 and later) would wait before the switch-over for the destination's " +
-		"acknowledgement, which vmscatter's proxy never sends",
+	"switchover-ack": "the source QEMU would wait before the switch-over for the destination's acknowledgement, " +
+		"which vmscatter's proxy never sends",
 	"pause-before-switchover": "the source QEMU would pause before the switch-over and wait for a command to go on, " +
 		"which vmscatter never sends",
 	// A stream the codec does not read.
-	"multifd": "QEMU would send RAM over several connections, which vmscatter does not proxy yet (its references and " +
-		"page compression stand in for it)",
+	"multifd":        "QEMU would send RAM over several connections, which vmscatter does not proxy yet",
 	"zero-copy-send": "it is for multifd, which vmscatter does not proxy yet",
-	"xbzrle":         "QEMU would send pages as XBZRLE deltas, which vmscatter does not decode (its references stand in for them)",
-	"compress":       "QEMU would send compressed pages, which vmscatter does not decode (send --compress compresses on the wire)",
-	"mapped-ram":     "it is for migration to a file only (QEMU 9.0 and later)",
-	"postcopy-ram": "vmscatter migrates pre-copy only; for a guest that dirties memory faster than the link carries it, " +
+	"xbzrle":         "QEMU would send pages as XBZRLE deltas, which vmscatter does not decode",
+	"compress":       "QEMU would send compressed pages, which vmscatter does not decode: it compresses pages itself",
+	"mapped-ram":     "it is for migration to a file only",
+	"postcopy-ram": "vmscatter migrates pre-copy only: for a guest that dirties memory faster than the link carries it, " +
 		"use send --policy autoconverge or timebound",
 	"postcopy-preempt":    "it is for post-copy, and vmscatter migrates pre-copy only",
 	"release-ram":         "it is for post-copy, and vmscatter migrates pre-copy only",
@@ -50,7 +49,11 @@ func unsupportedFeatures(caps map[string]bool, devs []qmp.MemoryDevice) error {
 		}
 	}
 	var msgs []string
-	if len(why) > 0 {
+	switch {
+	case len(why) == 1:
+		msgs = append(msgs, fmt.Sprintf("migration capability %s is on, which vmscatter cannot carry; turn it off on the "+
+			"source for the move (QMP: %s)", why[0], qmp.SetCapabilitiesCommand(off)))
+	case len(why) > 1:
 		msgs = append(msgs, fmt.Sprintf("migration capabilities vmscatter cannot carry are on: %s; turn them off on "+
 			"the source for the move (QMP: %s)", strings.Join(why, "; "), qmp.SetCapabilitiesCommand(off)))
 	}
