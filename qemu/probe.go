@@ -8,7 +8,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"slices"
 	"strconv"
 	"strings"
 
@@ -21,11 +20,6 @@ type Binary struct {
 	Path     string
 	Version  qmp.Version
 	Machines []string // the concrete machine types, e.g. "pc-i440fx-7.2"; aliases such as "pc" are left out
-}
-
-// HasMachine reports whether the binary can run machine type name.
-func (b Binary) HasMachine(name string) bool {
-	return slices.Contains(b.Machines, name)
 }
 
 // Probe runs the QEMU binary at path twice, with --version and with -machine help (each starts and exits at once,
