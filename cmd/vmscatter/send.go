@@ -102,9 +102,7 @@ func runSend(c *cli.Context) error {
 			t.Migrated, t.VMs, t.RolledBack, t.Failed, float64(t.WireBytes)/(1<<20), float64(t.ElapsedMS)/1000, c.String("report"))
 	}
 	switch {
-	case errors.Is(err, source.ErrNothingMigrated):
-		return withCode(ExitRolledBack, err)
-	case err != nil:
+	case err != nil: // source.ErrNothingMigrated included: every VM was refused or rolled back before it moved
 		return withCode(ExitError, err)
 	case rep.Totals.Failed > 0 || rep.Totals.Unresolved > 0:
 		return withCode(ExitFailed, errors.New("some VMs need an operator: see the report"))

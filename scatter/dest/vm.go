@@ -51,7 +51,7 @@ func (r *Receiver) serveVM(ctx context.Context, sc *secure.Conn, peer string) (e
 	log := r.log.With("vm", open.VM, "session", s.id)
 
 	dir := filepath.Join(r.cfg.DataDir, open.VM)
-	argv, err := qemu.RewriteCommandLine(open.Argv, dir)
+	argv, err := r.destinationCommandLine(open.Argv, dir)
 	if err != nil {
 		return fail(err)
 	}

@@ -82,7 +82,7 @@ type sourceVM struct {
 	spec       VMSpec
 	qmp        *qmp.Client
 	pid        int
-	argv       []string
+	argv       []string // the destination's command line: the source's, its machine type made concrete
 	wasRunning bool
 	ramBytes   int64
 	target     *targetConn
@@ -90,6 +90,10 @@ type sourceVM struct {
 	final      *report.FinalImage // what its destination loaded, for the report's bound
 	mig        *vmMigration       // its migration, once started
 	done       chan struct{}      // closed when its migration has ended and its report is final
+
+	// The source's QEMU version and concrete machine type: a target must run both (targetRuns).
+	qemuVersion qmp.Version
+	machine     string
 }
 
 // targetConn is the control connection to one receiver.
@@ -109,7 +113,8 @@ type targetConn struct {
 // streamSocketBuffer is the send buffer of a VM stream's socket (the kernel doubles it).
 const streamSocketBuffer = 256 << 10
 
-// ErrNothingMigrated is returned when the run could not start at all.
+// ErrNothingMigrated is returned, with the report, when the run could not start at all: every VM was refused (the
+// inventory, placement) or rolled back before its migration began, so nothing moved. `vmscatter send` exits 1.
 var ErrNothingMigrated = errors.New("no VM could be migrated")
 
 // Send runs one scatter: inventory, sessions, scan, placement, prime, the migrations, and the report. The report
@@ -260,14 +265,19 @@ func (s *sender) prepare(ctx context.Context, rep *report.Report) error {
 	for i, a := range s.cfg.Targets {
 		s.targets[i] = &targetConn{addr: a}
 	}
-	var g errgroup.Group
+	// The sessions connect while the inventory runs; HELLO, which names the VMs' QEMU binaries, waits for it.
+	var inv errgroup.Group
 	for _, vm := range s.vms {
-		g.Go(func() error { s.inventory(ctx, vm); return nil })
+		inv.Go(func() error { s.inventory(ctx, vm); return nil })
 	}
+	inventoried := make(chan struct{})
+	go func() { inv.Wait(); close(inventoried) }()
+	var g errgroup.Group
 	for _, t := range s.targets {
-		g.Go(func() error { s.openSession(ctx, t); return nil })
+		g.Go(func() error { s.openSession(ctx, t, inventoried); return nil })
 	}
 	g.Wait()
+	<-inventoried
 	for _, t := range s.targets {
 		if t.err != nil {
 			rep.Warnings = append(rep.Warnings, fmt.Sprintf("receiver %s: %v", t.addr, t.err))
