@@ -21,14 +21,15 @@ import (
 
 var benchKey = bytes.Repeat([]byte{7}, 32)
 
-// rebuildInput is what one rebuild of st needs: the sender's frames and the target's content store.
-func rebuildInput(tb testing.TB, mix datapath.Mix) (*datapath.Stream, []datapath.Frame, *dedup.ContentStore) {
+// rebuildInput is what one rebuild of mix's stream needs: the sender's frames, literals compressed with codec, and
+// the target's content store.
+func rebuildInput(tb testing.TB, mix datapath.Mix, codec dedup.Codec) (*datapath.Stream, []datapath.Frame, *dedup.ContentStore) {
 	tb.Helper()
 	st, err := datapath.Generate(mix)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	frames, err := datapath.SenderFrames(st.QEMU, st.HeldIndex(dedup.NewDigester([32]byte{})), dedup.CodecZstd)
+	frames, err := datapath.SenderFrames(st.QEMU, st.HeldIndex(dedup.NewDigester([32]byte{})), codec)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -55,30 +56,32 @@ func sealed(tb testing.TB, frames []datapath.Frame) (*secure.Conn, int) {
 
 func BenchmarkRebuild(b *testing.B) {
 	for _, mix := range []datapath.Mix{datapath.ReferenceHeavy, datapath.LiteralHeavy} {
-		b.Run(mix.Name, func(b *testing.B) {
-			st, frames, store := rebuildInput(b, mix)
-			ctx := context.Background()
-			b.SetBytes(st.RAMBytes())
-			var cpu datapath.CPU
-			wireBytes := 0
-			b.ResetTimer()
-			for range b.N {
-				b.StopTimer()
-				var rc *secure.Conn
-				rc, wireBytes = sealed(b, frames)
-				rb := newRebuilder(&datapath.MemConn{}, store, time.Second)
-				b.StartTimer()
-				cpu.Start()
-				err := rb.run(ctx, rc)
-				cpu.Stop()
-				if err != nil {
-					b.Fatal(err)
+		for _, codec := range []dedup.Codec{dedup.CodecZstd, dedup.CodecS2} {
+			b.Run(mix.Name+"/"+codec.String(), func(b *testing.B) {
+				st, frames, store := rebuildInput(b, mix, codec)
+				ctx := context.Background()
+				b.SetBytes(st.RAMBytes())
+				var cpu datapath.CPU
+				wireBytes := 0
+				b.ResetTimer()
+				for range b.N {
+					b.StopTimer()
+					var rc *secure.Conn
+					rc, wireBytes = sealed(b, frames)
+					rb := newRebuilder(&datapath.MemConn{}, store, time.Second)
+					b.StartTimer()
+					cpu.Start()
+					err := rb.run(ctx, rc)
+					cpu.Stop()
+					if err != nil {
+						b.Fatal(err)
+					}
 				}
-			}
-			b.StopTimer()
-			cpu.Report(b, st.RAMBytes(), b.N)
-			b.ReportMetric(float64(wireBytes)/float64(st.RAMBytes()), "wire/RAM")
-		})
+				b.StopTimer()
+				cpu.Report(b, st.RAMBytes(), b.N)
+				b.ReportMetric(float64(wireBytes)/float64(st.RAMBytes()), "wire/RAM")
+			})
+		}
 	}
 }
 
@@ -87,7 +90,7 @@ func BenchmarkRebuild(b *testing.B) {
 func TestRebuildRestoresStream(t *testing.T) {
 	for _, mix := range []datapath.Mix{{Name: "references", Pages: 1500, Held: 0.9}, {Name: "literals", Pages: 1500, Held: 0.1}} {
 		t.Run(mix.Name, func(t *testing.T) {
-			st, frames, store := rebuildInput(t, mix)
+			st, frames, store := rebuildInput(t, mix, dedup.CodecZstd)
 			var out bytes.Buffer
 			rb := newRebuilder(&datapath.MemConn{W: &out}, store, time.Second)
 			rc, _ := sealed(t, frames)

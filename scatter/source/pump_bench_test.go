@@ -23,8 +23,9 @@ import (
 var benchKey = bytes.Repeat([]byte{7}, 32)
 
 // pumpFor builds one VM's migration whose target holds st's held contents (as the prime leaves them: contents this
-// VM held at the scan) and whose stream connection sends into w; the receiver's end of it reads from r.
-func pumpFor(tb testing.TB, st *datapath.Stream, w io.Writer, r io.Reader) (*vmMigration, *secure.Conn) {
+// VM held at the scan), compressing literals with codec (--compress), and whose stream connection sends into w; the
+// receiver's end of it reads from r.
+func pumpFor(tb testing.TB, st *datapath.Stream, codec dedup.Codec, w io.Writer, r io.Reader) (*vmMigration, *secure.Conn) {
 	tb.Helper()
 	var salt [32]byte
 	t := &targetConn{addr: "bench", held: st.HeldIndex(dedup.NewDigester(salt))}
@@ -33,7 +34,7 @@ func pumpFor(tb testing.TB, st *datapath.Stream, w io.Writer, r io.Reader) (*vmM
 		mine[i] = dedup.ContentID(i)
 	}
 	vm := &sourceVM{spec: VMSpec{Name: "bench"}, target: t, report: &report.VMReport{Name: "bench"}}
-	s := &sender{codec: dedup.CodecZstd, progress: newProgress(nil), targets: []*targetConn{t}, vms: []*sourceVM{vm},
+	s := &sender{codec: codec, progress: newProgress(nil), targets: []*targetConn{t}, vms: []*sourceVM{vm},
 		sharing: &dedup.SharingMap{PerVM: [][]dedup.ContentID{mine}}, costs: make([]uint32, len(st.Held))}
 	sc, rc, err := datapath.Pair(benchKey, w, r)
 	if err != nil {
@@ -44,28 +45,30 @@ func pumpFor(tb testing.TB, st *datapath.Stream, w io.Writer, r io.Reader) (*vmM
 
 func BenchmarkPump(b *testing.B) {
 	for _, mix := range []datapath.Mix{datapath.ReferenceHeavy, datapath.LiteralHeavy} {
-		b.Run(mix.Name, func(b *testing.B) {
-			st, err := datapath.Generate(mix)
-			if err != nil {
-				b.Fatal(err)
-			}
-			m, _ := pumpFor(b, st, io.Discard, nil)
-			ctx := context.Background()
-			b.SetBytes(st.RAMBytes())
-			var cpu datapath.CPU
-			b.ResetTimer()
-			cpu.Start()
-			for range b.N {
-				m.src = &datapath.MemConn{R: bytes.NewReader(st.QEMU)}
-				if err := m.pump(ctx); err != nil {
+		for _, codec := range []dedup.Codec{dedup.CodecZstd, dedup.CodecS2} {
+			b.Run(mix.Name+"/"+codec.String(), func(b *testing.B) {
+				st, err := datapath.Generate(mix)
+				if err != nil {
 					b.Fatal(err)
 				}
-			}
-			cpu.Stop()
-			b.StopTimer()
-			cpu.Report(b, st.RAMBytes(), b.N)
-			b.ReportMetric(float64(m.sc.BytesOut())/float64(b.N)/float64(st.RAMBytes()), "wire/RAM")
-		})
+				m, _ := pumpFor(b, st, codec, io.Discard, nil)
+				ctx := context.Background()
+				b.SetBytes(st.RAMBytes())
+				var cpu datapath.CPU
+				b.ResetTimer()
+				cpu.Start()
+				for range b.N {
+					m.src = &datapath.MemConn{R: bytes.NewReader(st.QEMU)}
+					if err := m.pump(ctx); err != nil {
+						b.Fatal(err)
+					}
+				}
+				cpu.Stop()
+				b.StopTimer()
+				cpu.Report(b, st.RAMBytes(), b.N)
+				b.ReportMetric(float64(m.sc.BytesOut())/float64(b.N)/float64(st.RAMBytes()), "wire/RAM")
+			})
+		}
 	}
 }
 
@@ -78,7 +81,7 @@ func TestPumpSendsSenderFrames(t *testing.T) {
 				t.Fatal(err)
 			}
 			var onWire bytes.Buffer
-			m, rc := pumpFor(t, st, &onWire, &onWire)
+			m, rc := pumpFor(t, st, dedup.CodecZstd, &onWire, &onWire)
 			m.src = &datapath.MemConn{R: bytes.NewReader(st.QEMU)}
 			if err := m.pump(context.Background()); err != nil {
 				t.Fatal(err)
