@@ -170,8 +170,7 @@ func RunCompare(ctx context.Context, cfg CompareConfig) (*CompareResult, error) 
 	}
 	res.Scatter.CPU = CPUFigures{SourceQEMUSeconds: (guestsCPU(guests) - srcCPU0).Seconds(), SenderSeconds: sr.CPU.Seconds(),
 		TargetQEMUSeconds: c.destinationsCPU(res.Placement).Seconds(), ReceiverSeconds: (c.receiversCPU() - rcvCPU0).Seconds(),
-		SourceBaselinePerS: baseline}
-	res.Scatter.CPU.finish(guestGiB)
+		SourceBaselinePerS: baseline, GuestGiB: guestGiB}
 	res.LowerBoundBytes = sr.Report.Totals.LowerBoundBytes
 	res.LowerBoundCompressedBytes = sr.Report.Totals.LowerBoundCompressedBytes
 	res.FinalBoundBytes = sr.Report.Totals.FinalBoundBytes
@@ -198,8 +197,7 @@ func RunCompare(ctx context.Context, cfg CompareConfig) (*CompareResult, error) 
 			return nil, err
 		}
 		f := MethodFigures{Method: m.Name, SourceTxBytes: nr.SourceTx, TargetRxBytes: sum(nr.TargetRx), TotalMS: nr.Elapsed.Milliseconds(),
-			CPU: CPUFigures{SourceQEMUSeconds: nr.SourceCPU.Seconds(), TargetQEMUSeconds: nr.TargetCPU.Seconds(), SourceBaselinePerS: baseline}}
-		f.CPU.finish(guestGiB)
+			CPU: CPUFigures{SourceQEMUSeconds: nr.SourceCPU.Seconds(), TargetQEMUSeconds: nr.TargetCPU.Seconds(), SourceBaselinePerS: baseline, GuestGiB: guestGiB}}
 		for _, v := range nr.VMs {
 			f.DowntimeMS = append(f.DowntimeMS, v.DowntimeMS)
 			if v.Status == "completed" {
@@ -215,12 +213,15 @@ func RunCompare(ctx context.Context, cfg CompareConfig) (*CompareResult, error) 
 			KillByPidfiles(c.DataDir(i))
 		}
 	}
-	res.computeRatios()
+	res.derive()
 	return res, writeCompare(cfg.Dir, res)
 }
 
-// computeRatios sets the ratios from the figures.
-func (r *CompareResult) computeRatios() {
+// derive computes what follows from the measured figures: each method's CPU-seconds per GiB, and the ratios.
+func (r *CompareResult) derive() {
+	for _, m := range []*MethodFigures{&r.Native, &r.Best, &r.Scatter} {
+		m.CPU.perGiB(time.Duration(m.TotalMS) * time.Millisecond)
+	}
 	s, n, b, lb := r.Scatter, r.Native, r.Best, uint64(r.FinalBoundBytes)
 	r.Ratios.SourceBytesVsNative = ratio(s.SourceTxBytes, n.SourceTxBytes)
 	r.Ratios.TargetBytesVsNative = ratio(s.TargetRxBytes, n.TargetRxBytes)
@@ -244,7 +245,7 @@ func Replot(dir string) (*CompareResult, error) {
 	if err := json.Unmarshal(b, &res); err != nil {
 		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, "results.json"), err)
 	}
-	res.computeRatios()
+	res.derive()
 	return &res, writeCompare(dir, &res)
 }
 
@@ -309,6 +310,8 @@ func (r *CompareResult) Markdown() string {
 		f3(r.Ratios.TimeVsNative), f3(r.Ratios.TimeVsBest))
 	row("CPU-s per GiB of guest RAM, source", func(m MethodFigures) string { return fmt.Sprintf("%.2f", m.CPU.SourcePerGiB) },
 		f3(ratioF(r.Scatter.CPU.SourcePerGiB, r.Native.CPU.SourcePerGiB)), f3(ratioF(r.Scatter.CPU.SourcePerGiB, r.Best.CPU.SourcePerGiB)))
+	row("the same, less the guests' own running", func(m MethodFigures) string { return fmt.Sprintf("%.2f", m.CPU.SourceNetPerGiB) },
+		f3(ratioF(r.Scatter.CPU.SourceNetPerGiB, r.Native.CPU.SourceNetPerGiB)), f3(ratioF(r.Scatter.CPU.SourceNetPerGiB, r.Best.CPU.SourceNetPerGiB)))
 	row("CPU-s per GiB of guest RAM, targets", func(m MethodFigures) string { return fmt.Sprintf("%.2f", m.CPU.TargetPerGiB) },
 		f3(ratioF(r.Scatter.CPU.TargetPerGiB, r.Native.CPU.TargetPerGiB)), f3(ratioF(r.Scatter.CPU.TargetPerGiB, r.Best.CPU.TargetPerGiB)))
 	row("VMs migrated", func(m MethodFigures) string { return fmt.Sprint(m.Migrated) }, "", "")
@@ -333,7 +336,8 @@ func (r *CompareResult) Markdown() string {
 			met(r.Ratios.TimeVsBest), r.Ratios.BoundVsBest)
 	}
 	b.WriteString("\nCPU-seconds (bench/cpu.go: the processes' own accounting, over each method's window), source QEMUs + sender / " +
-		"destination QEMUs + receivers; the source QEMUs' rate without a migration, measured during the settle, in brackets:")
+		"destination QEMUs + receivers; in brackets the source QEMUs' rate without a migration, measured during the settle, " +
+		"which the row \"less the guests' own running\" takes off over the window:")
 	for _, m := range methods {
 		c := m.CPU
 		fmt.Fprintf(&b, " %s %.2f + %.2f / %.2f + %.2f (%.2f/s);", m.Method, c.SourceQEMUSeconds, c.SenderSeconds, c.TargetQEMUSeconds,

@@ -33,13 +33,13 @@ func TestCompareOutputs(t *testing.T) {
 	dir := t.TempDir()
 	res := &CompareResult{VMs: []string{"vm1", "vm2"}, BestSetup: NativeMethod{Name: "QEMU multifd+zstd", MultifdChannels: 2, MultifdCompression: "zstd"}}
 	res.Native = MethodFigures{Method: "QEMU default", SourceTxBytes: 400 << 20, TargetRxBytes: 400 << 20, TotalMS: 3500, DowntimeMS: []int64{200, 180},
-		CPU: CPUFigures{SourcePerGiB: 4, TargetPerGiB: 2}}
+		CPU: CPUFigures{SourceQEMUSeconds: 2, TargetQEMUSeconds: 1, SourceBaselinePerS: 0.2, GuestGiB: 0.5}}
 	res.Best = MethodFigures{Method: "QEMU multifd+zstd", SourceTxBytes: 240 << 20, TargetRxBytes: 240 << 20, TotalMS: 2000, DowntimeMS: []int64{100, 90},
-		CPU: CPUFigures{SourcePerGiB: 6, TargetPerGiB: 3}}
+		CPU: CPUFigures{SourceQEMUSeconds: 3, TargetQEMUSeconds: 1.5, SourceBaselinePerS: 0.2, GuestGiB: 0.5}}
 	res.Scatter = MethodFigures{Method: "vmscatter", SourceTxBytes: 120 << 20, TargetRxBytes: 150 << 20, TotalMS: 3000, DowntimeMS: []int64{150, 250},
-		CPU: CPUFigures{SourcePerGiB: 5, TargetPerGiB: 4}}
+		CPU: CPUFigures{SourceQEMUSeconds: 1, SenderSeconds: 1.5, TargetQEMUSeconds: 1, ReceiverSeconds: 1, SourceBaselinePerS: 0.2, GuestGiB: 0.5}}
 	res.FinalBoundBytes = 100 << 20
-	res.computeRatios()
+	res.derive()
 	if err := writeCompare(dir, res); err != nil {
 		t.Fatal(err)
 	}
@@ -52,6 +52,8 @@ func TestCompareOutputs(t *testing.T) {
 		"| bytes leaving the source | 400.0 MiB | 240.0 MiB | 120.0 MiB | 0.300 | 0.500 |",
 		"| total time (start → last VM runs) | 3.50 s | 2.00 s | 3.00 s | 0.857 | 1.500 |",
 		"| CPU-s per GiB of guest RAM, source | 4.00 | 6.00 | 5.00 | 1.250 | 0.833 |",
+		"| the same, less the guests' own running | 2.60 | 5.20 | 3.80 | 1.462 | 0.731 |",
+		"| CPU-s per GiB of guest RAM, targets | 2.00 | 3.00 | 4.00 | 2.000 | 1.333 |",
 		"| final-state lower bound (bound / method) | – | – | 100.0 MiB | 0.250 | 0.417 |",
 		"(goal ≤ 0.45: not met)",
 	} {

@@ -28,8 +28,9 @@ import (
 //   - the receivers: the difference of utime+stime+cutime+cstime over the window; cutime and cstime hold the
 //     destination QEMUs a receiver has reaped, should one have ended.
 //
-// The source QEMUs' figure includes what the guests themselves run during the window (their vCPUs, under TCG);
-// CPUFigures.SourceBaselinePerS is that rate measured with no migration, over the settle before the window.
+// The source QEMUs' figure includes what the guests themselves run during the window (their vCPUs, under TCG), so a
+// longer window costs more by itself. CPUFigures.SourceBaselinePerS is that rate, measured from the same accounting
+// with no migration, over the settle before the window; SourceNetPerGiB takes it off over the window's length.
 
 // CPUFigures are one method's CPU-seconds, and per GiB of guest RAM moved.
 type CPUFigures struct {
@@ -43,14 +44,17 @@ type CPUFigures struct {
 	GuestGiB           float64 `json:"guest_gib"`        // guest RAM moved (configured RAM of every guest): the denominator
 	SourcePerGiB       float64 `json:"source_s_per_gib"` // (source QEMUs + sender) / GuestGiB
 	TargetPerGiB       float64 `json:"target_s_per_gib"` // (destination QEMUs + receivers) / GuestGiB
+	// SourceNetPerGiB is SourcePerGiB less the guests' own running over the window (SourceBaselinePerS × its
+	// length): what moving them cost the source.
+	SourceNetPerGiB float64 `json:"source_net_s_per_gib"`
 }
 
-// finish fills in the per-GiB figures for gib GiB of guest RAM.
-func (f *CPUFigures) finish(gib float64) {
-	f.GuestGiB = gib
-	if gib > 0 {
+// perGiB fills in the per-GiB figures for GuestGiB moved in a window of the given length.
+func (f *CPUFigures) perGiB(window time.Duration) {
+	if gib := f.GuestGiB; gib > 0 {
 		f.SourcePerGiB = (f.SourceQEMUSeconds + f.SenderSeconds) / gib
 		f.TargetPerGiB = (f.TargetQEMUSeconds + f.ReceiverSeconds) / gib
+		f.SourceNetPerGiB = f.SourcePerGiB - f.SourceBaselinePerS*window.Seconds()/gib
 	}
 }
 

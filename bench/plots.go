@@ -31,7 +31,7 @@ func writePlots(dir string, res *CompareResult) error {
 	for _, m := range methods {
 		relative = append(relative, Series{Name: m.Method, Values: []float64{rel(float64(m.SourceTxBytes), float64(n.SourceTxBytes)),
 			rel(float64(m.TargetRxBytes), float64(n.TargetRxBytes)), rel(float64(m.TotalMS), float64(n.TotalMS))}})
-		cpu = append(cpu, Series{Name: m.Method, Values: []float64{m.CPU.SourcePerGiB, m.CPU.TargetPerGiB}})
+		cpu = append(cpu, Series{Name: m.Method, Values: []float64{m.CPU.SourcePerGiB, m.CPU.SourceNetPerGiB, m.CPU.TargetPerGiB}})
 		downtime = append(downtime, Series{Name: m.Method, Values: floats(m.DowntimeMS)})
 		names = append(names, m.Method)
 		absolute = append(absolute, float64(m.SourceTxBytes)/(1<<20))
@@ -56,7 +56,7 @@ func writePlots(dir string, res *CompareResult) error {
 		"cpu.svg": plot.BarChart{
 			Title:       "CPU-seconds per GiB of guest RAM moved",
 			YLabel:      "CPU-s / GiB",
-			Categories:  []string{"source (QEMUs + sender)", "targets (QEMUs + receivers)"},
+			Categories:  []string{"source (QEMUs + sender)", "source, less the guests' own running", "targets (QEMUs + receivers)"},
 			ValueFormat: "%.2f",
 			Series:      cpu,
 		}.SVG(),
