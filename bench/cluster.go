@@ -224,6 +224,7 @@ type SendResult struct {
 	SourceTx   uint64 // bytes that left the source host's interface (its counters)
 	TargetRx   []uint64
 	Elapsed    time.Duration
+	CPU        time.Duration // the sender's CPU time, its whole life (wait4's rusage)
 }
 
 // Send runs `vmscatter send` on the source host for the given guests, to every target, with extra arguments.
@@ -248,7 +249,7 @@ func (c *Cluster) Send(ctx context.Context, guests []*fixture.Guest, extra ...st
 	}
 	start := time.Now()
 	err := cmd.Run()
-	res := &SendResult{Stderr: stderr.String(), Elapsed: time.Since(start), ReportPath: report}
+	res := &SendResult{Stderr: stderr.String(), Elapsed: time.Since(start), ReportPath: report, CPU: exitedCPU(cmd.ProcessState)}
 	_ = os.WriteFile(strings.TrimSuffix(report, ".json")+".stderr", stderr.Bytes(), 0o644)
 	_, tx1, _ := c.Source.Counters()
 	res.SourceTx = tx1 - tx0
