@@ -68,6 +68,7 @@ func (r *Receiver) serveVM(ctx context.Context, sc *secure.Conn, peer string) (e
 		if owned {
 			dest.Kill()
 			writeState(dir, stateTornDown)
+			_ = sc.SendJSON(wire.FrameAborted, wire.ErrorMsg{Epoch: open.Epoch})
 			log.Info("destination torn down", "reason", err)
 		} else {
 			dest.QMP.Close()
@@ -124,7 +125,7 @@ func (r *Receiver) serveVM(ctx context.Context, sc *secure.Conn, peer string) (e
 	if err := waitIncomingDone(ctx, dest, r.cfg.LoadTimeout); err != nil {
 		return fail(err)
 	}
-	if err := sc.SendJSON(wire.FrameLoaded, wire.RunningMsg{Status: "paused", PID: dest.Cmd.Process.Pid}); err != nil {
+	if err := sc.SendJSON(wire.FrameLoaded, wire.RunningMsg{Epoch: open.Epoch, Status: "paused", PID: dest.Cmd.Process.Pid}); err != nil {
 		return err
 	}
 
@@ -158,7 +159,7 @@ func (r *Receiver) serveVM(ctx context.Context, sc *secure.Conn, peer string) (e
 		return fail(fmt.Errorf("destination is %q after the switch-over, want %q: %v", status, want, err))
 	}
 	log.Info("destination runs", "pid", dest.Cmd.Process.Pid, "load_ms", time.Since(start).Milliseconds())
-	if err := sc.SendJSON(wire.FrameRunning, wire.RunningMsg{Status: string(status), PID: dest.Cmd.Process.Pid}); err != nil {
+	if err := sc.SendJSON(wire.FrameRunning, wire.RunningMsg{Epoch: open.Epoch, Status: string(status), PID: dest.Cmd.Process.Pid}); err != nil {
 		return nil // the VM runs here; the sender will learn from the target or its report
 	}
 	// Stage 5: the sender quits the source, then says COMMIT (or ABORT if quitting failed, which leaves both
@@ -174,6 +175,7 @@ func (r *Receiver) serveVM(ctx context.Context, sc *secure.Conn, peer string) (e
 			done.FirstOutputUnixMS = first.UnixMilli()
 		}
 	}
+	done.Epoch = open.Epoch
 	_ = sc.SendJSON(wire.FrameDone, done)
 	return nil
 }

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"sync"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -57,6 +58,10 @@ type Config struct {
 	// StateDir is where the run is journaled (one directory per run), for `vmscatter recover` and `status`; ""
 	// means DefaultStateDir.
 	StateDir string
+
+	// Checkpoint, if set, is handed the report as it stands after placement and whenever a VM settles, so that a
+	// sender that dies leaves a report with each VM's last known state (the journal has its phase).
+	Checkpoint func(*report.Report)
 
 	Progress io.Writer    // progress lines; nil means none
 	Log      *slog.Logger // nil logs nowhere
@@ -195,6 +200,7 @@ type sender struct {
 	epoch          uint64
 	journal        *journal.Dir // this run's directory under --state-dir
 	stopMigrations func()
+	checkpointMu   sync.Mutex
 	log            *slog.Logger
 	codec          pageCodec
 	session        wire.SessionID
@@ -360,6 +366,7 @@ func (s *sender) run(ctx context.Context) (*report.Report, error) {
 		return nil, err
 	}
 	rep.Totals.Phases.Place = phase.lap()
+	s.checkpoint(rep)
 	// The migrations' own context: the operator's stop (ctx) reaches each as Stop, which it obeys at its next safe
 	// point; release stops those the run abandons.
 	mctx, stopMigrations := context.WithCancelCause(context.WithoutCancel(ctx))
@@ -395,6 +402,7 @@ func (s *sender) run(ctx context.Context) (*report.Report, error) {
 			}
 			close(vm.mig.gate)
 			<-vm.done
+			s.checkpoint(rep)
 			return nil
 		})
 	}
@@ -441,4 +449,34 @@ func allUntouched(rep *report.Report) bool {
 		}
 	}
 	return true
+}
+
+// checkpoint hands Config.Checkpoint a copy of the report as it stands: every VM's line, settled or not (a VM
+// under way shows no status yet).
+func (s *sender) checkpoint(rep *report.Report) {
+	if s.cfg.Checkpoint == nil {
+		return
+	}
+	s.checkpointMu.Lock()
+	defer s.checkpointMu.Unlock()
+	snap := *rep
+	snap.VMs = nil
+	for _, vm := range s.vms {
+		settled := true
+		if vm.done != nil {
+			select {
+			case <-vm.done:
+			default:
+				settled = false
+			}
+		}
+		if !settled { // its report is its driver's until then: only what placement wrote is read
+			snap.VMs = append(snap.VMs, report.VMReport{Name: vm.spec.Name, Target: vm.report.Target, Policy: vm.report.Policy,
+				RAMBytes: vm.report.RAMBytes, Error: "under way", GuestDowntimeMS: -1})
+			continue
+		}
+		snap.VMs = append(snap.VMs, *vm.report)
+	}
+	snap.Sum()
+	s.cfg.Checkpoint(&snap)
 }
