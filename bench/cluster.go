@@ -224,7 +224,11 @@ type SendResult struct {
 	SourceTx   uint64 // bytes that left the source host's interface (its counters)
 	TargetRx   []uint64
 	Elapsed    time.Duration
+	CPU        time.Duration // the sender's CPU time, its whole life (wait4's rusage)
 }
+
+// StateDir is the lab sender's journal: one per cluster, so that no run of another lab holds its VMs.
+func (c *Cluster) StateDir() string { return filepath.Join(c.cfg.Dir, "send-state") }
 
 // Send runs `vmscatter send` on the source host for the given guests, to every target, with extra arguments.
 func (c *Cluster) Send(ctx context.Context, guests []*fixture.Guest, extra ...string) (*SendResult, error) {
@@ -237,7 +241,7 @@ func (c *Cluster) Send(ctx context.Context, guests []*fixture.Guest, extra ...st
 	report := filepath.Join(c.cfg.Dir, fmt.Sprintf("report-%d.json", c.sends))
 	c.mu.Unlock()
 	args := append([]string{"send", "--vms", strings.Join(vms, ","), "--targets", strings.Join(c.ReceiverAddrs(), ","),
-		"--key-file", c.KeyFile, "--report", report}, extra...)
+		"--key-file", c.KeyFile, "--report", report, "--state-dir", c.StateDir()}, extra...)
 	_, tx0, _ := c.Source.Counters()
 	rx0 := c.targetRx()
 	var stderr bytes.Buffer
@@ -248,7 +252,7 @@ func (c *Cluster) Send(ctx context.Context, guests []*fixture.Guest, extra ...st
 	}
 	start := time.Now()
 	err := cmd.Run()
-	res := &SendResult{Stderr: stderr.String(), Elapsed: time.Since(start), ReportPath: report}
+	res := &SendResult{Stderr: stderr.String(), Elapsed: time.Since(start), ReportPath: report, CPU: exitedCPU(cmd.ProcessState)}
 	_ = os.WriteFile(strings.TrimSuffix(report, ".json")+".stderr", stderr.Bytes(), 0o644)
 	_, tx1, _ := c.Source.Counters()
 	res.SourceTx = tx1 - tx0

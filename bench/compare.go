@@ -32,16 +32,24 @@ type CompareConfig struct {
 
 // MethodFigures are one method's measured figures.
 type MethodFigures struct {
-	Method        string   `json:"method"`
-	SourceTxBytes uint64   `json:"source_tx_bytes"` // bytes that left the source host's interface (its counters)
-	TargetRxBytes uint64   `json:"target_rx_bytes"` // bytes that entered the targets' interfaces, summed
-	TotalMS       int64    `json:"total_ms"`        // from the start until the last VM runs at its target
-	DowntimeMS    []int64  `json:"downtime_ms"`     // per VM, QEMU's figure
-	Migrated      int      `json:"migrated"`
-	Failures      []string `json:"failures,omitempty"` // VM: what went wrong, for the VMs that did not migrate
+	Method        string     `json:"method"`
+	SourceTxBytes uint64     `json:"source_tx_bytes"` // bytes that left the source host's interface (its counters)
+	TargetRxBytes uint64     `json:"target_rx_bytes"` // bytes that entered the targets' interfaces, summed
+	TotalMS       int64      `json:"total_ms"`        // from the start until the last VM runs at its target
+	DowntimeMS    []int64    `json:"downtime_ms"`     // per VM, QEMU's figure
+	CPU           CPUFigures `json:"cpu"`             // CPU-seconds on the source and the targets (bench/cpu.go)
+	Migrated      int        `json:"migrated"`
+	Failures      []string   `json:"failures,omitempty"` // VM: what went wrong, for the VMs that did not migrate
 }
 
-// CompareResult is what `vmscatter bench` writes to results.json.
+// ran reports whether the method ran: results.json of runs before QEMU's best was a method have no figures for it.
+func (m MethodFigures) ran() bool { return m.Method != "" }
+
+// GoalVsBest is issue #17's goal: vmscatter sends at most this share of the bytes of QEMU's best own configuration
+// (multifd + zstd), and takes at most this share of its time.
+const GoalVsBest = 0.45
+
+// CompareResult is what `vmscatter-lab bench` writes to results.json.
 type CompareResult struct {
 	Config struct {
 		Guests    int    `json:"guests"`
@@ -51,8 +59,10 @@ type CompareResult struct {
 		Workload  string `json:"workload"`
 	} `json:"config"`
 	VMs       []string       `json:"vms"`
-	Placement map[string]int `json:"placement"` // VM -> target index, the same for both methods
-	Native    MethodFigures  `json:"qemu_native"`
+	Placement map[string]int `json:"placement"`   // VM -> target index, the same for every method
+	Native    MethodFigures  `json:"qemu_native"` // QEMU's default configuration (QEMUDefault)
+	Best      MethodFigures  `json:"qemu_best"`   // QEMU's best own configuration (QEMUBest)
+	BestSetup NativeMethod   `json:"qemu_best_setup"`
 	Scatter   MethodFigures  `json:"vmscatter"`
 	Report    report.Report  `json:"vmscatter_report"`
 	// LowerBoundBytes is each distinct non-zero page once per target that needs it (unicast), uncompressed;
@@ -64,18 +74,24 @@ type CompareResult struct {
 	// as it travelled (report.Totals.FinalBoundBytes).
 	FinalBoundBytes int64 `json:"final_bound_bytes"`
 	Ratios          struct {
-		SourceBytesVsNative float64 `json:"source_bytes_vs_native"` // vmscatter / QEMU native
+		SourceBytesVsNative float64 `json:"source_bytes_vs_native"` // vmscatter / QEMU default
 		TargetBytesVsNative float64 `json:"target_bytes_vs_native"`
 		TimeVsNative        float64 `json:"time_vs_native"`
+		SourceBytesVsBest   float64 `json:"source_bytes_vs_best"` // vmscatter / QEMU multifd+zstd
+		TargetBytesVsBest   float64 `json:"target_bytes_vs_best"`
+		TimeVsBest          float64 `json:"time_vs_best"`
+		BoundVsNative       float64 `json:"bound_vs_native"`     // final bound / QEMU default's source bytes
+		BoundVsBest         float64 `json:"bound_vs_best"`       // final bound / QEMU multifd+zstd's source bytes
 		WireVsLowerBound    float64 `json:"wire_vs_lower_bound"` // vmscatter source bytes / final bound
 		WireVsScanBound     float64 `json:"wire_vs_scan_bound"`  // vmscatter source bytes / the scan-time bound
 	} `json:"ratios"`
 	Started time.Time `json:"started"`
 }
 
-// RunCompare boots a set of guests and moves them with vmscatter, then boots a fresh set of the same guests (same
-// fixture, same workload, same settle time) and moves them with QEMU's own migration, straight to the same targets
-// with the same placement, all at once. Both runs go through the same shaped source uplink.
+// RunCompare boots a set of guests and moves them with vmscatter; then, for QEMU's default and for its best own
+// configuration, boots a fresh set of the same guests (same fixture, same workload, same settle time) and moves
+// them with QEMU's own migration, straight to the same targets with the same placement, all at once. Every run goes
+// through the same shaped source uplink.
 func RunCompare(ctx context.Context, cfg CompareConfig) (*CompareResult, error) {
 	scenarioDefaults(&cfg.Guests, &cfg.Targets, &cfg.MemoryMiB)
 	if cfg.UplinkBps == 0 {
@@ -95,10 +111,11 @@ func RunCompare(ctx context.Context, cfg CompareConfig) (*CompareResult, error) 
 	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
 		return nil, err
 	}
-	res := &CompareResult{Started: time.Now().UTC()}
+	res := &CompareResult{Started: time.Now().UTC(), BestSetup: QEMUBest()}
 	res.Config.Guests, res.Config.MemoryMiB, res.Config.Targets, res.Config.UplinkBps = cfg.Guests, cfg.MemoryMiB, cfg.Targets, cfg.UplinkBps
 	res.Config.Workload = fmt.Sprintf("wss=%d rate=%g pages/s pattern=%s seed=%d private=%g", cfg.Workload.WSS, cfg.Workload.Rate,
 		orDefault(cfg.Workload.Pattern, "seq"), cfg.Workload.Seed, cfg.Workload.Private)
+	guestGiB := float64(cfg.Guests*cfg.MemoryMiB) / 1024
 	c, err := NewCluster(ctx, ClusterConfig{Targets: cfg.Targets, Bin: cfg.Bin, Dir: filepath.Join(cfg.Dir, "lab"),
 		TargetCapacity: spreadCapacity(cfg.Guests, cfg.Targets, cfg.MemoryMiB), Snooping: true})
 	if err != nil {
@@ -109,15 +126,25 @@ func RunCompare(ctx context.Context, cfg CompareConfig) (*CompareResult, error) 
 		return nil, fmt.Errorf("shaping the source uplink: %w", err)
 	}
 	opts := fixture.GuestOptions{MemoryMiB: cfg.MemoryMiB, Workload: cfg.Workload, Netns: c.Source.NS}
+	// boot starts a fresh set of guests and lets them run for the settle time, measuring what they cost meanwhile.
+	boot := func(prefix string) ([]*fixture.Guest, float64, error) {
+		guests, err := c.StartGuests(ctx, prefix, cfg.Guests, opts)
+		if err != nil {
+			return nil, 0, err
+		}
+		cpu0, t0 := guestsCPU(guests), time.Now()
+		time.Sleep(cfg.Settle)
+		return guests, (guestsCPU(guests) - cpu0).Seconds() / time.Since(t0).Seconds(), nil
+	}
 
 	// 1. vmscatter.
 	say("booting %d guests of %d MiB for the vmscatter run", cfg.Guests, cfg.MemoryMiB)
-	guests, err := c.StartGuests(ctx, "vm", cfg.Guests, opts)
+	guests, baseline, err := boot("vm")
 	if err != nil {
 		return nil, err
 	}
-	time.Sleep(cfg.Settle)
 	say("vmscatter send (uplink %s)", bps(cfg.UplinkBps))
+	srcCPU0, rcvCPU0 := guestsCPU(guests), c.receiversCPU()
 	sr, err := c.Send(ctx, guests, cfg.SendArgs...)
 	if err != nil {
 		return nil, err
@@ -141,6 +168,9 @@ func RunCompare(ctx context.Context, cfg CompareConfig) (*CompareResult, error) 
 		assign[i] = ti
 		res.Placement[v.Name] = ti
 	}
+	res.Scatter.CPU = CPUFigures{SourceQEMUSeconds: (guestsCPU(guests) - srcCPU0).Seconds(), SenderSeconds: sr.CPU.Seconds(),
+		TargetQEMUSeconds: c.destinationsCPU(res.Placement).Seconds(), ReceiverSeconds: (c.receiversCPU() - rcvCPU0).Seconds(),
+		SourceBaselinePerS: baseline, GuestGiB: guestGiB}
 	res.LowerBoundBytes = sr.Report.Totals.LowerBoundBytes
 	res.LowerBoundCompressedBytes = sr.Report.Totals.LowerBoundCompressedBytes
 	res.FinalBoundBytes = sr.Report.Totals.FinalBoundBytes
@@ -149,35 +179,60 @@ func RunCompare(ctx context.Context, cfg CompareConfig) (*CompareResult, error) 
 		KillByPidfiles(c.DataDir(i))
 	}
 
-	// 2. QEMU native, fresh guests of the same kind, same placement.
-	say("booting %d fresh guests for the QEMU-native run", cfg.Guests)
-	native, err := c.StartGuests(ctx, "qn", cfg.Guests, opts)
-	if err != nil {
-		return nil, err
-	}
-	time.Sleep(cfg.Settle)
-	say("QEMU native migration, every VM straight to its target, all at once")
-	nr, err := c.MigrateNative(ctx, native, assign, converge.DefaultDowntime)
-	if err != nil {
-		return nil, err
-	}
-	res.Native = MethodFigures{Method: "QEMU native", SourceTxBytes: nr.SourceTx, TargetRxBytes: sum(nr.TargetRx), TotalMS: nr.Elapsed.Milliseconds()}
-	for _, v := range nr.VMs {
-		res.Native.DowntimeMS = append(res.Native.DowntimeMS, v.DowntimeMS)
-		if v.Status == "completed" {
-			res.Native.Migrated++
-		} else {
-			res.Native.Failures = append(res.Native.Failures, v.Name+": "+v.Status)
-			say("native %s: %s", v.Name, v.Status)
+	// 2. and 3. QEMU's own migration, default and best, each with fresh guests of the same kind and the same placement.
+	for _, run := range []struct {
+		prefix string
+		method NativeMethod
+		into   *MethodFigures
+	}{{"qn", QEMUDefault, &res.Native}, {"qb", res.BestSetup, &res.Best}} {
+		m := run.method
+		say("booting %d fresh guests for the %s run", cfg.Guests, m.Name)
+		guests, baseline, err := boot(run.prefix)
+		if err != nil {
+			return nil, err
+		}
+		say("%s: every VM straight to its target, all at once", m.Name)
+		nr, err := c.MigrateNative(ctx, m, guests, assign, converge.DefaultDowntime)
+		if err != nil {
+			return nil, err
+		}
+		f := MethodFigures{Method: m.Name, SourceTxBytes: nr.SourceTx, TargetRxBytes: sum(nr.TargetRx), TotalMS: nr.Elapsed.Milliseconds(),
+			CPU: CPUFigures{SourceQEMUSeconds: nr.SourceCPU.Seconds(), TargetQEMUSeconds: nr.TargetCPU.Seconds(), SourceBaselinePerS: baseline, GuestGiB: guestGiB}}
+		for _, v := range nr.VMs {
+			f.DowntimeMS = append(f.DowntimeMS, v.DowntimeMS)
+			if v.Status == "completed" {
+				f.Migrated++
+			} else {
+				f.Failures = append(f.Failures, v.Name+": "+v.Status)
+				say("%s %s: %s", m.Name, v.Name, v.Status)
+			}
+		}
+		*run.into = f
+		say("%s: %d/%d migrated, %s left the source in %.1f s", m.Name, f.Migrated, cfg.Guests, mib(f.SourceTxBytes), nr.Elapsed.Seconds())
+		for i := range c.Targets {
+			KillByPidfiles(c.DataDir(i))
 		}
 	}
-	say("QEMU native: %d/%d migrated, %s left the source in %.1f s", res.Native.Migrated, cfg.Guests, mib(res.Native.SourceTxBytes), nr.Elapsed.Seconds())
-	res.Ratios.SourceBytesVsNative = ratio(res.Scatter.SourceTxBytes, res.Native.SourceTxBytes)
-	res.Ratios.TargetBytesVsNative = ratio(res.Scatter.TargetRxBytes, res.Native.TargetRxBytes)
-	res.Ratios.TimeVsNative = ratio(uint64(res.Scatter.TotalMS), uint64(res.Native.TotalMS))
-	res.Ratios.WireVsLowerBound = ratio(res.Scatter.SourceTxBytes, uint64(res.FinalBoundBytes))
-	res.Ratios.WireVsScanBound = ratio(res.Scatter.SourceTxBytes, uint64(res.LowerBoundCompressedBytes))
+	res.derive()
 	return res, writeCompare(cfg.Dir, res)
+}
+
+// derive computes what follows from the measured figures: each method's CPU-seconds per GiB, and the ratios.
+func (r *CompareResult) derive() {
+	for _, m := range []*MethodFigures{&r.Native, &r.Best, &r.Scatter} {
+		m.CPU.perGiB(time.Duration(m.TotalMS) * time.Millisecond)
+	}
+	s, n, b, lb := r.Scatter, r.Native, r.Best, uint64(r.FinalBoundBytes)
+	r.Ratios.SourceBytesVsNative = ratio(s.SourceTxBytes, n.SourceTxBytes)
+	r.Ratios.TargetBytesVsNative = ratio(s.TargetRxBytes, n.TargetRxBytes)
+	r.Ratios.TimeVsNative = ratio(uint64(s.TotalMS), uint64(n.TotalMS))
+	r.Ratios.SourceBytesVsBest = ratio(s.SourceTxBytes, b.SourceTxBytes)
+	r.Ratios.TargetBytesVsBest = ratio(s.TargetRxBytes, b.TargetRxBytes)
+	r.Ratios.TimeVsBest = ratio(uint64(s.TotalMS), uint64(b.TotalMS))
+	r.Ratios.BoundVsNative = ratio(lb, n.SourceTxBytes)
+	r.Ratios.BoundVsBest = ratio(lb, b.SourceTxBytes)
+	r.Ratios.WireVsLowerBound = ratio(s.SourceTxBytes, lb)
+	r.Ratios.WireVsScanBound = ratio(s.SourceTxBytes, uint64(r.LowerBoundCompressedBytes))
 }
 
 // Replot reads dir/results.json of an earlier run and writes its summary.md and plots again.
@@ -190,6 +245,7 @@ func Replot(dir string) (*CompareResult, error) {
 	if err := json.Unmarshal(b, &res); err != nil {
 		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, "results.json"), err)
 	}
+	res.derive()
 	return &res, writeCompare(dir, &res)
 }
 
@@ -212,12 +268,82 @@ func (r *CompareResult) Markdown() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%d guests × %d MiB → %d targets, source uplink %s; workload: %s\n\n", r.Config.Guests, r.Config.MemoryMiB,
 		r.Config.Targets, bps(r.Config.UplinkBps), r.Config.Workload)
-	fmt.Fprintf(&b, "| | QEMU native | vmscatter | vmscatter / native |\n|---|---:|---:|---:|\n")
-	fmt.Fprintf(&b, "| bytes leaving the source | %s | %s | %.3f |\n", mib(r.Native.SourceTxBytes), mib(r.Scatter.SourceTxBytes), r.Ratios.SourceBytesVsNative)
-	fmt.Fprintf(&b, "| bytes entering the targets | %s | %s | %.3f |\n", mib(r.Native.TargetRxBytes), mib(r.Scatter.TargetRxBytes), r.Ratios.TargetBytesVsNative)
-	fmt.Fprintf(&b, "| total time (start → last VM runs) | %.2f s | %.2f s | %.3f |\n", float64(r.Native.TotalMS)/1000, float64(r.Scatter.TotalMS)/1000, r.Ratios.TimeVsNative)
-	fmt.Fprintf(&b, "| VMs migrated | %d | %d | |\n", r.Native.Migrated, r.Scatter.Migrated)
-	fmt.Fprintf(&b, "| downtime per VM (QEMU's figure), ms | %s | %s | |\n", joinInts(r.Native.DowntimeMS), joinInts(r.Scatter.DowntimeMS))
+	methods := []MethodFigures{r.Native}
+	if r.Best.ran() {
+		methods = append(methods, r.Best)
+	}
+	methods = append(methods, r.Scatter)
+	b.WriteString("| |")
+	for _, m := range methods {
+		fmt.Fprintf(&b, " %s |", m.Method)
+	}
+	b.WriteString(" vmscatter / default |")
+	ratioCols := 1
+	if r.Best.ran() {
+		b.WriteString(" vmscatter / best |")
+		ratioCols++
+	}
+	b.WriteString("\n|---|" + strings.Repeat("---:|", len(methods)+ratioCols) + "\n")
+	dash := func(s string) string { // a cell that does not apply
+		if s == "" {
+			return "–"
+		}
+		return s
+	}
+	row := func(name string, cell func(MethodFigures) string, vsDefault, vsBest string) {
+		fmt.Fprintf(&b, "| %s |", name)
+		for _, m := range methods {
+			fmt.Fprintf(&b, " %s |", dash(cell(m)))
+		}
+		fmt.Fprintf(&b, " %s |", dash(vsDefault))
+		if r.Best.ran() {
+			fmt.Fprintf(&b, " %s |", dash(vsBest))
+		}
+		b.WriteString("\n")
+	}
+	f3 := func(v float64) string { return fmt.Sprintf("%.3f", v) }
+	row("bytes leaving the source", func(m MethodFigures) string { return mib(m.SourceTxBytes) },
+		f3(r.Ratios.SourceBytesVsNative), f3(r.Ratios.SourceBytesVsBest))
+	row("bytes entering the targets", func(m MethodFigures) string { return mib(m.TargetRxBytes) },
+		f3(r.Ratios.TargetBytesVsNative), f3(r.Ratios.TargetBytesVsBest))
+	row("total time (start → last VM runs)", func(m MethodFigures) string { return fmt.Sprintf("%.2f s", float64(m.TotalMS)/1000) },
+		f3(r.Ratios.TimeVsNative), f3(r.Ratios.TimeVsBest))
+	row("CPU-s per GiB of guest RAM, source", func(m MethodFigures) string { return fmt.Sprintf("%.2f", m.CPU.SourcePerGiB) },
+		f3(ratioF(r.Scatter.CPU.SourcePerGiB, r.Native.CPU.SourcePerGiB)), f3(ratioF(r.Scatter.CPU.SourcePerGiB, r.Best.CPU.SourcePerGiB)))
+	row("the same, less the guests' own running", func(m MethodFigures) string { return fmt.Sprintf("%.2f", m.CPU.SourceNetPerGiB) },
+		f3(ratioF(r.Scatter.CPU.SourceNetPerGiB, r.Native.CPU.SourceNetPerGiB)), f3(ratioF(r.Scatter.CPU.SourceNetPerGiB, r.Best.CPU.SourceNetPerGiB)))
+	row("CPU-s per GiB of guest RAM, targets", func(m MethodFigures) string { return fmt.Sprintf("%.2f", m.CPU.TargetPerGiB) },
+		f3(ratioF(r.Scatter.CPU.TargetPerGiB, r.Native.CPU.TargetPerGiB)), f3(ratioF(r.Scatter.CPU.TargetPerGiB, r.Best.CPU.TargetPerGiB)))
+	row("VMs migrated", func(m MethodFigures) string { return fmt.Sprint(m.Migrated) }, "", "")
+	row("downtime per VM (QEMU's figure), ms", func(m MethodFigures) string { return joinInts(m.DowntimeMS) }, "", "")
+	row("final-state lower bound (bound / method)", func(m MethodFigures) string {
+		if m.Method == r.Scatter.Method {
+			return mib(uint64(r.FinalBoundBytes))
+		}
+		return ""
+	}, f3(r.Ratios.BoundVsNative), f3(r.Ratios.BoundVsBest))
+	if r.Best.ran() {
+		met := func(v float64) string {
+			if v > 0 && v <= GoalVsBest {
+				return "met"
+			}
+			return "not met"
+		}
+		fmt.Fprintf(&b, "\nAgainst issue #17's goals, QEMU's best own configuration being %s (%d multifd channels, %s on both sides): "+
+			"source bytes %.3f× its bytes (goal ≤ %.2f: %s), total time %.3f× its time (goal ≤ %.2f: %s). The final-state lower "+
+			"bound is %.3f× its bytes.\n", r.Best.Method, r.BestSetup.MultifdChannels, r.BestSetup.MultifdCompression,
+			r.Ratios.SourceBytesVsBest, GoalVsBest, met(r.Ratios.SourceBytesVsBest), r.Ratios.TimeVsBest, GoalVsBest,
+			met(r.Ratios.TimeVsBest), r.Ratios.BoundVsBest)
+	}
+	b.WriteString("\nCPU-seconds (bench/cpu.go: the processes' own accounting, over each method's window), source QEMUs + sender / " +
+		"destination QEMUs + receivers; in brackets the source QEMUs' rate without a migration, measured during the settle, " +
+		"which the row \"less the guests' own running\" takes off over the window:")
+	for _, m := range methods {
+		c := m.CPU
+		fmt.Fprintf(&b, " %s %.2f + %.2f / %.2f + %.2f (%.2f/s);", m.Method, c.SourceQEMUSeconds, c.SenderSeconds, c.TargetQEMUSeconds,
+			c.ReceiverSeconds, c.SourceBaselinePerS)
+	}
+	fmt.Fprintf(&b, " per %.2f GiB of guest RAM.\n", r.Scatter.CPU.GuestGiB)
 	t := r.Report.Totals
 	fmt.Fprintf(&b, "\nTransport %s. Lower bound for it, over what the destinations loaded (each distinct non-zero content "+
 		"that a target did not hold locally, once per target that needs it over unicast, once in all over multicast, "+
@@ -246,6 +372,13 @@ func ratio(a, b uint64) float64 {
 		return 0
 	}
 	return float64(a) / float64(b)
+}
+
+func ratioF(a, b float64) float64 {
+	if b == 0 {
+		return 0
+	}
+	return a / b
 }
 
 func mib(n uint64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }

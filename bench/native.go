@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"sync"
 	"time"
@@ -17,6 +18,53 @@ import (
 
 // NativePortBase is the first TCP port destination QEMUs listen on for QEMU-native migration (one per VM).
 const NativePortBase = 7500
+
+// NativeMethod is a configuration of QEMU's own live migration: one method of the side-by-side.
+type NativeMethod struct {
+	Name string `json:"name"` // as the tables and plots name it
+	// MultifdChannels turns the multifd capability on at both ends with this many channels; 0 migrates over one
+	// stream, as QEMU does by default.
+	MultifdChannels int `json:"multifd_channels,omitempty"`
+	// MultifdCompression is multifd-compression at both ends ("zstd", "zlib", "none"); it needs MultifdChannels.
+	MultifdCompression string `json:"multifd_compression,omitempty"`
+}
+
+// QEMUDefault is QEMU's own migration as it comes: one stream, no compression.
+var QEMUDefault = NativeMethod{Name: "QEMU default"}
+
+// QEMUBest is QEMU's best own configuration on this source: multifd over as many channels as the source has cores,
+// with zstd compression on both sides.
+func QEMUBest() NativeMethod {
+	return NativeMethod{Name: "QEMU multifd+zstd", MultifdChannels: runtime.NumCPU(), MultifdCompression: "zstd"}
+}
+
+// capMultifd is QEMU's multifd migration capability (QAPI MigrationCapability).
+const capMultifd = "multifd"
+
+// setUp applies the method to one end of a migration, before migrate or migrate-incoming; downtime (source only,
+// else 0) is the downtime limit.
+func (m NativeMethod) setUp(ctx context.Context, q *qmp.Client, downtime time.Duration) error {
+	if m.MultifdCompression != "" && m.MultifdChannels == 0 {
+		return fmt.Errorf("bench: %s: multifd compression without multifd channels", m.Name)
+	}
+	var p qmp.MigrationParameters
+	if downtime > 0 {
+		p.DowntimeLimit, p.MaxBandwidth = new(downtime), new(int64(1)<<40)
+	}
+	if m.MultifdChannels > 0 {
+		if err := q.SetCapabilities(ctx, map[string]bool{capMultifd: true}); err != nil {
+			return fmt.Errorf("%s: multifd capability: %w", m.Name, err)
+		}
+		p.MultifdChannels = new(m.MultifdChannels)
+		if m.MultifdCompression != "" {
+			p.MultifdCompression = new(m.MultifdCompression)
+		}
+	}
+	if p == (qmp.MigrationParameters{}) {
+		return nil
+	}
+	return q.SetParameters(ctx, p)
+}
 
 // NativeVM is one VM's QEMU-native migration.
 type NativeVM struct {
@@ -31,17 +79,21 @@ type NativeVM struct {
 // NativeResult is a run of QEMU's own live migration of every guest straight to its target, all at once, as an
 // operator would do it today.
 type NativeResult struct {
-	VMs      []NativeVM `json:"vms"`
-	SourceTx uint64     `json:"source_tx_bytes"`
-	TargetRx []uint64   `json:"target_rx_bytes"`
+	Method   NativeMethod `json:"method"`
+	VMs      []NativeVM   `json:"vms"`
+	SourceTx uint64       `json:"source_tx_bytes"`
+	TargetRx []uint64     `json:"target_rx_bytes"`
 	Elapsed  time.Duration
+	// SourceCPU is the source QEMUs' CPU time from the first migrate until the last VM ran at its target (the
+	// guests quit on the way); TargetCPU the destination QEMUs', from their start to then (bench/cpu.go).
+	SourceCPU, TargetCPU time.Duration
 }
 
-// MigrateNative migrates each guest to target assign[i] with QEMU's own TCP migration, all at once. The guests
-// must run in the source host's namespace (fixture.GuestOptions.Netns), so that they reach the targets. The
-// destination QEMUs start from each source's own command line with -incoming tcp:ADDR:PORT, in the targets'
-// namespaces, under the targets' data directories (Close kills them).
-func (c *Cluster) MigrateNative(ctx context.Context, guests []*fixture.Guest, assign []int, downtime time.Duration) (*NativeResult, error) {
+// MigrateNative migrates each guest to target assign[i] with QEMU's own TCP migration configured as m, all at once.
+// The guests must run in the source host's namespace (fixture.GuestOptions.Netns), so that they reach the targets.
+// The destination QEMUs start from each source's own command line with -incoming defer, in the targets' namespaces,
+// under the targets' data directories (Close kills them); each gets m's settings, then listens on its own port.
+func (c *Cluster) MigrateNative(ctx context.Context, m NativeMethod, guests []*fixture.Guest, assign []int, downtime time.Duration) (*NativeResult, error) {
 	if len(assign) != len(guests) {
 		return nil, errors.New("bench: one target per guest")
 	}
@@ -77,12 +129,10 @@ func (c *Cluster) MigrateNative(ctx context.Context, guests []*fixture.Guest, as
 			argv = argv[4:]
 		}
 		dir := filepath.Join(c.DataDir(ti), g.Name)
-		dargv, err := qemu.RewriteCommandLine(argv, dir)
+		dargv, err := qemu.RewriteCommandLine(argv, dir) // ends in -incoming defer
 		if err != nil {
 			return nil, err
 		}
-		addr := net.JoinHostPort(t.Addr.String(), strconv.Itoa(NativePortBase+i))
-		dargv = append(dargv[:len(dargv)-1], "tcp:"+addr) // -incoming tcp:ADDR:PORT instead of defer
 		dargv = append([]string{"ip", "netns", "exec", t.NS}, dargv...)
 		lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		dest, err := qemu.LaunchDestination(lctx, dargv, qemu.PathsIn(dir))
@@ -90,20 +140,27 @@ func (c *Cluster) MigrateNative(ctx context.Context, guests []*fixture.Guest, as
 		if err != nil {
 			return nil, fmt.Errorf("%s: destination: %w", g.Name, err)
 		}
-		src, err := qmp.Dial(ctx, g.QMPPath)
-		if err != nil {
+		uri := "tcp:" + net.JoinHostPort(t.Addr.String(), strconv.Itoa(NativePortBase+i))
+		preps[i] = &prepared{g: g, dest: dest, uri: uri, ti: ti}
+		if err := m.setUp(ctx, dest.QMP, 0); err != nil {
+			return nil, fmt.Errorf("%s: destination: %w", g.Name, err)
+		}
+		if err := dest.QMP.MigrateIncoming(ctx, uri); err != nil {
+			return nil, fmt.Errorf("%s: destination: %w", g.Name, err)
+		}
+		if preps[i].src, err = qmp.Dial(ctx, g.QMPPath); err != nil {
 			return nil, err
 		}
-		preps[i] = &prepared{g: g, dest: dest, src: src, uri: "tcp:" + addr, ti: ti}
-		if err := src.SetParameters(ctx, qmp.MigrationParameters{DowntimeLimit: new(downtime), MaxBandwidth: new(int64(1) << 40)}); err != nil {
-			return nil, err
+		if err := m.setUp(ctx, preps[i].src, downtime); err != nil {
+			return nil, fmt.Errorf("%s: source: %w", g.Name, err)
 		}
 	}
 	// Give the destinations a moment to listen, then start every migration at once.
 	time.Sleep(300 * time.Millisecond)
 	_, tx0, _ := c.Source.Counters()
 	rx0 := c.targetRx()
-	res := &NativeResult{VMs: make([]NativeVM, len(guests))}
+	srcCPU0 := guestsCPU(guests)
+	res := &NativeResult{Method: m, VMs: make([]NativeVM, len(guests))}
 	start := time.Now()
 	var wg sync.WaitGroup
 	for i, p := range preps {
@@ -130,6 +187,10 @@ func (c *Cluster) MigrateNative(ctx context.Context, guests []*fixture.Guest, as
 	res.SourceTx = tx1 - tx0
 	for i, rx := range c.targetRx() {
 		res.TargetRx = append(res.TargetRx, rx-rx0[i])
+	}
+	res.SourceCPU = guestsCPU(guests) - srcCPU0
+	for _, p := range preps {
+		res.TargetCPU += childCPU(p.dest.Cmd, p.dest.Exited())
 	}
 	return res, nil
 }

@@ -9,9 +9,15 @@ import (
 )
 
 // writePlots draws the comparison's charts next to results.json: bytes and time per method, relative to QEMU's
-// own migration (so one axis serves both), absolute bytes with the lower bound, and downtime per VM.
+// default migration (so one axis serves both), absolute bytes with the lower bound, CPU-seconds per GiB of guest RAM
+// on the source and on the targets, and downtime per VM.
 func writePlots(dir string, res *CompareResult) error {
-	n, s := res.Native, res.Scatter
+	methods := []MethodFigures{res.Native}
+	if res.Best.ran() {
+		methods = append(methods, res.Best)
+	}
+	methods = append(methods, res.Scatter)
+	n := res.Native
 	rel := func(a, b float64) float64 {
 		if b == 0 {
 			return 0
@@ -19,33 +25,47 @@ func writePlots(dir string, res *CompareResult) error {
 		return a / b
 	}
 	lb := float64(res.FinalBoundBytes) // the bound the run is measured against (scatter.Totals.FinalBoundBytes)
+	var relative, cpu, downtime []Series
+	var names []string
+	var absolute []float64
+	for _, m := range methods {
+		relative = append(relative, Series{Name: m.Method, Values: []float64{rel(float64(m.SourceTxBytes), float64(n.SourceTxBytes)),
+			rel(float64(m.TargetRxBytes), float64(n.TargetRxBytes)), rel(float64(m.TotalMS), float64(n.TotalMS))}})
+		cpu = append(cpu, Series{Name: m.Method, Values: []float64{m.CPU.SourcePerGiB, m.CPU.SourceNetPerGiB, m.CPU.TargetPerGiB}})
+		downtime = append(downtime, Series{Name: m.Method, Values: floats(m.DowntimeMS)})
+		names = append(names, m.Method)
+		absolute = append(absolute, float64(m.SourceTxBytes)/(1<<20))
+	}
+	relative = append(relative, Series{Name: "lower bound", Values: []float64{rel(lb, float64(n.SourceTxBytes)), math.NaN(), math.NaN()}}) // a bound on bytes sent only
 	charts := map[string][]byte{
 		"methods.svg": plot.BarChart{
 			Title: fmt.Sprintf("%d × %d MiB → %d targets, %s uplink", res.Config.Guests, res.Config.MemoryMiB,
 				res.Config.Targets, bps(res.Config.UplinkBps)),
-			YLabel:      "relative to QEMU native",
+			YLabel:      "relative to QEMU default",
 			Categories:  []string{"bytes leaving the source", "bytes into the targets", "total time"},
 			ValueFormat: "%.2f",
-			Series: []Series{
-				{Name: "QEMU native", Values: []float64{1, 1, 1}},
-				{Name: "vmscatter", Values: []float64{rel(float64(s.SourceTxBytes), float64(n.SourceTxBytes)),
-					rel(float64(s.TargetRxBytes), float64(n.TargetRxBytes)), rel(float64(s.TotalMS), float64(n.TotalMS))}},
-				{Name: "lower bound", Values: []float64{rel(lb, float64(n.SourceTxBytes)), math.NaN(), math.NaN()}}, // a bound on bytes sent only
-			},
+			Series:      relative,
 		}.SVG(),
 		"bytes.svg": plot.BarChart{
 			Title:       "bytes leaving the source (MiB)",
 			YLabel:      "MiB",
-			Categories:  []string{"QEMU native", "vmscatter", "lower bound"},
+			Categories:  append(names, "lower bound"),
 			ValueFormat: "%.1f",
-			Series:      []Series{{Name: "MiB", Values: []float64{float64(n.SourceTxBytes) / (1 << 20), float64(s.SourceTxBytes) / (1 << 20), lb / (1 << 20)}}},
+			Series:      []Series{{Name: "MiB", Values: append(absolute, lb/(1<<20))}},
+		}.SVG(),
+		"cpu.svg": plot.BarChart{
+			Title:       "CPU-seconds per GiB of guest RAM moved",
+			YLabel:      "CPU-s / GiB",
+			Categories:  []string{"source (QEMUs + sender)", "source, less the guests' own running", "targets (QEMUs + receivers)"},
+			ValueFormat: "%.2f",
+			Series:      cpu,
 		}.SVG(),
 		"downtime.svg": plot.BarChart{
 			Title:       "downtime per VM (QEMU's figure)",
 			YLabel:      "ms",
 			Categories:  res.VMs,
 			ValueFormat: "%.0f",
-			Series:      []Series{{Name: "QEMU native", Values: floats(n.DowntimeMS)}, {Name: "vmscatter", Values: floats(s.DowntimeMS)}},
+			Series:      downtime,
 		}.SVG(),
 	}
 	for name, svg := range charts {

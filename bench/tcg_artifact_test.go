@@ -65,7 +65,7 @@ func TestTCGArtifactNativeControl(t *testing.T) {
 				time.Sleep(100 * time.Millisecond)
 			}
 		}()
-		nr, err := c.MigrateNative(ctx, guests, []int{0}, dt)
+		nr, err := c.MigrateNative(ctx, QEMUDefault, guests, []int{0}, dt)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -35,6 +35,8 @@ type CapacityError struct {
 	Target   string // the pinned target, or the target that came closest; "" for FailTotal
 	Need     uint64 // what is needed: the total, or the VM's own demand
 	Have     uint64 // what is there: the total, or what is free on Target
+	// Restricted says that the VM may go to some targets only (VM.Allowed): Target is the closest of those.
+	Restricted bool
 }
 
 // Shortfall is how much of the capacity is missing.
@@ -58,11 +60,15 @@ func (e *CapacityError) Error() string {
 		}
 		return fmt.Sprintf("grouping: VM %s (%s) pinned to %s but %s has %s free (short by %s)", e.VM, q(e.Need), e.Target, e.Target, q(e.Have), q(e.Shortfall()))
 	default:
-		if e.Capacity == CapVMLimit {
-			return fmt.Sprintf("grouping: VM %s fits on no target: every target with room for it holds its limit of VMs (%s: %s)", e.VM, e.Target, vms(e.limit()))
+		targets := "target"
+		if e.Restricted {
+			targets = "target allowed to it"
 		}
-		return fmt.Sprintf("grouping: VM %s (%s) fits on no target once the pinned and larger VMs are placed: the most %s free is %s on %s (short by %s)",
-			e.VM, q(e.Need), e.Capacity, q(e.Have), e.Target, q(e.Shortfall()))
+		if e.Capacity == CapVMLimit {
+			return fmt.Sprintf("grouping: VM %s fits on no %s: every one with room for it holds its limit of VMs (%s: %s)", e.VM, targets, e.Target, vms(e.limit()))
+		}
+		return fmt.Sprintf("grouping: VM %s (%s) fits on no %s once the pinned and larger VMs are placed: the most %s free is %s on %s (short by %s)",
+			e.VM, q(e.Need), targets, e.Capacity, q(e.Have), e.Target, q(e.Shortfall()))
 	}
 }
 
@@ -108,13 +114,14 @@ func FormatBytes(n uint64) string {
 // capacities is the capacity side of a Problem, in flat arrays.
 type capacities struct {
 	p       Problem
-	pins    []int // per VM: the pinned target, or -1
+	pins    []int    // per VM: the pinned target, or -1
+	allowed [][]bool // per VM: the targets it may go to, or nil for any
 	vmMem   []uint64
 	vmVCPUs []int
 }
 
-func newCapacities(p Problem, pins []int) *capacities {
-	c := &capacities{p: p, pins: pins, vmMem: make([]uint64, len(p.VMs)), vmVCPUs: make([]int, len(p.VMs))}
+func newCapacities(p Problem, pins []int, allowed [][]bool) *capacities {
+	c := &capacities{p: p, pins: pins, allowed: allowed, vmMem: make([]uint64, len(p.VMs)), vmVCPUs: make([]int, len(p.VMs))}
 	for v, vm := range p.VMs {
 		c.vmMem[v] = vm.MemBytes
 		c.vmVCPUs[v] = vm.VCPUs
@@ -122,8 +129,24 @@ func newCapacities(p Problem, pins []int) *capacities {
 	return c
 }
 
+// mayGo reports whether VM v may go to target t at all, whatever the load.
+func (c *capacities) mayGo(v, t int) bool { return c.allowed[v] == nil || c.allowed[v][t] }
+
+// sameAdmission reports whether every VM may go to targets t and u alike.
+func (c *capacities) sameAdmission(t, u int) bool {
+	for _, a := range c.allowed {
+		if a != nil && a[t] != a[u] {
+			return false
+		}
+	}
+	return true
+}
+
 // fitsWith reports whether target t, now carrying l, can take VM add in place of VM minus (-1 for none).
 func (c *capacities) fitsWith(t int, l load, add, minus int) bool {
+	if !c.mayGo(add, t) {
+		return false
+	}
 	tg := &c.p.Targets[t]
 	mem, vcpus, n := l.mem+c.vmMem[add], l.vcpus+c.vmVCPUs[add], l.vms+1
 	if minus >= 0 {
@@ -255,13 +278,16 @@ func (c *capacities) pinError(v, t int, l load) error {
 	return e
 }
 
-// packingError explains why VM v fits on no target under loads l: no target has its memory; else none of those
-// with its memory has its vCPUs; else all those with both hold their VM limit.
+// packingError explains why VM v fits on no target (of those it may go to) under loads l: no target has its memory;
+// else none of those with its memory has its vCPUs; else all those with both hold their VM limit.
 func (c *capacities) packingError(v int, l []load) error {
-	e := &CapacityError{Failure: FailPacking, VM: c.p.VMs[v].Name}
+	e := &CapacityError{Failure: FailPacking, VM: c.p.VMs[v].Name, Restricted: c.allowed[v] != nil}
 	best := -1
 	var memFit []int
 	for t, tg := range c.p.Targets {
+		if !c.mayGo(v, t) {
+			continue
+		}
 		free := tg.MemBytes - l[t].mem
 		if free >= c.vmMem[v] {
 			memFit = append(memFit, t)
@@ -342,12 +368,12 @@ func (c *capacities) backtrack(assign []int, l []load, order []int, i int, budge
 	return false
 }
 
-// sameAsEarlier reports whether an earlier target has the same capacities and the same load as target t, so
-// that trying t again is pointless.
+// sameAsEarlier reports whether an earlier target has the same capacities, the same load and admits the same VMs
+// as target t, so that trying t again is pointless.
 func (c *capacities) sameAsEarlier(t int, l []load) bool {
 	for u := range t {
 		if c.p.Targets[u].MemBytes == c.p.Targets[t].MemBytes && c.p.Targets[u].VCPUSlots == c.p.Targets[t].VCPUSlots &&
-			c.p.Targets[u].MaxVMs == c.p.Targets[t].MaxVMs && l[u] == l[t] {
+			c.p.Targets[u].MaxVMs == c.p.Targets[t].MaxVMs && l[u] == l[t] && c.sameAdmission(u, t) {
 			return true
 		}
 	}

@@ -22,8 +22,8 @@ import (
 // Commands:
 //
 //	problem [contents=N]   input: "target NAME mem=8G [slots=N] [maxvms=N]" and
-//	                       "vm NAME mem=2G [vcpus=N] [pin=TARGET] pages=1-100,200,..."; output: source and
-//	                       private page counts. NumContents defaults to the largest page id + 1.
+//	                       "vm NAME mem=2G [vcpus=N] [pin=TARGET] [only=TARGET+TARGET...] pages=1-100,200,...";
+//	                       output: source and private page counts. NumContents defaults to the largest page id + 1.
 //	place alg=A            output: the fabric and source pages, then each target's VMs; or "error: ...".
 //	compare                output: the fabric pages of every algorithm.
 //	evaluate               input: "TARGET: VM VM ..." lines; output: the fabric pages of that assignment.
@@ -246,7 +246,11 @@ func parseProblem(t *testing.T, d directive) Problem {
 			if len(ids) > 0 {
 				maxID = max(maxID, int(ids[len(ids)-1]))
 			}
-			p.VMs = append(p.VMs, VM{Name: f[1], MemBytes: parseSize(t, kv["mem"]), VCPUs: atoi(t, kv["vcpus"]), Pinned: kv["pin"]})
+			vm := VM{Name: f[1], MemBytes: parseSize(t, kv["mem"]), VCPUs: atoi(t, kv["vcpus"]), Pinned: kv["pin"]}
+			if only := kv["only"]; only != "" {
+				vm.Allowed = strings.Split(only, "+")
+			}
+			p.VMs = append(p.VMs, vm)
 			p.Contents = append(p.Contents, ids)
 		default:
 			t.Fatalf("bad problem line %q", l)

@@ -15,8 +15,8 @@ const (
 // worst off, the least weight of already placed classes it would add to any target (this VM goes somewhere; at
 // least that much is added there on top of today's cost, and the classes differ from those of the second term).
 //
-// Symmetry: targets with the same capacities and no pinned VM are interchangeable, so a VM only opens the
-// first empty one of them.
+// Symmetry: targets with the same capacities, no pinned VM and the same VMs allowed are interchangeable, so a VM
+// only opens the first empty one of them.
 func exact(m *model, caps *capacities, incumbent []int) []int {
 	b := &bnb{m: m, caps: caps, s: newState(m, caps), best: slices.Clone(incumbent), bestCost: m.fabric(incumbent)}
 	b.missing = make([]int, len(m.weight)) // per class: how many of its holders are unplaced
@@ -47,7 +47,8 @@ func exact(m *model, caps *capacities, incumbent []int) []int {
 		b.twin[t] = t
 		for u := range t {
 			tu, tt := caps.p.Targets[u], caps.p.Targets[t]
-			if !pinned[u] && !pinned[t] && tu.MemBytes == tt.MemBytes && tu.VCPUSlots == tt.VCPUSlots && tu.MaxVMs == tt.MaxVMs {
+			if !pinned[u] && !pinned[t] && tu.MemBytes == tt.MemBytes && tu.VCPUSlots == tt.VCPUSlots && tu.MaxVMs == tt.MaxVMs &&
+				caps.sameAdmission(u, t) {
 				b.twin[t] = b.twin[u]
 				break
 			}
@@ -139,7 +140,7 @@ func (b *bnb) bound(i int) int {
 	for _, v := range b.order[i:] {
 		least := -1
 		for t := range b.m.nT {
-			if p := b.caps.pins[v]; p >= 0 && p != t {
+			if p := b.caps.pins[v]; p >= 0 && p != t || !b.caps.mayGo(v, t) {
 				continue
 			}
 			add := 0

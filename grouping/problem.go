@@ -36,6 +36,9 @@ type VM struct {
 	MemBytes uint64
 	VCPUs    int
 	Pinned   string // name of the target the user pinned this VM to, or "" for free placement
+	// Allowed names the only targets this VM may go to (the caller leaves out the targets that cannot run it); nil
+	// or empty means any target. A pin must be one of them.
+	Allowed []string
 }
 
 // Target is one destination host.
@@ -99,64 +102,79 @@ func invalid(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrInvalidProblem, fmt.Sprintf(format, args...))
 }
 
-// validate checks the shape of p and returns the target index of every VM's pin (-1 when free).
-func (p Problem) validate() (pins []int, err error) {
+// validate checks the shape of p and returns the target index of every VM's pin (-1 when free) and, for every VM
+// restricted to some targets, which targets it may go to (nil: any).
+func (p Problem) validate() (pins []int, allowed [][]bool, err error) {
 	if len(p.VMs) > MaxVMs {
-		return nil, invalid("%d VMs, at most %d", len(p.VMs), MaxVMs)
+		return nil, nil, invalid("%d VMs, at most %d", len(p.VMs), MaxVMs)
 	}
 	if len(p.Contents) != len(p.VMs) {
-		return nil, invalid("%d content lists for %d VMs", len(p.Contents), len(p.VMs))
+		return nil, nil, invalid("%d content lists for %d VMs", len(p.Contents), len(p.VMs))
 	}
 	if p.NumContents < 0 {
-		return nil, invalid("NumContents %d is negative", p.NumContents)
+		return nil, nil, invalid("NumContents %d is negative", p.NumContents)
 	}
 	byName := make(map[string]int, len(p.Targets))
 	for t, tg := range p.Targets {
 		if tg.Name == "" {
-			return nil, invalid("target %d has no name", t)
+			return nil, nil, invalid("target %d has no name", t)
 		}
 		if _, dup := byName[tg.Name]; dup {
-			return nil, invalid("two targets named %q", tg.Name)
+			return nil, nil, invalid("two targets named %q", tg.Name)
 		}
 		if tg.MemBytes > MaxMemBytes {
-			return nil, invalid("target %s has more than 1 PiB of memory", tg.Name)
+			return nil, nil, invalid("target %s has more than 1 PiB of memory", tg.Name)
 		}
 		if tg.VCPUSlots < 0 || tg.MaxVMs < 0 {
-			return nil, invalid("target %s has a negative capacity", tg.Name)
+			return nil, nil, invalid("target %s has a negative capacity", tg.Name)
 		}
 		byName[tg.Name] = t
 	}
 	pins = make([]int, len(p.VMs))
+	allowed = make([][]bool, len(p.VMs))
 	for i, vm := range p.VMs {
 		if vm.MemBytes > MaxMemBytes {
-			return nil, invalid("VM %s has more than 1 PiB of memory", vm.Name)
+			return nil, nil, invalid("VM %s has more than 1 PiB of memory", vm.Name)
 		}
 		if vm.VCPUs < 0 {
-			return nil, invalid("VM %s has %d vCPUs", vm.Name, vm.VCPUs)
+			return nil, nil, invalid("VM %s has %d vCPUs", vm.Name, vm.VCPUs)
 		}
 		pins[i] = -1
 		if vm.Pinned != "" {
 			t, ok := byName[vm.Pinned]
 			if !ok {
-				return nil, invalid("VM %s is pinned to unknown target %q", vm.Name, vm.Pinned)
+				return nil, nil, invalid("VM %s is pinned to unknown target %q", vm.Name, vm.Pinned)
 			}
 			pins[i] = t
+		}
+		if len(vm.Allowed) > 0 {
+			allowed[i] = make([]bool, len(p.Targets))
+			for _, name := range vm.Allowed {
+				t, ok := byName[name]
+				if !ok {
+					return nil, nil, invalid("VM %s is allowed on unknown target %q", vm.Name, name)
+				}
+				allowed[i][t] = true
+			}
+			if pins[i] >= 0 && !allowed[i][pins[i]] {
+				return nil, nil, invalid("VM %s is pinned to %s, which is not among its allowed targets", vm.Name, vm.Pinned)
+			}
 		}
 		prev := -1
 		for _, c := range p.Contents[i] {
 			if int64(c) >= int64(p.NumContents) {
-				return nil, invalid("VM %s holds content %d, beyond NumContents %d", vm.Name, c, p.NumContents)
+				return nil, nil, invalid("VM %s holds content %d, beyond NumContents %d", vm.Name, c, p.NumContents)
 			}
 			if int64(c) <= int64(prev) {
-				return nil, invalid("contents of VM %s are not sorted and de-duplicated at %d", vm.Name, c)
+				return nil, nil, invalid("contents of VM %s are not sorted and de-duplicated at %d", vm.Name, c)
 			}
 			prev = int(c)
 		}
 	}
-	return pins, nil
+	return pins, allowed, nil
 }
 
-// Place assigns every VM of p to a target with the given algorithm, within every capacity and pin. It returns
+// Place assigns every VM of p to a target with the given algorithm, within every capacity, pin and allowed set. It returns
 // a *CapacityError when the capacities cannot be met, an error wrapping ErrInvalidProblem for a malformed
 // Problem, ErrUnknownAlgorithm, or ErrTooLargeForExact.
 func Place(p Problem, alg Algorithm) (Placement, error) {
@@ -165,7 +183,7 @@ func Place(p Problem, alg Algorithm) (Placement, error) {
 	default:
 		return Placement{}, fmt.Errorf("%w: %q", ErrUnknownAlgorithm, alg)
 	}
-	pins, err := p.validate()
+	pins, allowed, err := p.validate()
 	if err != nil {
 		return Placement{}, err
 	}
@@ -173,7 +191,7 @@ func Place(p Problem, alg Algorithm) (Placement, error) {
 		return Placement{}, fmt.Errorf("%w: %d VMs and %d targets, at most %d and %d",
 			ErrTooLargeForExact, len(p.VMs), len(p.Targets), ExactMaxVMs, ExactMaxTargets)
 	}
-	caps := newCapacities(p, pins)
+	caps := newCapacities(p, pins, allowed)
 	packing, err := caps.feasiblePacking()
 	if err != nil {
 		return Placement{}, err

@@ -42,6 +42,9 @@ func feasibility(p Problem, assign []int) string {
 		if pin := p.VMs[v].Pinned; pin != "" && p.Targets[ti].Name != pin {
 			return "pin broken for " + p.VMs[v].Name
 		}
+		if a := p.VMs[v].Allowed; len(a) > 0 && !slices.Contains(a, p.Targets[ti].Name) {
+			return p.VMs[v].Name + " placed on " + p.Targets[ti].Name + ", not among its allowed targets"
+		}
 		mem[ti] += p.VMs[v].MemBytes
 		vcpus[ti] += p.VMs[v].VCPUs
 		n[ti]++
@@ -372,5 +375,57 @@ func TestFormatBytes(t *testing.T) {
 		if got := FormatBytes(n); got != want {
 			t.Errorf("FormatBytes(%d) = %q, want %q", n, got, want)
 		}
+	}
+}
+
+// TestPropertiesRandomAllowed restricts some VMs of random instances to some targets (as the sender does for
+// targets whose QEMU cannot run them): every algorithm keeps them there, exact still matches the brute force, and
+// an infeasible instance is one the brute force cannot place either.
+func TestPropertiesRandomAllowed(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	n := 300
+	if testing.Short() {
+		n = 80
+	}
+	restricted, solved := 0, 0
+	for i := range n {
+		p := randomProblem(rng, 8, 4)
+		for v := range p.VMs {
+			if len(p.Targets) < 2 || rng.IntN(3) != 0 {
+				continue
+			}
+			for _, tg := range p.Targets {
+				if tg.Name == p.VMs[v].Pinned || rng.IntN(2) == 0 {
+					p.VMs[v].Allowed = append(p.VMs[v].Allowed, tg.Name)
+				}
+			}
+			if len(p.VMs[v].Allowed) == 0 {
+				p.VMs[v].Allowed = []string{p.Targets[rng.IntN(len(p.Targets))].Name}
+				p.VMs[v].Pinned = ""
+			}
+			restricted++
+		}
+		brute := bruteForce(p)
+		for _, alg := range Algorithms {
+			pl, err := Place(p, alg)
+			if err != nil {
+				var ce *CapacityError
+				if !errors.As(err, &ce) || brute >= 0 {
+					t.Fatalf("case %d, %s: %v (brute force %d)", i, alg, err, brute)
+				}
+				continue
+			}
+			checkPlacement(t, p, pl)
+			if alg == Exact && pl.FabricPages != brute {
+				t.Fatalf("case %d: exact %d, brute force %d", i, pl.FabricPages, brute)
+			}
+		}
+		if brute >= 0 {
+			solved++
+		}
+	}
+	t.Logf("%d instances, %d restricted VMs, %d feasible", n, restricted, solved)
+	if solved < n/3 {
+		t.Errorf("only %d of %d instances feasible: the generator is off", solved, n)
 	}
 }

@@ -52,7 +52,7 @@ func RewriteCommandLine(argv []string, dir string) ([]string, error) {
 	if len(argv) == 0 {
 		return nil, errors.New("empty QEMU command line")
 	}
-	if base := filepath.Base(argv[0]); !strings.HasPrefix(base, "qemu-system-") && !strings.HasPrefix(base, "qemu-kvm") {
+	if !IsQEMUBinary(argv[0]) {
 		return nil, fmt.Errorf("refusing to launch %q: not a qemu-system binary", argv[0])
 	}
 	p := PathsIn(dir)

@@ -189,7 +189,13 @@ func destQMP(t *testing.T, r *testReceiver, vm string) *qmp.Client {
 }
 
 func sendCfg(key []byte, targets []string, guests ...*testGuest) source.Config {
-	cfg := source.Config{Targets: targets, Key: key, Timeout: 2 * time.Minute, Progress: io.Discard}
+	// Each run journals in a state dir of its own: a run that a test leaves unsettled must not hold the next
+	// test's VM of the same name (which is what `send` does with a real state dir).
+	state, err := os.MkdirTemp(stateDir, "send-")
+	if err != nil {
+		panic(err)
+	}
+	cfg := source.Config{Targets: targets, Key: key, Timeout: 2 * time.Minute, Progress: io.Discard, StateDir: state}
 	for _, g := range guests {
 		g.release()
 		cfg.VMs = append(cfg.VMs, source.VMSpec{Name: g.name, QMP: g.qmp})

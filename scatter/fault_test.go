@@ -3,8 +3,10 @@ package scatter_test
 import (
 	"io"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
+	"testing"
 )
 
 var testKey = []byte("0123456789abcdef0123456789abcdef")
@@ -77,4 +79,18 @@ func secondConnBreaksAfter(after int64) func(net.Conn) net.Conn {
 		}
 		return c
 	}
+}
+
+// stateDir is the sender's journal for this package's runs (each run has its own directory in it).
+var stateDir string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "vmscatter-state-")
+	if err != nil {
+		panic(err)
+	}
+	stateDir = dir
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
 }

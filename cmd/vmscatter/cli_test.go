@@ -2,14 +2,22 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"math/rand/v2"
+	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vmscatter/vmscatter/cmd/internal/cliapp"
+	"github.com/vmscatter/vmscatter/qemu/qemutest"
+	"github.com/vmscatter/vmscatter/qemu/qmp"
+	"github.com/vmscatter/vmscatter/scatter/dest"
+	"github.com/vmscatter/vmscatter/scatter/secure"
 )
 
 // run runs the command line in-process and returns its exit code and output.
@@ -118,5 +126,73 @@ func TestPlanImagesJSON(t *testing.T) {
 	code, _, errs = run("plan", "--images", "a="+a+",b="+b+",c="+c, "--target", "t1=1M")
 	if code != ExitError || !strings.Contains(errs, "memory") {
 		t.Errorf("over capacity: exit %d, %s", code, errs)
+	}
+}
+
+// TestSendRefusedBeforeAnythingMovesExitsOne runs `vmscatter send` on a real guest whose migration capabilities the
+// proxy cannot carry, to a running receiver: the run cannot start, so the exit code is 1, stderr and the report say
+// why, and the guest runs on.
+func TestSendRefusedBeforeAnythingMovesExitsOne(t *testing.T) {
+	if testing.Short() {
+		t.Skip("real QEMU test skipped in -short mode")
+	}
+	bin := qemutest.Require(t)
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "g.qmp")
+	cmd := exec.Command(bin, "-accel", "tcg", "-machine", "pc", "-m", "32", "-nodefaults", "-display", "none",
+		"-no-user-config", "-qmp", "unix:"+sock+",server=on,wait=off")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	q := qemutest.DialWhenReady(ctx, t, sock)
+	if err := q.SetCapabilities(ctx, map[string]bool{"xbzrle": true}); err != nil {
+		t.Fatal(err)
+	}
+	q.Close() // QEMU serves one QMP client at a time
+
+	keyFile := filepath.Join(dir, "key")
+	if code, _, errs := run("keygen", "--out", keyFile); code != ExitOK {
+		t.Fatalf("keygen: %d %s", code, errs)
+	}
+	key, err := secure.LoadKey(keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := dest.NewReceiver(dest.Config{DataDir: filepath.Join(dir, "data"), Key: key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rctx, stop := context.WithCancel(context.Background())
+	served := make(chan struct{})
+	go func() { r.Serve(rctx, ln); close(served) }()
+	defer func() { stop(); <-served }()
+
+	reportFile := filepath.Join(dir, "report.json")
+	code, _, errs := run("send", "--vms", "g="+sock, "--targets", ln.Addr().String(), "--key-file", keyFile,
+		"--report", reportFile, "--quiet")
+	if code != ExitError || !strings.Contains(errs, "no VM could be migrated") || !strings.Contains(errs, "xbzrle") {
+		t.Fatalf("send: exit %d, want %d:\n%s", code, ExitError, errs)
+	}
+	var rep struct {
+		VMs []struct {
+			Status string `json:"status"`
+			Error  string `json:"error"`
+		} `json:"vms"`
+	}
+	if err := json.Unmarshal(qemutest.ReadFile(t, reportFile), &rep); err != nil || len(rep.VMs) != 1 ||
+		rep.VMs[0].Status != "rolled_back" || !strings.Contains(rep.VMs[0].Error, "xbzrle") {
+		t.Fatalf("report: %+v, %v", rep, err)
+	}
+	q = qemutest.DialWhenReady(ctx, t, sock)
+	defer q.Close()
+	if s, err := q.Status(ctx); err != nil || s != qmp.RunStateRunning {
+		t.Fatalf("the guest is %q after the refusal: %v", s, err)
 	}
 }

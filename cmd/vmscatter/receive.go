@@ -20,7 +20,10 @@ func receiveCommand() *cli.Command {
 		Description: `Accepts authenticated sessions from 'vmscatter send', starts a destination QEMU per VM under
    DATA-DIR/<vm>/ (qmp.sock, serial.log, qemu.pid) and feeds it the migration stream. Connections that do not
    prove knowledge of the key are refused and logged. SIGTERM or SIGINT stops it cleanly: in-flight migrations are
-   rolled back (their sources resume), VMs that already run here keep running.`,
+   rolled back (their sources resume), VMs that already run here keep running.
+
+   Destinations run --qemu, else the source's QEMU binary name found on this host's PATH. The sender places a VM
+   here only if that QEMU is the source's version or newer and has the VM's machine type.`,
 		ArgsUsage: " ",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "listen", Value: ":7400", Usage: "control and data address, `ADDR:PORT`"},
@@ -30,6 +33,7 @@ func receiveCommand() *cli.Command {
 			&cli.StringFlag{Name: "capacity", Usage: "memory offered to migrated VMs, for placement (e.g. 64G); default: what is available"},
 			&cli.IntFlag{Name: "max-vms", Usage: "VMs accepted per run, for placement; default no limit"},
 			&cli.StringFlag{Name: "iface", Usage: "interface to join multicast groups on (default: the one the sender's control connection arrives on)"},
+			&cli.StringFlag{Name: "qemu", Usage: "the QEMU binary every destination runs (default: the source's binary name, e.g. qemu-system-x86_64, on this host's `PATH`)"},
 			logLevelFlag,
 		},
 		Action: func(c *cli.Context) error {
@@ -52,7 +56,7 @@ func receiveCommand() *cli.Command {
 				}
 			}
 			r, err := dest.NewReceiver(dest.Config{DataDir: c.String("data-dir"), Key: key, StoreLimit: limit,
-				Capacity: uint64(capacity), MaxVMs: c.Int("max-vms"), Iface: c.String("iface"), Log: log})
+				Capacity: uint64(capacity), MaxVMs: c.Int("max-vms"), Iface: c.String("iface"), QEMU: c.String("qemu"), Log: log})
 			if err != nil {
 				return withCode(ExitError, err)
 			}

@@ -28,7 +28,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
      vmscatter send --vms web1=/run/qemu/web1.qmp,web2=/run/qemu/web2.qmp \
                     --targets hostA:7400,hostB:7400 --key-file /etc/vmscatter/key --report run.json
    Create the shared key once with 'vmscatter keygen --out FILE' and copy it to every host (mode 0600).`,
-		Commands: []*cli.Command{sendCommand(), receiveCommand(), planCommand(), keygenCommand()},
+		Commands: []*cli.Command{sendCommand(), receiveCommand(), planCommand(), recoverCommand(), statusCommand(), keygenCommand()},
 		Action: func(c *cli.Context) error {
 			if name := c.Args().First(); name == "demo" || name == "bench" {
 				return usageError("%s is a command of vmscatter-lab, the development and measurement binary (vmscatter-lab %s --help)", name, name)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 	"github.com/vmscatter/vmscatter/scatter/converge"
+	"github.com/vmscatter/vmscatter/scatter/report"
 	"github.com/vmscatter/vmscatter/scatter/source"
 
 	"github.com/vmscatter/vmscatter/cmd/internal/cliapp"
@@ -30,7 +31,8 @@ func sendCommand() *cli.Command {
 			&cli.StringSliceFlag{Name: "vms", Required: true, Usage: "VMs to move, `NAME=QMP_SOCKET[,...]`"},
 			&cli.StringSliceFlag{Name: "targets", Required: true, Usage: "receivers, `ADDR:PORT[,...]`"},
 			&cli.StringFlag{Name: "key-file", Required: true, Usage: "the shared key (vmscatter keygen)"},
-			&cli.StringFlag{Name: "report", Value: "vmscatter-report.json", Usage: "where to write the JSON report"},
+			&cli.StringFlag{Name: "report", Value: "vmscatter-report.json", Usage: "where to write the JSON report (rewritten as each VM settles)"},
+			&cli.StringFlag{Name: "state-dir", Value: source.DefaultStateDir, Usage: "where the run is journaled, for `vmscatter recover` and `status`"},
 			&cli.StringSliceFlag{Name: "placement", Usage: "`auto` (the planner places every VM, the default) or pins, NAME=ADDR:PORT[,...]; unpinned VMs are placed by the planner"},
 			&cli.StringFlag{Name: "algorithm", Value: "ours", Usage: "placement: ours, greedy (VMScatter's), exact (≤ 12 VMs, ≤ 4 targets)"},
 			&cli.IntFlag{Name: "parallel", Usage: "migrations at once (default min(4, VMs))"},
@@ -90,7 +92,18 @@ func runSend(c *cli.Context) error {
 		}
 		defer pprof.StopCPUProfile()
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	cfg.StateDir = c.String("state-dir")
+	reportPath := c.String("report")
+	cfg.Checkpoint = func(r *report.Report) {
+		if err := r.WriteFile(reportPath); err != nil {
+			fmt.Fprintf(c.App.ErrWriter, "vmscatter: writing the report: %v\n", err)
+		}
+	}
+	// SIGTERM, SIGINT and SIGHUP (the SSH session dropped) stop the run at each VM's next safe point: before START
+	// a VM rolls back, after it the switch-over completes. A closed stderr or report pipe (SIGPIPE) never ends the
+	// process in the middle of a commit: the write fails instead.
+	signal.Ignore(syscall.SIGPIPE)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	defer stop()
 	rep, err := source.Send(ctx, cfg)
 	if rep != nil {
@@ -98,15 +111,13 @@ func runSend(c *cli.Context) error {
 			return withCode(ExitFailed, fmt.Errorf("writing the report: %w", werr))
 		}
 		t := rep.Totals
-		fmt.Fprintf(c.App.ErrWriter, "vmscatter: %d of %d VMs migrated, %d rolled back, %d failed; %.1f MiB on the wire in %.1f s; report: %s\n",
-			t.Migrated, t.VMs, t.RolledBack, t.Failed, float64(t.WireBytes)/(1<<20), float64(t.ElapsedMS)/1000, c.String("report"))
+		fmt.Fprintf(c.App.ErrWriter, "vmscatter: %d of %d VMs migrated, %d rolled back, %d failed, %d unresolved; %.1f MiB on the wire in %.1f s; report: %s\n",
+			t.Migrated, t.VMs, t.RolledBack, t.Failed, t.Unresolved, float64(t.WireBytes)/(1<<20), float64(t.ElapsedMS)/1000, c.String("report"))
 	}
 	switch {
-	case errors.Is(err, source.ErrNothingMigrated):
-		return withCode(ExitRolledBack, err)
-	case err != nil:
+	case err != nil: // source.ErrNothingMigrated included: every VM was refused or rolled back before it moved
 		return withCode(ExitError, err)
-	case rep.Totals.Failed > 0:
+	case rep.Totals.Failed > 0 || rep.Totals.Unresolved > 0:
 		return withCode(ExitFailed, errors.New("some VMs need an operator: see the report"))
 	case rep.Totals.RolledBack > 0:
 		return withCode(ExitRolledBack, errors.New("some VMs rolled back: their sources run on"))

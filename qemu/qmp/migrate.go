@@ -154,6 +154,21 @@ func (q *Client) SetCapabilities(ctx context.Context, caps map[string]bool) erro
 	if len(caps) == 0 {
 		return nil
 	}
+	return q.Execute(ctx, "migrate-set-capabilities", capabilitiesArgs(caps), nil)
+}
+
+// SetCapabilitiesCommand is the QMP command that SetCapabilities(caps) sends, written out for an operator to run
+// on a VM's monitor (e.g. with virsh qemu-monitor-command), as in a message that asks them to turn capabilities off.
+func SetCapabilitiesCommand(caps map[string]bool) string {
+	b, _ := json.Marshal(struct {
+		Execute   string         `json:"execute"`
+		Arguments map[string]any `json:"arguments"`
+	}{"migrate-set-capabilities", capabilitiesArgs(caps)})
+	return string(b)
+}
+
+// capabilitiesArgs are migrate-set-capabilities' arguments for caps, in name order.
+func capabilitiesArgs(caps map[string]bool) map[string]any {
 	type capability struct {
 		Name  string `json:"capability"`
 		State bool   `json:"state"`
@@ -163,7 +178,7 @@ func (q *Client) SetCapabilities(ctx context.Context, caps map[string]bool) erro
 		list = append(list, capability{name, on})
 	}
 	slices.SortFunc(list, func(a, b capability) int { return strings.Compare(a.Name, b.Name) })
-	return q.Execute(ctx, "migrate-set-capabilities", map[string]any{"capabilities": list}, nil)
+	return map[string]any{"capabilities": list}
 }
 
 // MigrationParameters are the migration parameters vmscatter sets, or may have to restore (QAPI

@@ -255,6 +255,14 @@ func TestTypedMethodsSendAndParse(t *testing.T) {
 	}
 }
 
+func TestSetCapabilitiesCommand(t *testing.T) {
+	got := SetCapabilitiesCommand(map[string]bool{"xbzrle": false, "multifd": false})
+	want := `{"execute":"migrate-set-capabilities","arguments":{"capabilities":[{"capability":"multifd","state":false},{"capability":"xbzrle","state":false}]}}`
+	if got != want {
+		t.Errorf("got  %s\nwant %s", got, want)
+	}
+}
+
 func TestQueryMigrateNoMigrationAndErrors(t *testing.T) {
 	_, q := newRecorder(t, map[string][]string{
 		"query-migrate": ret(`{}`),

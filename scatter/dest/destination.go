@@ -19,7 +19,6 @@ import (
 	"github.com/vmscatter/vmscatter/qemu/qmp"
 	"github.com/vmscatter/vmscatter/scatter/commit"
 	"github.com/vmscatter/vmscatter/scatter/host"
-	"github.com/vmscatter/vmscatter/scatter/wire"
 )
 
 // The bounds of the destination's own commands (the driver's contract: each QEMU action bounded by a timeout of
@@ -53,14 +52,11 @@ type destination struct {
 }
 
 // launchDestination does what LaunchDest asks: it starts the destination QEMU paused (-S, -incoming defer) from
-// the source's command line rewritten for dir, sets the capabilities the stream needs (the source's, events, and
-// late-block-activate), points migrate-incoming at a unix socket and connects to it. It returns the destination
-// whenever a process was started, also with an error, so that the driver can kill it.
-func launchDestination(ctx context.Context, open wire.OpenMsg, dir string) (*destination, net.Conn, error) {
-	argv, err := qemu.RewriteCommandLine(open.Argv, dir)
-	if err != nil {
-		return nil, nil, err
-	}
+// argv (the source's command line rewritten for dir: Receiver.destinationCommandLine), sets the capabilities the
+// stream needs (the source's, events, and late-block-activate), points migrate-incoming at a unix socket and
+// connects to it. It returns the destination whenever a process was started, also with an error, so that the
+// driver can kill it.
+func launchDestination(ctx context.Context, argv []string, capabilities map[string]bool, dir string) (*destination, net.Conn, error) {
 	argv = withPausedStart(argv)
 	lctx, cancel := context.WithTimeout(ctx, launchTimeout)
 	proc, err := qemu.LaunchDestination(lctx, argv, qemu.PathsIn(dir))
@@ -70,7 +66,7 @@ func launchDestination(ctx context.Context, open wire.OpenMsg, dir string) (*des
 	}
 	h := &destination{paths: proc.Paths, pid: proc.Cmd.Process.Pid, proc: proc, exited: proc.Exited(), q: proc.QMP,
 		rel: make(chan struct{})}
-	caps := maps.Clone(open.Capabilities)
+	caps := maps.Clone(capabilities)
 	if caps == nil {
 		caps = map[string]bool{}
 	}

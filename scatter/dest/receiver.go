@@ -27,6 +27,10 @@ type Config struct {
 	MaxVMs     int          // VMs accepted per run, for placement; 0 means no limit
 	Log        *slog.Logger // nil logs nowhere
 
+	// QEMU is the binary every destination runs (receive --qemu); "" means the source's binary name (argv[0]'s base
+	// name) looked up on this host's PATH.
+	QEMU string
+
 	LoadTimeout time.Duration // from the end of the source stream to the destination being loaded; 0 means 2 min
 	RefWait     time.Duration // how long a reference may wait for content still in flight; 0 means 30 s
 	Bounds      Bounds        // how long a VM's migration may stay in each phase (bounds.go); zero: the defaults
@@ -57,6 +61,7 @@ type Receiver struct {
 	stopping bool                 // Serve's context ended: the VMs are being brought to rest
 	closed   bool                 // Serve returned: nothing more is posted to a VM
 	wg       sync.WaitGroup
+	probes   probeCache // what the QEMU binaries said of themselves
 }
 
 // session is one sender's run on this receiver: its content store, shared by the VMs it migrates here.
@@ -93,6 +98,9 @@ func NewReceiver(cfg Config) (*Receiver, error) {
 	r := &Receiver{cfg: cfg, log: log, bounds: cfg.Bounds.withDefaults(cfg.LoadTimeout),
 		sessions: map[wire.SessionID]*session{}, vms: map[string]*vmDriver{}}
 	r.cond = sync.NewCond(&r.mu)
+	if err := r.checkQEMU(); err != nil {
+		return nil, err
+	}
 	return r, nil
 }
 
@@ -182,7 +190,7 @@ func (r *Receiver) serveControl(ctx context.Context, sc *secure.Conn, peer strin
 	hostname, _ := os.Hostname()
 	_, avail := host.MemInfo()
 	if err := sc.SendJSON(wire.FrameInfo, wire.InfoMsg{Host: hostname, MemAvailable: avail, CPUs: runtime.NumCPU(),
-		StoreLimit: r.cfg.StoreLimit, Capacity: r.cfg.Capacity, MaxVMs: r.cfg.MaxVMs}); err != nil {
+		StoreLimit: r.cfg.StoreLimit, Capacity: r.cfg.Capacity, MaxVMs: r.cfg.MaxVMs, QEMU: r.qemuInfos(ctx, hello.QEMU)}); err != nil {
 		return err
 	}
 	for {

@@ -362,12 +362,17 @@ func (m *vmDriver) launch() {
 		m.raise(func() { m.step(failed("no OPEN to start a destination from")) })
 		return
 	}
+	argv, err := m.r.destinationCommandLine(m.open.Argv, m.dir)
+	if err != nil {
+		m.raise(func() { m.step(failed("the destination's command line: " + err.Error())) })
+		return
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	m.launching = cancel
 	m.exitSeen = false
-	gen, open, dir := m.gen, *m.open, m.dir
+	gen, caps, dir := m.gen, m.open.Capabilities, m.dir
 	go func() {
-		h, qc, err := launchDestination(ctx, open, dir)
+		h, qc, err := launchDestination(ctx, argv, caps, dir)
 		m.post(func() { m.launched(gen, h, qc, err) })
 	}()
 }

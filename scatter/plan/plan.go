@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/vmscatter/vmscatter/dedup"
@@ -176,7 +177,8 @@ func Images(ctx context.Context, images []ImageSpec, targets []TargetSpec, alg s
 	return p, nil
 }
 
-// roundRobin spreads VMs over targets in order, honouring pins (capacity is left to the receivers).
+// roundRobin spreads VMs over targets in order, honouring pins and allowed targets (capacity is left to the
+// receivers). A VM allowed on some targets only takes the next of those in the rotation.
 func roundRobin(p grouping.Problem) []int {
 	idx := map[string]int{}
 	for i, t := range p.Targets {
@@ -189,8 +191,15 @@ func roundRobin(p grouping.Problem) []int {
 			assign[i] = idx[vm.Pinned]
 			continue
 		}
-		assign[i] = next % len(p.Targets)
-		next++
+		t := next % len(p.Targets)
+		for k := range len(p.Targets) {
+			if u := (next + k) % len(p.Targets); len(vm.Allowed) == 0 || slices.Contains(vm.Allowed, p.Targets[u].Name) {
+				t = u
+				break
+			}
+		}
+		assign[i] = t
+		next = t + 1
 	}
 	return assign
 }

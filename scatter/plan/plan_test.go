@@ -25,6 +25,18 @@ func TestSolveWithoutSharingIsRoundRobinHonouringPins(t *testing.T) {
 	}
 }
 
+func TestRoundRobinHonoursAllowedTargets(t *testing.T) {
+	p := Problem(nil, []grouping.VM{{Name: "a"}, {Name: "b", Allowed: []string{"t2"}}, {Name: "c"}, {Name: "d", Allowed: []string{"t0", "t1"}},
+		{Name: "e"}}, []int{0, 1, 2, 3, 4}, []grouping.Target{{Name: "t0"}, {Name: "t1"}, {Name: "t2"}})
+	sol, err := Solve(p, "", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []int{0, 2, 0, 1, 2}; !slices.Equal(sol.Assign, want) {
+		t.Fatalf("assign %v, want %v", sol.Assign, want)
+	}
+}
+
 // Two pairs of identical images onto two targets that each hold two: each pair lands together, and the plan the
 // one builder makes for `send` is the plan `plan` reports.
 func TestSharersLandTogether(t *testing.T) {

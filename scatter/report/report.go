@@ -26,7 +26,8 @@ const ReportVersion = 1
 const (
 	StatusMigrated   = "migrated"    // runs on its target; the source QEMU has quit
 	StatusRolledBack = "rolled_back" // the migration failed and the source VM runs on at the source
-	StatusFailed     = "failed"      // the migration failed and the VM's state needs an operator (see error)
+	StatusFailed     = "failed"      // the migration failed and the VM was lost through no decision of ours (see error)
+	StatusUnresolved = "unresolved"  // the VM was left as it was for `vmscatter recover`: the source paused, or both ends
 )
 
 // VMReport is one VM's line in the report.
@@ -68,6 +69,7 @@ type Totals struct {
 	Migrated   int   `json:"migrated"`
 	RolledBack int   `json:"rolled_back"`
 	Failed     int   `json:"failed"`
+	Unresolved int   `json:"unresolved"` // left for `vmscatter recover`
 	RAMBytes   int64 `json:"ram_bytes"`
 	WireBytes  int64 `json:"wire_bytes"`
 	PrimeBytes int64 `json:"prime_bytes"`
@@ -118,7 +120,7 @@ type Phases struct {
 func (r *Report) Sum() {
 	t := r.Totals
 	t.Transport = r.Transport
-	t.Migrated, t.RolledBack, t.Failed, t.RAMBytes = 0, 0, 0, 0
+	t.Migrated, t.RolledBack, t.Failed, t.Unresolved, t.RAMBytes = 0, 0, 0, 0, 0
 	t.VMs = len(r.VMs)
 	t.WireBytes = t.PrimeBytes
 	for _, v := range r.VMs {
@@ -127,6 +129,8 @@ func (r *Report) Sum() {
 			t.Migrated++
 		case StatusRolledBack:
 			t.RolledBack++
+		case StatusUnresolved:
+			t.Unresolved++
 		default:
 			t.Failed++
 		}

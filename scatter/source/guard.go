@@ -37,9 +37,13 @@ func (m *vmMigration) newGuardWatch(log *slog.Logger) *guardWatch {
 
 func (w *guardWatch) observe(ctx context.Context, mi qmp.MigrationInfo) {
 	m, g := w.m, w.g
-	want := g.Observe(converge.GuardSample{At: time.Since(w.start), Stream: m.counters.stream.Load(), Wire: m.sc.BytesOut(),
+	sc := m.conn()
+	if sc == nil {
+		return // the connection is lost: the machine is rolling back
+	}
+	want := g.Observe(converge.GuardSample{At: time.Since(w.start), Stream: m.counters.stream.Load(), Wire: sc.BytesOut(),
 		LitStream: m.counters.litStream.Load(), LitWire: m.counters.litWire.Load(), Iterations: mi.RAM.DirtySyncCount,
-		Queued: int64(float64(host.SocketQueue(m.src, unix.SIOCINQ))*max(g.Ratio(), 0.01)) + host.SocketQueue(m.sc.NetConn(), unix.SIOCOUTQ)})
+		Queued: int64(float64(host.SocketQueue(m.source(), unix.SIOCINQ))*max(g.Ratio(), 0.01)) + host.SocketQueue(sc.NetConn(), unix.SIOCOUTQ)})
 	if want.MaxBandwidth <= 0 || want.MaxBandwidth > w.userCap {
 		want.MaxBandwidth = w.userCap
 	}

@@ -3,7 +3,6 @@ package source
 import (
 	"context"
 	"fmt"
-	"maps"
 	"net"
 	"os"
 	"slices"
@@ -16,8 +15,8 @@ import (
 	"github.com/vmscatter/vmscatter/scatter/wire"
 )
 
-// inventory learns a VM's QEMU: pid, command line, run state, RAM size, and refuses features the stream codec
-// does not support.
+// inventory learns a VM's QEMU: pid, command line, run state, RAM size, version and concrete machine type, and
+// refuses what vmscatter cannot carry (unsupportedFeatures) before anything moves.
 func (s *sender) inventory(ctx context.Context, vm *sourceVM) {
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
@@ -66,28 +65,46 @@ func (s *sender) inventory(ctx context.Context, vm *sourceVM) {
 		fail(report.StatusRolledBack, err)
 		return
 	}
-	for _, name := range slices.Sorted(maps.Keys(caps)) {
-		if caps[name] && unsupportedCapabilities[name] {
-			fail(report.StatusRolledBack, fmt.Errorf("migration capability %q is on; vmscatter does not support it yet: turn it off (migrate-set-capabilities)", name))
-			return
-		}
+	devs, err := q.MemoryDevices(ctx)
+	if err != nil {
+		fail(report.StatusRolledBack, err)
+		return
 	}
-	s.progress.set(vm.spec.Name, "ready", fmt.Sprintf("pid %d, %s RAM", vm.pid, fmtBytes(vm.ramBytes)))
+	if err := unsupportedFeatures(caps, devs); err != nil {
+		fail(report.StatusRolledBack, err)
+		return
+	}
+	// A destination must run the source's QEMU version or a newer one, with the source's concrete machine type:
+	// "-machine pc" (or none) stands for the newest type of each binary.
+	if vm.qemuVersion, err = q.Version(ctx); err != nil {
+		fail(report.StatusRolledBack, err)
+		return
+	}
+	if vm.machine, err = q.CurrentMachine(ctx); err != nil {
+		fail(report.StatusRolledBack, err)
+		return
+	}
+	vm.argv = qemu.WithMachineType(vm.argv, vm.machine)
+	s.progress.set(vm.spec.Name, "ready", fmt.Sprintf("pid %d, %s RAM, QEMU %s, %s", vm.pid, fmtBytes(vm.ramBytes), vm.qemuVersion, vm.machine))
 }
 
-var unsupportedCapabilities = map[string]bool{"multifd": true, "compress": true, "xbzrle": true, "postcopy-ram": true,
-	"block": true, "x-colo": true, "dirty-bitmaps": true, "background-snapshot": true, "zero-copy-send": true,
-	"postcopy-preempt": true, "x-ignore-shared": true, "release-ram": true}
-
-// openSession connects and authenticates the control connection to one receiver.
-func (s *sender) openSession(ctx context.Context, t *targetConn) {
+// openSession connects and authenticates the control connection to one receiver. HELLO waits for the inventory
+// (inventoried closed): it names the QEMU binaries of the VMs, for the receiver to say what it runs them with.
+func (s *sender) openSession(ctx context.Context, t *targetConn, inventoried <-chan struct{}) {
 	sc, err := s.dial(ctx, t.addr, secure.RoleControl)
 	if err != nil {
 		t.err = err
 		return
 	}
+	select {
+	case <-inventoried:
+	case <-ctx.Done():
+		sc.Close()
+		t.err = ctx.Err()
+		return
+	}
 	host, _ := os.Hostname()
-	if err := sc.SendJSON(wire.FrameHello, wire.HelloMsg{Session: s.session, Sender: host}); err != nil {
+	if err := sc.SendJSON(wire.FrameHello, wire.HelloMsg{Session: s.session, Sender: host, QEMU: s.qemuNames()}); err != nil {
 		sc.Close()
 		t.err = err
 		return
@@ -99,6 +116,17 @@ func (s *sender) openSession(ctx context.Context, t *targetConn) {
 	}
 	t.sc = sc
 	s.log.Info("session open", "target", t.addr, "host", t.info.Host, "mem_available", t.info.MemAvailable)
+}
+
+// qemuNames are the base names of the VMs' QEMU binaries, each once, in order. Call it after the inventory.
+func (s *sender) qemuNames() []string {
+	var names []string
+	for _, vm := range s.vms {
+		if n := qemuName(vm.argv); n != "" && !slices.Contains(names, n) {
+			names = append(names, n)
+		}
+	}
+	return names
 }
 
 func (s *sender) dial(ctx context.Context, addr string, role byte) (*secure.Conn, error) {

@@ -11,9 +11,9 @@ import (
 	"github.com/vmscatter/vmscatter/scatter/wire"
 )
 
-// place assigns every VM a target (phase 3): the user's pins, then the planner over the reachable targets. With no
-// sharing map (no scan) the planner has nothing to group by, and the VMs are spread round-robin. A capacity that
-// cannot be met is an error, and nothing moves.
+// place assigns every VM a target (phase 3): the user's pins, then the planner over the reachable targets whose
+// QEMU can run it (allowedTargets). With no sharing map (no scan) the planner has nothing to group by, and the VMs
+// are spread round-robin. A capacity that cannot be met is an error, and nothing moves.
 func (s *sender) place(sm *dedup.SharingMap, rep *report.Report) error {
 	byAddr := map[string]int{}
 	for i, t := range s.targets {
@@ -31,8 +31,10 @@ func (s *sender) place(sm *dedup.SharingMap, rep *report.Report) error {
 			return fmt.Errorf("placement %s=%s: no VM named %s in --vms", name, addr, name)
 		}
 	}
-	// The problem covers live VMs and reachable targets only.
+	// The problem covers live VMs and reachable targets only, and each VM may go only to the targets whose QEMU can
+	// run it; a VM that can go nowhere rolls back, untouched.
 	var live []*sourceVM
+	var allowed [][]string
 	var reach []*targetConn
 	var firstErr error
 	for _, t := range s.targets {
@@ -53,7 +55,13 @@ func (s *sender) place(sm *dedup.SharingMap, rep *report.Report) error {
 		case len(reach) == 0:
 			s.rollBackUntouched(vm, "", firstErr)
 		default:
+			a, err := allowedTargets(vm, reach, pin)
+			if err != nil {
+				s.rollBackUntouched(vm, pin, err)
+				continue
+			}
 			live = append(live, vm)
+			allowed = append(allowed, a)
 		}
 	}
 	if len(live) == 0 {
@@ -65,8 +73,9 @@ func (s *sender) place(sm *dedup.SharingMap, rep *report.Report) error {
 	}
 	var vms []grouping.VM
 	var slots []int
-	for _, vm := range live {
-		vms = append(vms, grouping.VM{Name: vm.spec.Name, MemBytes: uint64(vm.ramBytes), VCPUs: 1, Pinned: s.cfg.Placement[vm.spec.Name]})
+	for i, vm := range live {
+		vms = append(vms, grouping.VM{Name: vm.spec.Name, MemBytes: uint64(vm.ramBytes), VCPUs: 1, Pinned: s.cfg.Placement[vm.spec.Name],
+			Allowed: allowed[i]})
 		slots = append(slots, s.vmIndex(vm))
 	}
 	sol, err := plan.Solve(plan.Problem(sm, vms, slots, targets), s.cfg.Algorithm, sm != nil)

@@ -22,19 +22,24 @@ func Plan(ctx context.Context, cfg Config) (*plan.Plan, error) {
 		return nil, err
 	}
 	defer s.release()
-	var vms []grouping.VM
-	for _, vm := range s.vms {
-		if vm.report.Status != "" {
-			return nil, fmt.Errorf("VM %s: %s", vm.spec.Name, vm.report.Error)
-		}
-		vms = append(vms, grouping.VM{Name: vm.spec.Name, MemBytes: uint64(vm.ramBytes), VCPUs: 1, Pinned: cfg.Placement[vm.spec.Name]})
-	}
 	var targets []grouping.Target
 	for _, t := range s.targets {
 		if t.sc == nil {
 			return nil, fmt.Errorf("receiver %s: %v", t.addr, t.err)
 		}
 		targets = append(targets, grouping.Target{Name: t.addr, MemBytes: capacity(t.info), MaxVMs: t.info.MaxVMs})
+	}
+	var vms []grouping.VM
+	for _, vm := range s.vms {
+		if vm.report.Status != "" {
+			return nil, fmt.Errorf("VM %s: %s", vm.spec.Name, vm.report.Error)
+		}
+		pin := cfg.Placement[vm.spec.Name]
+		allowed, err := allowedTargets(vm, s.targets, pin)
+		if err != nil {
+			return nil, err
+		}
+		vms = append(vms, grouping.VM{Name: vm.spec.Name, MemBytes: uint64(vm.ramBytes), VCPUs: 1, Pinned: pin, Allowed: allowed})
 	}
 	sm := s.scan(ctx, rep)
 	if sm == nil {

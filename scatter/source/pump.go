@@ -32,7 +32,10 @@ const pagesFrameTarget = 64 << 10
 // is the only writer of stream frames; it returns nil at the source stream's clean end (STREAM_END sent).
 func (m *vmMigration) pump(ctx context.Context) error {
 	dec := stream.NewDecoder(m.src)
-	sc := m.sc
+	sc := m.conn()
+	if sc == nil {
+		return errors.New("the connection to the receiver is lost")
+	}
 	held := m.s.heldFor(m.vm)
 	fingerprint := m.s.fingerprint()
 	final := report.NewFinalImage(m.s.targetIndex(m.vm.target))

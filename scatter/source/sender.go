@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"sync"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -18,6 +19,7 @@ import (
 	"github.com/vmscatter/vmscatter/qemu/qmp"
 	"github.com/vmscatter/vmscatter/scatter/converge"
 	"github.com/vmscatter/vmscatter/scatter/host"
+	"github.com/vmscatter/vmscatter/scatter/journal"
 	"github.com/vmscatter/vmscatter/scatter/report"
 	"github.com/vmscatter/vmscatter/scatter/secure"
 	"github.com/vmscatter/vmscatter/scatter/wire"
@@ -53,6 +55,14 @@ type Config struct {
 	RateBps   int64  // multicast rate cap, bits/s; 0 means 1 Gbit/s
 	Iface     string // data-plane interface for multicast; "" means the one the control connections use
 
+	// StateDir is where the run is journaled (one directory per run), for `vmscatter recover` and `status`; ""
+	// means DefaultStateDir.
+	StateDir string
+
+	// Checkpoint, if set, is handed the report as it stands after placement and whenever a VM settles, so that a
+	// sender that dies leaves a report with each VM's last known state (the journal has its phase).
+	Checkpoint func(*report.Report)
+
 	Progress io.Writer    // progress lines; nil means none
 	Log      *slog.Logger // nil logs nowhere
 
@@ -77,13 +87,18 @@ type sourceVM struct {
 	spec       VMSpec
 	qmp        *qmp.Client
 	pid        int
-	argv       []string
+	argv       []string // the destination's command line: the source's, its machine type made concrete
 	wasRunning bool
 	ramBytes   int64
 	target     *targetConn
 	report     *report.VMReport
-	open       *opening           // the VM connection, once opening it started
 	final      *report.FinalImage // what its destination loaded, for the report's bound
+	mig        *vmMigration       // its migration, once started
+	done       chan struct{}      // closed when its migration has ended and its report is final
+
+	// The source's QEMU version and concrete machine type: a target must run both (targetRuns).
+	qemuVersion qmp.Version
+	machine     string
 }
 
 // targetConn is the control connection to one receiver.
@@ -103,7 +118,8 @@ type targetConn struct {
 // streamSocketBuffer is the send buffer of a VM stream's socket (the kernel doubles it).
 const streamSocketBuffer = 256 << 10
 
-// ErrNothingMigrated is returned when the run could not start at all.
+// ErrNothingMigrated is returned, with the report, when the run could not start at all: every VM was refused (the
+// inventory, placement) or rolled back before its migration began, so nothing moved. `vmscatter send` exits 1.
 var ErrNothingMigrated = errors.New("no VM could be migrated")
 
 // Send runs one scatter: inventory, sessions, scan, placement, prime, the migrations, and the report. The report
@@ -179,18 +195,23 @@ func newSender(cfg Config) (*sender, error) {
 }
 
 type sender struct {
-	cfg      Config
-	log      *slog.Logger
-	codec    pageCodec
-	session  wire.SessionID
-	progress *progress
-	vms      []*sourceVM
-	targets  []*targetConn
-	tmpDir   string
-	rams     []*qemu.GuestRAM // open for the scan and the prime
-	sharing  *dedup.SharingMap
-	batches  []primeBatch // the prime's schedule, from placement
-	costs    []uint32     // by content id: the wire bytes its prime cost (compressed), for the report's bound
+	cfg Config
+	// epoch is this run's migrations' epoch (docs/commit.md): greater than any a VM's earlier runs journaled.
+	epoch          uint64
+	journal        *journal.Dir // this run's directory under --state-dir
+	stopMigrations func()
+	checkpointMu   sync.Mutex
+	log            *slog.Logger
+	codec          pageCodec
+	session        wire.SessionID
+	progress       *progress
+	vms            []*sourceVM
+	targets        []*targetConn
+	tmpDir         string
+	rams           []*qemu.GuestRAM // open for the scan and the prime
+	sharing        *dedup.SharingMap
+	batches        []primeBatch // the prime's schedule, from placement
+	costs          []uint32     // by content id: the wire bytes its prime cost (compressed), for the report's bound
 	// digester takes the keyed digests that make references exact, over the bytes each target stores (seed and
 	// prime); its salt is fresh for every run.
 	digester *dedup.Digester
@@ -250,14 +271,19 @@ func (s *sender) prepare(ctx context.Context, rep *report.Report) error {
 	for i, a := range s.cfg.Targets {
 		s.targets[i] = &targetConn{addr: a}
 	}
-	var g errgroup.Group
+	// The sessions connect while the inventory runs; HELLO, which names the VMs' QEMU binaries, waits for it.
+	var inv errgroup.Group
 	for _, vm := range s.vms {
-		g.Go(func() error { s.inventory(ctx, vm); return nil })
+		inv.Go(func() error { s.inventory(ctx, vm); return nil })
 	}
+	inventoried := make(chan struct{})
+	go func() { inv.Wait(); close(inventoried) }()
+	var g errgroup.Group
 	for _, t := range s.targets {
-		g.Go(func() error { s.openSession(ctx, t); return nil })
+		g.Go(func() error { s.openSession(ctx, t, inventoried); return nil })
 	}
 	g.Wait()
+	<-inventoried
 	for _, t := range s.targets {
 		if t.err != nil {
 			rep.Warnings = append(rep.Warnings, fmt.Sprintf("receiver %s: %v", t.addr, t.err))
@@ -266,11 +292,15 @@ func (s *sender) prepare(ctx context.Context, rep *report.Report) error {
 	return nil
 }
 
-// release closes the sessions and QMP connections and removes the sender's sockets.
+// release stops the migrations still under way (each at its next safe point), closes the sessions and QMP
+// connections and removes the sender's sockets.
 func (s *sender) release() {
+	if s.stopMigrations != nil {
+		s.stopMigrations()
+	}
 	for _, vm := range s.vms {
-		if vm.open != nil {
-			vm.open.discard()
+		if vm.done != nil {
+			<-vm.done
 		}
 	}
 	s.closeSessions()
@@ -292,10 +322,20 @@ func (s *sender) run(ctx context.Context) (*report.Report, error) {
 	rep := &report.Report{Version: report.ReportVersion, Session: s.session.String(), Started: start.UTC(), Transport: "unicast",
 		Policy: s.cfg.Policy.Name()}
 	phase := phaseClock{last: start}
+	held, err := s.openJournal(start)
+	if err != nil {
+		return nil, err
+	}
 	if err := s.prepare(ctx, rep); err != nil {
 		return nil, err
 	}
 	defer s.release()
+	for _, vm := range s.vms {
+		if why, ok := held[vm.spec.Name]; ok && vm.report.Status == "" {
+			vm.report.Status, vm.report.Error = report.StatusRolledBack, why
+			s.progress.set(vm.spec.Name, "refused", why)
+		}
+	}
 	rep.Totals.Phases.Prepare = phase.lap()
 
 	// The source link's counters: what left the data-plane interface during the run.
@@ -326,8 +366,14 @@ func (s *sender) run(ctx context.Context) (*report.Report, error) {
 		return nil, err
 	}
 	rep.Totals.Phases.Place = phase.lap()
+	s.checkpoint(rep)
+	// The migrations' own context: the operator's stop (ctx) reaches each as Stop, which it obeys at its next safe
+	// point; release stops those the run abandons.
+	mctx, stopMigrations := context.WithCancelCause(context.WithoutCancel(ctx))
+	s.stopMigrations = func() { stopMigrations(errors.New("the run ended")) }
+	context.AfterFunc(ctx, func() { stopMigrations(context.Cause(ctx)) })
 	// The first migrations' destinations start now, while the seed and the prime run.
-	s.openEarly(ctx)
+	s.openEarly(mctx)
 	if sm != nil {
 		s.seed(ctx, sm, rep)
 	}
@@ -350,7 +396,15 @@ func (s *sender) run(ctx context.Context) (*report.Report, error) {
 		if vm.report.Status != "" { // inventory or placement already settled it
 			continue
 		}
-		mg.Go(func() error { s.migrate(ctx, vm); return nil })
+		mg.Go(func() error {
+			if vm.mig == nil {
+				s.startMigration(mctx, vm)
+			}
+			close(vm.mig.gate)
+			<-vm.done
+			s.checkpoint(rep)
+			return nil
+		})
 	}
 	mg.Wait()
 	rep.Totals.Phases.Migrate = phase.lap()
@@ -395,4 +449,34 @@ func allUntouched(rep *report.Report) bool {
 		}
 	}
 	return true
+}
+
+// checkpoint hands Config.Checkpoint a copy of the report as it stands: every VM's line, settled or not (a VM
+// under way shows no status yet).
+func (s *sender) checkpoint(rep *report.Report) {
+	if s.cfg.Checkpoint == nil {
+		return
+	}
+	s.checkpointMu.Lock()
+	defer s.checkpointMu.Unlock()
+	snap := *rep
+	snap.VMs = nil
+	for _, vm := range s.vms {
+		settled := true
+		if vm.done != nil {
+			select {
+			case <-vm.done:
+			default:
+				settled = false
+			}
+		}
+		if !settled { // its report is its driver's until then: only what placement wrote is read
+			snap.VMs = append(snap.VMs, report.VMReport{Name: vm.spec.Name, Target: vm.report.Target, Policy: vm.report.Policy,
+				RAMBytes: vm.report.RAMBytes, Error: "under way", GuestDowntimeMS: -1})
+			continue
+		}
+		snap.VMs = append(snap.VMs, *vm.report)
+	}
+	snap.Sum()
+	s.cfg.Checkpoint(&snap)
 }

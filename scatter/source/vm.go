@@ -5,326 +5,340 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
-	"os"
-	"path/filepath"
 	"sync"
 	"syscall"
 	"time"
 
-	"github.com/vmscatter/vmscatter/qemu"
-	"github.com/vmscatter/vmscatter/qemu/qmp"
-	"github.com/vmscatter/vmscatter/scatter/converge"
-	"github.com/vmscatter/vmscatter/scatter/host"
+	"github.com/vmscatter/vmscatter/scatter/commit"
 	"github.com/vmscatter/vmscatter/scatter/report"
 	"github.com/vmscatter/vmscatter/scatter/secure"
 	"github.com/vmscatter/vmscatter/scatter/wire"
 )
 
-// migrate moves one VM. The stages:
+// One VM's migration is driven by its commit.Source (docs/commit.md): this file is the driver. One goroutine (run)
+// steps the machine and carries out its actions in order; everything that happens reaches it as an event on one
+// channel: the receiver's frames (the connection's reader), the source QEMU's migration (the migration's
+// watchers, qemu.go), the outcome of each action, the phase's timer, and the operator's stop. The stages the
+// actions set going:
 //
-//  1. Open a VM connection to the target; the receiver starts the destination QEMU paused and says READY.
-//  2. Point the source QEMU's migration at a unix socket of ours (policy parameters set first).
-//  3. Pump: decode the source stream and send it as frames (pages as zero flags, references or compressed
-//     literals). A reader goroutine relays the destination's return path to the source and collects the
-//     receiver's answers. Both stop on the first error or at the deadline.
-//  4. LOADED: the destination holds the whole VM, paused. The source has completed and sits in postmigrate.
-//     START; RUNNING confirms the destination runs. Only then does the source QEMU quit; COMMIT.
-//
-// Any failure before START rolls back: the source migration is cancelled if still active, the source VM is resumed
-// (`cont`) if it was running, and the receiver is told to ABORT (tear the destination down). A failure after START
-// cannot be settled from here (the destination may run), so the source stays paused and the VM is reported failed.
-func (s *sender) migrate(ctx context.Context, vm *sourceVM) {
-	name := vm.spec.Name
-	start := time.Now()
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
-	defer cancel()
-	m := &vmMigration{s: s, vm: vm}
-	err := m.run(ctx)
-	vm.report.MigrationMS = time.Since(start).Milliseconds()
-	if m.sc != nil {
-		vm.report.WireBytes = m.sc.BytesOut()
-		m.sc.Close()
-	}
-	vm.report.Pages = m.pages
-	if err == nil {
-		vm.report.Status = report.StatusMigrated
-		s.progress.set(name, "migrated", fmt.Sprintf("%s on the wire, downtime %d ms", fmtBytes(vm.report.WireBytes), vm.report.DowntimeMS))
-		return
-	}
-	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-		err = fmt.Errorf("timed out after %v: %w", s.cfg.Timeout, err)
-	}
-	vm.report.Error = err.Error()
-	if m.started {
-		vm.report.Status = report.StatusFailed
-		vm.report.Error += "; the destination may be running on " + vm.target.addr + ", so the source was left paused: check the target before resuming it"
-		s.progress.set(name, "FAILED", vm.report.Error)
-		return
-	}
-	if rerr := m.rollback(); rerr != nil {
-		vm.report.Status = report.StatusFailed
-		vm.report.Error += "; rollback failed: " + rerr.Error()
-		s.progress.set(name, "FAILED", vm.report.Error)
-		return
-	}
-	vm.report.Status = report.StatusRolledBack
-	s.progress.set(name, "rolled back", err.Error())
-}
+//   - Connected: OPEN (journaled Prepare first); the receiver starts the destination paused and says READY.
+//   - READY: the source's settings are saved (journaled with Perform), the policy's set, and QEMU migrates into a
+//     unix socket of ours; the pump decodes the stream and sends it as frames, the watch steers the policy and
+//     the downtime guard, the reader relays the destination's return path.
+//   - LOADED, and the source completed and left finish-migrate: START (journaled Finish: the point of no return).
+//   - RUNNING: the source QEMU quits (journaled Confirm), then COMMIT, DONE, and the VM is Committed.
+//   - Any failure before START: ABORT, cancel the source migration, wait for ABORTED and for the source to leave
+//     finish-migrate, restore its settings, resume it (journaled RolledBack). After START the source is never
+//     resumed unless the destination hands the VM back; a VM that cannot be settled ends Unresolved, for
+//     `vmscatter recover`.
 
-// vmMigration is the state of one VM's migration, owned by its migrate call.
+// Bounds on the phases the machine waits in, beyond the migration's own (Config.Timeout). When one runs out the
+// machine hears Timeout.
+const (
+	finishTimeout   = 2 * time.Minute  // START sent, RUNNING awaited
+	confirmTimeout  = time.Minute      // the source quitting, DONE awaited
+	rollbackTimeout = time.Minute      // the rollback's waits (ABORTED, the source's migration ending)
+	qemuCommandWait = 30 * time.Second // one QMP command, or the source leaving finish-migrate
+	reconnectPause  = 2 * time.Second  // between two dials of a reconnection
+)
+
+// vmMigration is one VM's migration: the machine, the connection and the migration's moving parts. The run
+// goroutine owns the machine and the fields below mu; the pump, the watch and the reader use the rest.
 type vmMigration struct {
-	s        *sender
-	vm       *sourceVM
+	s   *sender
+	vm  *sourceVM
+	log *slog.Logger
+
+	machine *commit.Source
+	events  chan commit.Event
+	gate    chan struct{} // closed when the VM may start migrating: its turn came, the prime is done
+
 	sc       *secure.Conn
-	src      net.Conn // the source QEMU's migration stream
+	connGen  int      // the connection's generation: a lost connection's reader reports for its own only
+	src      net.Conn // the source QEMU's migration stream, once it connected
 	pages    report.PageCounts
-	started  bool           // START was sent: the destination may run
-	stopAt   time.Time      // when vmscatter stopped the VM itself to force the switch-over (guarded by mu)
 	counters streamCounters // the pump's, for the downtime guard
+	mig      *sourceMigration
 
-	mu       sync.Mutex
-	srcWrite sync.Mutex // serializes return-path writes to src
+	record    VMRecord // its journal record, as last written
+	lostBytes int64    // wire bytes of connections lost and replaced
+	runningAt time.Time
+	lastDial  time.Time // of the last reconnection
+
+	opened, started time.Time
+	mu              sync.Mutex
+	stopAt          time.Time // when vmscatter stopped the VM itself to force the switch-over
+	srcWrite        sync.Mutex
 }
 
-func (m *vmMigration) run(ctx context.Context) error {
-	s, vm := m.s, m.vm
-	name := vm.spec.Name
-	if vm.open == nil {
-		s.progress.set(name, "connecting", vm.target.addr)
-		vm.open = s.startOpen(ctx, vm)
-	}
-	sc, ready, took, err := vm.open.claim(ctx)
-	if sc != nil {
-		m.sc = sc
-	}
-	vm.report.DestinationStartMS = took.Milliseconds()
-	if err != nil {
-		return err
-	}
-	stopOnCancel := context.AfterFunc(ctx, func() { sc.Close() })
-	defer stopOnCancel()
-	caps := s.cfg.Policy.Capabilities()
-	vm.report.TargetPID = ready.PID
+func (s *sender) newMigration(vm *sourceVM) *vmMigration {
+	return &vmMigration{s: s, vm: vm, log: s.log.With("vm", vm.spec.Name), events: make(chan commit.Event, 64),
+		gate: make(chan struct{}), machine: commit.NewSource(s.epoch, vm.wasRunning)}
+}
 
-	// Stage 2: the source migrates into our socket.
-	sock := filepath.Join(s.tmpDir, name+".sock")
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		return err
-	}
-	defer ln.Close()
-	defer os.Remove(sock)
-	if err := applyPolicy(ctx, vm.qmp, s.cfg.Policy, caps, s.cfg.MaxBandwidth, converge.StartingDowntime(s.cfg.Policy.Downtime, s.linkShare())); err != nil {
-		return fmt.Errorf("setting migration parameters: %w", err)
-	}
-	if err := vm.qmp.Migrate(ctx, "unix:"+sock); err != nil {
-		return fmt.Errorf("starting the source migration: %w", err)
-	}
-	src, err := acceptCtx(ctx, ln.(*net.UnixListener))
-	if err != nil {
-		return fmt.Errorf("source QEMU did not connect: %w", err)
-	}
-	if s.cfg.WrapStream != nil {
-		src = s.cfg.WrapStream(name, src)
-	}
-	m.src = src
-	defer src.Close()
-	s.progress.set(name, "migrating", "")
-	var console *host.ConsoleWatch
-	if s.cfg.GuestDowntime {
-		if path := qemu.SerialLogPath(vm.argv); path != "" {
-			console = host.WatchConsole(ctx, path)
-		}
-	}
+// deliver hands an event to the run goroutine. It never blocks for long: the channel is deep, and the run
+// goroutine reads it until the machine is terminal and every goroutine that delivers has ended.
+func (m *vmMigration) deliver(ev commit.Event) { m.events <- ev }
 
-	// Stage 3: pump and reader, concurrently.
-	replies := make(chan reply, 4)
-	readerErr := make(chan error, 1)
-	go func() { readerErr <- m.readReplies(replies) }()
-	pumpErr := make(chan error, 1)
-	pctx, stopPolicy := context.WithCancel(ctx)
-	defer stopPolicy()
-	watched := make(chan struct{})
-	go func() { defer close(watched); m.watch(pctx, s.log.With("vm", name)) }()
-	defer func() { stopPolicy(); <-watched }() // no policy decision lands after the outcome
-	go func() { pumpErr <- m.pump(ctx) }()
-	pumpDone := false
-	defer func() {
-		// The pump owns the page counts and the final image: it must be gone before the caller reads them. On the
-		// error paths it may still run; cutting its source ends it, unless it is stuck sending to the receiver.
-		if pumpDone {
-			return
-		}
-		src.Close()
-		select {
-		case <-pumpErr:
-		case <-time.After(5 * time.Second):
-			m.sc.Close()
-			<-pumpErr
-		}
+// start begins the VM's migration on a goroutine of its own: dial, OPEN, and on until the machine is terminal.
+// The first migrations start right after placement, so that their destinations start while the prime runs; they
+// wait at the gate before touching the source QEMU. done is closed when the VM's outcome is in its report.
+func (m *vmMigration) start(ctx context.Context, done chan<- struct{}) {
+	m.opened = time.Now()
+	m.s.progress.set(m.vm.spec.Name, "connecting", m.vm.target.addr+", starting the destination")
+	go func() {
+		defer close(done)
+		m.run(ctx)
 	}()
-
-	var loaded bool
-	for !loaded || !pumpDone {
-		select {
-		case err := <-pumpErr:
-			pumpDone = true
-			if err != nil {
-				_ = sc.SendJSON(wire.FrameStreamCancel, wire.ErrorMsg{Error: err.Error()})
-				return err
-			}
-		case err := <-readerErr:
-			if err == nil || errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) {
-				err = fmt.Errorf("the receiver closed the connection mid-migration (did it stop?): %w", err)
-			}
-			return fmt.Errorf("receiver %s: %w", vm.target.addr, err)
-		case r := <-replies:
-			if r.t != wire.FrameLoaded {
-				return fmt.Errorf("receiver: unexpected %s", r.t)
-			}
-			loaded = true
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
-	stopPolicy()
-	<-watched
-
-	// Stage 4: the switch-over.
-	mi, err := vm.qmp.QueryMigrate(ctx)
-	if err != nil {
-		return err
-	}
-	if mi.Status != qmp.MigrationCompleted {
-		return fmt.Errorf("source migration is %q after the destination loaded the stream", mi.Status)
-	}
-	vm.report.DowntimeMS = mi.Downtime.Milliseconds()
-	vm.report.DirtyRate = mi.RAM.DirtyPagesRate
-	vm.report.Iterations = mi.RAM.DirtySyncCount
-	s.progress.set(name, "switching", "")
-	m.started = true
-	if err := sc.Send(wire.FrameStart, nil, true); err != nil {
-		return err
-	}
-	select {
-	case r := <-replies:
-		if r.t != wire.FrameRunning {
-			return fmt.Errorf("receiver: unexpected %s after START", r.t)
-		}
-		if at := m.stoppedAt(); !at.IsZero() {
-			// QEMU did not make this stop and does not count it: the downtime runs from our stop to RUNNING.
-			vm.report.DowntimeMS = time.Since(at).Milliseconds()
-		}
-	case err := <-readerErr:
-		return fmt.Errorf("receiver %s after START: %v", vm.target.addr, err)
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	// The destination runs: the source QEMU may quit now, and only now.
-	if err := vm.qmp.Quit(ctx); err != nil {
-		s.log.Warn("source quit", "vm", name, "err", err)
-	}
-	select {
-	case <-vm.qmp.Done():
-	case <-time.After(10 * time.Second):
-		s.log.Warn("source QEMU still has its QMP socket open 10 s after quit", "vm", name)
-	}
-	_ = sc.Send(wire.FrameCommit, nil, true)
-	select {
-	case r := <-replies:
-		var done wire.DoneMsg
-		if r.t == wire.FrameDone && wire.Unmarshal(r.t, r.b, &done) == nil && done.FirstOutputUnixMS > 0 && console != nil {
-			if last := console.LastLine(); !last.IsZero() {
-				vm.report.GuestDowntimeMS = done.FirstOutputUnixMS - last.UnixMilli()
-			}
-		}
-	case <-readerErr:
-	case <-time.After(5 * time.Second):
-	}
-	return nil
-}
-
-// opening is a VM connection being opened: dial, OPEN, and the receiver's READY once the destination QEMU runs
-// paused. The first migrations' connections open right after placement, so that their destinations start while
-// the prime runs instead of on the critical path. The opening goroutine writes the result, then closes done;
-// claim and discard read it after done.
-type opening struct {
-	done    chan struct{}
-	sc      *secure.Conn
-	ready   wire.ReadyMsg
-	err     error
-	took    time.Duration // dial to READY
-	claimed bool          // a migration took sc (set by claim, on the migration's goroutine)
-}
-
-// openEarly starts opening the connections of the first migrations (as many as run at once).
-func (s *sender) openEarly(ctx context.Context) {
-	n := 0
-	for _, vm := range s.vms {
-		if n == s.cfg.Parallel {
+	go func() {
+		sc, err := m.s.dial(ctx, m.vm.target.addr, secure.RoleVM)
+		if err != nil {
+			m.deliver(commit.Event{Kind: commit.PeerLost, Reason: err.Error()})
 			return
 		}
-		if vm.report.Status != "" || vm.target == nil {
+		m.deliver(commit.Event{Kind: commit.Connected, Reason: "", Epoch: m.attachConn(sc)})
+	}()
+}
+
+// attachConn makes sc the VM's connection and starts its reader; it returns the connection's generation.
+func (m *vmMigration) attachConn(sc *secure.Conn) uint64 {
+	m.mu.Lock()
+	m.connGen++
+	gen := m.connGen
+	old := m.sc
+	m.sc = sc
+	m.mu.Unlock()
+	if old != nil {
+		old.Close()
+	}
+	go m.readFrames(sc, gen)
+	return uint64(gen)
+}
+
+func (m *vmMigration) conn() *secure.Conn {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.sc
+}
+
+// run steps the machine until it is terminal, carrying out its actions in order.
+func (m *vmMigration) run(ctx context.Context) {
+	timer := time.NewTimer(m.s.cfg.Timeout)
+	defer timer.Stop()
+	stopped := ctx.Done()
+	phase := m.machine.Phase()
+	for !m.machine.Phase().Terminal() {
+		var ev commit.Event
+		select {
+		case ev = <-m.events:
+			if ev.Kind == commit.Connected {
+				ev.Epoch = 0 // the generation rode in Epoch; the machine's events carry none
+			}
+		case <-timer.C:
+			ev = commit.Event{Kind: commit.Timeout}
+		case <-stopped:
+			stopped = nil // one Stop: the machine stops at its next safe point
+			ev = commit.Event{Kind: commit.Stop, Reason: context.Cause(ctx).Error()}
+		}
+		acts := m.machine.Step(ev)
+		if ev.Kind == commit.Recv || ev.Kind == commit.PeerLost {
+			m.log.Debug("commit", "event", ev.String(), "phase", m.machine.Phase().String())
+		}
+		for _, a := range acts {
+			m.do(ctx, a)
+		}
+		if p := m.machine.Phase(); p != phase {
+			phase = p
+			timer.Reset(m.phaseBound(p))
+		}
+	}
+	m.finish()
+}
+
+// phaseBound is how long the machine may stay in phase p before it hears Timeout.
+func (m *vmMigration) phaseBound(p commit.Phase) time.Duration {
+	switch p {
+	case commit.Finish:
+		return finishTimeout
+	case commit.Confirm:
+		return confirmTimeout
+	case commit.RollingBack:
+		return rollbackTimeout
+	}
+	return m.s.cfg.Timeout
+}
+
+// do carries out one action. Journal is durable before it returns; the rest start here and report their outcome
+// as events.
+func (m *vmMigration) do(ctx context.Context, a commit.Action) {
+	switch a.Kind {
+	case commit.Journal:
+		if err := m.journal(a.Entry, "", ""); err != nil {
+			// The machine's rule depends on the journal: without it, stop here and leave the VM as it is.
+			m.log.Error("journal write failed; the VM is left as it is", "err", err)
+			m.vm.report.Status, m.vm.report.Error = report.StatusUnresolved, "the journal could not be written: "+err.Error()
+		}
+	case commit.Send:
+		m.send(a)
+	case commit.StartSourceMigration:
+		select {
+		case <-m.gate:
+		case <-ctx.Done():
+		}
+		m.startMigration(ctx)
+	case commit.CancelSourceMigration:
+		m.cancelMigration()
+	case commit.RestoreSource:
+		m.restoreSource()
+	case commit.ResumeSource:
+		go m.resumeSource()
+	case commit.QuitSource:
+		go m.quitSource()
+	case commit.Reconnect:
+		go m.reconnect(ctx)
+	case commit.Report:
+		m.reportOutcome(a)
+	case commit.Answer:
+	case commit.ProtocolError:
+		m.log.Warn("commit protocol", "problem", a.Reason, "phase", m.machine.Phase().String())
+	default:
+		m.log.Error("commit: the sender cannot carry out this action", "action", a.String())
+	}
+}
+
+// send writes one of the machine's frames, with its epoch, on the current connection; without one it is dropped
+// (the machine asks for a reconnection when it needs one).
+func (m *vmMigration) send(a commit.Action) {
+	sc := m.conn()
+	if sc == nil {
+		return
+	}
+	var err error
+	switch a.Frame {
+	case commit.FrameOpen:
+		s, vm := m.s, m.vm
+		err = sc.SendJSON(wire.FrameOpen, wire.OpenMsg{Session: s.session, VM: vm.spec.Name, Epoch: a.Epoch, Argv: vm.argv,
+			Capabilities: destinationCaps(s.cfg.Policy.Capabilities()), Run: vm.wasRunning, Slot: s.vmIndex(vm),
+			WatchConsole: s.cfg.GuestDowntime})
+	case commit.FrameStart:
+		err = sc.SendJSON(wire.FrameStart, wire.EpochMsg{Epoch: a.Epoch})
+	case commit.FrameCommit:
+		err = sc.SendJSON(wire.FrameCommit, wire.EpochMsg{Epoch: a.Epoch})
+	case commit.FrameAbort:
+		err = sc.SendJSON(wire.FrameAbort, wire.ErrorMsg{Epoch: a.Epoch, Error: a.Reason})
+	default:
+		m.log.Error("commit: the sender has no frame for this", "frame", a.Frame.String())
+		return
+	}
+	if err != nil {
+		m.log.Debug("send failed", "frame", a.Frame.String(), "err", err) // the reader reports the loss
+	}
+}
+
+// readFrames reads connection gen's frames: the return path goes to the source QEMU, the protocol's frames to the
+// machine; the connection's end is PeerLost (for the current connection only).
+func (m *vmMigration) readFrames(sc *secure.Conn, gen int) {
+	frames := map[wire.FrameType]commit.Frame{wire.FrameReady: commit.FrameReady, wire.FrameLoaded: commit.FrameLoaded,
+		wire.FrameRunning: commit.FrameRunning, wire.FrameDone: commit.FrameDone, wire.FrameAborted: commit.FrameAborted,
+		wire.FrameError: commit.FrameError}
+	for {
+		t, b, err := sc.Recv()
+		if err != nil {
+			m.mu.Lock()
+			current := gen == m.connGen
+			if current {
+				m.sc = nil
+			}
+			m.lostBytes += sc.BytesOut()
+			m.mu.Unlock()
+			sc.Close()
+			if current {
+				if err == nil || errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) {
+					err = fmt.Errorf("the receiver closed the connection (did it stop?): %w", err)
+				}
+				m.deliver(commit.Event{Kind: commit.PeerLost, Reason: fmt.Sprintf("receiver %s: %v", m.vm.target.addr, err)})
+			}
+			return
+		}
+		if t == wire.FrameReturnPath {
+			if err := m.returnPath(b); err != nil {
+				m.log.Debug("return path to the source", "err", err) // the source's side ends the migration
+			}
 			continue
 		}
-		s.progress.set(vm.spec.Name, "connecting", vm.target.addr+", starting the destination")
-		vm.open = s.startOpen(ctx, vm)
-		n++
+		f, ok := frames[t]
+		if !ok {
+			m.log.Warn("unexpected frame from the receiver", "frame", t.String())
+			continue
+		}
+		var msg struct {
+			Epoch             uint64 `json:"epoch"`
+			Error             string `json:"error"`
+			PID               int    `json:"pid"`
+			FirstOutputUnixMS int64  `json:"first_output_unix_ms"`
+		}
+		if err := wire.Unmarshal(t, b, &msg); err != nil {
+			m.log.Warn("bad frame from the receiver", "frame", t.String(), "err", err)
+			continue
+		}
+		switch t {
+		case wire.FrameReady:
+			m.vm.report.DestinationStartMS = time.Since(m.opened).Milliseconds()
+			m.vm.report.TargetPID = msg.PID
+		case wire.FrameRunning:
+			m.mu.Lock()
+			m.runningAt = time.Now()
+			m.mu.Unlock()
+		case wire.FrameDone:
+			m.noteFirstOutput(msg.FirstOutputUnixMS)
+		}
+		m.deliver(commit.Received(f, msg.Epoch, msg.Error))
 	}
 }
 
-// startOpen opens vm's connection on a goroutine of its own. The wait for READY is bounded by the VM's timeout.
-func (s *sender) startOpen(ctx context.Context, vm *sourceVM) *opening {
-	o := &opening{done: make(chan struct{})}
-	go func() {
-		defer close(o.done)
-		start := time.Now()
-		sc, err := s.dial(ctx, vm.target.addr, secure.RoleVM)
-		if err != nil {
-			o.err = err
-			return
-		}
-		o.sc = sc
-		octx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
-		defer cancel()
-		stop := context.AfterFunc(octx, func() { sc.Close() })
-		defer stop()
-		caps := s.cfg.Policy.Capabilities()
-		if err := sc.SendJSON(wire.FrameOpen, wire.OpenMsg{Session: s.session, VM: vm.spec.Name, Argv: vm.argv, Capabilities: destinationCaps(caps),
-			Run: vm.wasRunning, Slot: s.vmIndex(vm), WatchConsole: s.cfg.GuestDowntime}); err != nil {
-			o.err = err
-			return
-		}
-		if err := sc.Expect(ctx, wire.FrameReady, &o.ready); err != nil {
-			if octx.Err() != nil {
-				err = fmt.Errorf("%w (%v)", err, octx.Err())
+// source is the source QEMU's stream, once it connected.
+func (m *vmMigration) source() net.Conn {
+	m.srcWrite.Lock()
+	defer m.srcWrite.Unlock()
+	return m.src
+}
+
+// returnPath writes the destination's return-path bytes to the source QEMU.
+func (m *vmMigration) returnPath(b []byte) error {
+	m.srcWrite.Lock()
+	defer m.srcWrite.Unlock()
+	if m.src == nil {
+		return errors.New("no source stream")
+	}
+	_, err := m.src.Write(b)
+	return err
+}
+
+// reconnect dials the receiver again for this migration (ATTACH), until it answers or the phase's time runs
+// out: the machine hears Reconnected, or its Timeout.
+func (m *vmMigration) reconnect(ctx context.Context) {
+	deadline := time.Now().Add(m.phaseBound(m.machine.Phase()))
+	// A receiver that takes the connection and drops it again must not make this a busy loop.
+	m.mu.Lock()
+	wait := time.Until(m.lastDial.Add(reconnectPause))
+	m.lastDial = time.Now().Add(max(wait, 0))
+	m.mu.Unlock()
+	time.Sleep(wait)
+	for time.Now().Before(deadline) {
+		sc, err := m.s.dial(context.WithoutCancel(ctx), m.vm.target.addr, secure.RoleVM)
+		if err == nil {
+			err = sc.SendJSON(wire.FrameAttach, wire.AttachMsg{Session: m.s.session, VM: m.vm.spec.Name, Epoch: m.s.epoch})
+			if err == nil {
+				m.attachConn(sc)
+				m.deliver(commit.Event{Kind: commit.Reconnected})
+				return
 			}
-			o.err = fmt.Errorf("starting the destination on %s: %w", vm.target.addr, err)
-			return
+			sc.Close()
 		}
-		o.took = time.Since(start)
-	}()
-	return o
-}
-
-// claim waits for the connection and hands it to the migration, which closes it. sc may be set with an error.
-func (o *opening) claim(ctx context.Context) (*secure.Conn, wire.ReadyMsg, time.Duration, error) {
-	select {
-	case <-o.done:
-	case <-ctx.Done():
-		return nil, wire.ReadyMsg{}, 0, ctx.Err()
-	}
-	o.claimed = o.sc != nil
-	return o.sc, o.ready, o.took, o.err
-}
-
-// discard closes a connection that no migration claimed (the run ended before it), which tears its destination
-// down on the receiver.
-func (o *opening) discard() {
-	<-o.done
-	if !o.claimed && o.sc != nil {
-		o.sc.Close()
+		m.log.Info("reconnecting to the receiver", "err", err)
+		time.Sleep(reconnectPause)
 	}
 }
 
@@ -340,74 +354,36 @@ func (m *vmMigration) stoppedAt() time.Time {
 	return m.stopAt
 }
 
-type reply struct {
-	t wire.FrameType
-	b []byte
+// destinationCaps are the capabilities the destination must share with the source.
+func destinationCaps(caps map[string]bool) map[string]bool {
+	out := map[string]bool{}
+	if caps["return-path"] {
+		out["return-path"] = true
+	}
+	return out
 }
 
-// readReplies owns sc's read side after READY: the return path goes to the source, answers go to replies.
-func (m *vmMigration) readReplies(replies chan<- reply) error {
-	for {
-		t, b, err := m.sc.Recv()
-		if err != nil {
-			return err
+// openEarly starts the first migrations (as many as run at once) right after placement: their destinations start
+// while the seed and the prime run, and they wait at their gate before touching the source QEMU.
+func (s *sender) openEarly(ctx context.Context) {
+	n := 0
+	for _, vm := range s.vms {
+		if n == s.cfg.Parallel {
+			return
 		}
-		switch t {
-		case wire.FrameReturnPath:
-			m.srcWrite.Lock()
-			_, err := m.src.Write(b)
-			m.srcWrite.Unlock()
-			if err != nil {
-				return fmt.Errorf("return path to the source: %w", err)
-			}
-		case wire.FrameError:
-			var e wire.ErrorMsg
-			_ = wire.Unmarshal(t, b, &e)
-			return &wire.PeerError{Msg: e.Error}
-		default:
-			replies <- reply{t: t, b: append([]byte(nil), b...)}
+		if vm.report.Status != "" || vm.target == nil {
+			continue
 		}
+		s.startMigration(ctx, vm)
+		n++
 	}
 }
 
-// rollback puts the source VM back as it was: migration cancelled, VM running if it ran before. The receiver is
-// told to tear its destination down.
-func (m *vmMigration) rollback() error {
-	vm := m.vm
-	if m.sc != nil {
-		_ = m.sc.SendJSON(wire.FrameAbort, wire.ErrorMsg{Error: "migration rolled back"})
-	}
-	if m.src != nil {
-		m.src.Close()
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	q := vm.qmp
-	mi, err := q.QueryMigrate(ctx)
-	if err != nil {
-		return err
-	}
-	if mi.Status.Active() {
-		if err := q.MigrateCancel(ctx); err != nil {
-			return err
-		}
-		if st, err := q.WaitMigration(ctx, func(s qmp.MigrationStatus) bool { return !s.Active() }); err != nil {
-			return fmt.Errorf("source migration still %q after migrate_cancel: %w", st, err)
-		}
-	}
-	status, err := q.Status(ctx)
-	if err != nil {
-		return err
-	}
-	if vm.wasRunning && !status.Running() {
-		if err := q.Cont(ctx); err != nil {
-			return fmt.Errorf("resuming the source VM (was %q): %w", status, err)
-		}
-		if status, err = q.Status(ctx); err != nil || !status.Running() {
-			return fmt.Errorf("source VM is %q after cont: %v", status, err)
-		}
-	}
-	return nil
+// startMigration starts vm's migration; vm.done is closed when it has ended.
+func (s *sender) startMigration(ctx context.Context, vm *sourceVM) {
+	vm.mig = s.newMigration(vm)
+	vm.done = make(chan struct{})
+	vm.mig.start(ctx, vm.done)
 }
 
 func acceptCtx(ctx context.Context, ln *net.UnixListener) (net.Conn, error) {
@@ -425,13 +401,4 @@ func acceptCtx(ctx context.Context, ln *net.UnixListener) (net.Conn, error) {
 			return nil, ctx.Err()
 		}
 	}
-}
-
-// destinationCaps are the capabilities the destination must share with the source.
-func destinationCaps(caps map[string]bool) map[string]bool {
-	out := map[string]bool{}
-	if caps["return-path"] {
-		out["return-path"] = true
-	}
-	return out
 }

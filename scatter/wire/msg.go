@@ -11,16 +11,32 @@ import (
 type HelloMsg struct {
 	Session SessionID `json:"session"`
 	Sender  string    `json:"sender"` // sender host name, for logs
+	// QEMU names the QEMU binaries the sender's VMs run (argv[0]'s base name, e.g. "qemu-system-x86_64"): INFO says
+	// which binary the receiver would start for each, and what it can run.
+	QEMU []string `json:"qemu,omitempty"`
 }
+
+// MaxHelloQEMU bounds the binary names of one HELLO.
+const MaxHelloQEMU = 16
 
 // InfoMsg is the receiver's answer to HELLO: what it offers for placement.
 type InfoMsg struct {
-	Host         string `json:"host"`
-	MemAvailable uint64 `json:"mem_available"`
-	CPUs         int    `json:"cpus"`
-	StoreLimit   int64  `json:"store_limit"`
-	Capacity     uint64 `json:"capacity,omitempty"` // memory offered to migrated VMs, if configured
-	MaxVMs       int    `json:"max_vms,omitempty"`
+	Host         string     `json:"host"`
+	MemAvailable uint64     `json:"mem_available"`
+	CPUs         int        `json:"cpus"`
+	StoreLimit   int64      `json:"store_limit"`
+	Capacity     uint64     `json:"capacity,omitempty"` // memory offered to migrated VMs, if configured
+	MaxVMs       int        `json:"max_vms,omitempty"`
+	QEMU         []QEMUInfo `json:"qemu,omitempty"` // one for each name of HELLO's qemu, in its order
+}
+
+// QEMUInfo is the QEMU binary a receiver starts the destinations of one source binary name with.
+type QEMUInfo struct {
+	Name     string   `json:"name"`               // the name HELLO asked for
+	Path     string   `json:"path,omitempty"`     // the binary: --qemu, else the name looked up on the receiver's PATH
+	Version  string   `json:"version,omitempty"`  // MAJOR.MINOR.MICRO, e.g. "7.2.22"
+	Machines []string `json:"machines,omitempty"` // the concrete machine types it runs, e.g. "pc-i440fx-7.2"
+	Error    string   `json:"error,omitempty"`    // why the receiver has no such binary, or could not probe it
 }
 
 // PrimeDoneMsg ends the prime's CONTENT frames.
@@ -78,7 +94,7 @@ type LeaveMsg struct {
 // DoneMsg answers COMMIT.
 type DoneMsg struct {
 	Epoch             uint64 `json:"epoch"`
-	FirstOutputUnixMS int64 `json:"first_output_unix_ms,omitempty"` // first console line after START, host time
+	FirstOutputUnixMS int64  `json:"first_output_unix_ms,omitempty"` // first console line after START, host time
 }
 
 // ErrorMsg is the payload of ERROR, ABORT and STREAM_CANCEL: the reason, for the operator.
