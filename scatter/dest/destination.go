@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -57,7 +58,7 @@ type destination struct {
 // connects to it. It returns the destination whenever a process was started, also with an error, so that the
 // driver can kill it.
 func launchDestination(ctx context.Context, argv []string, capabilities map[string]bool, dir string) (*destination, net.Conn, error) {
-	argv = withPausedStart(argv)
+	argv = withPausedStart(argv, dir)
 	lctx, cancel := context.WithTimeout(ctx, launchTimeout)
 	proc, err := qemu.LaunchDestination(lctx, argv, qemu.PathsIn(dir))
 	cancel()
@@ -89,15 +90,18 @@ func launchDestination(ctx context.Context, argv []string, capabilities map[stri
 	return h, qc, nil
 }
 
-// withPausedStart adds -S so that the destination never starts by itself: it starts on the sender's word only.
-func withPausedStart(argv []string) []string {
-	for _, a := range argv {
-		if a == "-S" {
-			return argv
-		}
-	}
+// withPausedStart adds -S so that the destination never starts by itself (it starts on the sender's word only),
+// and a pidfile in dir if the source had none: a restarted receiver finds its destinations by their pidfiles.
+// argv ends with -incoming defer (qemu.RewriteCommandLine).
+func withPausedStart(argv []string, dir string) []string {
 	out := append([]string{}, argv[:len(argv)-2]...)
-	return append(out, "-S", "-incoming", "defer")
+	if !slices.Contains(argv, "-S") {
+		out = append(out, "-S")
+	}
+	if !slices.Contains(argv, "-pidfile") {
+		out = append(out, "-pidfile", qemu.PathsIn(dir).PIDFile)
+	}
+	return append(out, argv[len(argv)-2:]...)
 }
 
 func dialUnixRetry(ctx context.Context, path string, exited <-chan struct{}) (net.Conn, error) {
