@@ -34,6 +34,10 @@ type vmConn struct {
 	rb *rebuilder // the stream being rebuilt from this connection's frames, from READY on; nil when none
 
 	lastFrame atomic.Int64 // unix nanoseconds of the last frame read
+
+	// the driver loop's
+	gen     uint64 // the machine it was handed to (vmDriver.gen)
+	dropped bool   // the VM took another connection: this one's frames are ignored
 }
 
 func (c *vmConn) setStream(rb *rebuilder) {
@@ -78,6 +82,7 @@ func (r *Receiver) serveVM(ctx context.Context, sc *secure.Conn, peer string) er
 	if err != nil {
 		return fmt.Errorf("waiting for OPEN or ATTACH: %w", err)
 	}
+	c.lastFrame.Store(time.Now().UnixNano())
 	var m *vmDriver
 	switch t {
 	case wire.FrameOpen:

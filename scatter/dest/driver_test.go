@@ -556,3 +556,29 @@ func TestPerformBoundTearsDown(t *testing.T) {
 		t.Errorf("ABORTED %+v", ab)
 	}
 }
+
+// An ATTACH beside the VM's connection (`vmscatter recover` asking) is answered and changes nothing: the
+// destination waiting for its stream stays, and the first connection still speaks for the migration. A frame other
+// than QUERY on the attached connection takes the VM over, and the first connection is lost.
+func TestQueryBesideConnectionChangesNothing(t *testing.T) {
+	bin := requireQEMU(t)
+	data := newDataDir(t)
+	r := startReceiver(t, data, nil)
+	s := newSender(t, r.addr)
+	c := s.open(bin, "vm1", 3, true)
+	var ready wire.ReadyMsg
+	c.expect(wire.FrameReady, &ready)
+	side := s.attach("vm1", 3)
+	if st := side.query(); st.Epoch != 3 || st.Phase != "Prepare" {
+		t.Fatalf("STATE %+v", st)
+	}
+	if st := c.query(); st.Phase != "Prepare" || !alive(ready.PID) {
+		t.Fatalf("the first connection lost the migration to a QUERY: STATE %+v", st)
+	}
+	side.send(wire.FrameAbort, wire.ErrorMsg{Epoch: 3, Error: "recover: the source keeps it"})
+	side.expect(wire.FrameAborted, nil)
+	c.expectClosed()
+	if alive(ready.PID) {
+		t.Fatal("ABORTED while the destination lives")
+	}
+}

@@ -56,7 +56,8 @@ type vmDriver struct {
 	run      bool          // the source ran: StartDest `cont`s
 	stopping bool          // Stop delivered: delivered again whenever the phase changes
 
-	conn       *vmConn // the current connection; frames of any other are ignored
+	conn       *vmConn // the current connection: the machine's frames go to it
+	answerTo   *vmConn // the connection a QUERY being answered came on
 	streamConn *vmConn // the connection that carried OPEN, whose frames are the stream
 
 	dest     *destination // the destination QEMU, while it is known to exist
@@ -336,6 +337,9 @@ func (m *vmDriver) send(a commit.Action) {
 // the destination QEMU's run state.
 func (m *vmDriver) answer(e commit.Entry) {
 	c := m.conn
+	if m.answerTo != nil {
+		c = m.answerTo
+	}
 	if c == nil {
 		return
 	}
@@ -627,17 +631,20 @@ func (m *vmDriver) opened(c *vmConn, open *wire.OpenMsg) {
 			}
 			m.takeConn(c)
 			m.reset(commit.NewDest(open.Epoch))
+			c.gen = m.gen
 		} else { // an ATTACH made it in Begin
 			if why := m.runsHere(); why != "" {
 				c.refuse(open.Epoch, why)
 				return
 			}
+			c.gen = m.gen
 			m.takeConn(c)
 		}
 		m.open, m.run, m.streamConn = open, open.Run, c
 		m.log = m.r.log.With("vm", m.name, "epoch", open.Epoch)
 		m.log.Info("OPEN", "peer", c.peer, "session", open.Session.String())
 	} else {
+		c.gen = m.gen
 		m.takeConn(c) // the same migration's OPEN again: the machine says what it means in its phase
 	}
 	m.step(commit.Received(commit.FrameOpen, open.Epoch, ""))
@@ -645,6 +652,10 @@ func (m *vmDriver) opened(c *vmConn, open *wire.OpenMsg) {
 
 // attached handles a connection that starts with ATTACH: frames for a known migration follow. An epoch the
 // receiver has no machine of gets one in Begin, so that ABORT is answered and START refused.
+//
+// An ATTACH beside a current connection does not take the VM over at once: a QUERY (`vmscatter recover` looking)
+// is answered on it and changes nothing; its first other frame (the sender's START, ABORT or COMMIT after it lost
+// its connection) makes it the VM's connection, and the earlier one is lost.
 func (m *vmDriver) attached(c *vmConn, epoch uint64) {
 	if m.d == nil || m.d.Epoch() != epoch {
 		if why := m.cannotReplace(epoch); why != "" {
@@ -654,29 +665,42 @@ func (m *vmDriver) attached(c *vmConn, epoch uint64) {
 		}
 		m.takeConn(c)
 		m.reset(commit.NewDest(epoch))
-		m.log.Info("ATTACH for a migration this receiver has no record of", "epoch", epoch, "peer", c.peer)
+		c.gen = m.gen
+		m.log.Info("ATTACH for a migration this receiver has no record of", "peer", c.peer)
 		return
 	}
-	m.takeConn(c)
-	m.log.Info("ATTACH", "epoch", epoch, "peer", c.peer, "phase", m.d.Phase().String())
-	switch m.d.Phase() {
-	case commit.Begin, commit.Prepare, commit.Perform: // nothing to reconnect: the stream's connection is gone
-	default:
-		m.step(commit.Event{Kind: commit.Reconnected})
+	c.gen = m.gen
+	if m.conn != nil {
+		m.log.Info("ATTACH beside the VM's connection", "peer", c.peer, "phase", m.d.Phase().String())
+		return
 	}
+	m.log.Info("ATTACH", "peer", c.peer, "phase", m.d.Phase().String())
+	m.takeConn(c)
 }
 
 // takeConn makes c the VM's connection. An earlier one is closed, and its loss delivered first (PeerLost): a sender
-// that reconnects has lost it.
+// that reconnects has lost it. Then Reconnected, where there is something to reconnect to (not before LOADED: the
+// stream's connection is gone for good).
 func (m *vmDriver) takeConn(c *vmConn) {
-	if old := m.conn; old != nil && old != c {
-		m.conn = nil
+	old := m.conn
+	if old == c {
+		return
+	}
+	if old != nil {
+		m.conn, old.dropped = nil, true
 		old.sc.Close()
 		if m.d != nil {
 			m.step(commit.Event{Kind: commit.PeerLost, Reason: "another connection for the VM came from " + c.peer})
 		}
 	}
 	m.conn = c
+	if m.d != nil && c.gen == m.gen {
+		switch m.d.Phase() {
+		case commit.Begin, commit.Prepare, commit.Perform:
+		default:
+			m.step(commit.Event{Kind: commit.Reconnected})
+		}
+	}
 }
 
 // cannotReplace says why the VM's machine cannot give way to one for epoch: a machine is replaced only by a later
@@ -718,11 +742,20 @@ func (m *vmDriver) reset(d *commit.Dest) {
 	m.log = m.r.log.With("vm", m.name, "epoch", d.Epoch())
 }
 
-// fromConn delivers a frame of connection c.
+// fromConn delivers a frame of connection c: the VM's own, or one attached beside it (see attached).
 func (m *vmDriver) fromConn(c *vmConn, ev commit.Event) {
-	if c != m.conn || m.d == nil {
-		m.log.Debug("frame of a connection that is not the VM's current one: ignored", "event", ev.String(), "peer", c.peer)
+	if m.d == nil || c.gen != m.gen || c.dropped {
+		m.log.Debug("frame of a connection the VM no longer has: ignored", "event", ev.String(), "peer", c.peer)
 		return
+	}
+	if c != m.conn {
+		if ev.Kind == commit.Query {
+			m.answerTo = c
+			m.step(ev)
+			m.answerTo = nil
+			return
+		}
+		m.takeConn(c)
 	}
 	if ev.Kind == commit.Recv && ev.Frame == commit.FrameStreamEnd && c == m.streamConn {
 		m.streamEnd()
