@@ -11,7 +11,9 @@ import (
 	"time"
 
 	"github.com/vmscatter/vmscatter/dedup"
+	"github.com/vmscatter/vmscatter/qemu"
 	"github.com/vmscatter/vmscatter/scatter/commit"
+	"github.com/vmscatter/vmscatter/scatter/host"
 	"github.com/vmscatter/vmscatter/scatter/secure"
 	"github.com/vmscatter/vmscatter/scatter/wire"
 )
@@ -231,3 +233,161 @@ var (
 	errLoadTimeout = errors.New("the load's time ran out")
 	errTornDown    = errors.New("torn down")
 )
+
+// opened handles a connection that starts with OPEN: a new migration, or the same one's OPEN again.
+func (m *vmDriver) opened(c *vmConn, open *wire.OpenMsg) {
+	if m.r.isStopping() {
+		c.refuse(open.Epoch, "the receiver is stopping")
+		return
+	}
+	if m.d == nil || m.d.Epoch() != open.Epoch || m.d.Phase() == commit.Begin {
+		if m.d == nil || m.d.Epoch() != open.Epoch {
+			if why := m.cannotReplace(open.Epoch); why != "" {
+				m.log.Warn("OPEN refused", "epoch", open.Epoch, "peer", c.peer, "reason", why)
+				c.refuse(open.Epoch, why)
+				return
+			}
+			m.takeConn(c)
+			m.reset(commit.NewDest(open.Epoch))
+			c.gen = m.gen
+		} else { // an ATTACH made it in Begin
+			if why := m.runsHere(); why != "" {
+				c.refuse(open.Epoch, why)
+				return
+			}
+			c.gen = m.gen
+			m.takeConn(c)
+		}
+		m.open, m.run, m.streamConn = open, open.Run, c
+		m.log = m.r.log.With("vm", m.name, "epoch", open.Epoch)
+		m.log.Info("OPEN", "peer", c.peer, "session", open.Session.String())
+	} else {
+		c.gen = m.gen
+		m.takeConn(c) // the same migration's OPEN again: the machine says what it means in its phase
+	}
+	m.step(commit.Received(commit.FrameOpen, open.Epoch, ""))
+}
+
+// attached handles a connection that starts with ATTACH: frames for a known migration follow. An epoch the
+// receiver has no machine of gets one in Begin, so that ABORT is answered and START refused.
+//
+// An ATTACH beside a current connection does not take the VM over at once: a QUERY (`vmscatter recover` looking)
+// is answered on it and changes nothing; its first other frame (the sender's START, ABORT or COMMIT after it lost
+// its connection) makes it the VM's connection, and the earlier one is lost.
+func (m *vmDriver) attached(c *vmConn, epoch uint64) {
+	if m.d == nil || m.d.Epoch() != epoch {
+		if why := m.cannotReplace(epoch); why != "" {
+			m.log.Warn("ATTACH refused", "epoch", epoch, "peer", c.peer, "reason", why)
+			c.refuse(epoch, why)
+			return
+		}
+		m.takeConn(c)
+		m.reset(commit.NewDest(epoch))
+		c.gen = m.gen
+		m.log.Info("ATTACH for a migration this receiver has no record of", "peer", c.peer)
+		return
+	}
+	c.gen = m.gen
+	if m.conn != nil {
+		m.log.Info("ATTACH beside the VM's connection", "peer", c.peer, "phase", m.d.Phase().String())
+		return
+	}
+	m.log.Info("ATTACH", "peer", c.peer, "phase", m.d.Phase().String())
+	m.takeConn(c)
+}
+
+// takeConn makes c the VM's connection. An earlier one is closed, and its loss delivered first (PeerLost): a sender
+// that reconnects has lost it. Then Reconnected, where there is something to reconnect to (not before LOADED: the
+// stream's connection is gone for good).
+func (m *vmDriver) takeConn(c *vmConn) {
+	old := m.conn
+	if old == c {
+		return
+	}
+	if old != nil {
+		m.conn, old.dropped = nil, true
+		old.sc.Close()
+		if m.d != nil {
+			m.step(commit.Event{Kind: commit.PeerLost, Reason: "another connection for the VM came from " + c.peer})
+		}
+	}
+	m.conn = c
+	if m.d != nil && c.gen == m.gen {
+		switch m.d.Phase() {
+		case commit.Begin, commit.Prepare, commit.Perform:
+		default:
+			m.step(commit.Event{Kind: commit.Reconnected})
+		}
+	}
+}
+
+// cannotReplace says why the VM's machine cannot give way to one for epoch: a machine is replaced only by a later
+// epoch, only once terminal and settled, and never while a QEMU of the VM runs here (its journal record would be
+// overwritten, and a restarted receiver would act on the wrong process). "" if it can.
+func (m *vmDriver) cannotReplace(epoch uint64) string {
+	if m.d != nil {
+		cur, p := m.d.Epoch(), m.d.Phase()
+		switch {
+		case epoch < cur:
+			return fmt.Sprintf("epoch %d of VM %s is older than this receiver's epoch %d (%v)", epoch, m.name, cur, p)
+		case !p.Terminal():
+			return fmt.Sprintf("a migration of VM %s (epoch %d, %v) is in progress here", m.name, cur, p)
+		case m.launching != nil || m.starting || m.load != nil:
+			return fmt.Sprintf("the migration of VM %s (epoch %d) is still settling here", m.name, cur)
+		}
+	}
+	return m.runsHere()
+}
+
+// runsHere says so when a QEMU of the VM runs in its directory.
+func (m *vmDriver) runsHere() string {
+	if pid := host.RunningPID(qemu.PathsIn(m.dir).PIDFile); pid > 0 && host.IsQEMU(pid) {
+		return fmt.Sprintf("VM %s already runs here (pid %d): stop it or choose another target", m.name, pid)
+	}
+	return ""
+}
+
+// reset gives the VM a new machine; what belonged to the earlier migration is let go.
+func (m *vmDriver) reset(d *commit.Dest) {
+	m.letGo()
+	m.closeStream()
+	m.gen++
+	m.d = d
+	m.open, m.streamConn = nil, nil
+	m.run, m.stopping = false, m.r.isStopping()
+	m.pid, m.exitSeen, m.started, m.streamEnded = 0, false, "", false
+	m.launching, m.killAfterLaunch, m.starting = nil, false, false
+	m.log = m.r.log.With("vm", m.name, "epoch", d.Epoch())
+}
+
+// fromConn delivers a frame of connection c: the VM's own, or one attached beside it (see attached).
+func (m *vmDriver) fromConn(c *vmConn, ev commit.Event) {
+	if m.d == nil || c.gen != m.gen || c.dropped {
+		m.log.Debug("frame of a connection the VM no longer has: ignored", "event", ev.String(), "peer", c.peer)
+		return
+	}
+	if c != m.conn {
+		if ev.Kind == commit.Query {
+			m.answerTo = c
+			m.step(ev)
+			m.answerTo = nil
+			return
+		}
+		m.takeConn(c)
+	}
+	if ev.Kind == commit.Recv && ev.Frame == commit.FrameStreamEnd && c == m.streamConn {
+		m.streamEnd()
+	}
+	m.step(ev)
+}
+
+// lost delivers the end of connection c, if it is the VM's current one.
+func (m *vmDriver) lost(c *vmConn, err error) {
+	if c != m.conn {
+		return
+	}
+	m.conn = nil
+	if m.d != nil {
+		m.step(commit.Event{Kind: commit.PeerLost, Reason: err.Error()})
+	}
+}

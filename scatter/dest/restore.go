@@ -1,5 +1,7 @@
 package dest
 
+import "github.com/vmscatter/vmscatter/scatter/commit"
+
 // restore rebuilds the machine of every VM the data directory's journal records, before the receiver accepts
 // connections: each VM's loop adopts the destination an earlier receiver left and carries out what RestoreDest
 // asks (a Loaded one waits for the sender's word, a Finish one is started, a Prepare one torn down, a RolledBack
@@ -64,4 +66,36 @@ func (r *Receiver) waitVMs() {
 		r.cond.Wait()
 	}
 	r.closed = true
+}
+
+// restored rebuilds the VM's machine from its journal record when the receiver starts (RestoreDest), adopts the
+// destination QEMU an earlier receiver left, carries out what the machine asks, and then delivers DestExited if
+// that destination is gone.
+func (m *vmDriver) restored(rec record) {
+	e, ok := rec.entry()
+	if !ok {
+		m.log.Error("commit record with an unknown phase: left alone", "phase", rec.Phase, "dir", m.dir)
+		return
+	}
+	m.gen++
+	m.rec, m.run = rec, rec.Run
+	m.log = m.r.log.With("vm", m.name, "epoch", e.Epoch)
+	owned := e.Phase != commit.Committed // a committed VM's QEMU is the VM's, not the migration's
+	if owned {
+		if h := adoptDestination(m.dir); h != nil {
+			m.pid = h.pid
+			m.watch(h)
+		}
+	}
+	d, acts := commit.RestoreDest(e)
+	m.d = d
+	m.log.Info("restored from the journal", "journal", e.Phase.String(), "phase", d.Phase().String(), "pid", m.pid)
+	m.carryOut(acts)
+	if owned && m.dest == nil && !m.exitSeen {
+		m.exitSeen = true
+		m.step(commit.Event{Kind: commit.DestExited, Reason: "the destination QEMU was gone when the receiver started"})
+	}
+	if m.d.Phase().Terminal() {
+		m.releaseDest()
+	}
 }

@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/vmscatter/vmscatter/qemu"
 	"github.com/vmscatter/vmscatter/qemu/qmp"
 	"github.com/vmscatter/vmscatter/scatter/commit"
 	"github.com/vmscatter/vmscatter/scatter/host"
@@ -33,7 +32,8 @@ import (
 //
 // The loop runs while the VM needs it (a phase that is not terminal, a connection, an outcome pending) and ends
 // when it is idle; the next post starts it again. The fields under "guarded by r.mu" are the Receiver's, the
-// rest the loop's.
+// rest the loop's. actions.go has the QEMU actions, conn.go how connections reach the loop, restore.go the
+// receiver's start (RestoreDest) and stop.
 type vmDriver struct {
 	r      *Receiver
 	name   string
@@ -61,7 +61,7 @@ type vmDriver struct {
 	streamConn *vmConn // the connection that carried OPEN, whose frames are the stream
 
 	dest     *destination // the destination QEMU, while it is known to exist
-	pid      int          // its pid, kept for RUNNING and DONE after it is let go
+	pid      int          // its pid, for READY, LOADED and RUNNING (also once it is let go)
 	exitSeen bool         // DestExited delivered for this migration's destination (or for its absence)
 
 	launching       context.CancelFunc // LaunchDest under way
@@ -78,11 +78,6 @@ type vmDriver struct {
 	timer    *time.Timer
 	timerTok uint64
 	timerKey timerKey
-}
-
-type loadWatch struct {
-	cancel context.CancelCauseFunc
-	timer  *time.Timer // the load's bound, from STREAM_END
 }
 
 // timerKey says which phase timer is armed: a new one is armed whenever the phase, the machine or whether an
@@ -360,214 +355,6 @@ func (m *vmDriver) destState() string {
 	return runStateIn(m.dir)
 }
 
-// launch carries out LaunchDest on a goroutine of its own; its outcome comes back through launched.
-func (m *vmDriver) launch() {
-	if m.open == nil {
-		m.raise(func() { m.step(failed("no OPEN to start a destination from")) })
-		return
-	}
-	argv, err := m.r.destinationCommandLine(m.open.Argv, m.dir)
-	if err != nil {
-		m.raise(func() { m.step(failed("the destination's command line: " + err.Error())) })
-		return
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	m.launching = cancel
-	m.exitSeen = false
-	gen, caps, dir := m.gen, m.open.Capabilities, m.dir
-	go func() {
-		h, qc, err := launchDestination(ctx, argv, caps, dir)
-		m.post(func() { m.launched(gen, h, qc, err) })
-	}()
-}
-
-func (m *vmDriver) launched(gen uint64, h *destination, qc net.Conn, err error) {
-	if gen != m.gen { // never: a machine with a launch under way is not terminal, so not replaced
-		if h != nil {
-			h.kill()
-		}
-		return
-	}
-	m.launching = nil
-	if h != nil {
-		m.pid = h.pid
-		m.watch(h)
-	}
-	if m.killAfterLaunch {
-		m.killAfterLaunch = false
-		if qc != nil {
-			qc.Close()
-		}
-		m.killDest()
-		return
-	}
-	if err != nil {
-		m.step(failed("starting the destination: " + err.Error()))
-		return
-	}
-	m.log.Info("destination started", "pid", h.pid, "dir", m.dir)
-	m.qc = qc
-	if c := m.streamConn; c != nil {
-		m.stream = newRebuilder(qc, c.store, m.r.cfg.RefWait)
-		c.setStream(m.stream)
-		go relayReturnPath(qc, c)
-	}
-	m.watchLoad(h)
-	m.step(commit.Event{Kind: commit.DestReady})
-}
-
-// watch makes h the VM's destination and delivers DestExited when its process ends.
-func (m *vmDriver) watch(h *destination) {
-	m.dest = h
-	go func() {
-		select {
-		case <-h.exited:
-			m.post(func() { m.exited(h) })
-		case <-h.rel:
-		}
-	}()
-}
-
-func (m *vmDriver) exited(h *destination) {
-	if h != m.dest {
-		return
-	}
-	why := h.exitError()
-	m.releaseDest()
-	m.exitSeen = true
-	m.log.Info("destination QEMU exited", "pid", h.pid, "reason", why)
-	m.step(commit.Event{Kind: commit.DestExited, Reason: why})
-}
-
-// watchLoad waits for the destination's incoming migration from READY on: a failure mid-stream is seen at once.
-// Its own bound (LoadTimeout) runs from STREAM_END.
-func (m *vmDriver) watchLoad(h *destination) {
-	ctx, cancel := context.WithCancelCause(context.Background())
-	lw := &loadWatch{cancel: cancel}
-	m.load = lw
-	gen := m.gen
-	go func() {
-		ev, ok := h.waitLoaded(ctx)
-		m.post(func() { m.loadDone(gen, lw, ev, ok) })
-	}()
-}
-
-func (m *vmDriver) loadDone(gen uint64, lw *loadWatch, ev commit.Event, ok bool) {
-	lw.cancel(nil)
-	if lw.timer != nil {
-		lw.timer.Stop()
-	}
-	if gen != m.gen || lw != m.load {
-		return
-	}
-	m.load = nil
-	if !ok {
-		return // the process exited: DestExited says so
-	}
-	if ev.Kind == commit.DestLoaded {
-		m.log.Info("destination loaded the stream", "pid", m.pid)
-	}
-	m.step(ev)
-}
-
-// streamEnd starts the load's own bound when STREAM_END arrives on the stream's connection.
-func (m *vmDriver) streamEnd() {
-	if m.streamEnded || m.load == nil {
-		return
-	}
-	m.streamEnded = true
-	lw := m.load
-	lw.timer = time.AfterFunc(m.r.bounds.Load, func() { lw.cancel(errLoadTimeout) })
-}
-
-func (m *vmDriver) streamFailed(rb *rebuilder, err error) {
-	if rb != m.stream {
-		return
-	}
-	m.closeStream()
-	m.step(failed("the stream: " + err.Error()))
-}
-
-// closeStream ends the stream and the wait for the load, if they are under way.
-func (m *vmDriver) closeStream() {
-	if m.stream != nil && m.streamConn != nil {
-		m.streamConn.setStream(nil)
-	}
-	m.stream = nil
-	if m.qc != nil {
-		m.qc.Close()
-		m.qc = nil
-	}
-	if lw := m.load; lw != nil {
-		m.load = nil
-		lw.cancel(errTornDown)
-		if lw.timer != nil {
-			lw.timer.Stop()
-		}
-	}
-}
-
-// startDest carries out StartDest on a goroutine; its outcome comes back through startDone.
-func (m *vmDriver) startDest() {
-	h := m.dest
-	if h == nil {
-		m.raise(func() { m.step(failed("the destination QEMU is gone")) })
-		return
-	}
-	if m.open != nil && m.open.WatchConsole && m.console == nil {
-		if argv, err := qemu.RewriteCommandLine(m.open.Argv, m.dir); err == nil {
-			if path := qemu.SerialLogPath(argv); path != "" {
-				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-				m.console, m.consoleStop = host.WatchConsole(ctx, path), cancel
-			}
-		}
-	}
-	m.starting = true
-	gen, run := m.gen, m.run
-	go func() {
-		ev, st, ok := h.start(run)
-		m.post(func() { m.startDone(gen, ev, st, ok) })
-	}()
-}
-
-func (m *vmDriver) startDone(gen uint64, ev commit.Event, st qmp.RunState, ok bool) {
-	if gen != m.gen {
-		return
-	}
-	m.starting = false
-	if !ok {
-		m.log.Warn("START's outcome is unknown: `cont` may have reached the destination", "reason", ev.Reason)
-		return
-	}
-	if ev.Kind == commit.DestStarted {
-		m.started = st
-		m.log.Info("destination started as the source was", "state", string(st), "pid", m.pid)
-	}
-	m.step(ev)
-}
-
-// killDest carries out KillDest: its outcome is the DestExited of the process's exit watch, or, with no process,
-// at once.
-func (m *vmDriver) killDest() {
-	switch {
-	case m.launching != nil:
-		m.launching()
-		m.killAfterLaunch = true
-	case m.dest != nil:
-		m.log.Info("killing the destination", "pid", m.dest.pid)
-		m.dest.kill()
-	case !m.exitSeen:
-		m.exitSeen = true
-		gen := m.gen
-		m.raise(func() {
-			if gen == m.gen {
-				m.step(commit.Event{Kind: commit.DestExited, Reason: "no destination process"})
-			}
-		})
-	}
-	m.closeStream()
-}
-
 // settle arms the phase's timer: the phase's bound, counted while no outcome is pending.
 func (m *vmDriver) settle() {
 	if m.d == nil {
@@ -616,200 +403,10 @@ func (m *vmDriver) timeout(tok uint64) {
 	m.step(commit.Event{Kind: commit.Timeout, Reason: fmt.Sprintf("%v for %v", p, bound)})
 }
 
-// opened handles a connection that starts with OPEN: a new migration, or the same one's OPEN again.
-func (m *vmDriver) opened(c *vmConn, open *wire.OpenMsg) {
-	if m.r.isStopping() {
-		c.refuse(open.Epoch, "the receiver is stopping")
-		return
-	}
-	if m.d == nil || m.d.Epoch() != open.Epoch || m.d.Phase() == commit.Begin {
-		if m.d == nil || m.d.Epoch() != open.Epoch {
-			if why := m.cannotReplace(open.Epoch); why != "" {
-				m.log.Warn("OPEN refused", "epoch", open.Epoch, "peer", c.peer, "reason", why)
-				c.refuse(open.Epoch, why)
-				return
-			}
-			m.takeConn(c)
-			m.reset(commit.NewDest(open.Epoch))
-			c.gen = m.gen
-		} else { // an ATTACH made it in Begin
-			if why := m.runsHere(); why != "" {
-				c.refuse(open.Epoch, why)
-				return
-			}
-			c.gen = m.gen
-			m.takeConn(c)
-		}
-		m.open, m.run, m.streamConn = open, open.Run, c
-		m.log = m.r.log.With("vm", m.name, "epoch", open.Epoch)
-		m.log.Info("OPEN", "peer", c.peer, "session", open.Session.String())
-	} else {
-		c.gen = m.gen
-		m.takeConn(c) // the same migration's OPEN again: the machine says what it means in its phase
-	}
-	m.step(commit.Received(commit.FrameOpen, open.Epoch, ""))
-}
-
-// attached handles a connection that starts with ATTACH: frames for a known migration follow. An epoch the
-// receiver has no machine of gets one in Begin, so that ABORT is answered and START refused.
-//
-// An ATTACH beside a current connection does not take the VM over at once: a QUERY (`vmscatter recover` looking)
-// is answered on it and changes nothing; its first other frame (the sender's START, ABORT or COMMIT after it lost
-// its connection) makes it the VM's connection, and the earlier one is lost.
-func (m *vmDriver) attached(c *vmConn, epoch uint64) {
-	if m.d == nil || m.d.Epoch() != epoch {
-		if why := m.cannotReplace(epoch); why != "" {
-			m.log.Warn("ATTACH refused", "epoch", epoch, "peer", c.peer, "reason", why)
-			c.refuse(epoch, why)
-			return
-		}
-		m.takeConn(c)
-		m.reset(commit.NewDest(epoch))
-		c.gen = m.gen
-		m.log.Info("ATTACH for a migration this receiver has no record of", "peer", c.peer)
-		return
-	}
-	c.gen = m.gen
-	if m.conn != nil {
-		m.log.Info("ATTACH beside the VM's connection", "peer", c.peer, "phase", m.d.Phase().String())
-		return
-	}
-	m.log.Info("ATTACH", "peer", c.peer, "phase", m.d.Phase().String())
-	m.takeConn(c)
-}
-
-// takeConn makes c the VM's connection. An earlier one is closed, and its loss delivered first (PeerLost): a sender
-// that reconnects has lost it. Then Reconnected, where there is something to reconnect to (not before LOADED: the
-// stream's connection is gone for good).
-func (m *vmDriver) takeConn(c *vmConn) {
-	old := m.conn
-	if old == c {
-		return
-	}
-	if old != nil {
-		m.conn, old.dropped = nil, true
-		old.sc.Close()
-		if m.d != nil {
-			m.step(commit.Event{Kind: commit.PeerLost, Reason: "another connection for the VM came from " + c.peer})
-		}
-	}
-	m.conn = c
-	if m.d != nil && c.gen == m.gen {
-		switch m.d.Phase() {
-		case commit.Begin, commit.Prepare, commit.Perform:
-		default:
-			m.step(commit.Event{Kind: commit.Reconnected})
-		}
-	}
-}
-
-// cannotReplace says why the VM's machine cannot give way to one for epoch: a machine is replaced only by a later
-// epoch, only once terminal and settled, and never while a QEMU of the VM runs here (its journal record would be
-// overwritten, and a restarted receiver would act on the wrong process). "" if it can.
-func (m *vmDriver) cannotReplace(epoch uint64) string {
-	if m.d != nil {
-		cur, p := m.d.Epoch(), m.d.Phase()
-		switch {
-		case epoch < cur:
-			return fmt.Sprintf("epoch %d of VM %s is older than this receiver's epoch %d (%v)", epoch, m.name, cur, p)
-		case !p.Terminal():
-			return fmt.Sprintf("a migration of VM %s (epoch %d, %v) is in progress here", m.name, cur, p)
-		case m.launching != nil || m.starting || m.load != nil:
-			return fmt.Sprintf("the migration of VM %s (epoch %d) is still settling here", m.name, cur)
-		}
-	}
-	return m.runsHere()
-}
-
-// runsHere says so when a QEMU of the VM runs in its directory.
-func (m *vmDriver) runsHere() string {
-	if pid := host.RunningPID(qemu.PathsIn(m.dir).PIDFile); pid > 0 && host.IsQEMU(pid) {
-		return fmt.Sprintf("VM %s already runs here (pid %d): stop it or choose another target", m.name, pid)
-	}
-	return ""
-}
-
-// reset gives the VM a new machine; what belonged to the earlier migration is let go.
-func (m *vmDriver) reset(d *commit.Dest) {
-	m.letGo()
-	m.closeStream()
-	m.gen++
-	m.d = d
-	m.open, m.streamConn = nil, nil
-	m.run, m.stopping = false, m.r.isStopping()
-	m.pid, m.exitSeen, m.started, m.streamEnded = 0, false, "", false
-	m.launching, m.killAfterLaunch, m.starting = nil, false, false
-	m.log = m.r.log.With("vm", m.name, "epoch", d.Epoch())
-}
-
-// fromConn delivers a frame of connection c: the VM's own, or one attached beside it (see attached).
-func (m *vmDriver) fromConn(c *vmConn, ev commit.Event) {
-	if m.d == nil || c.gen != m.gen || c.dropped {
-		m.log.Debug("frame of a connection the VM no longer has: ignored", "event", ev.String(), "peer", c.peer)
-		return
-	}
-	if c != m.conn {
-		if ev.Kind == commit.Query {
-			m.answerTo = c
-			m.step(ev)
-			m.answerTo = nil
-			return
-		}
-		m.takeConn(c)
-	}
-	if ev.Kind == commit.Recv && ev.Frame == commit.FrameStreamEnd && c == m.streamConn {
-		m.streamEnd()
-	}
-	m.step(ev)
-}
-
-// lost delivers the end of connection c, if it is the VM's current one.
-func (m *vmDriver) lost(c *vmConn, err error) {
-	if c != m.conn {
-		return
-	}
-	m.conn = nil
-	if m.d != nil {
-		m.step(commit.Event{Kind: commit.PeerLost, Reason: err.Error()})
-	}
-}
-
 // stop delivers Stop: the receiver is shutting down.
 func (m *vmDriver) stop() {
 	m.stopping = true
 	if m.d != nil && !m.d.Phase().Terminal() {
 		m.step(commit.Event{Kind: commit.Stop})
-	}
-}
-
-// restored rebuilds the VM's machine from its journal record when the receiver starts (RestoreDest), adopts the
-// destination QEMU an earlier receiver left, carries out what the machine asks, and then delivers DestExited if
-// that destination is gone.
-func (m *vmDriver) restored(rec record) {
-	e, ok := rec.entry()
-	if !ok {
-		m.log.Error("commit record with an unknown phase: left alone", "phase", rec.Phase, "dir", m.dir)
-		return
-	}
-	m.gen++
-	m.rec, m.run = rec, rec.Run
-	m.log = m.r.log.With("vm", m.name, "epoch", e.Epoch)
-	owned := e.Phase != commit.Committed // a committed VM's QEMU is the VM's, not the migration's
-	if owned {
-		if h := adoptDestination(m.dir); h != nil {
-			m.pid = h.pid
-			m.watch(h)
-		}
-	}
-	d, acts := commit.RestoreDest(e)
-	m.d = d
-	m.log.Info("restored from the journal", "journal", e.Phase.String(), "phase", d.Phase().String(), "pid", m.pid)
-	m.carryOut(acts)
-	if owned && m.dest == nil && !m.exitSeen {
-		m.exitSeen = true
-		m.step(commit.Event{Kind: commit.DestExited, Reason: "the destination QEMU was gone when the receiver started"})
-	}
-	if m.d.Phase().Terminal() {
-		m.releaseDest()
 	}
 }
