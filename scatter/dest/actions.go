@@ -48,6 +48,7 @@ func (m *vmDriver) launched(gen uint64, h *destination, qc net.Conn, err error) 
 		}
 		return
 	}
+	m.launching() // the launch is over: its context goes
 	m.launching = nil
 	if h != nil {
 		m.pid = h.pid
@@ -167,9 +168,21 @@ func (m *vmDriver) closeStream() {
 	}
 }
 
+// findDest returns the VM's destination: the one the loop holds, or, if the loop let it go (a stopping receiver
+// lets a loaded destination go) and it has not exited, the one the VM's pidfile names.
+func (m *vmDriver) findDest() *destination {
+	if m.dest == nil && !m.exitSeen {
+		if h := adoptDestination(m.dir); h != nil {
+			m.pid = h.pid
+			m.watch(h)
+		}
+	}
+	return m.dest
+}
+
 // startDest carries out StartDest on a goroutine; its outcome comes back through startDone.
 func (m *vmDriver) startDest() {
-	h := m.dest
+	h := m.findDest()
 	if h == nil {
 		m.raise(func() { m.step(failed("the destination QEMU is gone")) })
 		return
@@ -213,7 +226,7 @@ func (m *vmDriver) killDest() {
 	case m.launching != nil:
 		m.launching()
 		m.killAfterLaunch = true
-	case m.dest != nil:
+	case m.findDest() != nil:
 		m.log.Info("killing the destination", "pid", m.dest.pid)
 		m.dest.kill()
 	case !m.exitSeen:
