@@ -189,7 +189,7 @@ func (m *vmMigration) cancelMigration() {
 	}
 	m.srcWrite.Unlock()
 	if err := m.vm.qmp.MigrateCancel(ctx); err != nil {
-		m.log.Warn("migrate_cancel", "err", err) // the end status still comes
+		m.log.Warn("cancelling the source migration", "err", err) // the end status still comes
 	}
 }
 
