@@ -44,8 +44,8 @@ func refuse(format string, args ...any) error {
 // -blockdev (JSON and key=value, nodes linked by node-name, backing nodes read-only), -hda to -hdd, -cdrom, -fda,
 // -fdb, -sd, -mtdblock and -pflash. Every image of a migrated VM must be the same file on the target, at the same
 // path (shared storage). It refuses, with ErrDiskRefused and what to do:
-//   - -snapshot and snapshot=on: the source's writes go to a temporary file on the source host, which the destination
-//     never sees;
+//   - snapshot=on, and -snapshot with a writable -drive image: the source's writes go to a temporary file on the
+//     source host, which the destination never sees;
 //   - a relative path: the destination QEMU runs in another directory;
 //   - a file passed by descriptor (/dev/fdset/N), a vvfat directory, NBD over a unix socket or to a loopback address:
 //     they are local to the source host.
@@ -55,14 +55,15 @@ func refuse(format string, args ...any) error {
 func DiskImages(argv []string) ([]Disk, error) {
 	p := diskParser{nodes: map[string]map[string]any{}}
 	var blockdevs []map[string]any
+	var snapshot bool
 	for i := 1; i < len(argv); i++ {
 		name := argv[i]
 		if strings.HasPrefix(name, "--") {
 			name = name[1:]
 		}
 		if name == "-snapshot" {
-			return nil, refuse("-snapshot writes the guest's disk changes to temporary files on the source host, " +
-				"which a destination never sees: remove -snapshot (or migrate with QEMU's block migration instead)")
+			snapshot = true
+			continue
 		}
 		_, legacy := legacyDiskOptions[name]
 		if !legacy && name != "-drive" && name != "-blockdev" {
@@ -107,6 +108,16 @@ func DiskImages(argv []string) ([]Disk, error) {
 		}
 		if err := p.walk(n, "", false, true, "-blockdev", map[string]bool{}); err != nil {
 			return nil, err
+		}
+	}
+	if snapshot {
+		// -snapshot puts a temporary overlay over every writable -drive (and -hda...) image; -blockdev nodes keep
+		// their files.
+		for _, d := range p.disks {
+			if d.Option != "-blockdev" && !d.ReadOnly {
+				return nil, refuse("-snapshot writes the guest's changes to %s to a temporary file on the source host, "+
+					"which a destination never sees: remove -snapshot", d.Path)
+			}
 		}
 	}
 	return p.disks, nil
@@ -433,87 +444,4 @@ func describeNode(n map[string]any) string {
 	}
 	b, _ := json.Marshal(m)
 	return string(b)
-}
-
-// parseBlockdev reads a -blockdev value: JSON when it starts with '{', else keyval (key=value, ",," for a comma,
-// dotted keys for nested options, a first element without '=' for the driver).
-func parseBlockdev(val string) (map[string]any, error) {
-	if strings.HasPrefix(strings.TrimSpace(val), "{") {
-		var n map[string]any
-		if err := json.Unmarshal([]byte(val), &n); err != nil {
-			return nil, fmt.Errorf("-blockdev %s: %w", val, err)
-		}
-		return n, nil
-	}
-	n := map[string]any{}
-	for i, kv := range splitOpts(val) {
-		k, v, ok := strings.Cut(kv, "=")
-		if !ok {
-			if i != 0 {
-				return nil, fmt.Errorf("-blockdev %s: %q has no value", val, kv)
-			}
-			k, v = "driver", kv
-		}
-		if err := setDotted(n, k, v); err != nil {
-			return nil, fmt.Errorf("-blockdev %s: %w", val, err)
-		}
-	}
-	return n, nil
-}
-
-// setDotted sets a.b.c=v in a tree of maps.
-func setDotted(n map[string]any, key string, v string) error {
-	parts := strings.Split(key, ".")
-	for _, part := range parts[:len(parts)-1] {
-		sub, ok := n[part].(map[string]any)
-		if !ok {
-			if _, exists := n[part]; exists {
-				return fmt.Errorf("option %q is both a value and an object", part)
-			}
-			sub = map[string]any{}
-			n[part] = sub
-		}
-		n = sub
-	}
-	n[parts[len(parts)-1]] = v
-	return nil
-}
-
-// splitOpts splits QEMU's comma-separated options, where ",," is a comma inside a value.
-func splitOpts(s string) []string {
-	var out []string
-	var cur strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == ',' {
-			if i+1 < len(s) && s[i+1] == ',' {
-				cur.WriteByte(',')
-				i++
-				continue
-			}
-			out = append(out, cur.String())
-			cur.Reset()
-			continue
-		}
-		cur.WriteByte(s[i])
-	}
-	if cur.Len() > 0 || len(out) > 0 {
-		out = append(out, cur.String())
-	}
-	return out
-}
-
-// parseBool reads QEMU's spellings of a boolean (JSON true, on/off, yes/no, true/false).
-func parseBool(v any) (value, ok bool) {
-	switch v := v.(type) {
-	case bool:
-		return v, true
-	case string:
-		switch v {
-		case "on", "yes", "true", "y":
-			return true, true
-		case "off", "no", "false", "n":
-			return false, true
-		}
-	}
-	return false, false
 }

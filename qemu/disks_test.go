@@ -91,8 +91,8 @@ func TestDiskImagesRefuses(t *testing.T) {
 		argv []string
 		says string
 	}{
-		{[]string{"qemu-system-x86_64", "-drive", "file=/srv/a.qcow2", "-snapshot"}, "remove -snapshot"},
-		{[]string{"qemu-system-x86_64", "--snapshot"}, "remove -snapshot"},
+		{[]string{"qemu-system-x86_64", "-snapshot", "-drive", "file=/srv/a.qcow2"}, "/srv/a.qcow2 to a temporary file"},
+		{[]string{"qemu-system-x86_64", "-cdrom", "/iso/x.iso", "-hdb", "/srv/b.img", "--snapshot"}, "remove -snapshot"},
 		{[]string{"qemu-system-x86_64", "-drive", "file=/srv/a.qcow2,snapshot=on"}, "remove snapshot=on"},
 		{[]string{"qemu-system-x86_64", "-drive", "file=/srv/a.qcow2,snapshot"}, "remove snapshot=on"},
 		{[]string{"qemu-system-x86_64", "-drive", "file=images/a.qcow2,if=virtio"}, "relative image path"},
@@ -120,6 +120,20 @@ func TestDiskImagesRefuses(t *testing.T) {
 	} {
 		if _, err := DiskImages(argv); err == nil || errors.Is(err, ErrDiskRefused) {
 			t.Errorf("%q: %v, want a parse error", argv[1:], err)
+		}
+	}
+}
+
+// TestSnapshotWithoutWritableDrive: -snapshot changes nothing for read-only drives and -blockdev nodes, so it is no
+// reason to refuse a VM that has only those.
+func TestSnapshotWithoutWritableDrive(t *testing.T) {
+	for _, argv := range [][]string{
+		{"qemu-system-x86_64", "-snapshot", "-m", "64"},
+		{"qemu-system-x86_64", "-snapshot", "-cdrom", "/iso/x.iso", "-drive", "file=/srv/r.img,readonly=on"},
+		{"qemu-system-x86_64", "-snapshot", "-blockdev", "driver=file,node-name=f,filename=/srv/b.img"},
+	} {
+		if _, err := DiskImages(argv); err != nil {
+			t.Errorf("%q: %v", argv[1:], err)
 		}
 	}
 }
