@@ -42,6 +42,9 @@ type ClusterConfig struct {
 	Subnet         string // lab subnet inside 198.18.0.0/15; default chosen by the lab
 	// Snooping turns on IGMP snooping on the lab's bridge, so multicast reaches only the hosts that joined.
 	Snooping bool
+	// Disks gives every guest of StartGuests a qcow2 disk of its own on the cluster's shared storage (SharedDir),
+	// which its workload writes and verifies (fixture.Disk).
+	Disks bool
 }
 
 // Cluster is a lab with a source host, target hosts running `vmscatter receive`, and guests. Close removes
@@ -189,7 +192,12 @@ func (c *Cluster) KillReceiver(i int) {
 	}
 }
 
-// StartGuests boots n guests named prefix1..prefixN on the source, two at a time.
+// SharedDir is the cluster's shared storage: the guests' disk images, at the same path from the source and every
+// target (package lab: the hosts share the file system).
+func (c *Cluster) SharedDir() string { return filepath.Join(c.cfg.Dir, "shared") }
+
+// StartGuests boots n guests named prefix1..prefixN on the source, two at a time. With ClusterConfig.Disks, each gets
+// the disk SharedDir/NAME.qcow2 (created when missing).
 func (c *Cluster) StartGuests(ctx context.Context, prefix string, n int, o fixture.GuestOptions) ([]*fixture.Guest, error) {
 	guests := make([]*fixture.Guest, n)
 	errs := make([]error, n)
@@ -201,7 +209,11 @@ func (c *Cluster) StartGuests(ctx context.Context, prefix string, n int, o fixtu
 			defer wg.Done()
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			guests[i], errs[i] = fixture.StartGuest(ctx, filepath.Join(c.cfg.Dir, "source"), fmt.Sprintf("%s%d", prefix, i+1), o)
+			name, o := fmt.Sprintf("%s%d", prefix, i+1), o
+			if c.cfg.Disks && o.Disk.Path == "" {
+				o.Disk.Path = filepath.Join(c.SharedDir(), name+".qcow2")
+			}
+			guests[i], errs[i] = fixture.StartGuest(ctx, filepath.Join(c.cfg.Dir, "source"), name, o)
 		}()
 	}
 	wg.Wait()

@@ -221,7 +221,7 @@ func (m *vmMigration) send(a commit.Action) {
 		s, vm := m.s, m.vm
 		err = sc.SendJSON(wire.FrameOpen, wire.OpenMsg{Session: s.session, VM: vm.spec.Name, Epoch: a.Epoch, Argv: vm.argv,
 			Capabilities: destinationCaps(s.cfg.Policy.Capabilities()), Run: vm.wasRunning, Slot: s.vmIndex(vm),
-			WatchConsole: s.cfg.GuestDowntime})
+			WatchConsole: s.cfg.GuestDowntime, Disks: vm.disks})
 	case commit.FrameStart:
 		err = sc.SendJSON(wire.FrameStart, wire.EpochMsg{Epoch: a.Epoch})
 	case commit.FrameCommit:
