@@ -39,6 +39,7 @@ type ClusterConfig struct {
 	// TargetCapacity is each receiver's --capacity (memory offered to migrated VMs), e.g. "300M"; "" offers what is
 	// available. Small capacities make the planner spread VMs.
 	TargetCapacity string
+	ReceiverQEMU   string // the receivers' `--qemu`: the binary destinations run; "" means the source's, looked up
 	Subnet         string // lab subnet inside 198.18.0.0/15; default chosen by the lab
 	// Snooping turns on IGMP snooping on the lab's bridge, so multicast reaches only the hosts that joined.
 	Snooping bool
@@ -153,6 +154,9 @@ func (c *Cluster) StartReceiver(ctx context.Context, i int) error {
 	args := []string{"receive", "--listen", c.ReceiverAddr(i), "--data-dir", c.DataDir(i), "--key-file", c.KeyFile}
 	if c.cfg.TargetCapacity != "" {
 		args = append(args, "--capacity", c.cfg.TargetCapacity)
+	}
+	if c.cfg.ReceiverQEMU != "" {
+		args = append(args, "--qemu", c.cfg.ReceiverQEMU)
 	}
 	cmd := t.Command(context.Background(), c.cfg.Bin, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf

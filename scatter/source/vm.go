@@ -109,6 +109,9 @@ func (m *vmMigration) attachConn(sc *secure.Conn) uint64 {
 	gen := m.connGen
 	old := m.sc
 	m.sc = sc
+	if old != nil {
+		m.lostBytes += old.BytesOut()
+	}
 	m.mu.Unlock()
 	if old != nil {
 		old.Close()
@@ -248,10 +251,10 @@ func (m *vmMigration) readFrames(sc *secure.Conn, gen int) {
 		if err != nil {
 			m.mu.Lock()
 			current := gen == m.connGen
-			if current {
+			if current { // a connection finish took, or one replaced, is counted where that happened
 				m.sc = nil
+				m.lostBytes += sc.BytesOut()
 			}
-			m.lostBytes += sc.BytesOut()
 			m.mu.Unlock()
 			sc.Close()
 			if current {
