@@ -443,12 +443,14 @@ func TestSeedFromBootFiles(t *testing.T) {
 	loader := "loader,file=" + blobPath + ",addr=0x200000,force-raw=on"
 	a := startGuest(t, bin, dir, "seeda", 64, "-device", loader)
 	b := startGuest(t, bin, dir, "seedb", 64, "-device", loader)
-	r1 := startReceiver(t, testKey, nil)
+	// r1's seed reads boot files only under its allowed paths.
+	r1 := startReceiver(t, testKey, func(c *dest.Config) { c.AllowPaths = []string{dir} })
 	other := filepath.Join(dir, "blob-elsewhere.bin") // r2's copy of the blob differs from the source's
 	if err := os.WriteFile(other, bytes.Repeat([]byte{0x5a}, len(blob)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	r2 := startReceiver(t, testKey, func(c *dest.Config) {
+		c.AllowPaths = []string{dir}
 		c.OpenSeedFile = func(p string) (*os.File, error) {
 			if p == blobPath {
 				p = other
@@ -499,7 +501,8 @@ func TestMigrateEveryQEMUVersion(t *testing.T) {
 			dir := t.TempDir()
 			running := startGuest(t, bin, dir, "run"+strings.ReplaceAll(v, ".", ""), 64)
 			paused := startGuest(t, bin, dir, "frozen"+strings.ReplaceAll(v, ".", ""), 64)
-			r := startReceiver(t, testKey, nil)
+			// The fetched QEMU's firmware (-L) lies in its cache directory.
+			r := startReceiver(t, testKey, func(c *dest.Config) { c.AllowPaths = []string{filepath.Dir(bin)} })
 			time.Sleep(time.Second) // SeaBIOS writes into RAM
 			ctx := context.Background()
 			if err := paused.q.Stop(ctx); err != nil {

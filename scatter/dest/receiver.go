@@ -7,12 +7,14 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/user"
 	"path/filepath"
 	"runtime"
 	"sync"
 	"time"
 
 	"github.com/vmscatter/vmscatter/dedup"
+	"github.com/vmscatter/vmscatter/qemu"
 	"github.com/vmscatter/vmscatter/scatter/host"
 	"github.com/vmscatter/vmscatter/scatter/secure"
 	"github.com/vmscatter/vmscatter/scatter/wire"
@@ -28,6 +30,13 @@ type Config struct {
 	MaxVMs     int          // VMs accepted per run, for placement; 0 means no limit
 	Log        *slog.Logger // nil logs nowhere
 
+	// AllowPaths are the directories, besides DataDir, that guest files may come from: the shared storage of disks,
+	// kernels and initrds, memory-backend files (`receive --allow-path`). A destination's command line and the seed
+	// use nothing outside them (qemu.ApplyPolicy, openBootFile).
+	AllowPaths []string
+	// RunAs is the user destination QEMUs drop to (`receive --runas`); "" leaves them as the receiver's user.
+	RunAs string
+
 	LoadTimeout time.Duration // from the end of the source stream to the destination being loaded; 0 means 2 min
 	RefWait     time.Duration // how long a reference may wait for content still in flight; 0 means 30 s
 
@@ -35,7 +44,7 @@ type Config struct {
 	// WrapConn wraps every accepted connection before the handshake: a wrapper can cut it, as a dying receiver or
 	// a broken link would.
 	WrapConn func(net.Conn) net.Conn
-	// OpenSeedFile opens a boot file for the seed (default: openSeedFile's checks, then os.Open).
+	// OpenSeedFile opens a boot file for the seed (default: openBootFile under DataDir and AllowPaths).
 	OpenSeedFile func(path string) (*os.File, error)
 }
 
@@ -45,8 +54,9 @@ const DefaultStoreLimit = 4 << 30
 // Receiver accepts sessions from senders and runs destination QEMUs. It is safe for concurrent use: each connection
 // has its own goroutine; the session table is guarded by mu.
 type Receiver struct {
-	cfg Config
-	log *slog.Logger
+	cfg   Config
+	log   *slog.Logger
+	roots []allowedRoot // DataDir and AllowPaths, resolved
 
 	mu       sync.Mutex
 	sessions map[wire.SessionID]*session
@@ -81,11 +91,28 @@ func NewReceiver(cfg Config) (*Receiver, error) {
 	if cfg.RefWait == 0 {
 		cfg.RefWait = 30 * time.Second
 	}
+	dataDir, err := filepath.Abs(cfg.DataDir)
+	if err != nil {
+		return nil, fmt.Errorf("data directory: %w", err)
+	}
+	cfg.DataDir = dataDir
+	roots, err := resolveRoots(append([]string{cfg.DataDir}, cfg.AllowPaths...))
+	if err != nil {
+		return nil, err
+	}
+	if cfg.RunAs != "" {
+		if _, err := user.Lookup(cfg.RunAs); err != nil {
+			return nil, fmt.Errorf("--runas: %w", err)
+		}
+	}
 	log := cfg.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	r := &Receiver{cfg: cfg, log: log, sessions: map[wire.SessionID]*session{}, vms: map[string]bool{}}
+	r := &Receiver{cfg: cfg, log: log, roots: roots, sessions: map[wire.SessionID]*session{}, vms: map[string]bool{}}
+	if r.cfg.OpenSeedFile == nil {
+		r.cfg.OpenSeedFile = func(p string) (*os.File, error) { return openBootFile(p, r.roots) }
+	}
 	r.reapUnfinished()
 	return r, nil
 }
@@ -251,6 +278,17 @@ func (r *Receiver) serveControl(ctx context.Context, sc *secure.Conn, peer strin
 			return fmt.Errorf("%w: %s on a control connection", wire.ErrFrame, t)
 		}
 	}
+}
+
+// qemuPolicy is the policy a destination QEMU of this receiver runs under: host files only in its directory dir, guest
+// files only under the data directory and the allowed paths, the sandbox, and RunAs. The VM driver applies it with
+// qemu.ApplyPolicy to the rewritten command line before it launches the destination.
+func (r *Receiver) qemuPolicy(dir string) qemu.Policy {
+	roots := make([]string, len(r.roots))
+	for i, rt := range r.roots {
+		roots[i] = rt.path
+	}
+	return qemu.Policy{VMDir: dir, Roots: roots, RunAs: r.cfg.RunAs}
 }
 
 // attach finds or creates a session and counts one more user of it.
