@@ -4,9 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
+	"os/user"
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 )
 
@@ -40,6 +43,27 @@ const Sandbox = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecont
 // stay allowed for that drop (7.2, 10.0 and 11.1 die with SIGSYS otherwise); once it runs as the user it holds no
 // capability to raise itself again, and exec (a set-uid program) stays denied.
 const SandboxRunAs = "on,obsolete=deny,spawn=deny,resourcecontrol=deny"
+
+// PrepareVMDir creates the policy's VM directory (mode 0750) and, with RunAs, gives it to that user: QEMU opens its
+// incoming migration socket there after it dropped to the user. Call it before LaunchDestination.
+func PrepareVMDir(p Policy) error {
+	if err := os.MkdirAll(p.VMDir, 0o750); err != nil {
+		return err
+	}
+	if p.RunAs == "" {
+		return nil
+	}
+	u, err := user.Lookup(p.RunAs)
+	if err != nil {
+		return fmt.Errorf("--runas: %w", err)
+	}
+	uid, err1 := strconv.Atoi(u.Uid)
+	gid, err2 := strconv.Atoi(u.Gid)
+	if err1 != nil || err2 != nil {
+		return fmt.Errorf("--runas %s: uid %q gid %q", p.RunAs, u.Uid, u.Gid)
+	}
+	return os.Lchown(p.VMDir, uid, gid)
+}
 
 // DefaultFirmwareDirs are where Debian and Fedora install QEMU's firmware and option ROMs.
 var DefaultFirmwareDirs = []string{"/usr/share/qemu", "/usr/share/seabios", "/usr/share/ovmf", "/usr/share/OVMF",

@@ -268,6 +268,46 @@ func TestParseOpts(t *testing.T) {
 	}
 }
 
+// With RunAs, QEMU 7.2 starts under the sandbox, drops to the user, and can still open its incoming socket in the
+// VM's directory, which PrepareVMDir gave to that user.
+func TestPolicyRunAsRealQEMU(t *testing.T) {
+	qbin := qemutest.Require(t)
+	if os.Getuid() != 0 {
+		t.Skip("dropping to another user needs root")
+	}
+	dir := t.TempDir()
+	for _, d := range []string{filepath.Dir(dir), dir} { // the user must reach the VM's directory
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p := Policy{VMDir: filepath.Join(dir, "vm"), RunAs: "nobody"}
+	argv, err := RewriteCommandLine([]string{qbin, "-accel", "tcg", "-machine", "pc", "-m", "32", "-nodefaults", "-display", "none"}, p.VMDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if argv, err = ApplyPolicy(argv, p); err != nil {
+		t.Fatal(err)
+	}
+	if err := PrepareVMDir(p); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	dst, err := LaunchDestination(ctx, argv, PathsIn(p.VMDir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(dst.Kill)
+	if err := dst.QMP.MigrateIncoming(ctx, "unix:"+filepath.Join(p.VMDir, "incoming.sock")); err != nil {
+		t.Fatalf("incoming socket as nobody: %v", err)
+	}
+	status, err := os.ReadFile("/proc/" + strconv.Itoa(dst.Cmd.Process.Pid) + "/status")
+	if err != nil || !strings.Contains(string(status), "Seccomp:\t2") || !strings.Contains(string(status), "Uid:\t65534") {
+		t.Fatalf("destination not sandboxed as nobody: %v\n%s", err, status)
+	}
+}
+
 // A destination under the policy's sandbox boots and loads a real migration: QEMU 7.2 accepts the seccomp policy,
 // and it does not get in the way of an incoming migration.
 func TestPolicySandboxedDestinationMigrates(t *testing.T) {

@@ -104,6 +104,11 @@ func NewReceiver(cfg Config) (*Receiver, error) {
 		if _, err := user.Lookup(cfg.RunAs); err != nil {
 			return nil, fmt.Errorf("--runas: %w", err)
 		}
+		// A destination that dropped to the user reaches its own directory (qemu.PrepareVMDir) through this one:
+		// others may traverse it, not list it.
+		if err := os.Chmod(cfg.DataDir, 0o751); err != nil {
+			return nil, fmt.Errorf("data directory: %w", err)
+		}
 	}
 	log := cfg.Log
 	if log == nil {
