@@ -303,7 +303,7 @@ func diffCount(a, b []byte) int {
 func TestWrongKeyRollsBack(t *testing.T) {
 	bin := requireQEMU(t)
 	g := startGuest(t, bin, t.TempDir(), "vm1", 32)
-	r := startReceiver(t, []byte("another key, not the sender's!!"), nil)
+	r := startReceiver(t, []byte("another key, not the sender's!!!"), nil)
 	rep, err := source.Send(context.Background(), sendCfg(testKey, []string{r.addr}, g))
 	if !errors.Is(err, source.ErrNothingMigrated) {
 		t.Fatalf("err = %v", err)

@@ -35,6 +35,7 @@ func receiveCommand() *cli.Command {
 			&cli.StringFlag{Name: "iface", Usage: "interface to join multicast groups on (default: the one the sender's control connection arrives on)"},
 			&cli.StringSliceFlag{Name: "allow-path", Usage: "a `DIR` guest files may come from besides --data-dir: disks, kernels, initrds, memory backends on shared storage (repeatable); destination command lines and seeds use nothing else"},
 			&cli.StringFlag{Name: "runas", Usage: "`USER` destination QEMUs drop to after start-up (default: stay as the receiver's user)"},
+			hostKeyFlag(), allowPeersFlag(),
 			logLevelFlag,
 		},
 		Action: func(c *cli.Context) error {
@@ -46,6 +47,10 @@ func receiveCommand() *cli.Command {
 			if err != nil {
 				return withCode(ExitError, err)
 			}
+			hostKey, peers, err := loadHostKeys(c)
+			if err != nil {
+				return err
+			}
 			limit, err := cliapp.ParseSize(c.String("store-limit"))
 			if err != nil {
 				return usageError("--store-limit: %v", err)
@@ -56,7 +61,7 @@ func receiveCommand() *cli.Command {
 					return usageError("--capacity: %v", err)
 				}
 			}
-			r, err := dest.NewReceiver(dest.Config{DataDir: c.String("data-dir"), Key: key, StoreLimit: limit,
+			r, err := dest.NewReceiver(dest.Config{DataDir: c.String("data-dir"), Key: key, HostKey: hostKey, Peers: peers, StoreLimit: limit,
 				Capacity: uint64(capacity), MaxVMs: c.Int("max-vms"), Iface: c.String("iface"), Log: log,
 				AllowPaths: c.StringSlice("allow-path"), RunAs: c.String("runas")})
 			if err != nil {

@@ -30,6 +30,7 @@ func sendCommand() *cli.Command {
 			&cli.StringSliceFlag{Name: "vms", Required: true, Usage: "VMs to move, `NAME=QMP_SOCKET[,...]`"},
 			&cli.StringSliceFlag{Name: "targets", Required: true, Usage: "receivers, `ADDR:PORT[,...]`"},
 			&cli.StringFlag{Name: "key-file", Required: true, Usage: "the shared key (vmscatter keygen)"},
+			hostKeyFlag(), allowPeersFlag(),
 			&cli.StringFlag{Name: "report", Value: "vmscatter-report.json", Usage: "where to write the JSON report"},
 			&cli.StringSliceFlag{Name: "placement", Usage: "`auto` (the planner places every VM, the default) or pins, NAME=ADDR:PORT[,...]; unpinned VMs are placed by the planner"},
 			&cli.StringFlag{Name: "algorithm", Value: "ours", Usage: "placement: ours, greedy (VMScatter's), exact (≤ 12 VMs, ≤ 4 targets)"},

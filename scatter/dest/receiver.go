@@ -22,13 +22,15 @@ import (
 
 // Config configures the receiver daemon.
 type Config struct {
-	DataDir    string       // destination VMs live in DataDir/<vm>/
-	Key        []byte       // the shared key (see LoadKey)
-	StoreLimit int64        // bytes of primed content held per session; 0 means DefaultStoreLimit
-	Capacity   uint64       // memory offered to migrated VMs, for placement; 0 means what is available
-	Iface      string       // interface for multicast; "" means the one the control connection arrives on
-	MaxVMs     int          // VMs accepted per run, for placement; 0 means no limit
-	Log        *slog.Logger // nil logs nowhere
+	DataDir    string          // destination VMs live in DataDir/<vm>/
+	Key        []byte          // the shared key (see LoadKey)
+	HostKey    *secure.HostKey // this receiver's own key pair (receive --host-key); nil: the shared key alone
+	Peers      *secure.Peers   // with HostKey: the senders' public keys it accepts (receive --allow-peers)
+	StoreLimit int64           // bytes of primed content held per session; 0 means DefaultStoreLimit
+	Capacity   uint64          // memory offered to migrated VMs, for placement; 0 means what is available
+	Iface      string          // interface for multicast; "" means the one the control connection arrives on
+	MaxVMs     int             // VMs accepted per run, for placement; 0 means no limit
+	Log        *slog.Logger    // nil logs nowhere
 
 	// AllowPaths are the directories, besides DataDir, that guest files may come from: the shared storage of disks,
 	// kernels and initrds, memory-backend files (`receive --allow-path`). A destination's command line and the seed
@@ -73,8 +75,8 @@ type session struct {
 
 // NewReceiver checks the configuration and returns a receiver.
 func NewReceiver(cfg Config) (*Receiver, error) {
-	if len(cfg.Key) < secure.MinKeyLen {
-		return nil, fmt.Errorf("the key must be at least %d bytes (create one with `vmscatter keygen`)", secure.MinKeyLen)
+	if err := cfg.credentials().Check(); err != nil {
+		return nil, err
 	}
 	if cfg.DataDir == "" {
 		return nil, errors.New("no data directory (--data-dir)")
@@ -160,7 +162,7 @@ func (r *Receiver) handle(ctx context.Context, c net.Conn) {
 	}
 	defer c.Close()
 	peer := c.RemoteAddr().String()
-	sc, role, err := secure.ServerHandshake(c, r.cfg.Key)
+	sc, role, err := secure.ServerHandshake(c, r.cfg.credentials())
 	if err != nil {
 		if errors.Is(err, secure.ErrAuth) {
 			r.log.Warn("refused connection: the peer does not know the key", "peer", peer, "err", err)
@@ -283,6 +285,10 @@ func (r *Receiver) serveControl(ctx context.Context, sc *secure.Conn, peer strin
 			return fmt.Errorf("%w: %s on a control connection", wire.ErrFrame, t)
 		}
 	}
+}
+
+func (cfg *Config) credentials() secure.Credentials {
+	return secure.Credentials{Key: cfg.Key, Host: cfg.HostKey, Peers: cfg.Peers}
 }
 
 // qemuPolicy is the policy a destination QEMU of this receiver runs under: host files only in its directory dir, guest
