@@ -39,6 +39,10 @@ type Config struct {
 	// RunAs is the user destination QEMUs drop to (`receive --runas`); "" leaves them as the receiver's user.
 	RunAs string
 
+	// MaxHandshakes bounds the connections still in their handshake, in all; MaxHandshakesPerHost, those from one
+	// source address. 0 means DefaultMaxHandshakes and DefaultMaxHandshakesPerHost.
+	MaxHandshakes, MaxHandshakesPerHost int
+
 	LoadTimeout time.Duration // from the end of the source stream to the destination being loaded; 0 means 2 min
 	RefWait     time.Duration // how long a reference may wait for content still in flight; 0 means 30 s
 
@@ -56,9 +60,12 @@ const DefaultStoreLimit = 4 << 30
 // Receiver accepts sessions from senders and runs destination QEMUs. It is safe for concurrent use: each connection
 // has its own goroutine; the session table is guarded by mu.
 type Receiver struct {
-	cfg   Config
-	log   *slog.Logger
-	roots []allowedRoot // DataDir and AllowPaths, resolved
+	cfg        Config
+	log        *slog.Logger
+	roots      []allowedRoot // DataDir and AllowPaths, resolved
+	gate       *handshakeGate
+	refusals   *refusalLog // refused connections
+	acceptErrs *refusalLog // accept failures (descriptors or memory short), logged apart so a flood hides none
 
 	mu       sync.Mutex
 	sessions map[wire.SessionID]*session
@@ -116,7 +123,14 @@ func NewReceiver(cfg Config) (*Receiver, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	r := &Receiver{cfg: cfg, log: log, roots: roots, sessions: map[wire.SessionID]*session{}, vms: map[string]bool{}}
+	if cfg.MaxHandshakes <= 0 {
+		cfg.MaxHandshakes = DefaultMaxHandshakes
+	}
+	if cfg.MaxHandshakesPerHost <= 0 {
+		cfg.MaxHandshakesPerHost = DefaultMaxHandshakesPerHost
+	}
+	r := &Receiver{cfg: cfg, log: log, roots: roots, gate: newHandshakeGate(cfg.MaxHandshakes, cfg.MaxHandshakesPerHost),
+		refusals: newRefusalLog(log), acceptErrs: newRefusalLog(log), sessions: map[wire.SessionID]*session{}, vms: map[string]bool{}}
 	if r.cfg.OpenSeedFile == nil {
 		r.cfg.OpenSeedFile = func(p string) (*os.File, error) { return openBootFile(p, r.roots) }
 	}
@@ -125,29 +139,47 @@ func NewReceiver(cfg Config) (*Receiver, error) {
 }
 
 // Serve accepts connections until ctx ends, then closes the listener and waits for in-flight connections, whose
-// destinations are torn down unless the VM already runs there.
+// destinations are torn down unless the VM already runs there. A connection still in its handshake counts against
+// the handshake limits (Config.MaxHandshakes, MaxHandshakesPerHost); over them it is answered "busy" and closed at
+// once. Accept errors that say the system is short of descriptors or memory for now (EMFILE, ENFILE, ...) make it
+// wait and accept again; they never end it.
 func (r *Receiver) Serve(ctx context.Context, ln net.Listener) error {
 	r.log.Info("receiver listening", "addr", ln.Addr().String(), "data_dir", r.cfg.DataDir)
 	go func() { <-ctx.Done(); ln.Close() }()
 	var conns sync.Map
+	failures := 0 // temporary accept errors in a row
 	for {
 		c, err := ln.Accept()
 		if err != nil {
 			if ctx.Err() != nil {
 				break
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
+			if !temporaryAcceptError(err) {
+				return err
 			}
-			return err
+			failures++
+			wait := acceptBackoff(failures)
+			r.acceptErrs.warn("accept failed; waiting before the next", "err", err, "wait", wait)
+			select {
+			case <-time.After(wait):
+			case <-ctx.Done():
+			}
+			continue
+		}
+		failures = 0
+		host := hostOf(c.RemoteAddr())
+		if !r.gate.enter(host) {
+			secure.Refuse(c, secure.StatusBusy)
+			c.Close()
+			r.refusals.warn("refused connection: too many handshakes in progress", "peer", c.RemoteAddr().String())
+			continue
 		}
 		conns.Store(c, true)
 		r.wg.Add(1)
 		go func() {
 			defer r.wg.Done()
 			defer conns.Delete(c)
-			r.handle(ctx, c)
+			r.handle(ctx, c, func() { r.gate.leave(host) })
 		}()
 	}
 	conns.Range(func(k, _ any) bool { k.(net.Conn).Close(); return true })
@@ -156,20 +188,25 @@ func (r *Receiver) Serve(ctx context.Context, ln net.Listener) error {
 	return nil
 }
 
-func (r *Receiver) handle(ctx context.Context, c net.Conn) {
+// handle runs one connection: the handshake (after which it calls handshakeDone), then its role.
+func (r *Receiver) handle(ctx context.Context, c net.Conn, handshakeDone func()) {
 	if r.cfg.WrapConn != nil {
 		c = r.cfg.WrapConn(c)
 	}
 	defer c.Close()
 	peer := c.RemoteAddr().String()
 	sc, role, err := secure.ServerHandshake(c, r.cfg.credentials())
+	handshakeDone()
 	if err != nil {
 		if errors.Is(err, secure.ErrAuth) {
-			r.log.Warn("refused connection: the peer does not know the key", "peer", peer, "err", err)
+			r.refusals.warn("refused connection: the peer does not know the key or is not allowed", "peer", peer, "err", err)
 		} else {
-			r.log.Warn("refused connection", "peer", peer, "err", err)
+			r.refusals.warn("refused connection", "peer", peer, "err", err)
 		}
 		return
+	}
+	if name := sc.Peer(); name != "" {
+		peer += " (" + name + ")"
 	}
 	// A connection's goroutine ends when the peer hangs up or ctx ends.
 	stop := context.AfterFunc(ctx, func() { c.Close() })
