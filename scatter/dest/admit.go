@@ -9,10 +9,13 @@ import (
 	"time"
 )
 
-// Defaults of the receiver's admission limits (Config.MaxHandshakes, Config.MaxHandshakesPerHost).
+// Defaults of the receiver's admission limits (Config.MaxHandshakes, Config.MaxHandshakesPerHost). A sender opens
+// one control connection and one per migration in flight (--parallel), each handshake taking about a round trip:
+// 32 per address leaves room for a wide --parallel, and bounds what one address can hold to 32 descriptors for the
+// handshake timeout (10 s).
 const (
-	DefaultMaxHandshakes        = 64
-	DefaultMaxHandshakesPerHost = 8
+	DefaultMaxHandshakes        = 128
+	DefaultMaxHandshakesPerHost = 32
 )
 
 // handshakeGate bounds the handshakes in progress, in all and per source address, so that idle or slow clients

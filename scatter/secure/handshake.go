@@ -60,6 +60,9 @@ const (
 	statusBusy        byte = 6 // too many handshakes in progress
 )
 
+// ErrBusy says the receiver had too many handshakes in progress: the caller may dial again after a moment.
+var ErrBusy = errors.New("receiver busy")
+
 // StatusBusy is the status a receiver answers when it has too many handshakes in progress.
 const StatusBusy = statusBusy
 
@@ -167,11 +170,13 @@ func ClientHandshake(c net.Conn, cr Credentials, role byte) (*Conn, error) {
 		return nil, fmt.Errorf("handshake: receiver speaks protocol version %d, we speak %d: upgrade one side", a.version, protocolVersion)
 	}
 	if a.status != statusOK {
-		err := fmt.Errorf("handshake: the receiver refused the connection: %s", statusText(a.status))
-		if a.status == statusKeyRefused || a.status == statusPeerRefused {
-			err = fmt.Errorf("%w: the receiver refused the connection: %s", ErrAuth, statusText(a.status))
+		switch a.status {
+		case statusKeyRefused, statusPeerRefused:
+			return nil, fmt.Errorf("%w: the receiver refused the connection: %s", ErrAuth, statusText(a.status))
+		case statusBusy:
+			return nil, fmt.Errorf("%w: %s", ErrBusy, statusText(a.status))
 		}
-		return nil, err
+		return nil, fmt.Errorf("handshake: the receiver refused the connection: %s", statusText(a.status))
 	}
 	msg2 := make([]byte, msg2Len(cr.mode()))
 	if _, err := io.ReadFull(c, msg2); err != nil {

@@ -174,6 +174,9 @@ func TestClientReportsRefusals(t *testing.T) {
 			t.Errorf("status %d: %v", status, err)
 		}
 	}
+	if _, err := ClientHandshake(newCapture(refusal(statusBusy)), Credentials{Key: testKey}, RoleControl); !errors.Is(err, ErrBusy) {
+		t.Errorf("busy: %v", err)
+	}
 	v3answer := append([]byte("VMSC\x03\x01"), make([]byte, 64)...)
 	if _, err := ClientHandshake(newCapture(v3answer), Credentials{Key: testKey}, RoleControl); err == nil || !strings.Contains(err.Error(), "version 3") {
 		t.Errorf("a version-3 receiver: %v", err)
