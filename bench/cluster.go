@@ -158,6 +158,15 @@ func (c *Cluster) StartReceiver(ctx context.Context, i int) error {
 	if c.cfg.ReceiverQEMU != "" {
 		args = append(args, "--qemu", c.cfg.ReceiverQEMU)
 	}
+	// What the lab's guests boot from and write to: the fixture's kernel and initramfs and the fetched QEMUs'
+	// firmware (all in the project's cache), and the cluster's shared storage.
+	if cache, err := fixture.CacheDir(); err == nil {
+		args = append(args, "--allow-path", filepath.Dir(cache))
+	}
+	if err := os.MkdirAll(c.SharedDir(), 0o755); err != nil {
+		return err
+	}
+	args = append(args, "--allow-path", c.SharedDir())
 	cmd := t.Command(context.Background(), c.cfg.Bin, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {

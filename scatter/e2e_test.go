@@ -309,7 +309,7 @@ func diffCount(a, b []byte) int {
 func TestWrongKeyRollsBack(t *testing.T) {
 	bin := requireQEMU(t)
 	g := startGuest(t, bin, t.TempDir(), "vm1", 32)
-	r := startReceiver(t, []byte("another key, not the sender's!!"), nil)
+	r := startReceiver(t, []byte("another key, not the sender's!!!"), nil)
 	rep, err := source.Send(context.Background(), sendCfg(testKey, []string{r.addr}, g))
 	if !errors.Is(err, source.ErrNothingMigrated) {
 		t.Fatalf("err = %v", err)
@@ -449,12 +449,14 @@ func TestSeedFromBootFiles(t *testing.T) {
 	loader := "loader,file=" + blobPath + ",addr=0x200000,force-raw=on"
 	a := startGuest(t, bin, dir, "seeda", 64, "-device", loader)
 	b := startGuest(t, bin, dir, "seedb", 64, "-device", loader)
-	r1 := startReceiver(t, testKey, nil)
+	// r1's seed reads boot files only under its allowed paths.
+	r1 := startReceiver(t, testKey, func(c *dest.Config) { c.AllowPaths = []string{dir} })
 	other := filepath.Join(dir, "blob-elsewhere.bin") // r2's copy of the blob differs from the source's
 	if err := os.WriteFile(other, bytes.Repeat([]byte{0x5a}, len(blob)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	r2 := startReceiver(t, testKey, func(c *dest.Config) {
+		c.AllowPaths = []string{dir}
 		c.OpenSeedFile = func(p string) (*os.File, error) {
 			if p == blobPath {
 				p = other
@@ -505,8 +507,8 @@ func TestMigrateEveryQEMUVersion(t *testing.T) {
 			dir := t.TempDir()
 			running := startGuest(t, bin, dir, "run"+strings.ReplaceAll(v, ".", ""), 64)
 			paused := startGuest(t, bin, dir, "frozen"+strings.ReplaceAll(v, ".", ""), 64)
-			// A destination of the same version.
-			r := startReceiver(t, testKey, func(c *dest.Config) { c.QEMU = bin })
+			// A destination of the same version; its firmware (-L) lies in the fetched QEMU's cache directory.
+			r := startReceiver(t, testKey, func(c *dest.Config) { c.QEMU, c.AllowPaths = bin, []string{filepath.Dir(bin)} })
 			time.Sleep(time.Second) // SeaBIOS writes into RAM
 			ctx := context.Background()
 			if err := paused.q.Stop(ctx); err != nil {

@@ -21,10 +21,10 @@ func Pair(key []byte, w io.Writer, r io.Reader) (client, server *secure.Conn, er
 	}
 	done := make(chan result, 1)
 	go func() {
-		c, _, err := secure.ServerHandshake(sm, key)
+		c, _, err := secure.ServerHandshake(sm, secure.Credentials{Key: key})
 		done <- result{c, err}
 	}()
-	client, cerr := secure.ClientHandshake(cm, key, secure.RoleVM)
+	client, cerr := secure.ClientHandshake(cm, secure.Credentials{Key: key}, secure.RoleVM)
 	if cerr != nil {
 		cp.Close() // ends the server's side too
 	}

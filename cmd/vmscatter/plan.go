@@ -30,6 +30,7 @@ func planCommand() *cli.Command {
 			&cli.StringSliceFlag{Name: "vms", Usage: "live VMs, `NAME=QMP_SOCKET[,...]`"},
 			&cli.StringSliceFlag{Name: "targets", Usage: "receivers of live VMs, `ADDR:PORT[,...]`"},
 			&cli.StringFlag{Name: "key-file", Usage: "the shared key, for live VMs"},
+			hostKeyFlag(), allowPeersFlag(),
 			&cli.StringSliceFlag{Name: "placement", Usage: "pin VMs to targets, `NAME=TARGET[,...]`"},
 			&cli.StringSliceFlag{Name: "images", Usage: "RAM images, `NAME=PATH[,...]`"},
 			&cli.StringSliceFlag{Name: "target", Usage: "a target for images, `NAME=MEMBYTES` (K/M/G/T suffixes); repeat it"},

@@ -18,7 +18,10 @@ func receiveCommand() *cli.Command {
 		Name:  "receive",
 		Usage: "run the receiver daemon on a target host",
 		Description: `Accepts authenticated sessions from 'vmscatter send', starts a destination QEMU per VM under
-   DATA-DIR/<vm>/ (qmp.sock, serial.log, qemu.pid) and feeds it the migration stream. Connections that do not
+   DATA-DIR/<vm>/ (qmp.sock, serial.log, qemu.pid) and feeds it the migration stream. A destination's command line
+   (the source's own, rewritten) must pass the receiver's policy: guest files only under --data-dir and --allow-path,
+   no host programs, network listeners, host devices or file descriptors; every destination runs under QEMU's
+   seccomp sandbox. Connections that do not
    prove knowledge of the key are refused and logged. SIGTERM or SIGINT stops it cleanly: in-flight migrations are
    rolled back (their sources resume), VMs that already run here keep running.
 
@@ -34,6 +37,9 @@ func receiveCommand() *cli.Command {
 			&cli.IntFlag{Name: "max-vms", Usage: "VMs accepted per run, for placement; default no limit"},
 			&cli.StringFlag{Name: "iface", Usage: "interface to join multicast groups on (default: the one the sender's control connection arrives on)"},
 			&cli.StringFlag{Name: "qemu", Usage: "the QEMU binary every destination runs (default: the source's binary name, e.g. qemu-system-x86_64, on this host's `PATH`)"},
+			&cli.StringSliceFlag{Name: "allow-path", Usage: "a `DIR` guest files may come from besides --data-dir: disks, kernels, initrds, memory backends on shared storage (repeatable); destination command lines and seeds use nothing else"},
+			&cli.StringFlag{Name: "runas", Usage: "`USER` destination QEMUs drop to after start-up (default: stay as the receiver's user)"},
+			hostKeyFlag(), allowPeersFlag(),
 			logLevelFlag,
 		},
 		Action: func(c *cli.Context) error {
@@ -45,6 +51,10 @@ func receiveCommand() *cli.Command {
 			if err != nil {
 				return withCode(ExitError, err)
 			}
+			hostKey, peers, err := loadHostKeys(c)
+			if err != nil {
+				return err
+			}
 			limit, err := cliapp.ParseSize(c.String("store-limit"))
 			if err != nil {
 				return usageError("--store-limit: %v", err)
@@ -55,8 +65,9 @@ func receiveCommand() *cli.Command {
 					return usageError("--capacity: %v", err)
 				}
 			}
-			r, err := dest.NewReceiver(dest.Config{DataDir: c.String("data-dir"), Key: key, StoreLimit: limit,
-				Capacity: uint64(capacity), MaxVMs: c.Int("max-vms"), Iface: c.String("iface"), QEMU: c.String("qemu"), Log: log})
+			r, err := dest.NewReceiver(dest.Config{DataDir: c.String("data-dir"), Key: key, HostKey: hostKey, Peers: peers, StoreLimit: limit,
+				Capacity: uint64(capacity), MaxVMs: c.Int("max-vms"), Iface: c.String("iface"), QEMU: c.String("qemu"), Log: log,
+				AllowPaths: c.StringSlice("allow-path"), RunAs: c.String("runas")})
 			if err != nil {
 				return withCode(ExitError, err)
 			}

@@ -28,6 +28,7 @@ func recoverCommand() *cli.Command {
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "state-dir", Value: source.DefaultStateDir, Usage: "the sender's journal"},
 			&cli.StringFlag{Name: "key-file", Required: true, Usage: "the shared key (vmscatter keygen)"},
+			hostKeyFlag(), allowPeersFlag(),
 			&cli.StringFlag{Name: "report", Value: "vmscatter-recover.json", Usage: "where to write the JSON report"},
 			&cli.StringFlag{Name: "log-level", Value: "warn", Usage: "log detail: debug, info, warn, error"},
 		},
@@ -44,9 +45,13 @@ func runRecover(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	hostKey, peers, err := loadHostKeys(c)
+	if err != nil {
+		return err
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	defer stop()
-	rep, err := recovery.Run(ctx, recovery.Config{StateDir: c.String("state-dir"), Key: key, Progress: c.App.ErrWriter, Log: log})
+	rep, err := recovery.Run(ctx, recovery.Config{StateDir: c.String("state-dir"), Key: key, HostKey: hostKey, Peers: peers, Progress: c.App.ErrWriter, Log: log})
 	if err != nil {
 		return withCode(ExitError, err)
 	}

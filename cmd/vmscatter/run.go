@@ -111,7 +111,12 @@ func baseSendConfig(c *cli.Context) (source.Config, error) {
 	if err != nil {
 		return cfg, err
 	}
-	cfg = source.Config{Targets: splitList(c.StringSlice("targets")), Key: key, Algorithm: c.String("algorithm"), Log: log}
+	hostKey, peers, err := loadHostKeys(c)
+	if err != nil {
+		return cfg, err
+	}
+	cfg = source.Config{Targets: splitList(c.StringSlice("targets")), Key: key, HostKey: hostKey, Peers: peers,
+		Algorithm: c.String("algorithm"), Log: log}
 	for _, p := range pairs {
 		cfg.VMs = append(cfg.VMs, source.VMSpec{Name: p[0], QMP: p[1]})
 	}

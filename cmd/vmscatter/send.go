@@ -33,6 +33,7 @@ func sendCommand() *cli.Command {
 			&cli.StringFlag{Name: "key-file", Required: true, Usage: "the shared key (vmscatter keygen)"},
 			&cli.StringFlag{Name: "report", Value: "vmscatter-report.json", Usage: "where to write the JSON report (rewritten as each VM settles)"},
 			&cli.StringFlag{Name: "state-dir", Value: source.DefaultStateDir, Usage: "where the run is journaled, for `vmscatter recover` and `status`"},
+			hostKeyFlag(), allowPeersFlag(),
 			&cli.StringSliceFlag{Name: "placement", Usage: "`auto` (the planner places every VM, the default) or pins, NAME=ADDR:PORT[,...]; unpinned VMs are placed by the planner"},
 			&cli.StringFlag{Name: "algorithm", Value: "ours", Usage: "placement: ours, greedy (VMScatter's), exact (≤ 12 VMs, ≤ 4 targets)"},
 			&cli.IntFlag{Name: "parallel", Usage: "migrations at once (default min(4, VMs))"},

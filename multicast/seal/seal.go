@@ -1,13 +1,19 @@
 // Package seal authenticates and encrypts data-plane packets with AES-256-GCM and drops forged,
 // replayed, truncated and oversized ones, counting each kind.
 //
-// The AEAD key is derived from the per-migration 32-byte key with HKDF-SHA256 (info "vmscatter data v1"),
-// so the data plane never shares a key schedule with the control channel. The 12-byte GCM nonce is the
-// sending node (2 bytes), two zero bytes, and the packet number (8 bytes). Every node has its own number
-// and its packet numbers strictly increase, so a nonce is never used twice under one key. Drivers start a
-// node's numbers at the wall clock in nanoseconds, so a restarted node keeps going upwards.
+// The AEAD key is derived from a 32-byte session key with HKDF-SHA256 (info "vmscatter data v1"), so the
+// data plane never shares a key schedule with the control channel. The 12-byte GCM nonce is the sending
+// node (2 bytes), two zero bytes, and the packet number (8 bytes).
 //
-// The 24-byte clear header (wire.Header) is the additional data: it is authenticated, not encrypted.
+// A (key, nonce) pair is never used twice, by construction: every group of a run has its own session key
+// (GroupKey: HKDF of the run's key and the group's session id, which names the group), within a group
+// every node has its own number (the sender 0xFFFF, each receiver its id), and every node has one Sealer per
+// group, whose packet numbers strictly increase and never wrap (ErrExhausted). Drivers start a node's numbers
+// at the wall clock in nanoseconds; uniqueness does not rest on that, only on one Sealer per (group, node).
+//
+// The 24-byte clear header (wire.Header) is the additional data: it is authenticated, not encrypted. Its
+// session id is the group's (GroupSession), so a packet of one group is refused by every other group
+// before decryption, and could not be opened there anyway.
 package seal
 
 import (
@@ -68,6 +74,25 @@ func newAEAD(key [32]byte) (cipher.AEAD, error) {
 		return nil, err
 	}
 	return cipher.NewGCM(b)
+}
+
+// GroupSession is the session id of prime group number group (1 or more) of a run: the run's session id with
+// its low 16 bits replaced by the group number. It goes into every packet header of the group, and so into
+// the AEAD's additional data.
+func GroupSession(run uint64, group uint16) uint64 {
+	return run&^0xFFFF | uint64(group)
+}
+
+// GroupKey derives the session key of one group from the run's data key: HKDF-SHA256(ikm = run key, salt =
+// none, info = "vmscatter group v1" · be64 group session id). Groups of one run never share a key, so their
+// packet numbers may overlap freely; and a target learns only the keys of the groups it joins.
+func GroupKey(run [32]byte, groupSession uint64) [32]byte {
+	info := binary.BigEndian.AppendUint64([]byte("vmscatter group v1"), groupSession)
+	k, err := hkdf.Key(sha256.New, run[:], nil, string(info), 32)
+	if err != nil {
+		panic(err) // 32 bytes of SHA-256 HKDF output never fail
+	}
+	return [32]byte(k)
 }
 
 func nonce(n *[12]byte, node uint16, pn uint64) {

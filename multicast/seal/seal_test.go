@@ -96,3 +96,15 @@ func FuzzOpen(f *testing.F) {
 		}
 	})
 }
+
+func TestGroupKeyAndSession(t *testing.T) {
+	run := [32]byte{7}
+	s1, s2 := GroupSession(0x1122334455667788, 1), GroupSession(0x1122334455667788, 2)
+	if s1 != 0x1122334455660001 || s2 != 0x1122334455660002 {
+		t.Fatalf("sessions %x %x", s1, s2)
+	}
+	k1, k2 := GroupKey(run, s1), GroupKey(run, s2)
+	if k1 == k2 || k1 == run || GroupKey(run, s1) != k1 || GroupKey([32]byte{8}, s1) == k1 {
+		t.Fatal("group keys are not distinct per group and run, or not deterministic")
+	}
+}

@@ -162,7 +162,7 @@ func (s *fakeSender) dial(role byte) *secure.Conn {
 	if err != nil {
 		s.t.Fatal(err)
 	}
-	sc, err := secure.ClientHandshake(c, testKey, role)
+	sc, err := secure.ClientHandshake(c, secure.Credentials{Key: testKey}, role)
 	if err != nil {
 		s.t.Fatal(err)
 	}

@@ -60,13 +60,32 @@ func (r *Receiver) qemuBinary(src string) (string, error) {
 }
 
 // destinationCommandLine turns a source's argv into its destination's under dir (qemu.RewriteCommandLine), started
-// by this receiver's QEMU binary for it.
+// by this receiver's QEMU binary for it, under the receiver's policy (qemu.ApplyPolicy: an allow-list of options,
+// host paths confined to dir and the allowed roots, the seccomp sandbox, --runas). A command line the policy
+// refuses starts nothing; the error names the option.
 func (r *Receiver) destinationCommandLine(src []string, dir string) ([]string, error) {
 	argv, err := qemu.RewriteCommandLine(src, dir)
 	if err != nil {
 		return nil, err
 	}
 	if argv[0], err = r.qemuBinary(src[0]); err != nil {
+		return nil, err
+	}
+	pol := r.qemuPolicy(dir)
+	if pol.RunAs != "" {
+		// QEMU 9.1 spells it -run-with user= (10.0 removed -runas).
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		b, err := r.probes.probe(ctx, argv[0])
+		cancel()
+		if err != nil {
+			return nil, err
+		}
+		pol.RunWith = b.Version.Major > 9 || (b.Version.Major == 9 && b.Version.Minor >= 1)
+	}
+	if argv, err = qemu.ApplyPolicy(argv, pol); err != nil {
+		return nil, err
+	}
+	if err := qemu.PrepareVMDir(pol); err != nil {
 		return nil, err
 	}
 	return argv, nil

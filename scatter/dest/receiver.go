@@ -7,11 +7,14 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/user"
+	"path/filepath"
 	"runtime"
 	"sync"
 	"time"
 
 	"github.com/vmscatter/vmscatter/dedup"
+	"github.com/vmscatter/vmscatter/qemu"
 	"github.com/vmscatter/vmscatter/scatter/host"
 	"github.com/vmscatter/vmscatter/scatter/secure"
 	"github.com/vmscatter/vmscatter/scatter/wire"
@@ -19,13 +22,26 @@ import (
 
 // Config configures the receiver daemon.
 type Config struct {
-	DataDir    string       // destination VMs live in DataDir/<vm>/
-	Key        []byte       // the shared key (see LoadKey)
-	StoreLimit int64        // bytes of primed content held per session; 0 means DefaultStoreLimit
-	Capacity   uint64       // memory offered to migrated VMs, for placement; 0 means what is available
-	Iface      string       // interface for multicast; "" means the one the control connection arrives on
-	MaxVMs     int          // VMs accepted per run, for placement; 0 means no limit
-	Log        *slog.Logger // nil logs nowhere
+	DataDir    string          // destination VMs live in DataDir/<vm>/
+	Key        []byte          // the shared key (see LoadKey)
+	HostKey    *secure.HostKey // this receiver's own key pair (receive --host-key); nil: the shared key alone
+	Peers      *secure.Peers   // with HostKey: the senders' public keys it accepts (receive --allow-peers)
+	StoreLimit int64           // bytes of primed content held per session; 0 means DefaultStoreLimit
+	Capacity   uint64          // memory offered to migrated VMs, for placement; 0 means what is available
+	Iface      string          // interface for multicast; "" means the one the control connection arrives on
+	MaxVMs     int             // VMs accepted per run, for placement; 0 means no limit
+	Log        *slog.Logger    // nil logs nowhere
+
+	// AllowPaths are the directories, besides DataDir, that guest files may come from: the shared storage of disks,
+	// kernels and initrds, memory-backend files (`receive --allow-path`). A destination's command line and the seed
+	// use nothing outside them (qemu.ApplyPolicy, openBootFile).
+	AllowPaths []string
+	// RunAs is the user destination QEMUs drop to (`receive --runas`); "" leaves them as the receiver's user.
+	RunAs string
+
+	// MaxHandshakes bounds the connections still in their handshake, in all; MaxHandshakesPerHost, those from one
+	// source address. 0 means DefaultMaxHandshakes and DefaultMaxHandshakesPerHost.
+	MaxHandshakes, MaxHandshakesPerHost int
 
 	// QEMU is the binary every destination runs (receive --qemu); "" means the source's binary name (argv[0]'s base
 	// name) looked up on this host's PATH.
@@ -39,7 +55,7 @@ type Config struct {
 	// WrapConn wraps every accepted connection before the handshake: a wrapper can cut it, as a dying receiver or
 	// a broken link would.
 	WrapConn func(net.Conn) net.Conn
-	// OpenSeedFile opens a boot file for the seed (default: openSeedFile's checks, then os.Open).
+	// OpenSeedFile opens a boot file for the seed (default: openBootFile under DataDir and AllowPaths).
 	OpenSeedFile func(path string) (*os.File, error)
 }
 
@@ -49,9 +65,13 @@ const DefaultStoreLimit = 4 << 30
 // Receiver accepts sessions from senders and runs destination QEMUs. It is safe for concurrent use: each connection
 // has its own goroutine, and each VM a driver loop of its own (vm.go); the session and VM tables are guarded by mu.
 type Receiver struct {
-	cfg    Config
-	log    *slog.Logger
-	bounds Bounds
+	cfg        Config
+	log        *slog.Logger
+	bounds     Bounds
+	roots      []allowedRoot // DataDir and AllowPaths, resolved
+	gate       *handshakeGate
+	refusals   *refusalLog // refused connections
+	acceptErrs *refusalLog // accept failures (descriptors or memory short), logged apart so a flood hides none
 
 	mu       sync.Mutex
 	cond     *sync.Cond // on mu: a VM loop ended, or a VM came to rest
@@ -73,8 +93,8 @@ type session struct {
 
 // NewReceiver checks the configuration and returns a receiver.
 func NewReceiver(cfg Config) (*Receiver, error) {
-	if len(cfg.Key) < secure.MinKeyLen {
-		return nil, fmt.Errorf("the key must be at least %d bytes (create one with `vmscatter keygen`)", secure.MinKeyLen)
+	if err := cfg.credentials().Check(); err != nil {
+		return nil, err
 	}
 	if cfg.DataDir == "" {
 		return nil, errors.New("no data directory (--data-dir)")
@@ -91,13 +111,42 @@ func NewReceiver(cfg Config) (*Receiver, error) {
 	if cfg.RefWait == 0 {
 		cfg.RefWait = 30 * time.Second
 	}
+	dataDir, err := filepath.Abs(cfg.DataDir)
+	if err != nil {
+		return nil, fmt.Errorf("data directory: %w", err)
+	}
+	cfg.DataDir = dataDir
+	roots, err := resolveRoots(append([]string{cfg.DataDir}, cfg.AllowPaths...))
+	if err != nil {
+		return nil, err
+	}
+	if cfg.RunAs != "" {
+		if _, err := user.Lookup(cfg.RunAs); err != nil {
+			return nil, fmt.Errorf("--runas: %w", err)
+		}
+		// A destination that dropped to the user reaches its own directory (qemu.PrepareVMDir) through this one:
+		// others may traverse it, not list it.
+		if err := os.Chmod(cfg.DataDir, 0o751); err != nil {
+			return nil, fmt.Errorf("data directory: %w", err)
+		}
+	}
 	log := cfg.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	r := &Receiver{cfg: cfg, log: log, bounds: cfg.Bounds.withDefaults(cfg.LoadTimeout),
-		sessions: map[wire.SessionID]*session{}, vms: map[string]*vmDriver{}}
+	if cfg.MaxHandshakes <= 0 {
+		cfg.MaxHandshakes = DefaultMaxHandshakes
+	}
+	if cfg.MaxHandshakesPerHost <= 0 {
+		cfg.MaxHandshakesPerHost = DefaultMaxHandshakesPerHost
+	}
+	r := &Receiver{cfg: cfg, log: log, bounds: cfg.Bounds.withDefaults(cfg.LoadTimeout), roots: roots,
+		gate: newHandshakeGate(cfg.MaxHandshakes, cfg.MaxHandshakesPerHost), refusals: newRefusalLog(log),
+		acceptErrs: newRefusalLog(log), sessions: map[wire.SessionID]*session{}, vms: map[string]*vmDriver{}}
 	r.cond = sync.NewCond(&r.mu)
+	if r.cfg.OpenSeedFile == nil {
+		r.cfg.OpenSeedFile = func(p string) (*os.File, error) { return openBootFile(p, r.roots) }
+	}
 	if err := r.checkQEMU(); err != nil {
 		return nil, err
 	}
@@ -107,30 +156,48 @@ func NewReceiver(cfg Config) (*Receiver, error) {
 // Serve first restores every VM the data directory's journal records (restore.go), then accepts connections until
 // ctx ends. Then it closes the listener, tells every VM's machine to stop (Stop) and waits until each is at rest
 // (restore.go: a destination that had not loaded is torn down, one that START reached runs on, a loaded one stays
-// paused for the sender's word), closes the remaining connections and returns.
+// paused for the sender's word), closes the remaining connections and returns. A connection still in its handshake
+// counts against the handshake limits (Config.MaxHandshakes, MaxHandshakesPerHost); over them it is answered "busy"
+// and closed at once. Accept errors that say the system is short of descriptors or memory for now (EMFILE, ENFILE,
+// ...) make it wait and accept again; they never end it.
 func (r *Receiver) Serve(ctx context.Context, ln net.Listener) error {
 	r.restore()
 	r.log.Info("receiver listening", "addr", ln.Addr().String(), "data_dir", r.cfg.DataDir)
 	go func() { <-ctx.Done(); ln.Close() }()
 	var conns sync.Map
+	failures := 0 // temporary accept errors in a row
 	for {
 		c, err := ln.Accept()
 		if err != nil {
 			if ctx.Err() != nil {
 				break
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
+			if !temporaryAcceptError(err) {
+				return err
 			}
-			return err
+			failures++
+			wait := acceptBackoff(failures)
+			r.acceptErrs.warn("accept failed; waiting before the next", "err", err, "wait", wait)
+			select {
+			case <-time.After(wait):
+			case <-ctx.Done():
+			}
+			continue
+		}
+		failures = 0
+		host := hostOf(c.RemoteAddr())
+		if !r.gate.enter(host) {
+			secure.Refuse(c, secure.StatusBusy)
+			c.Close()
+			r.refusals.warn("refused connection: too many handshakes in progress", "peer", c.RemoteAddr().String())
+			continue
 		}
 		conns.Store(c, true)
 		r.wg.Add(1)
 		go func() {
 			defer r.wg.Done()
 			defer conns.Delete(c)
-			r.handle(ctx, c)
+			r.handle(ctx, c, func() { r.gate.leave(host) })
 		}()
 	}
 	r.stopVMs()
@@ -141,20 +208,25 @@ func (r *Receiver) Serve(ctx context.Context, ln net.Listener) error {
 	return nil
 }
 
-func (r *Receiver) handle(ctx context.Context, c net.Conn) {
+// handle runs one connection: the handshake (after which it calls handshakeDone), then its role.
+func (r *Receiver) handle(ctx context.Context, c net.Conn, handshakeDone func()) {
 	if r.cfg.WrapConn != nil {
 		c = r.cfg.WrapConn(c)
 	}
 	defer c.Close()
 	peer := c.RemoteAddr().String()
-	sc, role, err := secure.ServerHandshake(c, r.cfg.Key)
+	sc, role, err := secure.ServerHandshake(c, r.cfg.credentials())
+	handshakeDone()
 	if err != nil {
 		if errors.Is(err, secure.ErrAuth) {
-			r.log.Warn("refused connection: the peer does not know the key", "peer", peer, "err", err)
+			r.refusals.warn("refused connection: the peer does not know the key or is not allowed", "peer", peer, "err", err)
 		} else {
-			r.log.Warn("refused connection", "peer", peer, "err", err)
+			r.refusals.warn("refused connection", "peer", peer, "err", err)
 		}
 		return
+	}
+	if name := sc.Peer(); name != "" {
+		peer += " (" + name + ")"
 	}
 	// A connection's goroutine ends when the peer hangs up, or when ctx ends (a control connection) or Serve has
 	// brought the VMs to rest (a VM connection).
@@ -271,6 +343,21 @@ func (r *Receiver) serveControl(ctx context.Context, sc *secure.Conn, peer strin
 			return fmt.Errorf("%w: %s on a control connection", wire.ErrFrame, t)
 		}
 	}
+}
+
+func (cfg *Config) credentials() secure.Credentials {
+	return secure.Credentials{Key: cfg.Key, Host: cfg.HostKey, Peers: cfg.Peers}
+}
+
+// qemuPolicy is the policy a destination QEMU of this receiver runs under: host files only in its directory dir, guest
+// files only under the data directory and the allowed paths, the sandbox, and RunAs. The VM driver applies it with
+// qemu.ApplyPolicy to the rewritten command line before it launches the destination.
+func (r *Receiver) qemuPolicy(dir string) qemu.Policy {
+	roots := make([]string, len(r.roots))
+	for i, rt := range r.roots {
+		roots[i] = rt.path
+	}
+	return qemu.Policy{VMDir: dir, Roots: roots, RunAs: r.cfg.RunAs}
 }
 
 // attach finds or creates a session and counts one more user of it.

@@ -34,6 +34,8 @@ import (
 type Config struct {
 	StateDir string // the sender's --state-dir
 	Key      []byte
+	HostKey  *secure.HostKey // with host keys, as the sender used them
+	Peers    *secure.Peers
 	Dial     time.Duration // bound on reaching a receiver; 0 means 10 s
 	Steps    int           // bound on the steps for one VM; 0 means 8
 	Progress io.Writer
@@ -291,7 +293,7 @@ func (r *recovery) attach(ctx context.Context) (*secure.Conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("receiver %s unreachable: %w", r.rec.Target, err)
 	}
-	sc, err := secure.ClientHandshake(c, r.cfg.Key, secure.RoleVM)
+	sc, err := secure.ClientHandshake(c, secure.Credentials{Key: r.cfg.Key, Host: r.cfg.HostKey, Peers: r.cfg.Peers}, secure.RoleVM)
 	if err != nil {
 		c.Close()
 		return nil, fmt.Errorf("receiver %s: %w", r.rec.Target, err)

@@ -1,10 +1,13 @@
 // Package secure is the handshake and framing of every vmscatter TCP connection (control and per-VM data). docs/control.md has the
-// byte layout. Both sides prove knowledge of the shared key with HMAC-SHA256 over fresh nonces from each side, and
-// derive per-direction AES-256-GCM keys from it; every frame after the handshake is sealed with a counter nonce, so
-// a forged, altered, reordered or replayed frame fails to open and ends the connection.
+// byte layout. The handshake is Noise (NNpsk0 with the shared key alone, XXpsk0 with host keys; handshake.go): the
+// initiator proves the shared key first, an ephemeral X25519 exchange gives each connection its own keys (forward
+// secrecy), and with host keys each side accepts only the peers on its allow-list. Every frame after the handshake is
+// sealed with AES-256-GCM under the key of its direction and a counter nonce, so a forged, altered, reordered or
+// replayed frame fails to open and ends the connection.
 //
 // Conn is the connection: Send is safe for concurrent use, Recv (and Expect, which bounds its wait with a context
-// and a deadline) belong to one goroutine. LoadKey and WriteNewKey read and write the shared key file.
+// and a deadline) belong to one goroutine. LoadKey, LoadHostKey and LoadPeers read the key files; WriteNewKey and
+// WriteNewHostKey write them.
 package secure
 
 import (
@@ -12,9 +15,6 @@ import (
 	"context"
 	"crypto/aes"
 	"crypto/cipher"
-	"crypto/hmac"
-	"crypto/rand"
-	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -27,10 +27,6 @@ import (
 )
 
 const (
-	handshakeMagic   = "VMSC"
-	protocolVersion  = 3
-	nonceLen         = 32
-	macLen           = sha256.Size
 	maxFramePayload  = 4 << 20 // a frame carries at most this many plaintext bytes
 	handshakeTimeout = 10 * time.Second
 )
@@ -41,7 +37,7 @@ const (
 	RoleVM      byte = 2
 )
 
-// ErrAuth says the peer did not prove knowledge of the shared key.
+// ErrAuth says the peer did not prove knowledge of the shared key, or its host key is not allowed.
 var ErrAuth = errors.New("authentication failed")
 
 // Conn is an authenticated, encrypted, framed connection. Send is safe for concurrent use; Recv must be called
@@ -58,15 +54,8 @@ type Conn struct {
 	rbuf   []byte
 	wbuf   []byte // the frame being sealed, sealed in place
 
-	bytesOut, bytesIn int64 // wire bytes after the handshake (guarded by sendMu for out; Recv's goroutine for in)
-}
-
-func hmacSum(key []byte, parts ...[]byte) []byte {
-	m := hmac.New(sha256.New, key)
-	for _, p := range parts {
-		m.Write(p)
-	}
-	return m.Sum(nil)
+	bytesOut, bytesIn int64  // wire bytes after the handshake (guarded by sendMu for out; Recv's goroutine for in)
+	peer              string // the peer's name on the allow-list, with host keys
 }
 
 func newGCM(key []byte) cipher.AEAD {
@@ -81,98 +70,13 @@ func newGCM(key []byte) cipher.AEAD {
 	return g
 }
 
-func newSecureConn(c net.Conn, sendKey, recvKey []byte) *Conn {
+func newSecureConn(c net.Conn, sendKey, recvKey [32]byte) *Conn {
+	return newConnKeys(c, sendKey[:], recvKey[:])
+}
+
+func newConnKeys(c net.Conn, sendKey, recvKey []byte) *Conn {
 	return &Conn{c: c, r: bufio.NewReaderSize(c, 256<<10), w: bufio.NewWriterSize(c, 256<<10),
 		seal: newGCM(sendKey), open: newGCM(recvKey)}
-}
-
-// ClientHandshake runs the initiator's side.
-func ClientHandshake(c net.Conn, key []byte, role byte) (*Conn, error) {
-	_ = c.SetDeadline(time.Now().Add(handshakeTimeout))
-	defer c.SetDeadline(time.Time{})
-	nc := make([]byte, nonceLen)
-	if _, err := rand.Read(nc); err != nil {
-		return nil, err
-	}
-	hello := append([]byte(handshakeMagic), protocolVersion, role)
-	hello = append(hello, nc...)
-	if _, err := c.Write(hello); err != nil {
-		return nil, fmt.Errorf("handshake: %w", err)
-	}
-	resp := make([]byte, 4+1+1+nonceLen+macLen)
-	if _, err := io.ReadFull(c, resp); err != nil {
-		return nil, fmt.Errorf("handshake: no answer from receiver (%w); is it a vmscatter receiver of this version?", err)
-	}
-	if string(resp[:4]) != handshakeMagic {
-		return nil, fmt.Errorf("handshake: %w: peer is not a vmscatter receiver", ErrAuth)
-	}
-	if resp[4] != protocolVersion {
-		return nil, fmt.Errorf("handshake: receiver speaks protocol version %d, we speak %d: upgrade one side", resp[4], protocolVersion)
-	}
-	if resp[5] != 0 {
-		return nil, fmt.Errorf("handshake: receiver refused the connection (status %d)", resp[5])
-	}
-	ns := resp[6 : 6+nonceLen]
-	if !hmac.Equal(resp[6+nonceLen:], hmacSum(key, []byte("vmscatter receiver"), nc, ns)) {
-		return nil, fmt.Errorf("%w: the receiver does not know our key: check that both sides use the same --key-file", ErrAuth)
-	}
-	if _, err := c.Write(hmacSum(key, []byte("vmscatter sender"), nc, ns)); err != nil {
-		return nil, fmt.Errorf("handshake: %w", err)
-	}
-	var ok [1]byte
-	if _, err := io.ReadFull(c, ok[:]); err != nil || ok[0] != 0 {
-		return nil, fmt.Errorf("%w: the receiver refused our key: check that both sides use the same --key-file", ErrAuth)
-	}
-	c2s, s2c := hmacSum(key, []byte("c2s"), nc, ns), hmacSum(key, []byte("s2c"), nc, ns)
-	return newSecureConn(c, c2s, s2c), nil
-}
-
-// ServerHandshake runs the receiver's side and returns the client's role.
-func ServerHandshake(c net.Conn, key []byte) (*Conn, byte, error) {
-	_ = c.SetDeadline(time.Now().Add(handshakeTimeout))
-	defer c.SetDeadline(time.Time{})
-	hello := make([]byte, 4+1+1+nonceLen)
-	if _, err := io.ReadFull(c, hello); err != nil {
-		return nil, 0, fmt.Errorf("handshake: %w", err)
-	}
-	if string(hello[:4]) != handshakeMagic {
-		return nil, 0, fmt.Errorf("handshake: not a vmscatter client (magic %q)", hello[:4])
-	}
-	status := byte(0)
-	if hello[4] != protocolVersion {
-		status = 1
-	}
-	role := hello[5]
-	if role != RoleControl && role != RoleVM {
-		status = 2
-	}
-	nc := hello[6:]
-	ns := make([]byte, nonceLen)
-	if _, err := rand.Read(ns); err != nil {
-		return nil, 0, err
-	}
-	resp := append([]byte(handshakeMagic), protocolVersion, status)
-	resp = append(resp, ns...)
-	resp = append(resp, hmacSum(key, []byte("vmscatter receiver"), nc, ns)...)
-	if _, err := c.Write(resp); err != nil {
-		return nil, 0, fmt.Errorf("handshake: %w", err)
-	}
-	if status != 0 {
-		return nil, 0, fmt.Errorf("handshake: client speaks version %d role %d", hello[4], role)
-	}
-	mac := make([]byte, macLen)
-	if _, err := io.ReadFull(c, mac); err != nil {
-		return nil, 0, fmt.Errorf("%w: client hung up before proving the key (it has another key?)", ErrAuth)
-	}
-	if !hmac.Equal(mac, hmacSum(key, []byte("vmscatter sender"), nc, ns)) {
-		c.Write([]byte{1})
-		return nil, 0, fmt.Errorf("%w: client does not know the key", ErrAuth)
-	}
-	if _, err := c.Write([]byte{0}); err != nil {
-		return nil, 0, err
-	}
-	c2s, s2c := hmacSum(key, []byte("c2s"), nc, ns), hmacSum(key, []byte("s2c"), nc, ns)
-	return newSecureConn(c, s2c, c2s), role, nil
 }
 
 func counterNonce(n uint64) []byte {
@@ -256,6 +160,9 @@ func (s *Conn) BytesOut() int64 {
 // RemoteAddr and LocalAddr are the underlying connection's.
 func (s *Conn) RemoteAddr() net.Addr { return s.c.RemoteAddr() }
 func (s *Conn) LocalAddr() net.Addr  { return s.c.LocalAddr() }
+
+// Peer is the peer's name on this side's allow-list (its host key's), or "" with the shared key alone.
+func (s *Conn) Peer() string { return s.peer }
 
 // NetConn is the underlying connection, for socket options and queue probes.
 func (s *Conn) NetConn() net.Conn { return s.c }

@@ -13,8 +13,13 @@ import (
 
 var testKey = []byte("0123456789abcdef0123456789abcdef")
 
-// pipePair runs both handshakes over an in-memory pipe.
+// pipePair runs both handshakes over an in-memory pipe, with the shared key alone.
 func pipePair(t *testing.T, clientKey, serverKey []byte) (*Conn, *Conn, error, error) {
+	return credPair(t, Credentials{Key: clientKey}, Credentials{Key: serverKey})
+}
+
+// credPair runs both handshakes over an in-memory pipe.
+func credPair(t *testing.T, client, server Credentials) (*Conn, *Conn, error, error) {
 	t.Helper()
 	a, b := net.Pipe()
 	t.Cleanup(func() { a.Close(); b.Close() })
@@ -24,7 +29,7 @@ func pipePair(t *testing.T, clientKey, serverKey []byte) (*Conn, *Conn, error, e
 	}
 	srv := make(chan res, 1)
 	go func() {
-		sc, role, err := ServerHandshake(b, serverKey)
+		sc, role, err := ServerHandshake(b, server)
 		if err == nil && role != RoleVM {
 			err = errors.New("wrong role")
 		}
@@ -33,7 +38,7 @@ func pipePair(t *testing.T, clientKey, serverKey []byte) (*Conn, *Conn, error, e
 		}
 		srv <- res{sc, err}
 	}()
-	cl, cerr := ClientHandshake(a, clientKey, RoleVM)
+	cl, cerr := ClientHandshake(a, client, RoleVM)
 	if cerr != nil {
 		a.Close()
 	}
@@ -67,6 +72,9 @@ func TestHandshakeAndFrames(t *testing.T) {
 
 func TestHandshakeWrongKeyRefusedBothWays(t *testing.T) {
 	other := []byte("ffffffffffffffffffffffffffffffff")
+	if len(other) != MinKeyLen {
+		t.Fatal("test key length")
+	}
 	_, _, cerr, serr := pipePair(t, other, testKey)
 	if !errors.Is(cerr, ErrAuth) {
 		t.Fatalf("client with the wrong key: %v", cerr)
@@ -80,7 +88,7 @@ func TestHandshakeNotVmscatter(t *testing.T) {
 	a, b := net.Pipe()
 	defer a.Close()
 	go func() { b.Write([]byte("GET / HTTP/1.1\r\n\r\n")); b.Close() }()
-	if _, _, err := ServerHandshake(a, testKey); err == nil {
+	if _, _, err := ServerHandshake(a, Credentials{Key: testKey}); err == nil {
 		t.Fatal("an HTTP request passed the handshake")
 	}
 }
@@ -96,7 +104,7 @@ func (r *recorder) Write(p []byte) (int, error) { r.buf.Write(p); return len(p),
 func sealedFrames(t *testing.T, frames ...[]byte) []byte {
 	t.Helper()
 	rec := &recorder{}
-	sc := newSecureConn(rec, testKey, testKey)
+	sc := newConnKeys(rec, testKey, testKey)
 	for _, f := range frames {
 		if err := sc.Send(wire.FramePages, f, true); err != nil {
 			t.Fatal(err)
@@ -109,7 +117,7 @@ func openAll(raw []byte) error {
 	a, b := net.Pipe()
 	defer a.Close()
 	go func() { b.Write(raw); b.Close() }()
-	sc := newSecureConn(a, testKey, testKey)
+	sc := newConnKeys(a, testKey, testKey)
 	for {
 		if _, _, err := sc.Recv(); err != nil {
 			if errors.Is(err, io.EOF) {

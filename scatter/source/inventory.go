@@ -151,7 +151,7 @@ func (s *sender) dial(ctx context.Context, addr string, role byte) (*secure.Conn
 		// the real downtime would exceed its estimate: keep the whole path near 1 MiB.
 		_ = tc.SetWriteBuffer(streamSocketBuffer)
 	}
-	sc, err := secure.ClientHandshake(c, s.cfg.Key, role)
+	sc, err := secure.ClientHandshake(c, s.cfg.credentials(), role)
 	if err != nil {
 		c.Close()
 		return nil, fmt.Errorf("receiver %s: %w", addr, err)

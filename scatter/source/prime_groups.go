@@ -9,6 +9,7 @@ import (
 	"net/netip"
 
 	"github.com/vmscatter/vmscatter/multicast"
+	"github.com/vmscatter/vmscatter/multicast/seal"
 	"github.com/vmscatter/vmscatter/scatter/host"
 	"github.com/vmscatter/vmscatter/scatter/report"
 	"github.com/vmscatter/vmscatter/scatter/wire"
@@ -28,13 +29,12 @@ func (p *primer) openGroups(ctx context.Context, rep *report.Report) error {
 	if mode == TransportUnicast {
 		return nil
 	}
-	var key [32]byte
-	if _, err := rand.Read(key[:]); err != nil {
+	var runKey [32]byte
+	if _, err := rand.Read(runKey[:]); err != nil {
 		return err
 	}
-	sid := binary.BigEndian.Uint64(s.session[:8])
-	cfg := multicast.Config{Key: key, SessionID: sid, RateBps: s.cfg.RateBps}
 	var sets [][]int
+	crypto := map[*primeGroup]groupCrypto{} // each group's own key and session id
 	for _, b := range s.batches {
 		k := targetSetKey(b.targets)
 		if len(b.targets) < 2 || p.groups[k] != nil {
@@ -43,7 +43,9 @@ func (p *primer) openGroups(ctx context.Context, rep *report.Report) error {
 		if len(sets) >= 250 {
 			break // more target sets than group addresses: the rest go by unicast
 		}
-		g := &primeGroup{addr: fmt.Sprintf("239.255.%d.%d:%d", s.session[0], len(sets)+1, multicastPort), targets: b.targets}
+		num := len(sets) + 1
+		g := &primeGroup{addr: fmt.Sprintf("239.255.%d.%d:%d", s.session[0], num, multicastPort), targets: b.targets}
+		crypto[g] = newGroupCrypto(runKey, s.session, num)
 		p.groups[k] = g
 		sets = append(sets, b.targets)
 	}
@@ -65,6 +67,7 @@ func (p *primer) openGroups(ctx context.Context, rep *report.Report) error {
 	}
 	// Join early: every member of every group, before the first byte.
 	for _, g := range p.groups {
+		gc := crypto[g]
 		for _, ti := range g.targets {
 			t := s.targets[ti]
 			var local []int
@@ -73,8 +76,8 @@ func (p *primer) openGroups(ctx context.Context, rep *report.Report) error {
 					local = append(local, vmi)
 				}
 			}
-			err := t.sc.SendJSON(wire.FrameJoin, wire.JoinMsg{Group: g.addr, ReceiverID: uint16(ti), Key: key[:], SessionID: sid,
-				RateBps: s.cfg.RateBps, LocalSlots: local})
+			err := t.sc.SendJSON(wire.FrameJoin, wire.JoinMsg{Group: g.addr, ReceiverID: uint16(ti), Key: gc.key[:],
+				SessionID: gc.session, RateBps: s.cfg.RateBps, LocalSlots: local})
 			if err == nil {
 				var e wire.JoinedMsg
 				if err = t.sc.Expect(ctx, wire.FrameJoined, &e); err == nil && e.Error != "" {
@@ -105,7 +108,7 @@ func (p *primer) openGroups(ctx context.Context, rep *report.Report) error {
 			}
 			continue
 		}
-		ms, err := multicast.NewSender(cfg, tr)
+		ms, err := multicast.NewSender(multicast.Config{Key: crypto[g].key, SessionID: crypto[g].session, RateBps: s.cfg.RateBps}, tr)
 		if err != nil {
 			tr.Close()
 			return err
@@ -135,6 +138,21 @@ func (p *primer) openGroups(ctx context.Context, rep *report.Report) error {
 		}
 	}
 	return nil
+}
+
+// groupCrypto is one group's key and session id. Every group has its own key, derived from the run's data key and the
+// group's session id (which carries the group's number), so that no two groups seal under one key: the sender is node
+// 0xFFFF in every group and each target keeps its receiver id across groups, and their packet numbers start at the
+// wall clock, so groups set up in the same nanosecond would otherwise reuse (key, nonce) pairs. A target is told the
+// keys of its own groups only.
+type groupCrypto struct {
+	key     [32]byte
+	session uint64
+}
+
+func newGroupCrypto(runKey [32]byte, session wire.SessionID, num int) groupCrypto {
+	sid := seal.GroupSession(binary.BigEndian.Uint64(session[:8]), uint16(num))
+	return groupCrypto{key: seal.GroupKey(runKey, sid), session: sid}
 }
 
 // closeGroups ends every group: the members leave, the senders close, and their bytes count as prime bytes.

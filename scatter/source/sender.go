@@ -38,6 +38,8 @@ type Config struct {
 	Placement map[string]string // VM name -> target address; VMs not named here are placed by the planner
 	Algorithm string            // placement: greedy, ours (default) or exact
 	Key       []byte
+	HostKey   *secure.HostKey // this host's own key pair (send --host-key); nil: the shared key alone
+	Peers     *secure.Peers   // with HostKey: the receivers' public keys it accepts (send --allow-peers)
 
 	Parallel     int           // migrations at once; 0 means min(4, VMs)
 	Timeout      time.Duration // bound on each VM's migration; 0 means 10 min
@@ -73,6 +75,11 @@ type Config struct {
 	// WrapStream wraps the source QEMU's migration stream as vmscatter reads it: a wrapper can cut it short or
 	// stall it, as a failing source or link would.
 	WrapStream func(vm string, c net.Conn) net.Conn
+}
+
+// credentials are what the sender proves and accepts in every handshake (dial).
+func (cfg *Config) credentials() secure.Credentials {
+	return secure.Credentials{Key: cfg.Key, Host: cfg.HostKey, Peers: cfg.Peers}
 }
 
 // Transports for the prime.
@@ -149,6 +156,9 @@ func newSender(cfg Config) (*sender, error) {
 			return nil, fmt.Errorf("VM %s is named twice", vm.Name)
 		}
 		seen[vm.Name] = true
+	}
+	if err := cfg.credentials().Check(); err != nil {
+		return nil, err
 	}
 	if cfg.Parallel <= 0 {
 		cfg.Parallel = min(4, len(cfg.VMs))
