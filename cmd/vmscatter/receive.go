@@ -21,9 +21,11 @@ func receiveCommand() *cli.Command {
    DATA-DIR/<vm>/ (qmp.sock, serial.log, qemu.pid) and feeds it the migration stream. A destination's command line
    (the source's own, rewritten) must pass the receiver's policy: guest files only under --data-dir and --allow-path,
    no host programs, network listeners, host devices or file descriptors; every destination runs under QEMU's
-   seccomp sandbox. Connections that do not
-   prove knowledge of the key are refused and logged. SIGTERM or SIGINT stops it cleanly: in-flight migrations are
-   rolled back (their sources resume), VMs that already run here keep running.
+   seccomp sandbox. Connections that do not prove knowledge of the key are refused and logged.
+
+   Each VM's migration is journaled under DATA-DIR/<vm>/ (docs/commit.md). SIGTERM or SIGINT stops the daemon at a
+   safe point: a destination that has not loaded is torn down (its source resumes), one that was told to start runs
+   on, and a loaded one stays paused for the sender's word. A restarted receiver picks each VM up from its journal.
 
    Destinations run --qemu, else the source's QEMU binary name found on this host's PATH. The sender places a VM
    here only if that QEMU is the source's version or newer and has the VM's machine type.`,
