@@ -54,6 +54,7 @@ const (
 	FrameSeed         FrameType = 0x0b // sender→receiver (control), binary: seed records
 	FrameSeedDone     FrameType = 0x0c // sender→receiver (control), JSON SeedDoneMsg
 	FrameSeedAck      FrameType = 0x0d // receiver→sender (control), JSON SeedAckMsg
+	FrameDigests      FrameType = 0x0e // sender→receiver (control), binary: digest records of a group's contents
 )
 
 func (t FrameType) String() string {
@@ -70,7 +71,7 @@ var frameNames = map[FrameType]string{
 	FrameTail: "TAIL", FrameStreamEnd: "STREAM_END", FrameReturnPath: "RETURN_PATH", FrameRunning: "RUNNING",
 	FrameCommit: "COMMIT", FrameAbort: "ABORT", FrameError: "ERROR", FrameDone: "DONE", FrameStreamCancel: "STREAM_CANCEL",
 	FrameLoaded: "LOADED", FrameStart: "START", FrameJoin: "JOIN", FrameJoined: "JOINED", FrameLeave: "LEAVE",
-	FrameSeedFiles: "SEED_FILES", FrameSeed: "SEED", FrameSeedDone: "SEED_DONE", FrameSeedAck: "SEED_ACK",
+	FrameSeedFiles: "SEED_FILES", FrameSeed: "SEED", FrameSeedDone: "SEED_DONE", FrameSeedAck: "SEED_ACK", FrameDigests: "DIGESTS",
 	FramePagesZ: "PAGES_Z", FrameSwitchover: "SWITCHOVER_START", FrameAborted: "ABORTED", FrameAttach: "ATTACH",
 	FrameQuery: "QUERY", FrameState: "STATE",
 }

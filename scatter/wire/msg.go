@@ -46,9 +46,12 @@ type PrimeDoneMsg struct {
 
 // PrimeAckMsg is the receiver's count of the contents it holds after the prime.
 type PrimeAckMsg struct {
-	Held  int    `json:"held"`
-	Bytes int64  `json:"bytes"`
-	Error string `json:"error,omitempty"`
+	Held  int   `json:"held"`
+	Bytes int64 `json:"bytes"`
+	// Missing are the multicast contents the receiver dropped and does not hold: their bytes did not match the
+	// digest DIGESTS gave, or no digest came for them. The sender never references them.
+	Missing []uint32 `json:"missing,omitempty"`
+	Error   string   `json:"error,omitempty"`
 }
 
 // OpenMsg opens a VM connection: the VM, the source's command line and what the destination needs to load it.
@@ -107,6 +110,9 @@ type JoinMsg struct {
 	SessionID  uint64 `json:"session_id"` // the data plane's session number
 	RateBps    int64  `json:"rate_bps"`
 	LocalSlots []int  `json:"local_slots"` // VM slots placed on this receiver (content records name all holders)
+	// Salt is the session's digest key (32 bytes, dedup.Digester): the receiver checks each content the group
+	// delivers against the digest DIGESTS gave for it.
+	Salt []byte `json:"salt"`
 }
 
 // LeaveMsg asks a receiver to leave a multicast group.
