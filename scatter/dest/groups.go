@@ -17,12 +17,18 @@ import (
 )
 
 // groupSet is a receiver's multicast memberships for one session: one reliable-multicast receiver per group,
-// each delivering into the session's content store. Owned by the control connection's goroutine; close ends them.
+// each delivering into the session's content store through the check of the contents' digests (verify). Owned by
+// the control connection's goroutine; close ends them.
 type groupSet struct {
-	log *slog.Logger
+	log    *slog.Logger
+	verify *groupVerifier
 
 	mu     sync.Mutex
 	groups map[string]*groupMember
+}
+
+func newGroupSet(log *slog.Logger, store *dedup.ContentStore) *groupSet {
+	return &groupSet{log: log, verify: newGroupVerifier(store, log)}
 }
 
 type groupMember struct {
@@ -32,13 +38,16 @@ type groupMember struct {
 
 // join opens a socket on the group (the kernel joins at once: a snooping bridge needs the time) and runs a
 // receiver on it until leave or close.
-func (g *groupSet) join(ctx context.Context, m wire.JoinMsg, local net.Addr, store *dedup.ContentStore, iface string) error {
+func (g *groupSet) join(ctx context.Context, m wire.JoinMsg, local net.Addr, iface string) error {
 	group, err := netip.ParseAddrPort(m.Group)
 	if err != nil {
 		return fmt.Errorf("group %q: %w", m.Group, err)
 	}
 	if len(m.Key) != 32 {
 		return errors.New("data key must be 32 bytes")
+	}
+	if err := g.verify.setSalt(m.Salt); err != nil {
+		return err
 	}
 	if iface == "" {
 		if iface, err = host.IfaceFor(local); err != nil {
@@ -74,7 +83,7 @@ func (g *groupSet) join(ctx context.Context, m wire.JoinMsg, local net.Addr, sto
 		defer close(mem.done)
 		defer tr.Close()
 		err := r.Run(rctx, func(o multicast.Object) error {
-			return putContentRecordsLocal(store, o.Payload, local2)
+			return putBundles(o.Payload, local2, g.verify.put)
 		})
 		if err != nil && rctx.Err() == nil {
 			g.log.Warn("multicast receiver stopped", "group", m.Group, "err", err)

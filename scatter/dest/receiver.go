@@ -251,7 +251,7 @@ func (r *Receiver) serveControl(ctx context.Context, sc *secure.Conn, peer strin
 	s := r.attach(hello.Session, true)
 	defer r.detach(s)
 	r.log.Info("session opened", "session", s.id, "sender", hello.Sender, "peer", peer)
-	groups := &groupSet{log: r.log}
+	groups := newGroupSet(r.log, s.store)
 	defer groups.close()
 	var seed *seedReader
 	defer func() {
@@ -281,8 +281,13 @@ func (r *Receiver) serveControl(ctx context.Context, sc *secure.Conn, peer strin
 			if err := wire.Unmarshal(t, b, &m); err != nil {
 				return err
 			}
+			missing, drops := groups.verify.settle()
+			if drops > 0 {
+				r.log.Warn("multicast contents dropped: not matching their digests, or none came", "session", s.id,
+					"dropped", drops, "missing", len(missing))
+			}
 			st := s.store.Stats()
-			if err := sc.SendJSON(wire.FramePrimeAck, wire.PrimeAckMsg{Held: st.Contents, Bytes: st.Used}); err != nil {
+			if err := sc.SendJSON(wire.FramePrimeAck, wire.PrimeAckMsg{Held: st.Contents, Bytes: st.Used, Missing: missing}); err != nil {
 				return err
 			}
 		case wire.FrameSeedFiles:
@@ -320,7 +325,7 @@ func (r *Receiver) serveControl(ctx context.Context, sc *secure.Conn, peer strin
 			if err := wire.Unmarshal(t, b, &m); err != nil {
 				return err
 			}
-			err := groups.join(ctx, m, sc.LocalAddr(), s.store, r.cfg.Iface)
+			err := groups.join(ctx, m, sc.LocalAddr(), r.cfg.Iface)
 			reply := wire.JoinedMsg{}
 			if err != nil {
 				r.log.Warn("multicast join failed; the sender serves this target by unicast", "group", m.Group, "err", err)
@@ -330,6 +335,10 @@ func (r *Receiver) serveControl(ctx context.Context, sc *secure.Conn, peer strin
 			}
 			if err := sc.SendJSON(wire.FrameJoined, reply); err != nil {
 				return err
+			}
+		case wire.FrameDigests:
+			if err := groups.verify.addDigests(b); err != nil {
+				return fmt.Errorf("%w: %s: %v", wire.ErrFrame, t, err)
 			}
 		case wire.FrameLeave:
 			var m wire.LeaveMsg

@@ -7,14 +7,19 @@ import (
 	"github.com/vmscatter/vmscatter/scatter/wire"
 )
 
-// putContentRecords stores a CONTENT frame's bundles in the session's store.
+// putFunc stores one content's page for the VM slots that need it (dedup.ContentStore.Put, or a check before it).
+type putFunc func(id dedup.ContentID, page []byte, slots ...int) error
+
+// putContentRecords stores a CONTENT frame's bundles in the session's store. They came over the authenticated
+// control connection, from the sender itself: they are stored as they are.
 func putContentRecords(store *dedup.ContentStore, b []byte) error {
-	return putContentRecordsLocal(store, b, nil)
+	return putBundles(b, nil, store.Put)
 }
 
-// putContentRecordsLocal stores bundles, keeping from each content's VM slots only those in local (sorted), when
-// local is not nil: a multicast bundle names every holder, on every target.
-func putContentRecordsLocal(store *dedup.ContentStore, b []byte, local []int) error {
+// putBundles decodes bundles and hands each content to put, keeping from each content's VM slots only those in
+// local (sorted), when local is not nil: a multicast bundle names every holder, on every target. The page put is
+// given is valid only during the call.
+func putBundles(b []byte, local []int, put putFunc) error {
 	pages := make([]byte, dedup.MaxBundlePages*dedup.PageSize)
 	var slots []int
 	return wire.ParseBundles(b, func(bd *wire.Bundle) error {
@@ -29,7 +34,7 @@ func putContentRecordsLocal(store *dedup.ContentStore, b []byte, local []int) er
 					slots = append(slots, slot)
 				}
 			}
-			if err := store.Put(h.ID, raw[i*dedup.PageSize:(i+1)*dedup.PageSize], slots...); err != nil {
+			if err := put(h.ID, raw[i*dedup.PageSize:(i+1)*dedup.PageSize], slots...); err != nil {
 				return err
 			}
 		}

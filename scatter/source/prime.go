@@ -16,6 +16,9 @@ import (
 // contentFrameTarget is the size at which a CONTENT frame is sent.
 const contentFrameTarget = 256 << 10
 
+// maxDigestsFrame bounds a DIGESTS frame: whole records, well under the connection's frame limit.
+const maxDigestsFrame = (1 << 20) / wire.DigestRecordLen * wire.DigestRecordLen
+
 // multicastChunk bounds the bytes of one multicast Send (and so the memory held for repairs).
 const multicastChunk = 8 << 20
 
@@ -38,6 +41,10 @@ type primer struct {
 	lowerBound, lowerCompressed         int64          // once per target that needs it (unicast)
 	lowerBoundOnce, lowerCompressedOnce int64          // once in all (multicast)
 	multicastBytes                      int64          // datagram payload bytes the group senders sent
+	// The multicast contents: each one's digest, by id, and per target the ids sent to it by a group. They enter
+	// the target's held index at the end (finish), less those its receiver dropped (PRIME_ACK's missing).
+	groupDigests []dedup.Digest
+	groupSent    [][]dedup.ContentID
 }
 
 // primeGroup is one multicast group: the batches of one target set of two or more targets.
@@ -46,7 +53,8 @@ type primeGroup struct {
 	targets []int
 	sender  *multicast.Sender // nil: the group is served by unicast
 	objects []multicast.Object
-	queued  int // payload bytes of objects
+	queued  int    // payload bytes of objects
+	digests []byte // DIGESTS records of objects' contents, sent to every member before the objects
 }
 
 // prime sends every distinct content once to each target that needs it (phase 5), batch by batch in the
@@ -247,8 +255,18 @@ func (p *primer) one(ctx context.Context, b *preparedBundle, targets []int, g *p
 		payload := wire.AppendBundle(nil, b.codec, p.heads, b.data)
 		g.objects = append(g.objects, multicast.Object{ID: uint64(b.contents[0].id), Payload: payload})
 		g.queued += len(payload)
+		if p.groupDigests == nil {
+			p.groupDigests, p.groupSent = make([]dedup.Digest, sm.Distinct()), make([][]dedup.ContentID, len(s.targets))
+		}
+		for _, c := range b.contents {
+			g.digests = wire.AppendDigestRecord(g.digests, c.id, c.dg)
+			p.groupDigests[c.id] = c.dg
+		}
 		for _, ti := range targets {
-			hold(ti)
+			for _, c := range b.contents {
+				p.groupSent[ti] = append(p.groupSent[ti], c.id)
+			}
+			p.sent[ti] += len(b.contents)
 		}
 		if g.queued >= multicastChunk {
 			return p.flushGroup(ctx, g)
@@ -303,6 +321,18 @@ func (p *primer) flushGroup(ctx context.Context, g *primeGroup) error {
 	if len(g.objects) == 0 {
 		return nil
 	}
+	// Each member gets the contents' digests first, over its own control connection: its receiver stores a
+	// content the group delivers only if the bytes match (a member holding the group key could forge packets).
+	for _, ti := range g.targets {
+		for b := g.digests; len(b) > 0; {
+			n := min(len(b), maxDigestsFrame)
+			if err := p.s.targets[ti].sc.Send(wire.FrameDigests, b[:n], false); err != nil {
+				return fmt.Errorf("prime to %s: %w", p.s.targets[ti].addr, err)
+			}
+			b = b[n:]
+		}
+	}
+	g.digests = g.digests[:0]
 	ids := make([]multicast.ReceiverID, len(g.targets))
 	for i, ti := range g.targets {
 		ids[i] = multicast.ReceiverID(ti)
@@ -354,7 +384,12 @@ func (p *primer) finish(ctx context.Context, rep *report.Report) error {
 			rep.Warnings = append(rep.Warnings, fmt.Sprintf("prime to %s failed, its VMs' pages travel literal: %v", t.addr, err))
 			continue
 		}
-		if want := p.sent[ti] + len(t.seedHeld); ack.Held < want {
+		dropped := p.holdGroupContents(ti, ack.Missing)
+		if dropped > 0 {
+			rep.Warnings = append(rep.Warnings, fmt.Sprintf("prime to %s: it dropped %d multicast contents (not matching their digests); their pages travel literal",
+				t.addr, dropped))
+		}
+		if want := p.sent[ti] - dropped + len(t.seedHeld); ack.Held < want {
 			rep.Warnings = append(rep.Warnings, fmt.Sprintf("prime to %s: it holds %d of %d contents; its VMs' pages travel literal",
 				t.addr, ack.Held, want))
 			continue
@@ -363,6 +398,29 @@ func (p *primer) finish(ctx context.Context, rep *report.Report) error {
 		s.log.Info("prime done", "target", t.addr, "contents", ack.Held, "bytes", ack.Bytes)
 	}
 	return nil
+}
+
+// holdGroupContents adds to target ti's held index the contents its groups delivered, less those its receiver
+// reported missing, and returns how many of them it left out. Only the ids sent to ti count: a missing id it was
+// never sent (a forged one) changes nothing.
+func (p *primer) holdGroupContents(ti int, missing []uint32) int {
+	if p.groupSent == nil {
+		return 0
+	}
+	gone := make(map[dedup.ContentID]bool, len(missing))
+	for _, id := range missing {
+		gone[dedup.ContentID(id)] = true
+	}
+	left := 0
+	for _, id := range p.groupSent[ti] {
+		if gone[id] {
+			left++
+			continue
+		}
+		p.held[ti].Add(id, p.sm.Contents[id].FP, p.groupDigests[id])
+	}
+	p.groupSent[ti] = nil
+	return left
 }
 
 func targetSetKey(targets []int) string { return fmt.Sprint(targets) }

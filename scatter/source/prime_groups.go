@@ -65,7 +65,9 @@ func (p *primer) openGroups(ctx context.Context, rep *report.Report) error {
 		rep.Warnings = append(rep.Warnings, fmt.Sprintf("multicast group %s: %v; its contents go by unicast", g.addr, err))
 		return nil
 	}
-	// Join early: every member of every group, before the first byte.
+	// Join early: every member of every group, before the first byte. JOIN carries the digest salt: each member
+	// checks the group's contents against the digests DIGESTS sends it (flushGroup).
+	salt := s.digester.Salt()
 	for _, g := range p.groups {
 		gc := crypto[g]
 		for _, ti := range g.targets {
@@ -77,7 +79,7 @@ func (p *primer) openGroups(ctx context.Context, rep *report.Report) error {
 				}
 			}
 			err := t.sc.SendJSON(wire.FrameJoin, wire.JoinMsg{Group: g.addr, ReceiverID: uint16(ti), Key: gc.key[:],
-				SessionID: gc.session, RateBps: s.cfg.RateBps, LocalSlots: local})
+				SessionID: gc.session, RateBps: s.cfg.RateBps, LocalSlots: local, Salt: salt[:]})
 			if err == nil {
 				var e wire.JoinedMsg
 				if err = t.sc.Expect(ctx, wire.FrameJoined, &e); err == nil && e.Error != "" {
