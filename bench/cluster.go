@@ -81,6 +81,10 @@ func NewCluster(ctx context.Context, cfg ClusterConfig) (_ *Cluster, err error) 
 	if cfg.Targets == 0 {
 		cfg.Targets = 2
 	}
+	// Every path the cluster hands a host (data dirs, shared storage, --allow-path) must be absolute.
+	if cfg.Dir, err = filepath.Abs(cfg.Dir); err != nil {
+		return nil, err
+	}
 	hosts := []string{"src"}
 	for i := range cfg.Targets {
 		hosts = append(hosts, fmt.Sprintf("t%d", i+1))
