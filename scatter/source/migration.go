@@ -298,8 +298,7 @@ func (m *vmMigration) reportOutcome(a commit.Action) {
 	}
 	switch a.Status {
 	case commit.StatusMigrated:
-		r.Status = report.StatusMigrated
-		m.s.progress.set(name, "migrated", fmt.Sprintf("%s on the wire, downtime %d ms", fmtBytes(r.WireBytes), r.DowntimeMS))
+		r.Status = report.StatusMigrated // the progress line comes from finish, with the figures
 		return
 	case commit.StatusRolledBack:
 		r.Status = report.StatusRolledBack
@@ -355,6 +354,9 @@ func (m *vmMigration) finish() {
 	if at := m.stoppedAt(); !at.IsZero() && r.Status == report.StatusMigrated && !runningAt.IsZero() {
 		// QEMU did not make this stop and does not count it: the downtime runs from our stop to RUNNING.
 		r.DowntimeMS = runningAt.Sub(at).Milliseconds()
+	}
+	if r.Status == report.StatusMigrated {
+		m.s.progress.set(m.vm.spec.Name, "migrated", fmt.Sprintf("%s on the wire, downtime %d ms", fmtBytes(r.WireBytes), r.DowntimeMS))
 	}
 	e := commit.Entry{Phase: m.machine.Phase(), Epoch: m.s.epoch}
 	if err := m.journal(e, string(r.Status), r.Error); err != nil {
