@@ -9,9 +9,11 @@ import (
 //
 //   - precopy: QEMU's pre-copy; it switches over once the rest fits in Downtime at the measured rate.
 //   - autoconverge: pre-copy plus QEMU's vCPU throttling while dirtying outruns the link (Jin et al. 2011).
-//   - timebound: finish within Deadline. Once the first pass passes Marker (a fraction of RAM sent), the VM's vCPU
-//     threads are pinned onto OvercommitCPUs host CPUs to slow dirtying (Chanchio's TLM); at the deadline the
-//     switch-over is forced.
+//   - timebound: finish within Deadline, counted from the start of the run (`send`), the prime included. Once the
+//     first pass passes Marker (a fraction of RAM sent), the VM's vCPU threads are pinned onto OvercommitCPUs host
+//     CPUs to slow dirtying (Chanchio's TLM); where pinning cannot help (a VM with no more vCPUs than
+//     OvercommitCPUs) QEMU's throttle slows them instead (ThrottlesVCPUs). It switches over when the rest would
+//     no longer fit before the deadline, or as soon as a pass's dirty set stops shrinking (Steering.timebound).
 //   - membound: send all memory once, then one dirty pass, then switch over whatever remains (MPLM, Chanchio &
 //     Yaothanee 2018), unless QEMU converges under the downtime limit before that.
 type Policy struct {
@@ -85,10 +87,47 @@ func (p *Policy) Validate() error {
 	return nil
 }
 
-// Capabilities are the source's migration Capabilities for this policy. Everything the stream codec refuses stays
-// off; the destination gets the ones it must share.
-func (p Policy) Capabilities() map[string]bool {
-	return map[string]bool{"auto-converge": p.Kind == PolicyAutoconverge, "events": true}
+// Capabilities are the source's migration capabilities for this policy, for a VM whose vCPU count is unknown.
+func (p Policy) Capabilities() map[string]bool { return p.CapabilitiesFor(0) }
+
+// CapabilitiesFor are the source's migration capabilities for this policy, for a VM of vcpus vCPUs (0: unknown).
+// Everything the stream codec refuses stays off; the destination gets the ones it must share.
+func (p Policy) CapabilitiesFor(vcpus int) map[string]bool {
+	return map[string]bool{"auto-converge": p.ThrottlesVCPUs(vcpus), "events": true}
+}
+
+// Timebound's throttle steps: QEMU 7.2 applies cpu-throttle-initial at the second dirty-bitmap sync that finds the
+// guest dirtying faster than half the rate it sends (for a hot guest, the end of the first dirty pass), then adds
+// the increment at each sync after, up to max-cpu-throttle (99). A deadline leaves room for a pass or two after
+// that, so the steps are steep: 60, 80, 99.
+const (
+	TimeboundThrottleInitial   = 60
+	TimeboundThrottleIncrement = 20
+)
+
+// ThrottlesVCPUs reports whether QEMU's vCPU throttle (the auto-converge capability, which must be set before
+// `migrate`) is on for a VM of vcpus vCPUs. autoconverge: always. timebound: when over-committing cannot slow the
+// guest, that is when it has no more vCPUs than OvercommitCPUs (one vCPU pinned onto one host CPU still runs at
+// full speed), or when the count is unknown (0), since the deadline is the promise. Otherwise timebound pins and
+// leaves the throttle off: pinning slows the guest only as much as the host CPUs it shares, while the throttle
+// stalls every vCPU for most of each time slice (99% at its last step), and QEMU raises it at every sync until the
+// end, however the migration goes.
+func (p Policy) ThrottlesVCPUs(vcpus int) bool {
+	switch p.Kind {
+	case PolicyAutoconverge:
+		return true
+	case PolicyTimebound:
+		return vcpus <= max(1, p.OvercommitCPUs)
+	}
+	return false
+}
+
+// Throttle is the throttle's first step and increment, percent, when ThrottlesVCPUs.
+func (p Policy) Throttle() (initial, increment int) {
+	if p.Kind == PolicyTimebound {
+		return TimeboundThrottleInitial, TimeboundThrottleIncrement
+	}
+	return p.ThrottleInitial, p.ThrottleIncrement
 }
 
 // QEMUMaxBandwidth is the max-bandwidth QEMU gets for the user's --max-bandwidth (bytes/s; 0: none): with none,

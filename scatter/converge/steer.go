@@ -1,16 +1,22 @@
 package converge
 
-import "time"
+import (
+	"fmt"
+	"time"
+)
 
 // Progress is one reading of the source QEMU's migration (its query-migrate answer), as the policies read it.
 type Progress struct {
-	Elapsed     time.Duration // since the migration started
-	PagesSent   int64         // pages QEMU has sent, whole or as zero flags
-	Remaining   int64         // bytes QEMU still counts as dirty
-	Total       int64         // bytes of guest RAM
-	Transferred int64         // bytes QEMU has written
-	Iterations  int64         // dirty-sync count: 1 during the first pass
+	// Elapsed is the time since the run (vmscatter's `send`) started, not since this VM's migration did: timebound's
+	// deadline holds for the whole send, the scan, the seed and the prime included.
+	Elapsed     time.Duration
+	PagesSent   int64 // pages QEMU has sent, whole or as zero flags
+	Remaining   int64 // bytes QEMU still counts as dirty
+	Total       int64 // bytes of guest RAM
+	Transferred int64 // bytes QEMU has written
+	Iterations  int64 // dirty-sync count: 1 during the first pass
 	PageSize    int64
+	Throttle    int // QEMU's auto-converge throttle now, percent (cpu-throttle-percentage)
 }
 
 // Step is what a policy asks of the migration's driver after one reading.
@@ -32,7 +38,11 @@ type Steering struct {
 	p              Policy
 	budget         TimeBudget
 	pass, passSize int64
-	pinned, done   bool
+	// throttleAt is QEMU's throttle at this pass's start; forgiven: a pass that did not shrink was let run once
+	// because the throttle had just come on.
+	throttleAt   int64
+	forgiven     bool
+	pinned, done bool
 }
 
 // Steering returns the policy's decider; precopy and autoconverge never act, QEMU steers them.
@@ -59,6 +69,20 @@ func (s *Steering) Observe(pr Progress) Step {
 	return Step{}
 }
 
+// shrinkMargin is how much smaller than the previous pass's dirty set a pass's must be for another pass to be worth
+// its time: a set that shrinks by less is a hot set the link cannot outrun, and each pass re-sends it whole.
+const shrinkMargin = 0.9
+
+// timebound switches over at the first of:
+//
+//   - the budget: the time since the run started plus the stop-and-copy of the dirty set reaches the deadline;
+//   - non-convergence: a pass starts with a dirty set not smaller (by shrinkMargin) than the previous pass's. The
+//     next stop sends at least that set whenever it comes, so waiting cannot lower the downtime; it only re-sends
+//     the hot set and spends the deadline. One exception: when QEMU's throttle came on during the previous pass
+//     (from 0 to more), that pass was dirtied at full speed and the next one will not be, so it gets one more
+//     pass, once.
+//
+// It pins the vCPUs at the marker (or at the first dirty pass).
 func (s *Steering) timebound(pr Progress) Step {
 	pageSize := pr.PageSize
 	if pageSize <= 0 {
@@ -68,7 +92,18 @@ func (s *Steering) timebound(pr Progress) Step {
 	if pr.Iterations != s.pass {
 		// A pass starts just after QEMU synced its dirty bitmap: what remains then is the dirty set, which is what a
 		// stop will have to send; during the pass `remaining` shrinks and would underestimate it.
-		s.pass, s.passSize = pr.Iterations, pr.Remaining
+		first := s.pass == 0
+		prevSize, prevThrottle := s.passSize, s.throttleAt
+		s.pass, s.passSize, s.throttleAt = pr.Iterations, pr.Remaining, int64(pr.Throttle)
+		if !first && pr.Iterations >= 2 && prevSize > 0 && float64(pr.Remaining) >= shrinkMargin*float64(prevSize) {
+			if !s.forgiven && prevThrottle == 0 && pr.Throttle > 0 {
+				s.forgiven = true
+			} else {
+				s.done = true
+				return Step{SwitchOver: true, Reason: fmt.Sprintf("timebound: the dirty set does not shrink (%d MiB after %d MiB), waiting cannot lower the downtime, switching over",
+					pr.Remaining>>20, prevSize>>20)}
+			}
+		}
 	}
 	if s.budget.MustSwitch(max(pr.Remaining, s.passSize)/pageSize, pr.Elapsed, s.p.Deadline) {
 		s.done = true
