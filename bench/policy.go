@@ -46,9 +46,10 @@ type PolicyConfig struct {
 	Timeout   time.Duration // every run's --timeout; default 2 × Deadline
 	// Dedup runs send as it comes, with the scan, the seed and the prime, which the deadline covers too; without
 	// it, --no-dedup (the policies alone).
-	Dedup bool
-	Runs  int // runs of every cell; default 1
-	Out   io.Writer
+	Dedup    bool
+	Runs     int      // runs of every cell; default 1
+	SendArgs []string // extra arguments for every send
+	Out      io.Writer
 }
 
 // defaults fills in what the configuration leaves unset.

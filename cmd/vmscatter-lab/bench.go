@@ -101,7 +101,7 @@ func benchCommand() *cli.Command {
 			if c.Bool("policies") {
 				pc := bench.PolicyConfig{Bin: cfg.Bin, Dir: cfg.Dir, Deadline: c.Duration("deadline"), Out: c.App.ErrWriter,
 					Rates: c.Float64Slice("rates"), Policies: c.StringSlice("only"), Patterns: c.StringSlice("patterns"),
-					WSS: int64(c.Int("wss")) << 20, Runs: c.Int("runs"), Dedup: c.Bool("dedup")}
+					WSS: int64(c.Int("wss")) << 20, Runs: c.Int("runs"), Dedup: c.Bool("dedup"), SendArgs: c.StringSlice("send-arg")}
 				if c.IsSet("uplink") {
 					pc.UplinkBps = uint64(uplink)
 				}
