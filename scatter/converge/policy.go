@@ -96,10 +96,12 @@ func (p Policy) CapabilitiesFor(vcpus int) map[string]bool {
 	return map[string]bool{"auto-converge": p.ThrottlesVCPUs(vcpus), "events": true}
 }
 
-// Timebound's throttle steps: QEMU 7.2 applies cpu-throttle-initial at the second dirty-bitmap sync that finds the
-// guest dirtying faster than half the rate it sends (for a hot guest, the end of the first dirty pass), then adds
-// the increment at each sync after, up to max-cpu-throttle (99). A deadline leaves room for a pass or two after
-// that, so the steps are steep: 60, 80, 99.
+// Timebound's throttle steps. QEMU 7.2 counts the dirty-bitmap syncs (one per pass) that find the guest dirtying
+// more than half of what it sent since the previous one, and at every second such sync sets the throttle to
+// cpu-throttle-initial, then raises it by the increment, up to max-cpu-throttle (99): for a hot guest, the throttle
+// comes on at the start of the second dirty pass and rises every other pass. A deadline leaves room for a few
+// passes after that, so the steps are steep: 60, 80, 99 (autoconverge's 20, 30, 40, … would still be far from
+// slowing a hot guest when the deadline comes).
 const (
 	TimeboundThrottleInitial   = 60
 	TimeboundThrottleIncrement = 20

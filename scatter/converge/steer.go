@@ -73,14 +73,17 @@ func (s *Steering) Observe(pr Progress) Step {
 // its time: a set that shrinks by less is a hot set the link cannot outrun, and each pass re-sends it whole.
 const shrinkMargin = 0.9
 
+// MaxThrottle is QEMU's max-cpu-throttle, which vmscatter leaves at its default: the throttle's last step, percent.
+const MaxThrottle = 99
+
 // timebound switches over at the first of:
 //
 //   - the budget: the time since the run started plus the stop-and-copy of the dirty set reaches the deadline;
 //   - non-convergence: a pass starts with a dirty set not smaller (by shrinkMargin) than the previous pass's. The
 //     next stop sends at least that set whenever it comes, so waiting cannot lower the downtime; it only re-sends
-//     the hot set and spends the deadline. One exception: when QEMU's throttle came on during the previous pass
-//     (from 0 to more), that pass was dirtied at full speed and the next one will not be, so it gets one more
-//     pass, once.
+//     the hot set and spends the deadline. Except while QEMU's throttle is on and below MaxThrottle: QEMU raises it
+//     while the guest dirties faster than the link sends, so the next pass is dirtied more slowly and its set may
+//     yet shrink (the budget still holds the deadline).
 //
 // It pins the vCPUs at the marker (or at the first dirty pass).
 func (s *Steering) timebound(pr Progress) Step {
@@ -93,16 +96,13 @@ func (s *Steering) timebound(pr Progress) Step {
 		// A pass starts just after QEMU synced its dirty bitmap: what remains then is the dirty set, which is what a
 		// stop will have to send; during the pass `remaining` shrinks and would underestimate it.
 		first := s.pass == 0
-		prevSize, prevThrottle := s.passSize, s.throttleAt
-		s.pass, s.passSize, s.throttleAt = pr.Iterations, pr.Remaining, int64(pr.Throttle)
-		if !first && pr.Iterations >= 2 && prevSize > 0 && float64(pr.Remaining) >= shrinkMargin*float64(prevSize) {
-			if !s.forgiven && prevThrottle == 0 && pr.Throttle > 0 {
-				s.forgiven = true
-			} else {
-				s.done = true
-				return Step{SwitchOver: true, Reason: fmt.Sprintf("timebound: the dirty set does not shrink (%d MiB after %d MiB), waiting cannot lower the downtime, switching over",
-					pr.Remaining>>20, prevSize>>20)}
-			}
+		prevSize := s.passSize
+		s.pass, s.passSize = pr.Iterations, pr.Remaining
+		throttleRising := pr.Throttle > 0 && pr.Throttle < MaxThrottle
+		if !first && pr.Iterations >= 2 && prevSize > 0 && float64(pr.Remaining) >= shrinkMargin*float64(prevSize) && !throttleRising {
+			s.done = true
+			return Step{SwitchOver: true, Reason: fmt.Sprintf("timebound: the dirty set does not shrink (%d MiB after %d MiB), waiting cannot lower the downtime, switching over",
+				pr.Remaining>>20, prevSize>>20)}
 		}
 	}
 	if s.budget.MustSwitch(max(pr.Remaining, s.passSize)/pageSize, pr.Elapsed, s.p.Deadline) {
