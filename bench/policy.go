@@ -132,6 +132,7 @@ func RunPolicyMatrix(ctx context.Context, cfg PolicyConfig) ([]PolicyRun, error)
 					if !cfg.Dedup {
 						args = append(args, "--no-dedup")
 					}
+					args = append(args, cfg.SendArgs...)
 					if pol == "timebound" {
 						args = append(args, "--deadline", cfg.Deadline.String())
 					}
