@@ -98,22 +98,23 @@ func (p Policy) CapabilitiesFor(vcpus int) map[string]bool {
 
 // Timebound's throttle steps. QEMU 7.2 counts the dirty-bitmap syncs (one per pass) that find the guest dirtying
 // more than half of what it sent since the previous one, and at every second such sync sets the throttle to
-// cpu-throttle-initial, then raises it by the increment, up to max-cpu-throttle (99): for a hot guest, the throttle
-// comes on at the start of the second dirty pass and rises every other pass. A deadline leaves room for a few
-// passes after that, so the steps are steep: 60, 80, 99 (autoconverge's 20, 30, 40, … would still be far from
-// slowing a hot guest when the deadline comes).
+// cpu-throttle-initial, then raises it by the increment, up to max-cpu-throttle (99). For a hot guest behind a
+// prime, that is the start of its third dirty pass, with room for a pass or two before the deadline. Only the last
+// step slows a guest that outruns the link many times over (at 60% a guest dirtying 16 times what the link sends
+// still re-dirties its whole working set each pass), and a pass under a lighter step is a pass of the hot set
+// re-sent for nothing: so timebound's first step is the last, 99%. Measured on the bench's hot guest (one vCPU,
+// 24 MiB dirtied at 12,000 pages/s, 24 Mbit/s): docs/benchmarks.md.
 const (
-	TimeboundThrottleInitial   = 60
-	TimeboundThrottleIncrement = 20
+	TimeboundThrottleInitial   = 99
+	TimeboundThrottleIncrement = 1
 )
 
 // ThrottlesVCPUs reports whether QEMU's vCPU throttle (the auto-converge capability, which must be set before
 // `migrate`) is on for a VM of vcpus vCPUs. autoconverge: always. timebound: when over-committing cannot slow the
 // guest, that is when it has no more vCPUs than OvercommitCPUs (one vCPU pinned onto one host CPU still runs at
 // full speed), or when the count is unknown (0), since the deadline is the promise. Otherwise timebound pins and
-// leaves the throttle off: pinning slows the guest only as much as the host CPUs it shares, while the throttle
-// stalls every vCPU for most of each time slice (99% at its last step), and QEMU raises it at every sync until the
-// end, however the migration goes.
+// leaves the throttle off: pinning slows the guest only as much as the host CPUs it shares, while timebound's
+// throttle stalls every vCPU for 99% of its time until the end.
 func (p Policy) ThrottlesVCPUs(vcpus int) bool {
 	switch p.Kind {
 	case PolicyAutoconverge:

@@ -9,14 +9,15 @@ import (
 type Progress struct {
 	// Elapsed is the time since the run (vmscatter's `send`) started, not since this VM's migration did: timebound's
 	// deadline holds for the whole send, the scan, the seed and the prime included.
-	Elapsed     time.Duration
-	PagesSent   int64 // pages QEMU has sent, whole or as zero flags
-	Remaining   int64 // bytes QEMU still counts as dirty
-	Total       int64 // bytes of guest RAM
-	Transferred int64 // bytes QEMU has written
-	Iterations  int64 // dirty-sync count: 1 during the first pass
-	PageSize    int64
-	Throttle    int // QEMU's auto-converge throttle now, percent (cpu-throttle-percentage)
+	Elapsed      time.Duration
+	PagesSent    int64 // pages QEMU has sent, whole or as zero flags
+	Remaining    int64 // bytes QEMU still counts as dirty
+	Total        int64 // bytes of guest RAM
+	Transferred  int64 // bytes QEMU has written
+	Iterations   int64 // dirty-sync count: 1 during the first pass
+	PageSize     int64
+	Throttle     int  // QEMU's auto-converge throttle now, percent (cpu-throttle-percentage)
+	AutoConverge bool // the throttle's capability is on for this migration (Policy.ThrottlesVCPUs)
 }
 
 // Step is what a policy asks of the migration's driver after one reading.
@@ -38,11 +39,9 @@ type Steering struct {
 	p              Policy
 	budget         TimeBudget
 	pass, passSize int64
-	// throttleAt is QEMU's throttle at this pass's start; forgiven: a pass that did not shrink was let run once
-	// because the throttle had just come on.
-	throttleAt   int64
-	forgiven     bool
-	pinned, done bool
+	throttleAt     int // QEMU's throttle at this pass's start
+	waitedOff      int // passes that did not shrink, let run while the throttle was on but had not bitten yet
+	pinned, done   bool
 }
 
 // Steering returns the policy's decider; precopy and autoconverge never act, QEMU steers them.
@@ -73,17 +72,21 @@ func (s *Steering) Observe(pr Progress) Step {
 // its time: a set that shrinks by less is a hot set the link cannot outrun, and each pass re-sends it whole.
 const shrinkMargin = 0.9
 
-// MaxThrottle is QEMU's max-cpu-throttle, which vmscatter leaves at its default: the throttle's last step, percent.
-const MaxThrottle = 99
+// throttleWaits is how many passes that do not shrink timebound lets run while QEMU's throttle is on but has not
+// bitten: QEMU throttles at the second sync that finds the guest dirtying more than half of what it sent, and a
+// first pass of mostly primed pages (references, which QEMU counts at full size) never does.
+const throttleWaits = 2
 
 // timebound switches over at the first of:
 //
 //   - the budget: the time since the run started plus the stop-and-copy of the dirty set reaches the deadline;
 //   - non-convergence: a pass starts with a dirty set not smaller (by shrinkMargin) than the previous pass's. The
 //     next stop sends at least that set whenever it comes, so waiting cannot lower the downtime; it only re-sends
-//     the hot set and spends the deadline. Except while QEMU's throttle is on and below MaxThrottle: QEMU raises it
-//     while the guest dirties faster than the link sends, so the next pass is dirtied more slowly and its set may
-//     yet shrink (the budget still holds the deadline).
+//     the hot set and spends the deadline. Except where QEMU's throttle may yet slow the guest: the set just
+//     synced was dirtied under the old throttle, so when the throttle rose at this sync, the next pass is dirtied
+//     more slowly and gets its chance; and while the capability is on but QEMU has not throttled yet (it waits for
+//     two syncs that find the guest outrunning the link), up to throttleWaits passes wait for it. The budget still
+//     holds the deadline.
 //
 // It pins the vCPUs at the marker (or at the first dirty pass).
 func (s *Steering) timebound(pr Progress) Step {
@@ -96,10 +99,16 @@ func (s *Steering) timebound(pr Progress) Step {
 		// A pass starts just after QEMU synced its dirty bitmap: what remains then is the dirty set, which is what a
 		// stop will have to send; during the pass `remaining` shrinks and would underestimate it.
 		first := s.pass == 0
-		prevSize := s.passSize
-		s.pass, s.passSize = pr.Iterations, pr.Remaining
-		throttleRising := pr.Throttle > 0 && pr.Throttle < MaxThrottle
-		if !first && pr.Iterations >= 2 && prevSize > 0 && float64(pr.Remaining) >= shrinkMargin*float64(prevSize) && !throttleRising {
+		prevSize, prevThrottle := s.passSize, s.throttleAt
+		s.pass, s.passSize, s.throttleAt = pr.Iterations, pr.Remaining, pr.Throttle
+		if !first && pr.Iterations >= 2 && prevSize > 0 && float64(pr.Remaining) >= shrinkMargin*float64(prevSize) {
+			switch {
+			case pr.Throttle > prevThrottle:
+				return Step{Reason: "timebound: the dirty set does not shrink, but the throttle just rose"}
+			case pr.AutoConverge && pr.Throttle == 0 && s.waitedOff < throttleWaits:
+				s.waitedOff++
+				return Step{Reason: "timebound: the dirty set does not shrink, waiting for QEMU's throttle"}
+			}
 			s.done = true
 			return Step{SwitchOver: true, Reason: fmt.Sprintf("timebound: the dirty set does not shrink (%d MiB after %d MiB), waiting cannot lower the downtime, switching over",
 				pr.Remaining>>20, prevSize>>20)}

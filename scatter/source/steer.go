@@ -62,6 +62,7 @@ func (m *vmMigration) watch(ctx context.Context, log *slog.Logger) {
 		}
 	}()
 	steered := !p.Acts()
+	throttled := p.ThrottlesVCPUs(m.mig.vcpus)
 	watchMigration(ctx, q, func(mi qmp.MigrationInfo) bool {
 		guard.observe(ctx, mi)
 		if steered {
@@ -69,7 +70,7 @@ func (m *vmMigration) watch(ctx context.Context, log *slog.Logger) {
 		}
 		st := steering.Observe(converge.Progress{Elapsed: time.Since(start), PagesSent: mi.RAM.Normal + mi.RAM.Duplicate,
 			Remaining: mi.RAM.Remaining, Total: mi.RAM.Total, Transferred: mi.RAM.Transferred, Iterations: mi.RAM.DirtySyncCount,
-			PageSize: mi.RAM.PageSize, Throttle: mi.CPUThrottlePercentage})
+			PageSize: mi.RAM.PageSize, Throttle: mi.CPUThrottlePercentage, AutoConverge: throttled})
 		if st.PinVCPUs > 0 && m.mig.vcpus != 0 && m.mig.vcpus <= st.PinVCPUs {
 			log.Info("timebound: marker passed; pinning cannot slow this VM, QEMU's throttle does", "vcpus", m.mig.vcpus,
 				"throttle", mi.CPUThrottlePercentage)
@@ -80,6 +81,9 @@ func (m *vmMigration) watch(ctx context.Context, log *slog.Logger) {
 				log.Info(st.Reason, "cpus", st.PinVCPUs)
 				restore = r
 			}
+		}
+		if st.Reason != "" && !st.SwitchOver && st.PinVCPUs == 0 {
+			log.Info(st.Reason, "remaining", mi.RAM.Remaining, "pass", mi.RAM.DirtySyncCount, "throttle", mi.CPUThrottlePercentage)
 		}
 		if st.SwitchOver {
 			log.Info(st.Reason, "remaining", mi.RAM.Remaining, "elapsed", time.Since(start).Round(time.Millisecond),
