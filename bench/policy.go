@@ -26,7 +26,8 @@ type PolicyRun struct {
 	MigrationMS     int64   `json:"migration_ms"`
 	DowntimeMS      int64   `json:"downtime_ms"`
 	GuestDowntimeMS int64   `json:"guest_downtime_ms"`
-	WireBytes       int64   `json:"wire_bytes"`
+	WireBytes       int64   `json:"wire_bytes"` // the VM's migration connection
+	LinkBytes       int64   `json:"link_bytes"` // all that left the source's interface during the send, prime included
 	Iterations      int64   `json:"iterations"`
 	QEMUDirtyRate   int64   `json:"qemu_dirty_rate_pages_s"` // what QEMU measured
 	GuestOK         bool    `json:"guest_ok"`                // it kept verifying its memory after the move
@@ -142,7 +143,7 @@ func RunPolicyMatrix(ctx context.Context, cfg PolicyConfig) ([]PolicyRun, error)
 					}
 					v := res.Report.VMs[0]
 					row.Status, row.Error, row.MigrationMS, row.DowntimeMS = v.Status, v.Error, v.MigrationMS, v.DowntimeMS
-					row.TotalMS, row.PrimeMS = res.Elapsed.Milliseconds(), res.Report.Totals.Phases.Prime
+					row.TotalMS, row.PrimeMS, row.LinkBytes = res.Elapsed.Milliseconds(), res.Report.Totals.Phases.Prime, int64(res.SourceTx)
 					row.GuestDowntimeMS, row.WireBytes, row.Iterations, row.QEMUDirtyRate = v.GuestDowntimeMS, v.WireBytes, v.Iterations, v.DirtyRate
 					if v.Status == "migrated" {
 						serial := filepath.Join(c.DestinationDir(0, v.Name), "serial.log")
@@ -186,8 +187,8 @@ func PolicyMarkdown(rows []PolicyRun, cfg PolicyConfig) string {
 	}
 	fmt.Fprintf(&b, "One guest of %d MiB, working set %d MiB, uplink %s, timebound deadline %v, every run bounded by --timeout %v, %s.\n\n",
 		cfg.MemoryMiB, cfg.WSS>>20, bps(cfg.UplinkBps), cfg.Deadline, cfg.Timeout, prime)
-	fmt.Fprintf(&b, "| dirty rate (pages/s) | pattern | policy | status | send time | prime | migration time | downtime (QEMU) | downtime (guest) | bytes | iterations | guest verifies after |\n")
-	fmt.Fprintf(&b, "|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|\n")
+	fmt.Fprintf(&b, "| dirty rate (pages/s) | pattern | policy | status | send time | prime | migration time | downtime (QEMU) | downtime (guest) | bytes (migration) | bytes (link) | iterations | guest verifies after |\n")
+	fmt.Fprintf(&b, "|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
 	for _, r := range rows {
 		gd := "–"
 		if r.GuestDowntimeMS >= 0 {
@@ -197,8 +198,12 @@ func PolicyMarkdown(rows []PolicyRun, cfg PolicyConfig) string {
 		if r.TotalMS > 0 {
 			total = fmt.Sprintf("%.1f s", float64(r.TotalMS)/1000)
 		}
-		fmt.Fprintf(&b, "| %.0f | %s | %s | %s | %s | %.1f s | %.1f s | %d ms | %s | %s | %d | %v |\n", r.DirtyRate, r.Pattern, r.Policy, r.Status,
-			total, float64(r.PrimeMS)/1000, float64(r.MigrationMS)/1000, r.DowntimeMS, gd, mib(uint64(r.WireBytes)), r.Iterations, r.GuestOK)
+		link := "–"
+		if r.LinkBytes > 0 {
+			link = mib(uint64(r.LinkBytes))
+		}
+		fmt.Fprintf(&b, "| %.0f | %s | %s | %s | %s | %.1f s | %.1f s | %d ms | %s | %s | %s | %d | %v |\n", r.DirtyRate, r.Pattern, r.Policy, r.Status,
+			total, float64(r.PrimeMS)/1000, float64(r.MigrationMS)/1000, r.DowntimeMS, gd, mib(uint64(r.WireBytes)), link, r.Iterations, r.GuestOK)
 	}
 	return b.String()
 }
