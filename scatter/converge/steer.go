@@ -95,6 +95,7 @@ func (s *Steering) timebound(pr Progress) Step {
 		pageSize = 4096
 	}
 	s.budget.Observe(pr.PagesSent, pr.Elapsed)
+	var note string // why a pass that does not shrink goes on (for the log)
 	if pr.Iterations != s.pass {
 		// A pass starts just after QEMU synced its dirty bitmap: what remains then is the dirty set, which is what a
 		// stop will have to send; during the pass `remaining` shrinks and would underestimate it.
@@ -104,14 +105,15 @@ func (s *Steering) timebound(pr Progress) Step {
 		if !first && pr.Iterations >= 2 && prevSize > 0 && float64(pr.Remaining) >= shrinkMargin*float64(prevSize) {
 			switch {
 			case pr.Throttle > prevThrottle:
-				return Step{Reason: "timebound: the dirty set does not shrink, but the throttle just rose"}
+				note = "timebound: the dirty set does not shrink, but the throttle just rose"
 			case pr.AutoConverge && pr.Throttle == 0 && s.waitedOff < throttleWaits:
 				s.waitedOff++
-				return Step{Reason: "timebound: the dirty set does not shrink, waiting for QEMU's throttle"}
+				note = "timebound: the dirty set does not shrink, waiting for QEMU's throttle"
+			default:
+				s.done = true
+				return Step{SwitchOver: true, Reason: fmt.Sprintf("timebound: the dirty set does not shrink (%d MiB after %d MiB), waiting cannot lower the downtime, switching over",
+					pr.Remaining>>20, prevSize>>20)}
 			}
-			s.done = true
-			return Step{SwitchOver: true, Reason: fmt.Sprintf("timebound: the dirty set does not shrink (%d MiB after %d MiB), waiting cannot lower the downtime, switching over",
-				pr.Remaining>>20, prevSize>>20)}
 		}
 	}
 	if s.budget.MustSwitch(max(pr.Remaining, s.passSize)/pageSize, pr.Elapsed, s.p.Deadline) {
@@ -122,7 +124,7 @@ func (s *Steering) timebound(pr Progress) Step {
 		s.pinned = true
 		return Step{PinVCPUs: s.p.OvercommitCPUs, Reason: "timebound: marker passed, over-committing vCPUs"}
 	}
-	return Step{}
+	return Step{Reason: note}
 }
 
 // Rate is the stop-and-copy rate the time budget has measured, pages/s (for the log).
