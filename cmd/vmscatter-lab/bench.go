@@ -40,6 +40,10 @@ func benchCommand() *cli.Command {
 			&cli.DurationFlag{Name: "deadline", Value: 20 * time.Second, Usage: "policy matrix: timebound's deadline"},
 			&cli.Float64SliceFlag{Name: "rates", Usage: "policy matrix: dirty rates in pages/s (default 500, 3000, 12000)"},
 			&cli.StringSliceFlag{Name: "only", Usage: "policy matrix: these policies only"},
+			&cli.StringSliceFlag{Name: "patterns", Usage: "policy matrix: dirtying patterns, seq and random (default both)"},
+			&cli.IntFlag{Name: "wss", Usage: "policy matrix: the workload's working set in MiB (default 96)"},
+			&cli.IntFlag{Name: "runs", Value: 1, Usage: "policy matrix: runs of every cell"},
+			&cli.BoolFlag{Name: "dedup", Usage: "policy matrix: send with the scan, the seed and the prime (as send comes), not --no-dedup"},
 			&cli.StringFlag{Name: "out", Value: "out/bench", Usage: "results directory"},
 			&cli.StringSliceFlag{Name: "send-arg", Usage: "extra argument for vmscatter send (repeat), e.g. --send-arg=--compress=zstd"},
 			vmscatterFlag,
@@ -47,7 +51,15 @@ func benchCommand() *cli.Command {
 		},
 		Action: func(c *cli.Context) error {
 			if dir := c.String("replot"); dir != "" && c.Bool("policies") {
-				pc := bench.PolicyConfig{Deadline: c.Duration("deadline")}
+				pc := bench.PolicyConfig{Deadline: c.Duration("deadline"), Dedup: c.Bool("dedup"), WSS: int64(c.Int("wss")) << 20}
+				if c.IsSet("memory") {
+					pc.MemoryMiB = c.Int("memory")
+				}
+				if c.IsSet("uplink") {
+					if u, err := cliapp.ParseRate(c.String("uplink")); err == nil {
+						pc.UplinkBps = uint64(u)
+					}
+				}
 				rows, err := bench.ReplotPolicies(dir, pc)
 				if err != nil {
 					return withCode(ExitError, err)
@@ -88,9 +100,13 @@ func benchCommand() *cli.Command {
 			}
 			if c.Bool("policies") {
 				pc := bench.PolicyConfig{Bin: cfg.Bin, Dir: cfg.Dir, Deadline: c.Duration("deadline"), Out: c.App.ErrWriter,
-					Rates: c.Float64Slice("rates"), Policies: c.StringSlice("only")}
+					Rates: c.Float64Slice("rates"), Policies: c.StringSlice("only"), Patterns: c.StringSlice("patterns"),
+					WSS: int64(c.Int("wss")) << 20, Runs: c.Int("runs"), Dedup: c.Bool("dedup"), SendArgs: c.StringSlice("send-arg")}
 				if c.IsSet("uplink") {
 					pc.UplinkBps = uint64(uplink)
+				}
+				if c.IsSet("memory") {
+					pc.MemoryMiB = c.Int("memory")
 				}
 				if c.Bool("quick") {
 					pc.Rates, pc.Patterns, pc.MemoryMiB, pc.WSS, pc.Deadline = []float64{200}, []string{"seq"}, 128, 16<<20, 5*time.Second

@@ -80,3 +80,109 @@ func TestSteering(t *testing.T) {
 		}
 	}
 }
+
+// The deadline counts from the start of the run: a migration that starts 30 s into a 40 s deadline (after the
+// prime) has 10 s, not 40.
+func TestTimeboundDeadlineFromRunStart(t *testing.T) {
+	tb := Policy{Kind: PolicyTimebound, Deadline: 40 * time.Second, Marker: 0.5, OvercommitCPUs: 1}.Steering()
+	const page = 4096
+	// 6,400 pages/s; the first pass's set is 25,600 pages: 4 s to copy, 4.8 s with the margin.
+	at := 30 * time.Second
+	var st Step
+	for i := range 20 {
+		at += 100 * time.Millisecond
+		st = tb.Observe(Progress{Elapsed: at, PagesSent: int64(i) * 640, Remaining: 25600 * page, Total: 400 << 20,
+			Transferred: int64(i) * 640 * page, Iterations: 1, PageSize: page})
+		if st.SwitchOver {
+			break
+		}
+	}
+	if st.SwitchOver {
+		t.Fatalf("switched at %v, before 40 s − 4.8 s", at)
+	}
+	for at < 36*time.Second && !st.SwitchOver {
+		at += 100 * time.Millisecond
+		st = tb.Observe(Progress{Elapsed: at, PagesSent: int64(at/(100*time.Millisecond)) * 640, Remaining: 25600 * page,
+			Total: 400 << 20, Iterations: 1, PageSize: page})
+	}
+	if !st.SwitchOver || at < 35*time.Second {
+		t.Fatalf("switch-over at %v (%+v), want at 35.2 s of the run", at, st)
+	}
+}
+
+// Passes whose dirty sets stop shrinking: timebound switches over at the start of the first pass that would re-send
+// the hot set, long before its deadline; shrinking ones go on.
+func TestTimeboundNonConvergence(t *testing.T) {
+	const mib = 1 << 20
+	type pass struct {
+		remaining int64 // at the pass's start
+		throttle  int
+		want      bool // switch-over at its start
+	}
+	for _, tc := range []struct {
+		name         string
+		autoConverge bool
+		passes       []pass
+	}{
+		{"shrinking", false, []pass{{128 * mib, 0, false}, {40 * mib, 0, false}, {20 * mib, 0, false}, {8 * mib, 0, false}}},
+		{"hot set", false, []pass{{128 * mib, 0, false}, {40 * mib, 0, false}, {39 * mib, 0, true}}},
+		{"shrinking by less than the margin", false, []pass{{128 * mib, 0, false}, {40 * mib, 0, false}, {37 * mib, 0, true}}},
+		{"all of RAM hot", false, []pass{{128 * mib, 0, false}, {128 * mib, 0, true}}},
+		// The throttle's capability is on: up to two passes wait for QEMU to throttle; the pass at whose start it
+		// rose was dirtied before it and gets its chance; a pass dirtied under it that does not shrink switches over.
+		{"throttle waited for, bites", true, []pass{{128 * mib, 0, false}, {40 * mib, 0, false}, {40 * mib, 0, false},
+			{40 * mib, 99, false}, {4 * mib, 99, false}, {1 * mib, 99, false}}},
+		{"throttle waited for, does not help", true, []pass{{128 * mib, 0, false}, {40 * mib, 0, false}, {40 * mib, 0, false},
+			{40 * mib, 99, false}, {40 * mib, 99, true}}},
+		{"throttle never comes", true, []pass{{128 * mib, 0, false}, {40 * mib, 0, false}, {40 * mib, 0, false},
+			{40 * mib, 0, false}, {40 * mib, 0, true}}},
+		{"throttle rises step by step", true, []pass{{128 * mib, 0, false}, {40 * mib, 0, false}, {40 * mib, 60, false},
+			{40 * mib, 60, true}}},
+	} {
+		tb := Policy{Kind: PolicyTimebound, Deadline: time.Hour, Marker: 0.5, OvercommitCPUs: 1}.Steering()
+		at := time.Duration(0)
+		for i, p := range tc.passes {
+			// The pass's first reading, then one later in the pass with less remaining.
+			for j, rem := range []int64{p.remaining, p.remaining / 2} {
+				at += time.Second
+				st := tb.Observe(Progress{Elapsed: at, Remaining: rem, Total: 128 * mib, Iterations: int64(i + 1), PageSize: 4096,
+					Throttle: p.throttle, AutoConverge: tc.autoConverge})
+				want := j == 0 && p.want
+				if st.SwitchOver != want {
+					t.Errorf("%s: pass %d reading %d: switch-over %v, want %v (%s)", tc.name, i+1, j, st.SwitchOver, want, st.Reason)
+				}
+				if st.SwitchOver {
+					break
+				}
+			}
+		}
+	}
+}
+
+// Where pinning cannot slow the guest, timebound throttles through QEMU's auto-converge, with its own steps.
+func TestThrottlesVCPUs(t *testing.T) {
+	tb := Policy{Kind: PolicyTimebound, Deadline: time.Minute}
+	if err := tb.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	tb4 := tb
+	tb4.OvercommitCPUs = 4
+	for _, tc := range []struct {
+		p     Policy
+		vcpus int
+		want  bool
+	}{
+		{tb, 1, true}, {tb, 2, false}, {tb, 0, true}, {tb4, 4, true}, {tb4, 6, false},
+		{Policy{Kind: PolicyAutoconverge}, 4, true}, {Policy{Kind: PolicyPrecopy}, 1, false}, {Policy{Kind: PolicyMembound}, 1, false},
+	} {
+		if got := tc.p.ThrottlesVCPUs(tc.vcpus); got != tc.want || tc.p.CapabilitiesFor(tc.vcpus)["auto-converge"] != tc.want {
+			t.Errorf("%s, overcommit %d, %d vCPUs: throttle %v, want %v", tc.p.Kind, tc.p.OvercommitCPUs, tc.vcpus, got, tc.want)
+		}
+	}
+	if i, n := tb.Throttle(); i != TimeboundThrottleInitial || n != TimeboundThrottleIncrement {
+		t.Errorf("timebound's throttle steps: %d, %d", i, n)
+	}
+	if i, n := (Policy{Kind: PolicyAutoconverge, ThrottleInitial: 20, ThrottleIncrement: 10}).Throttle(); i != 20 || n != 10 {
+		t.Errorf("autoconverge's throttle steps: %d, %d", i, n)
+	}
+}

@@ -31,6 +31,7 @@ type sourceMigration struct {
 	console  *host.ConsoleWatch
 	saved    *Settings
 	unpinned func() // gives the vCPUs their CPUs back, if the policy pinned them
+	vcpus    int    // the VM's vCPU threads as QEMU listed them before `migrate` (0: unknown)
 }
 
 // startMigration saves the source's settings, sets the policy's and starts QEMU's migration into our socket;
@@ -66,7 +67,11 @@ func (m *vmMigration) startMigration(ctx context.Context) {
 		return
 	}
 	mig.ln = ln.(*net.UnixListener)
-	if err := applyPolicy(opCtx, vm.qmp, s.cfg.Policy, s.cfg.Policy.Capabilities(), s.cfg.MaxBandwidth,
+	// The throttle is a capability, set before `migrate`; whether timebound wants it depends on the vCPU count.
+	if tids, err := vm.qmp.VCPUThreads(opCtx); err == nil {
+		mig.vcpus = len(tids)
+	}
+	if err := applyPolicy(opCtx, vm.qmp, s.cfg.Policy, s.cfg.Policy.CapabilitiesFor(mig.vcpus), s.cfg.MaxBandwidth,
 		converge.StartingDowntime(s.cfg.Policy.Downtime, s.linkShare())); err != nil {
 		close(mig.watched)
 		close(mig.pumped)

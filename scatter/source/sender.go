@@ -207,6 +207,8 @@ func newSender(cfg Config) (*sender, error) {
 
 type sender struct {
 	cfg Config
+	// runStart is when run began: timebound's deadline counts from it, for every VM (set before any migration).
+	runStart time.Time
 	// epoch is this run's migrations' epoch (docs/commit.md): greater than any a VM's earlier runs journaled.
 	epoch          uint64
 	journal        *journal.Dir // this run's directory under --state-dir
@@ -330,6 +332,7 @@ func (s *sender) release() {
 
 func (s *sender) run(ctx context.Context) (*report.Report, error) {
 	start := time.Now()
+	s.runStart = start
 	rep := &report.Report{Version: report.ReportVersion, Session: s.session.String(), Started: start.UTC(), Transport: "unicast",
 		Policy: s.cfg.Policy.Name()}
 	phase := phaseClock{last: start}

@@ -35,8 +35,9 @@ func applyPolicy(ctx context.Context, q *qmp.Client, p converge.Policy, caps map
 	// migration, which would leave the moment to the steering alone, makes QEMU sync its dirty bitmap many times in
 	// quick succession, and under TCG every sync can lose guest writes.)
 	params := qmp.MigrationParameters{DowntimeLimit: new(max(time.Millisecond, downtime)), MaxBandwidth: new(converge.QEMUMaxBandwidth(maxBandwidth))}
-	if p.Kind == converge.PolicyAutoconverge {
-		params.CPUThrottleInitial, params.CPUThrottleIncrement = new(p.ThrottleInitial), new(p.ThrottleIncrement)
+	if caps["auto-converge"] {
+		initial, increment := p.Throttle()
+		params.CPUThrottleInitial, params.CPUThrottleIncrement = new(initial), new(increment)
 	}
 	return q.SetParameters(ctx, params)
 }
@@ -48,7 +49,12 @@ func (m *vmMigration) watch(ctx context.Context, log *slog.Logger) {
 	q, p := m.vm.qmp, m.s.cfg.Policy
 	steering := p.Steering()
 	guard := m.newGuardWatch(log)
-	start := time.Now()
+	// The policy's clock runs from the start of the run (timebound's deadline covers the whole send), or from now
+	// when there is none.
+	start := m.s.runStart
+	if start.IsZero() {
+		start = time.Now()
+	}
 	var restore func()
 	defer func() {
 		if restore != nil {
@@ -56,6 +62,7 @@ func (m *vmMigration) watch(ctx context.Context, log *slog.Logger) {
 		}
 	}()
 	steered := !p.Acts()
+	throttled := p.ThrottlesVCPUs(m.mig.vcpus)
 	watchMigration(ctx, q, func(mi qmp.MigrationInfo) bool {
 		guard.observe(ctx, mi)
 		if steered {
@@ -63,8 +70,11 @@ func (m *vmMigration) watch(ctx context.Context, log *slog.Logger) {
 		}
 		st := steering.Observe(converge.Progress{Elapsed: time.Since(start), PagesSent: mi.RAM.Normal + mi.RAM.Duplicate,
 			Remaining: mi.RAM.Remaining, Total: mi.RAM.Total, Transferred: mi.RAM.Transferred, Iterations: mi.RAM.DirtySyncCount,
-			PageSize: mi.RAM.PageSize})
-		if st.PinVCPUs > 0 {
+			PageSize: mi.RAM.PageSize, Throttle: mi.CPUThrottlePercentage, AutoConverge: throttled})
+		if st.PinVCPUs > 0 && m.mig.vcpus != 0 && m.mig.vcpus <= st.PinVCPUs {
+			log.Info("timebound: marker passed; pinning cannot slow this VM, QEMU's throttle does", "vcpus", m.mig.vcpus,
+				"throttle", mi.CPUThrottlePercentage)
+		} else if st.PinVCPUs > 0 {
 			if r, err := pinVCPUs(ctx, q, st.PinVCPUs); err != nil {
 				log.Warn("timebound: pinning vCPUs failed", "err", err)
 			} else {
@@ -72,9 +82,12 @@ func (m *vmMigration) watch(ctx context.Context, log *slog.Logger) {
 				restore = r
 			}
 		}
+		if st.Reason != "" && !st.SwitchOver && st.PinVCPUs == 0 {
+			log.Info(st.Reason, "remaining", mi.RAM.Remaining, "pass", mi.RAM.DirtySyncCount, "throttle", mi.CPUThrottlePercentage)
+		}
 		if st.SwitchOver {
 			log.Info(st.Reason, "remaining", mi.RAM.Remaining, "elapsed", time.Since(start).Round(time.Millisecond),
-				"pass", mi.RAM.DirtySyncCount, "pages_per_s", int64(steering.Rate()))
+				"pass", mi.RAM.DirtySyncCount, "pages_per_s", int64(steering.Rate()), "throttle", mi.CPUThrottlePercentage)
 			switchOver(q, m.setStopped)
 			steered = true
 		}
