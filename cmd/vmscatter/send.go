@@ -42,7 +42,7 @@ func sendCommand() *cli.Command {
 			&cli.DurationFlag{Name: "downtime", Value: converge.DefaultDowntime, Usage: "precopy/autoconverge: downtime limit"},
 			&cli.IntFlag{Name: "throttle-initial", Value: 20, Usage: "autoconverge: first vCPU throttle, percent"},
 			&cli.IntFlag{Name: "throttle-increment", Value: 10, Usage: "autoconverge: throttle step, percent"},
-			&cli.DurationFlag{Name: "deadline", Usage: "timebound: switch over by this time"},
+			&cli.DurationFlag{Name: "deadline", Usage: "timebound: finish the whole send (prime included) within this time"},
 			&cli.Float64Flag{Name: "marker", Value: 0.5, Usage: "timebound: fraction of the first pass after which vCPUs are over-committed"},
 			&cli.IntFlag{Name: "overcommit-cpus", Value: 1, Usage: "timebound: host CPUs the vCPUs are pinned onto after the marker"},
 			&cli.StringFlag{Name: "compress", Value: "zstd", Usage: "page compression: zstd (fewest bytes), s2 (least CPU), none; the prime compresses pages in bundles"},
