@@ -1,0 +1,540 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/vmscatter/vmscatter/bench/fixture"
+	"github.com/vmscatter/vmscatter/bench/guest/guestlog"
+	"github.com/vmscatter/vmscatter/bench/lab"
+	"github.com/vmscatter/vmscatter/qemu/qmp"
+	"github.com/vmscatter/vmscatter/scatter/report"
+)
+
+// A fault campaign (issue #13, docs/reliability.md): trials, each a real run of `vmscatter send` (guests running
+// the self-verifying workload, two targets, a slowed source link) with one fault injected at a point of it, then
+// `vmscatter recover` until it settles and once more, then the census: every VM must run exactly once (never on
+// both hosts, never on neither), in state running, its workload still verifying. Each trial has a lab of its own.
+// Trials are drawn from a seed, and each trial's own draws (delay, hold, victim) from the seed and its number, so
+// any trial can be run again alone.
+
+// FaultKind is what a trial does to the run.
+type FaultKind string
+
+// The faults.
+const (
+	SenderKill   FaultKind = "sender-kill"   // SIGKILL of `vmscatter send`
+	SenderHUP    FaultKind = "sender-hup"    // SIGHUP of `vmscatter send`: it stops at its next safe point
+	ReceiverKill FaultKind = "receiver-kill" // SIGKILL of the victim's receiver, restarted on its data dir after Hold
+	DestKill     FaultKind = "dest-kill"     // SIGKILL of the victim's destination QEMU
+	PartitionSrc FaultKind = "partition"     // the source's link drops every packet, both ways, for Hold
+)
+
+// FaultSpec is one trial.
+type FaultSpec struct {
+	N      int           `json:"n"`
+	Kind   FaultKind     `json:"kind"`
+	Point  Point         `json:"point"`
+	Delay  time.Duration `json:"delay"`  // from the point to the fault
+	Hold   time.Duration `json:"hold"`   // receiver-kill: down this long; partition: lasts this long
+	Victim int           `json:"victim"` // the guest whose migration the point is of
+	Target int           `json:"target"` // receiver-kill before the victim has a target: the receiver to kill
+}
+
+func (s FaultSpec) String() string {
+	str := fmt.Sprintf("#%d %s at %s +%v (victim guest %d)", s.N, s.Kind, s.Point, s.Delay.Round(time.Millisecond), s.Victim+1)
+	if s.Hold > 0 {
+		str += fmt.Sprintf(", hold %v", s.Hold.Round(time.Millisecond))
+	}
+	return str
+}
+
+// longPartition outlasts the sender's bound on Finish (2 minutes: START sent, RUNNING awaited), so the sender gives
+// up before the link comes back.
+const longPartition = 150 * time.Second
+
+type gridCell struct {
+	kind  FaultKind
+	point Point
+	long  bool // partition: longPartition
+}
+
+// faultGrid is every (fault, point) a full campaign covers: the process faults at every point where their victim
+// exists, the partition around START, short and long.
+func faultGrid() []gridCell {
+	all := []Point{AtBegin, AtPrepare, AtPerform, AtCompleted, AtLoaded, AtFinish, AtConfirm}
+	var g []gridCell
+	for _, k := range []FaultKind{SenderKill, SenderHUP, ReceiverKill, DestKill} {
+		for _, p := range all {
+			if k == DestKill && p == AtBegin {
+				continue // no destination yet
+			}
+			g = append(g, gridCell{kind: k, point: p})
+		}
+	}
+	for _, p := range []Point{AtCompleted, AtLoaded, AtFinish} {
+		g = append(g, gridCell{kind: PartitionSrc, point: p}, gridCell{kind: PartitionSrc, point: p, long: true})
+	}
+	return g
+}
+
+// PlanCampaign draws n trials from seed: the whole grid first, shuffled, while n allows, then cells drawn at random.
+func PlanCampaign(seed uint64, n, guests int) []FaultSpec {
+	r := rand.New(rand.NewPCG(seed, 0))
+	grid := faultGrid()
+	r.Shuffle(len(grid), func(i, j int) { grid[i], grid[j] = grid[j], grid[i] })
+	var out []FaultSpec
+	for i := range n {
+		cell := grid[i%len(grid)]
+		if i >= len(grid) {
+			cell = grid[r.IntN(len(grid))]
+		}
+		out = append(out, drawTrial(seed, i+1, cell, guests))
+	}
+	return out
+}
+
+// SmallCampaign is the campaign `make test` runs: each fault once, where it matters most.
+func SmallCampaign(seed uint64, guests int) []FaultSpec {
+	cells := []gridCell{
+		{kind: SenderKill, point: AtFinish},      // START decided, nobody to see it through: recover finishes it
+		{kind: SenderHUP, point: AtPerform},      // the operator stops the run: it rolls back by itself
+		{kind: ReceiverKill, point: AtLoaded},    // a loaded destination outlives its receiver and waits for the word
+		{kind: DestKill, point: AtPerform},       // the stream's end dies: roll back
+		{kind: PartitionSrc, point: AtCompleted}, // the link goes silent just before START
+	}
+	var out []FaultSpec
+	for i, c := range cells {
+		out = append(out, drawTrial(seed, i+1, c, guests))
+	}
+	return out
+}
+
+// drawTrial draws trial n's delay, hold, victim and target from its own generator.
+func drawTrial(seed uint64, n int, cell gridCell, guests int) FaultSpec {
+	r := rand.New(rand.NewPCG(seed, uint64(n)))
+	between := func(lo, hi time.Duration) time.Duration { return lo + time.Duration(r.Int64N(int64(hi-lo)+1)) }
+	s := FaultSpec{N: n, Kind: cell.kind, Point: cell.point, Victim: r.IntN(guests), Target: r.IntN(2)}
+	switch cell.point {
+	case AtBegin:
+		s.Delay = between(0, 1500*time.Millisecond)
+	case AtPrepare:
+		s.Delay = between(0, 300*time.Millisecond)
+	case AtPerform:
+		s.Delay = between(0, 2500*time.Millisecond)
+	case AtCompleted:
+		s.Delay = between(0, 20*time.Millisecond)
+	default:
+		s.Delay = between(0, 50*time.Millisecond)
+	}
+	switch {
+	case cell.kind == ReceiverKill:
+		s.Hold = between(500*time.Millisecond, 5*time.Second)
+	case cell.kind == PartitionSrc && cell.long:
+		s.Hold = longPartition
+	case cell.kind == PartitionSrc:
+		s.Hold = between(3*time.Second, 15*time.Second)
+	}
+	return s
+}
+
+// CampaignConfig configures the trials.
+type CampaignConfig struct {
+	Bin       string // the vmscatter binary
+	Dir       string // trial N works in Dir/trial-NNN
+	Guests    int    // per trial; default 2
+	MemoryMiB int    // per guest; default 128
+	Rate      uint64 // the source link's rate in bit/s, so that a stream lasts seconds; default 100e6
+	SendArgs  []string
+	Keep      bool // keep every trial's directory; a trial with a problem keeps its own regardless
+	Logf      func(format string, args ...any)
+}
+
+func (cfg *CampaignConfig) fill() {
+	if cfg.Guests == 0 {
+		cfg.Guests = 2
+	}
+	if cfg.MemoryMiB == 0 {
+		cfg.MemoryMiB = 128
+	}
+	if cfg.Rate == 0 {
+		cfg.Rate = 100e6
+	}
+	if cfg.SendArgs == nil {
+		// The VMs migrate at once; a stalled migration rolls back after 90 s rather than 10 minutes.
+		cfg.SendArgs = []string{"--parallel", "2", "--timeout", "90s", "--log-level", "info"}
+	}
+	if cfg.Logf == nil {
+		cfg.Logf = func(string, ...any) {}
+	}
+}
+
+// TrialResult is what one trial did and found.
+type TrialResult struct {
+	Spec    FaultSpec `json:"spec"`
+	Dir     string    `json:"dir,omitempty"` // kept: every trial's with Keep, else only one with a problem
+	Reached bool      `json:"reached"`       // the point was reached and the fault struck
+	// At is where the victim stood when the fault struck; for a sender killed, where its journal stopped.
+	At       Where          `json:"at"`
+	Moment   string         `json:"moment"` // At's label, for the figures
+	Injected string         `json:"injected,omitempty"`
+	Send     SendOutcome    `json:"send"`
+	Recovers []RecoverRound `json:"recovers"`
+	// RecoverRuns is how many runs of `vmscatter recover` it took until one exited 0; 0 if none did.
+	RecoverRuns int         `json:"recover_runs"`
+	Idempotent  bool        `json:"idempotent"` // one more run found nothing to do and changed nothing
+	VMs         []VMOutcome `json:"vms"`
+	Lost        int         `json:"lost"`    // VMs no QEMU runs
+	Doubled     int         `json:"doubled"` // VMs two or more QEMUs run
+	Faulty      int         `json:"faulty"`  // VMs with one copy that is not running, or whose workload stopped verifying
+	Notes       []string    `json:"notes,omitempty"`
+	Elapsed     time.Duration
+}
+
+// Problem reports whether the trial found anything wrong.
+func (t *TrialResult) Problem() bool {
+	return t.Lost+t.Doubled+t.Faulty > 0 || t.RecoverRuns == 0 || !t.Idempotent
+}
+
+// SendOutcome is how the sender ended.
+type SendOutcome struct {
+	Exit   int               `json:"exit"`
+	Killed string            `json:"killed,omitempty"` // the signal that ended it
+	Hung   bool              `json:"hung,omitempty"`   // it had not exited 10 minutes after the fault: killed
+	VMs    map[string]string `json:"vms,omitempty"`    // status: error, from its report
+}
+
+// RecoverRound is one run of `vmscatter recover`.
+type RecoverRound struct {
+	Exit int               `json:"exit"`
+	VMs  map[string]string `json:"vms,omitempty"` // status: why, for each VM it found unsettled
+}
+
+// VMOutcome is the census of one VM after the trial.
+type VMOutcome struct {
+	Name    string `json:"name"`
+	Copies  []Copy `json:"copies"`
+	Host    string `json:"host,omitempty"` // where its one copy runs
+	Reports string `json:"reports"`        // the status the last report that mentions it gives
+	Problem string `json:"problem,omitempty"`
+}
+
+// RunTrial runs one trial in a lab of its own. It returns an error only when the trial could not be run (no lab,
+// a guest that did not boot); what the fault did is in the result.
+func RunTrial(ctx context.Context, cfg CampaignConfig, spec FaultSpec) (res *TrialResult, err error) {
+	cfg.fill()
+	start := time.Now()
+	dir := filepath.Join(cfg.Dir, fmt.Sprintf("trial-%03d", spec.N))
+	os.RemoveAll(dir)
+	res = &TrialResult{Spec: spec, At: Where{Target: -1}}
+	note := func(format string, args ...any) {
+		res.Notes = append(res.Notes, fmt.Sprintf(format, args...))
+		cfg.Logf("trial %d: "+format, append([]any{spec.N}, args...)...)
+	}
+	c, err := NewCluster(ctx, ClusterConfig{Targets: 2, Bin: cfg.Bin, Dir: dir,
+		TargetCapacity: spreadCapacity(cfg.Guests, 2, cfg.MemoryMiB)})
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		c.Close()
+		res.Elapsed = time.Since(start)
+		if cfg.Keep || res.Problem() {
+			res.Dir = dir
+		} else {
+			os.RemoveAll(dir)
+		}
+	}()
+	shaping := lab.Shaping{Rate: cfg.Rate}
+	if err := c.Source.Shape(shaping); err != nil {
+		return nil, err
+	}
+	guests, err := c.StartGuestsWith(ctx, fmt.Sprintf("f%dv", spec.N), cfg.Guests, func(name string) fixture.GuestOptions {
+		return fixture.GuestOptions{MemoryMiB: cfg.MemoryMiB, Workload: workloadOf(spec.N), ExtraArgs: c.WatchArgs(name)}
+	})
+	if err != nil {
+		return nil, err
+	}
+	for _, g := range guests {
+		if _, err := waitConsole(ctx, g.SerialPath, 3, 2*time.Minute); err != nil {
+			return nil, fmt.Errorf("%s before the run: %w", g.Name, err)
+		}
+	}
+	victim := guests[spec.Victim%len(guests)]
+	w, err := c.Watch(ctx, victim.Name)
+	if err != nil {
+		return nil, err
+	}
+	watching := true
+	defer func() {
+		if watching {
+			w.Close()
+		}
+	}()
+	run, err := c.StartSend(ctx, guests, cfg.SendArgs...)
+	if err != nil {
+		return nil, err
+	}
+
+	at, reached := w.WaitFor(ctx, spec.Point, run.Done(), 5*time.Minute)
+	res.At = at
+	if !reached {
+		note("the run never reached %s (%s): no fault", spec.Point, at)
+	} else {
+		sleepCtx(ctx, spec.Delay)
+		res.Reached = true
+		res.At, res.Injected = inject(ctx, c, w, run, spec, shaping, note)
+	}
+	res.Moment = res.At.Label()
+
+	// The sender settles what it can by itself; then it must have exited.
+	select {
+	case <-run.Done():
+	case <-time.After(10 * time.Minute):
+		res.Send.Hung = true
+		note("send had not exited 10 minutes after the fault: killed")
+		_ = run.Signal(syscall.SIGKILL)
+	case <-ctx.Done():
+		return res, ctx.Err()
+	}
+	sr, err := run.Wait()
+	if err != nil && sr.Killed == 0 {
+		note("send: %v", err)
+	}
+	res.Send.Exit = sr.Exit
+	if sr.Killed != 0 {
+		res.Send.Killed = sr.Killed.String()
+	}
+	final := map[string]string{}
+	for _, v := range sr.Report.VMs {
+		if res.Send.VMs == nil {
+			res.Send.VMs = map[string]string{}
+		}
+		res.Send.VMs[v.Name] = strings.TrimSuffix(v.Status+": "+v.Error, ": ")
+		final[v.Name] = v.Status
+	}
+	w.Close()
+	watching = false
+
+	// Recover until it says every VM is settled (at most three runs), then once more to show it changes nothing.
+	for i := 1; i <= 3 && res.RecoverRuns == 0; i++ {
+		round, err := recoverRound(ctx, c, final)
+		if err != nil {
+			note("recover %d: %v", i, err)
+		}
+		res.Recovers = append(res.Recovers, round)
+		if round.Exit == 0 && err == nil {
+			res.RecoverRuns = i
+		} else {
+			sleepCtx(ctx, 5*time.Second)
+		}
+	}
+	if res.RecoverRuns == 0 {
+		note("recover did not settle every VM in %d runs", len(res.Recovers))
+	}
+	before := census(ctx, c, guests)
+	round, err := recoverRound(ctx, c, final)
+	res.Recovers = append(res.Recovers, round)
+	after := census(ctx, c, guests)
+	res.Idempotent = err == nil && round.Exit == 0 && len(round.VMs) == 0 && sameCopies(before, after)
+	if !res.Idempotent {
+		note("recover again: exit %d, %d VM(s) unsettled, err %v; copies before %v, after %v", round.Exit, len(round.VMs), err, before, after)
+	}
+	if st, err := c.Status(ctx); err == nil {
+		_ = os.WriteFile(filepath.Join(dir, "status.txt"), []byte(st), 0o644)
+	}
+
+	for _, g := range guests {
+		v := checkVM(ctx, c, g.Name, after[g.Name], final[g.Name])
+		switch {
+		case len(v.Copies) == 0:
+			res.Lost++
+		case len(v.Copies) > 1:
+			res.Doubled++
+		case v.Problem != "":
+			res.Faulty++
+		}
+		res.VMs = append(res.VMs, v)
+	}
+	return res, nil
+}
+
+// workloadOf is the guests' workload: a 16 MiB working set dirtied at 200 pages/s, shared across guests but 25%.
+func workloadOf(n int) fixture.Workload {
+	return fixture.Workload{WSS: 16 << 20, Rate: 200, Seed: uint64(n), Private: 0.25}
+}
+
+// inject strikes: it returns where the victim stood (for a sender killed, where its journal stopped) and what was
+// done.
+func inject(ctx context.Context, c *Cluster, w *VMWatch, run *SendRun, spec FaultSpec, shaping lab.Shaping,
+	note func(string, ...any)) (Where, string) {
+	at := w.Now(ctx)
+	switch spec.Kind {
+	case SenderKill, SenderHUP:
+		sig := syscall.SIGKILL
+		if spec.Kind == SenderHUP {
+			sig = syscall.SIGHUP
+		}
+		select {
+		case <-run.Done():
+			note("send had exited before the %v", sig)
+			return at, ""
+		default:
+		}
+		if err := run.Signal(sig); err != nil {
+			note("signalling send: %v", err)
+			return at, ""
+		}
+		if sig == syscall.SIGKILL {
+			<-run.Done()
+			at = w.Now(ctx) // the journal as the sender left it
+		}
+		return at, fmt.Sprintf("%v to send (pid %d)", sig, run.PID)
+	case ReceiverKill:
+		i := at.Target
+		if i < 0 {
+			i = spec.Target
+		}
+		c.KillReceiver(i)
+		sleepCtx(ctx, spec.Hold)
+		if err := c.StartReceiver(ctx, i); err != nil {
+			note("restarting the receiver on %s: %v", c.Targets[i].Name, err)
+		}
+		return at, fmt.Sprintf("SIGKILL to the receiver on %s, restarted after %v", c.Targets[i].Name, spec.Hold.Round(time.Millisecond))
+	case DestKill:
+		// At Prepare the destination may still be starting: give it a moment to exist.
+		for deadline := time.Now().Add(10 * time.Second); ; {
+			if i := at.Target; i >= 0 {
+				pid, err := c.KillDestination(i, w.vm)
+				if err != nil {
+					note("killing the destination: %v", err)
+				}
+				if pid > 0 {
+					return at, fmt.Sprintf("SIGKILL to the destination QEMU on %s (pid %d)", c.Targets[i].Name, pid)
+				}
+			}
+			if time.Now().After(deadline) || ctx.Err() != nil {
+				note("no destination QEMU of %s to kill (%s)", w.vm, at)
+				return at, ""
+			}
+			sleepCtx(ctx, 20*time.Millisecond)
+			at = w.Now(ctx)
+		}
+	case PartitionSrc:
+		if err := Partition(c.Source, shaping); err != nil {
+			note("partition: %v", err)
+			return at, ""
+		}
+		sleepCtx(ctx, spec.Hold)
+		if err := Heal(c.Source, shaping); err != nil {
+			note("healing the partition: %v", err)
+		}
+		return at, fmt.Sprintf("the source's link dropped every packet both ways for %v", spec.Hold.Round(time.Millisecond))
+	}
+	return at, ""
+}
+
+// recoverRound runs `vmscatter recover` once and notes each VM's status in final.
+func recoverRound(ctx context.Context, c *Cluster, final map[string]string) (RecoverRound, error) {
+	rr, err := c.Recover(ctx)
+	if rr == nil {
+		return RecoverRound{Exit: -1}, err
+	}
+	round := RecoverRound{Exit: rr.Exit}
+	for _, v := range rr.Report.VMs {
+		if round.VMs == nil {
+			round.VMs = map[string]string{}
+		}
+		round.VMs[v.Name] = strings.TrimSuffix(v.Status+": "+v.Error, ": ")
+		final[v.Name] = v.Status
+	}
+	return round, err
+}
+
+// census lists every guest's copies.
+func census(ctx context.Context, c *Cluster, guests []*fixture.Guest) map[string][]Copy {
+	out := map[string][]Copy{}
+	for _, g := range guests {
+		cps, _ := c.Copies(ctx, g.Name)
+		out[g.Name] = cps
+	}
+	return out
+}
+
+func sameCopies(a, b map[string][]Copy) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, x := range a {
+		y := b[k]
+		if !slices.EqualFunc(x, y, func(p, q Copy) bool { return p.PID == q.PID && p.State == q.State }) {
+			return false
+		}
+	}
+	return true
+}
+
+// checkVM judges one VM: exactly one copy, running (every campaign guest ran), its workload printing new progress
+// lines and no BAD line, where the last report that mentions it says.
+func checkVM(ctx context.Context, c *Cluster, vm string, copies []Copy, reported string) VMOutcome {
+	v := VMOutcome{Name: vm, Copies: copies, Reports: reported}
+	switch len(copies) {
+	case 0:
+		v.Problem = "no QEMU runs it: lost"
+		return v
+	case 1:
+	default:
+		v.Problem = fmt.Sprintf("%d QEMUs run it: doubled", len(copies))
+		return v
+	}
+	cp := copies[0]
+	v.Host = cp.Host
+	if cp.State != qmp.RunStateRunning {
+		v.Problem = fmt.Sprintf("its only copy, on %s, is %q", cp.Host, cp.State)
+		return v
+	}
+	if want := map[string]bool{report.StatusMigrated: cp.Host != c.Source.Name, report.StatusRolledBack: cp.Host == c.Source.Name}; reported != "" {
+		if ok, known := want[reported]; known && !ok {
+			v.Problem = fmt.Sprintf("the report says %s, but it runs on %s", reported, cp.Host)
+			return v
+		}
+	}
+	b, _ := os.ReadFile(cp.SerialLog())
+	s0, _ := guestlog.Summarize(bytes.NewReader(b))
+	if _, err := waitConsole(ctx, cp.SerialLog(), s0.OKs+10, 90*time.Second); err != nil {
+		v.Problem = fmt.Sprintf("its workload on %s: %v", cp.Host, err)
+	}
+	return v
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
+
+// WriteTrials appends results as JSON lines.
+func WriteTrials(path string, results []*TrialResult) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	enc := json.NewEncoder(f)
+	for _, r := range results {
+		if err := enc.Encode(r); err != nil {
+			f.Close()
+			return err
+		}
+	}
+	return f.Close()
+}

@@ -1,0 +1,416 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/vmscatter/vmscatter/bench/lab"
+	"github.com/vmscatter/vmscatter/qemu/qmp"
+	"github.com/vmscatter/vmscatter/scatter/commit"
+	"github.com/vmscatter/vmscatter/scatter/source"
+)
+
+// Faults in the lab, for the fault campaign (campaign.go, docs/reliability.md): where a VM's migration stands seen
+// from outside (Where: the sender's journal, the source QEMU's run state on a spare QMP socket, the receivers'
+// journals), the faults themselves (KillDestination, Partition; signals to the sender through SendRun; receivers
+// through KillReceiver and StartReceiver), and the census after them (Copies: every QEMU process of a VM on any host
+// of the lab, with its run state).
+//
+// The spare QMP socket: the sender holds the guest's own QMP socket for the whole run (QEMU serves one client per
+// socket), so a guest started for a campaign has a second one, WatchSocket. The receiver rewrites it like any
+// other (qemu.RewriteCommandLine: DATA-DIR/<vm>/qmp-1.sock), which gives every destination a spare socket too.
+
+// WatchSocket is the spare QMP socket of a guest started with WatchArgs.
+func (c *Cluster) WatchSocket(vm string) string { return filepath.Join(c.GuestDir(vm), "watch.sock") }
+
+// WatchArgs are the QEMU arguments that give guest vm its spare QMP socket.
+func (c *Cluster) WatchArgs(vm string) []string {
+	return []string{"-qmp", "unix:" + c.WatchSocket(vm) + ",server=on,wait=off"}
+}
+
+// Where is where one VM's migration stands, seen from outside. The phases are commit.Phase's names, as the
+// journals write them.
+type Where struct {
+	Sender    string       `json:"sender"`             // the sender's journal; "" before its first record (Begin)
+	Source    qmp.RunState `json:"source"`             // the source QEMU's run state; "" when it did not answer
+	Completed bool         `json:"completed"`          // the source QEMU's migration completed: its stream is all out
+	Receiver  string       `json:"receiver,omitempty"` // the receiver's journal, "" without a record
+	Target    int          `json:"target"`             // the receiver's index; -1 until the sender journaled it
+}
+
+// Label names the moment for the campaign's figures: the sender's phase, with Perform split where the source has
+// completed its stream (QEMU's migration is over, START not yet decided) and where the receiver has also
+// journaled Loaded (the destination holds the whole VM, paused).
+func (w Where) Label() string {
+	switch {
+	case w.Sender == "":
+		return "Begin"
+	case w.Sender == commit.Perform.String() && w.Receiver == commit.Loaded.String():
+		return "Loaded"
+	case w.Sender == commit.Perform.String() && (w.Completed || w.Source == qmp.RunStatePostMigrate):
+		return "Perform, source completed"
+	}
+	return w.Sender
+}
+
+func (w Where) String() string {
+	s := fmt.Sprintf("sender %s, source %s", orNone(w.Sender), orNone(string(w.Source)))
+	if w.Completed {
+		s += " (migration completed)"
+	}
+	if w.Target >= 0 {
+		s += fmt.Sprintf(", receiver t%d %s", w.Target+1, orNone(w.Receiver))
+	}
+	return s
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// SenderRecord reads the sender's journal record of vm: the latest epoch's among the runs under StateDir.
+func (c *Cluster) SenderRecord(vm string) (source.VMRecord, bool) {
+	var best source.VMRecord
+	var found bool
+	files, _ := filepath.Glob(filepath.Join(c.StateDir(), "*", "vm-"+vm+".json"))
+	for _, f := range files {
+		var r source.VMRecord
+		if b, err := os.ReadFile(f); err != nil || json.Unmarshal(b, &r) != nil {
+			continue // being replaced: the journal renames a whole record over the old one, so the next read sees it
+		}
+		if !found || r.Epoch > best.Epoch {
+			best, found = r, true
+		}
+	}
+	return best, found
+}
+
+// ReceiverPhase reads target i's journal of vm (DATA-DIR/<vm>/commit.json): its phase and epoch.
+func (c *Cluster) ReceiverPhase(i int, vm string) (phase string, epoch uint64) {
+	var r struct {
+		Phase string `json:"phase"`
+		Epoch uint64 `json:"epoch"`
+	}
+	b, err := os.ReadFile(filepath.Join(c.DestinationDir(i, vm), "commit.json"))
+	if err != nil || json.Unmarshal(b, &r) != nil {
+		return "", 0
+	}
+	return r.Phase, r.Epoch
+}
+
+// VMWatch follows one VM's migration from outside: the journals, and the source QEMU on its spare QMP socket.
+// Close it before anything else dials that socket.
+type VMWatch struct {
+	c         *Cluster
+	vm        string
+	q         *qmp.Client
+	completed atomic.Bool
+	stop      context.CancelFunc
+}
+
+// Watch starts following guest vm, which must have been started with WatchArgs.
+func (c *Cluster) Watch(ctx context.Context, vm string) (*VMWatch, error) {
+	q, err := qmp.Dial(ctx, c.WatchSocket(vm))
+	if err != nil {
+		return nil, fmt.Errorf("the spare QMP socket of %s: %w", vm, err)
+	}
+	ctx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	w := &VMWatch{c: c, vm: vm, q: q, stop: stop}
+	sub := q.Subscribe(qmp.EventMigration)
+	go func() {
+		defer sub.Close()
+		for {
+			ev, err := sub.Next(ctx)
+			if errors.Is(err, qmp.ErrEventsLost) {
+				continue
+			}
+			if err != nil {
+				return
+			}
+			var d struct {
+				Status qmp.MigrationStatus `json:"status"`
+			}
+			if json.Unmarshal(ev.Data, &d) == nil && d.Status == qmp.MigrationCompleted {
+				w.completed.Store(true)
+			}
+		}
+	}()
+	return w, nil
+}
+
+// Close stops following and lets go of the spare socket.
+func (w *VMWatch) Close() {
+	w.stop()
+	w.q.Close()
+}
+
+// Now is where the VM stands.
+func (w *VMWatch) Now(ctx context.Context) Where {
+	at := Where{Target: -1}
+	if r, ok := w.c.SenderRecord(w.vm); ok {
+		at.Sender = r.Phase
+		at.Target = w.c.TargetIndex(r.Target)
+	}
+	qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	st, err := w.q.Status(qctx)
+	cancel()
+	if err == nil {
+		at.Source = st
+	}
+	at.Completed = w.completed.Load() || st == qmp.RunStatePostMigrate
+	if at.Target >= 0 {
+		at.Receiver, _ = w.c.ReceiverPhase(at.Target, w.vm)
+	}
+	return at
+}
+
+// Point is a moment of a run that a fault waits for.
+type Point string
+
+// The points, in the order a migration passes them.
+const (
+	AtBegin     Point = "begin"     // send started; the VM has no journal record yet (inventory, scan, placement)
+	AtPrepare   Point = "prepare"   // the sender journaled Prepare: OPEN sent, the destination starting
+	AtPerform   Point = "perform"   // the sender journaled Perform: the stream flows
+	AtCompleted Point = "completed" // the source QEMU completed its migration: its stream is all out, no START yet
+	AtLoaded    Point = "loaded"    // the receiver journaled Loaded: the destination holds the whole VM, paused
+	AtFinish    Point = "finish"    // the sender journaled Finish: START decided and sent
+	AtConfirm   Point = "confirm"   // the sender journaled Confirm: RUNNING heard, the source QEMU quits
+)
+
+// forward ranks a sender phase on a migration's way forward; 0 for Begin, -1 for the way back and the ends
+// other than Committed.
+func forward(phase string) int {
+	if phase == "" {
+		return 0
+	}
+	p, _ := commit.ParsePhase(phase)
+	switch p {
+	case commit.Prepare:
+		return 1
+	case commit.Perform:
+		return 2
+	case commit.Loaded:
+		return 3
+	case commit.Finish:
+		return 4
+	case commit.Confirm:
+		return 5
+	case commit.Committed:
+		return 6
+	}
+	return -1
+}
+
+// reached reports whether the migration is at point p or past it, on its way forward.
+func (p Point) reached(at Where) bool {
+	f := forward(at.Sender)
+	switch p {
+	case AtBegin:
+		return true
+	case AtPrepare:
+		return f >= 1
+	case AtPerform:
+		return f >= 2
+	case AtCompleted:
+		return f >= 4 || (f >= 2 && at.Completed)
+	case AtLoaded:
+		return f >= 4 || (f >= 2 && at.Receiver == commit.Loaded.String())
+	case AtFinish:
+		return f >= 4
+	case AtConfirm:
+		return f >= 5
+	}
+	return false
+}
+
+// WaitFor waits until the VM's migration reaches point p and returns where it stands then. It reports false if
+// the sender exits (ended closes) or the bound passes first.
+func (w *VMWatch) WaitFor(ctx context.Context, p Point, ended <-chan struct{}, bound time.Duration) (Where, bool) {
+	deadline := time.Now().Add(bound)
+	for {
+		at := w.Now(ctx)
+		if p.reached(at) {
+			return at, true
+		}
+		select {
+		case <-ended:
+			at = w.Now(ctx)
+			return at, p.reached(at)
+		case <-ctx.Done():
+			return at, false
+		case <-time.After(10 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return at, false
+		}
+	}
+}
+
+// KillDestination kills VM vm's destination QEMU on target i with SIGKILL, by the PID in its pidfile
+// (DATA-DIR/<vm>/qemu.pid), once it checked that this PID is that VM's QEMU. It returns the PID, 0 if none runs.
+func (c *Cluster) KillDestination(i int, vm string) (int, error) {
+	b, err := os.ReadFile(filepath.Join(c.DestinationDir(i, vm), "qemu.pid"))
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 1 {
+		return 0, fmt.Errorf("pidfile of %s on %s: %q", vm, c.Targets[i].Name, b)
+	}
+	p, ok := readProc(pid)
+	if !ok || p.zombie || p.vm != vm {
+		return 0, nil
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		return 0, err
+	}
+	return pid, nil
+}
+
+// Partition makes host h's link drop every packet, both ways, silently: no reset, no ICMP, as a cut cable or a
+// dead switch port; keep is the shaping the link had, which goes on applying to what Heal lets through. (The
+// lab's loss is a tc filter that drops at random, 100% here, on the host's egress and on the bridge's port towards
+// it; it needs no sch_netem.)
+func Partition(h *lab.Host, keep lab.Shaping) error {
+	cut := keep
+	cut.Loss = 100
+	if err := h.Shape(cut); err != nil {
+		return err
+	}
+	return h.ShapeIngress(lab.Shaping{Loss: 100})
+}
+
+// Heal ends a Partition: the link is shaped by keep again.
+func Heal(h *lab.Host, keep lab.Shaping) error {
+	return errors.Join(h.Shape(keep), h.ShapeIngress(lab.Shaping{}))
+}
+
+// Copy is one QEMU process of a VM, found by its command line on any host of the cluster.
+type Copy struct {
+	Host  string       `json:"host"` // "src" or a target's name
+	PID   int          `json:"pid"`
+	State qmp.RunState `json:"state"` // from its spare QMP socket; "" if that did not answer
+	dir   string       // where its files are: the guest's directory, or DATA-DIR/<vm>
+	spare string       // its spare QMP socket
+}
+
+// SerialLog is the copy's console log.
+func (cp Copy) SerialLog() string { return filepath.Join(cp.dir, "serial.log") }
+
+// Copies lists every live QEMU process of VM vm that belongs to this cluster (its command line names the VM and
+// a path of the cluster's), with its run state asked on its spare QMP socket (Close a VMWatch of the VM first).
+// Zombies are not copies.
+func (c *Cluster) Copies(ctx context.Context, vm string) ([]Copy, error) {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil, err
+	}
+	var out []Copy
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		p, ok := readProc(pid)
+		if !ok || p.zombie || p.vm != vm {
+			continue
+		}
+		cp := Copy{PID: pid}
+		switch {
+		case p.mentions(c.GuestDir(vm) + "/"):
+			cp.Host, cp.dir = c.Source.Name, c.GuestDir(vm)
+		default:
+			for i, t := range c.Targets {
+				if p.mentions(c.DestinationDir(i, vm) + "/") {
+					cp.Host, cp.dir = t.Name, c.DestinationDir(i, vm)
+				}
+			}
+		}
+		if cp.Host == "" {
+			if !p.mentions(c.cfg.Dir + "/") {
+				continue // another lab's guest of the same name
+			}
+			cp.Host = "?"
+		}
+		for _, s := range p.qmp {
+			if filepath.Base(s) != "qmp.sock" {
+				cp.spare = s
+			}
+		}
+		if cp.spare != "" {
+			qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			if q, err := qmp.Dial(qctx, cp.spare); err == nil {
+				cp.State, _ = q.Status(qctx)
+				q.Close()
+			}
+			cancel()
+		}
+		out = append(out, cp)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Host < out[j].Host })
+	return out, nil
+}
+
+// proc is what the census reads of a process.
+type proc struct {
+	argv   []string
+	vm     string   // the value of -name, for a qemu-system process
+	qmp    []string // its QMP unix sockets
+	zombie bool
+}
+
+func (p proc) mentions(path string) bool {
+	for _, a := range p.argv {
+		if strings.Contains(a, path) {
+			return true
+		}
+	}
+	return false
+}
+
+// readProc reads a qemu-system process's command line and state; ok is false for any other process.
+func readProc(pid int) (proc, bool) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil || len(b) == 0 {
+		return proc{}, false
+	}
+	p := proc{argv: strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")}
+	if !strings.HasPrefix(filepath.Base(p.argv[0]), "qemu-system") {
+		return proc{}, false
+	}
+	for i := 1; i+1 < len(p.argv); i++ {
+		switch p.argv[i] {
+		case "-name":
+			p.vm = p.argv[i+1]
+		case "-qmp":
+			if v, ok := strings.CutPrefix(p.argv[i+1], "unix:"); ok {
+				p.qmp = append(p.qmp, strings.Split(v, ",")[0])
+			}
+		}
+	}
+	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return proc{}, false // gone meanwhile
+	}
+	if i := strings.LastIndexByte(string(st), ')'); i >= 0 && i+2 < len(st) {
+		p.zombie = st[i+2] == 'Z' || st[i+2] == 'X'
+	}
+	return p, true
+}
