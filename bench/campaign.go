@@ -48,12 +48,18 @@ type FaultSpec struct {
 	Hold   time.Duration `json:"hold"`   // receiver-kill: down this long; partition: lasts this long
 	Victim int           `json:"victim"` // the guest whose migration the point is of
 	Target int           `json:"target"` // receiver-kill before the victim has a target: the receiver to kill
+	// NoDedup runs send with --no-dedup: no prime, every page in the stream, which then flows for seconds (with
+	// the prime, most pages travel as references and the stream is over in a fraction of a second).
+	NoDedup bool `json:"no_dedup"`
 }
 
 func (s FaultSpec) String() string {
 	str := fmt.Sprintf("#%d %s at %s +%v (victim guest %d)", s.N, s.Kind, s.Point, s.Delay.Round(time.Millisecond), s.Victim+1)
 	if s.Hold > 0 {
 		str += fmt.Sprintf(", hold %v", s.Hold.Round(time.Millisecond))
+	}
+	if s.NoDedup {
+		str += ", --no-dedup"
 	}
 	return str
 }
@@ -63,9 +69,10 @@ func (s FaultSpec) String() string {
 const longPartition = 150 * time.Second
 
 type gridCell struct {
-	kind  FaultKind
-	point Point
-	long  bool // partition: longPartition
+	kind    FaultKind
+	point   Point
+	long    bool // partition: longPartition
+	noDedup bool // SmallCampaign's choice of --no-dedup, where the stream must last (drawTrial draws it)
 }
 
 // faultGrid is every (fault, point) a full campaign covers: the process faults at every point where their victim
@@ -106,15 +113,17 @@ func PlanCampaign(seed uint64, n, guests int) []FaultSpec {
 // SmallCampaign is the campaign `make test` runs: each fault once, where it matters most.
 func SmallCampaign(seed uint64, guests int) []FaultSpec {
 	cells := []gridCell{
-		{kind: SenderKill, point: AtFinish},      // START decided, nobody to see it through: recover finishes it
-		{kind: SenderHUP, point: AtPerform},      // the operator stops the run: it rolls back by itself
-		{kind: ReceiverKill, point: AtLoaded},    // a loaded destination outlives its receiver and waits for the word
-		{kind: DestKill, point: AtPerform},       // the stream's end dies: roll back
-		{kind: PartitionSrc, point: AtCompleted}, // the link goes silent just before START
+		{kind: SenderKill, point: AtFinish},                // START decided, nobody to see it through: recover finishes it
+		{kind: SenderHUP, point: AtPerform, noDedup: true}, // the operator stops the run: it rolls back by itself
+		{kind: ReceiverKill, point: AtLoaded},              // a loaded destination outlives its receiver and waits for the word
+		{kind: DestKill, point: AtPerform, noDedup: true},  // the stream's end dies: roll back
+		{kind: PartitionSrc, point: AtCompleted},           // the link goes silent just before START
 	}
 	var out []FaultSpec
 	for i, c := range cells {
-		out = append(out, drawTrial(seed, i+1, c, guests))
+		s := drawTrial(seed, i+1, c, guests)
+		s.NoDedup = c.noDedup
+		out = append(out, s)
 	}
 	return out
 }
@@ -123,7 +132,7 @@ func SmallCampaign(seed uint64, guests int) []FaultSpec {
 func drawTrial(seed uint64, n int, cell gridCell, guests int) FaultSpec {
 	r := rand.New(rand.NewPCG(seed, uint64(n)))
 	between := func(lo, hi time.Duration) time.Duration { return lo + time.Duration(r.Int64N(int64(hi-lo)+1)) }
-	s := FaultSpec{N: n, Kind: cell.kind, Point: cell.point, Victim: r.IntN(guests), Target: r.IntN(2)}
+	s := FaultSpec{N: n, Kind: cell.kind, Point: cell.point, Victim: r.IntN(guests), Target: r.IntN(2), NoDedup: r.IntN(2) == 1}
 	switch cell.point {
 	case AtBegin:
 		s.Delay = between(0, 1500*time.Millisecond)
@@ -131,10 +140,8 @@ func drawTrial(seed uint64, n int, cell gridCell, guests int) FaultSpec {
 		s.Delay = between(0, 300*time.Millisecond)
 	case AtPerform:
 		s.Delay = between(0, 2500*time.Millisecond)
-	case AtCompleted:
-		s.Delay = between(0, 20*time.Millisecond)
-	default:
-		s.Delay = between(0, 50*time.Millisecond)
+	default: // a few milliseconds: in the lab the rest of the commit follows within tens of them
+		s.Delay = between(0, 10*time.Millisecond)
 	}
 	switch {
 	case cell.kind == ReceiverKill:
@@ -182,7 +189,7 @@ func (cfg *CampaignConfig) fill() {
 type TrialResult struct {
 	Spec    FaultSpec `json:"spec"`
 	Dir     string    `json:"dir,omitempty"` // kept: every trial's with Keep, else only one with a problem
-	Reached bool      `json:"reached"`       // the point was reached and the fault struck
+	Reached bool      `json:"reached"`       // the point was reached and the fault struck (a sender can end first)
 	// At is where the victim stood when the fault struck; for a sender killed, where its journal stopped.
 	At       Where          `json:"at"`
 	Moment   string         `json:"moment"` // At's label, for the figures
@@ -280,7 +287,11 @@ func RunTrial(ctx context.Context, cfg CampaignConfig, spec FaultSpec) (res *Tri
 			w.Close()
 		}
 	}()
-	run, err := c.StartSend(ctx, guests, cfg.SendArgs...)
+	args := cfg.SendArgs
+	if spec.NoDedup {
+		args = append(slices.Clip(args), "--no-dedup")
+	}
+	run, err := c.StartSend(ctx, guests, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -291,8 +302,7 @@ func RunTrial(ctx context.Context, cfg CampaignConfig, spec FaultSpec) (res *Tri
 		note("the run never reached %s (%s): no fault", spec.Point, at)
 	} else {
 		sleepCtx(ctx, spec.Delay)
-		res.Reached = true
-		res.At, res.Injected = inject(ctx, c, w, run, spec, shaping, note)
+		res.At, res.Injected, res.Reached = inject(ctx, c, w, run, spec, shaping, note)
 	}
 	res.Moment = res.At.Label()
 
@@ -373,32 +383,37 @@ func workloadOf(n int) fixture.Workload {
 	return fixture.Workload{WSS: 16 << 20, Rate: 200, Seed: uint64(n), Private: 0.25}
 }
 
-// inject strikes: it returns where the victim stood (for a sender killed, where its journal stopped) and what was
-// done.
+// inject strikes. It returns where the victim stood (by the journals just before; for a sender killed, where its
+// journal stopped; the source QEMU's run state just after), what was done, and whether the fault struck at all.
 func inject(ctx context.Context, c *Cluster, w *VMWatch, run *SendRun, spec FaultSpec, shaping lab.Shaping,
-	note func(string, ...any)) (Where, string) {
-	at := w.Now(ctx)
+	note func(string, ...any)) (at Where, did string, struck bool) {
+	at = w.journals()
+	defer func() { at.Source = w.sourceState(ctx) }()
 	switch spec.Kind {
 	case SenderKill, SenderHUP:
-		sig := syscall.SIGKILL
+		sig, name := syscall.SIGKILL, "SIGKILL"
 		if spec.Kind == SenderHUP {
-			sig = syscall.SIGHUP
+			sig, name = syscall.SIGHUP, "SIGHUP"
 		}
 		select {
 		case <-run.Done():
-			note("send had exited before the %v", sig)
-			return at, ""
+			note("send had exited before the %s", name)
+			return at, "", false
 		default:
 		}
 		if err := run.Signal(sig); err != nil {
-			note("signalling send: %v", err)
-			return at, ""
+			note("%s to send: %v", name, err)
+			return at, "", false
 		}
 		if sig == syscall.SIGKILL {
 			<-run.Done()
-			at = w.Now(ctx) // the journal as the sender left it
+			if run.Killed() != sig {
+				note("send had exited before the SIGKILL reached it")
+				return at, "", false
+			}
+			at = w.journals() // as the sender left it
 		}
-		return at, fmt.Sprintf("%v to send (pid %d)", sig, run.PID)
+		return at, fmt.Sprintf("%s to send (pid %d)", name, run.PID), true
 	case ReceiverKill:
 		i := at.Target
 		if i < 0 {
@@ -409,7 +424,7 @@ func inject(ctx context.Context, c *Cluster, w *VMWatch, run *SendRun, spec Faul
 		if err := c.StartReceiver(ctx, i); err != nil {
 			note("restarting the receiver on %s: %v", c.Targets[i].Name, err)
 		}
-		return at, fmt.Sprintf("SIGKILL to the receiver on %s, restarted after %v", c.Targets[i].Name, spec.Hold.Round(time.Millisecond))
+		return at, fmt.Sprintf("SIGKILL to the receiver on %s, restarted after %v", c.Targets[i].Name, spec.Hold.Round(time.Millisecond)), true
 	case DestKill:
 		// At Prepare the destination may still be starting: give it a moment to exist.
 		for deadline := time.Now().Add(10 * time.Second); ; {
@@ -419,28 +434,28 @@ func inject(ctx context.Context, c *Cluster, w *VMWatch, run *SendRun, spec Faul
 					note("killing the destination: %v", err)
 				}
 				if pid > 0 {
-					return at, fmt.Sprintf("SIGKILL to the destination QEMU on %s (pid %d)", c.Targets[i].Name, pid)
+					return at, fmt.Sprintf("SIGKILL to the destination QEMU on %s (pid %d)", c.Targets[i].Name, pid), true
 				}
 			}
 			if time.Now().After(deadline) || ctx.Err() != nil {
 				note("no destination QEMU of %s to kill (%s)", w.vm, at)
-				return at, ""
+				return at, "", false
 			}
 			sleepCtx(ctx, 20*time.Millisecond)
-			at = w.Now(ctx)
+			at = w.journals()
 		}
 	case PartitionSrc:
 		if err := Partition(c.Source, shaping); err != nil {
 			note("partition: %v", err)
-			return at, ""
+			return at, "", false
 		}
 		sleepCtx(ctx, spec.Hold)
 		if err := Heal(c.Source, shaping); err != nil {
 			note("healing the partition: %v", err)
 		}
-		return at, fmt.Sprintf("the source's link dropped every packet both ways for %v", spec.Hold.Round(time.Millisecond))
+		return at, fmt.Sprintf("the source's link dropped every packet both ways for %v", spec.Hold.Round(time.Millisecond)), true
 	}
-	return at, ""
+	return at, "", false
 }
 
 // recoverRound runs `vmscatter recover` once and notes each VM's status in final.

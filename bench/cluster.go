@@ -322,6 +322,14 @@ func (r *SendRun) Signal(sig syscall.Signal) error {
 // Done is closed once the sender has exited and been reaped.
 func (r *SendRun) Done() <-chan struct{} { return r.done }
 
+// Killed is the signal that ended the sender, 0 if it exited by itself. Call it after Done is closed.
+func (r *SendRun) Killed() syscall.Signal {
+	if ws, ok := r.cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		return ws.Signal()
+	}
+	return 0
+}
+
 // Wait waits for the sender to exit and reads its report. A sender killed by a signal exits -1 (Killed says by
 // which); its report, if it wrote none, is an error beside the result, which is returned all the same.
 func (r *SendRun) Wait() (*SendResult, error) {
@@ -338,9 +346,7 @@ func (r *SendRun) Wait() (*SendResult, error) {
 	switch {
 	case errors.As(r.waitErr, &ee):
 		res.Exit = ee.ExitCode()
-		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-			res.Killed = ws.Signal()
-		}
+		res.Killed = r.Killed()
 	case r.waitErr != nil:
 		return res, r.waitErr
 	}

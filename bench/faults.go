@@ -13,11 +13,13 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/vmscatter/vmscatter/bench/lab"
 	"github.com/vmscatter/vmscatter/qemu/qmp"
 	"github.com/vmscatter/vmscatter/scatter/commit"
 	"github.com/vmscatter/vmscatter/scatter/source"
+	"golang.org/x/sys/unix"
 )
 
 // Faults in the lab, for the fault campaign (campaign.go, docs/reliability.md): where a VM's migration stands seen
@@ -57,7 +59,7 @@ func (w Where) Label() string {
 		return "Begin"
 	case w.Sender == commit.Perform.String() && w.Receiver == commit.Loaded.String():
 		return "Loaded"
-	case w.Sender == commit.Perform.String() && (w.Completed || w.Source == qmp.RunStatePostMigrate):
+	case w.Sender == commit.Perform.String() && w.Completed:
 		return "Perform, source completed"
 	}
 	return w.Sender
@@ -111,24 +113,30 @@ func (c *Cluster) ReceiverPhase(i int, vm string) (phase string, epoch uint64) {
 	return r.Phase, r.Epoch
 }
 
-// VMWatch follows one VM's migration from outside: the journals, and the source QEMU on its spare QMP socket.
-// Close it before anything else dials that socket.
+// VMWatch follows one VM's migration from outside: the journals (woken by inotify as each record is renamed into
+// place, so a fault can strike within a millisecond of a phase), and the source QEMU on its spare QMP socket (its
+// MIGRATION events). Close it before anything else dials that socket.
 type VMWatch struct {
 	c         *Cluster
 	vm        string
 	q         *qmp.Client
 	completed atomic.Bool
+	wake      chan struct{} // a journal record changed (capacity 1)
 	stop      context.CancelFunc
+	done      chan struct{} // the inotify reader has ended
 }
 
 // Watch starts following guest vm, which must have been started with WatchArgs.
 func (c *Cluster) Watch(ctx context.Context, vm string) (*VMWatch, error) {
+	if err := os.MkdirAll(c.StateDir(), 0o700); err != nil { // as the sender's journal makes it
+		return nil, err
+	}
 	q, err := qmp.Dial(ctx, c.WatchSocket(vm))
 	if err != nil {
 		return nil, fmt.Errorf("the spare QMP socket of %s: %w", vm, err)
 	}
 	ctx, stop := context.WithCancel(context.WithoutCancel(ctx))
-	w := &VMWatch{c: c, vm: vm, q: q, stop: stop}
+	w := &VMWatch{c: c, vm: vm, q: q, stop: stop, wake: make(chan struct{}, 1), done: make(chan struct{})}
 	sub := q.Subscribe(qmp.EventMigration)
 	go func() {
 		defer sub.Close()
@@ -145,36 +153,113 @@ func (c *Cluster) Watch(ctx context.Context, vm string) (*VMWatch, error) {
 			}
 			if json.Unmarshal(ev.Data, &d) == nil && d.Status == qmp.MigrationCompleted {
 				w.completed.Store(true)
+				w.poke()
 			}
 		}
 	}()
+	if err := w.watchJournals(ctx); err != nil {
+		stop()
+		q.Close()
+		return nil, err
+	}
 	return w, nil
+}
+
+func (w *VMWatch) poke() {
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+}
+
+// watchJournals starts the inotify reader: the sender's state dir and each run directory in it, each receiver's
+// data dir and the VM's directory in it. Records are renamed into place (IN_MOVED_TO); a new directory
+// (IN_CREATE) is watched in turn.
+func (w *VMWatch) watchJournals(ctx context.Context) error {
+	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
+	if err != nil {
+		return fmt.Errorf("inotify: %w", err)
+	}
+	const mask = unix.IN_CREATE | unix.IN_MOVED_TO | unix.IN_CLOSE_WRITE | unix.IN_ONLYDIR
+	dirs := map[int]string{}
+	add := func(dir string) {
+		if wd, err := unix.InotifyAddWatch(fd, dir, mask); err == nil {
+			dirs[wd] = dir
+		}
+	}
+	roots := map[string]bool{w.c.StateDir(): true}
+	add(w.c.StateDir())
+	runs, _ := filepath.Glob(filepath.Join(w.c.StateDir(), "*"))
+	for _, d := range runs {
+		add(d)
+	}
+	for i := range w.c.Targets {
+		roots[w.c.DataDir(i)] = true
+		add(w.c.DataDir(i))
+		add(w.c.DestinationDir(i, w.vm))
+	}
+	go func() {
+		defer close(w.done)
+		defer unix.Close(fd)
+		buf := make([]byte, 64<<10)
+		for ctx.Err() == nil {
+			pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+			if n, err := unix.Poll(pfd, 100); err != nil || n == 0 {
+				continue
+			}
+			n, err := unix.Read(fd, buf)
+			if err != nil {
+				continue
+			}
+			for off := 0; off+unix.SizeofInotifyEvent <= n; {
+				ev := (*unix.InotifyEvent)(unsafe.Pointer(&buf[off]))
+				name := strings.TrimRight(string(buf[off+unix.SizeofInotifyEvent:off+unix.SizeofInotifyEvent+int(ev.Len)]), "\x00")
+				off += unix.SizeofInotifyEvent + int(ev.Len)
+				dir := dirs[int(ev.Wd)]
+				if ev.Mask&unix.IN_CREATE != 0 && ev.Mask&unix.IN_ISDIR != 0 && roots[dir] &&
+					(dir == w.c.StateDir() || name == w.vm) {
+					add(filepath.Join(dir, name))
+				}
+			}
+			w.poke()
+		}
+	}()
+	return nil
 }
 
 // Close stops following and lets go of the spare socket.
 func (w *VMWatch) Close() {
 	w.stop()
+	<-w.done
 	w.q.Close()
 }
 
-// Now is where the VM stands.
-func (w *VMWatch) Now(ctx context.Context) Where {
-	at := Where{Target: -1}
+// journals is where the VM stands by the journals and the source's MIGRATION events alone: no QMP round trip.
+func (w *VMWatch) journals() Where {
+	at := Where{Target: -1, Completed: w.completed.Load()}
 	if r, ok := w.c.SenderRecord(w.vm); ok {
 		at.Sender = r.Phase
 		at.Target = w.c.TargetIndex(r.Target)
 	}
-	qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	st, err := w.q.Status(qctx)
-	cancel()
-	if err == nil {
-		at.Source = st
-	}
-	at.Completed = w.completed.Load() || st == qmp.RunStatePostMigrate
 	if at.Target >= 0 {
 		at.Receiver, _ = w.c.ReceiverPhase(at.Target, w.vm)
 	}
 	return at
+}
+
+// Now is where the VM stands, with the source QEMU's run state.
+func (w *VMWatch) Now(ctx context.Context) Where {
+	at := w.journals()
+	at.Source = w.sourceState(ctx)
+	at.Completed = at.Completed || at.Source == qmp.RunStatePostMigrate
+	return at
+}
+
+func (w *VMWatch) sourceState(ctx context.Context) qmp.RunState {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	st, _ := w.q.Status(ctx)
+	return st
 }
 
 // Point is a moment of a run that a fault waits for.
@@ -237,24 +322,27 @@ func (p Point) reached(at Where) bool {
 	return false
 }
 
-// WaitFor waits until the VM's migration reaches point p and returns where it stands then. It reports false if
+// WaitFor waits until the VM's migration reaches point p and returns where it stands then, by the journals and
+// the source's events (Where.Source is left empty: a QMP round trip would delay the fault). It reports false if
 // the sender exits (ended closes) or the bound passes first.
 func (w *VMWatch) WaitFor(ctx context.Context, p Point, ended <-chan struct{}, bound time.Duration) (Where, bool) {
-	deadline := time.Now().Add(bound)
+	deadline := time.After(bound)
+	tick := time.NewTicker(20 * time.Millisecond) // in case a record was written before its directory was watched
+	defer tick.Stop()
 	for {
-		at := w.Now(ctx)
+		at := w.journals()
 		if p.reached(at) {
 			return at, true
 		}
 		select {
+		case <-w.wake:
+		case <-tick.C:
 		case <-ended:
-			at = w.Now(ctx)
+			at = w.journals()
 			return at, p.reached(at)
 		case <-ctx.Done():
 			return at, false
-		case <-time.After(10 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
+		case <-deadline:
 			return at, false
 		}
 	}
