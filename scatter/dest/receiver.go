@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"path/filepath"
 	"runtime"
 	"sync"
 	"time"
@@ -34,6 +33,7 @@ type Config struct {
 
 	LoadTimeout time.Duration // from the end of the source stream to the destination being loaded; 0 means 2 min
 	RefWait     time.Duration // how long a reference may wait for content still in flight; 0 means 30 s
+	Bounds      Bounds        // how long a VM's migration may stay in each phase (bounds.go); zero: the defaults
 
 	// Seams for tests, which inject faults through them; nil means the ordinary behaviour.
 	// WrapConn wraps every accepted connection before the handshake: a wrapper can cut it, as a dying receiver or
@@ -47,14 +47,19 @@ type Config struct {
 const DefaultStoreLimit = 4 << 30
 
 // Receiver accepts sessions from senders and runs destination QEMUs. It is safe for concurrent use: each connection
-// has its own goroutine; the session table is guarded by mu.
+// has its own goroutine, and each VM a driver loop of its own (vm.go); the session and VM tables are guarded by mu.
 type Receiver struct {
-	cfg Config
-	log *slog.Logger
+	cfg    Config
+	log    *slog.Logger
+	bounds Bounds
 
 	mu       sync.Mutex
+	cond     *sync.Cond // on mu: a VM loop ended, or a VM came to rest
 	sessions map[wire.SessionID]*session
-	vms      map[string]bool // VM names with a migration in flight
+	vms      map[string]*vmDriver // every VM this receiver knows: its commit machine, the latest epoch's
+	loops    int                  // VM loops running
+	stopping bool                 // Serve's context ended: the VMs are being brought to rest
+	closed   bool                 // Serve returned: nothing more is posted to a VM
 	wg       sync.WaitGroup
 	probes   probeCache // what the QEMU binaries said of themselves
 }
@@ -90,17 +95,21 @@ func NewReceiver(cfg Config) (*Receiver, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	r := &Receiver{cfg: cfg, log: log, sessions: map[wire.SessionID]*session{}, vms: map[string]bool{}}
+	r := &Receiver{cfg: cfg, log: log, bounds: cfg.Bounds.withDefaults(cfg.LoadTimeout),
+		sessions: map[wire.SessionID]*session{}, vms: map[string]*vmDriver{}}
+	r.cond = sync.NewCond(&r.mu)
 	if err := r.checkQEMU(); err != nil {
 		return nil, err
 	}
-	r.reapUnfinished()
 	return r, nil
 }
 
-// Serve accepts connections until ctx ends, then closes the listener and waits for in-flight connections, whose
-// destinations are torn down unless the VM already runs there.
+// Serve first restores every VM the data directory's journal records (restore.go), then accepts connections until
+// ctx ends. Then it closes the listener, tells every VM's machine to stop (Stop) and waits until each is at rest
+// (restore.go: a destination that had not loaded is torn down, one that START reached runs on, a loaded one stays
+// paused for the sender's word), closes the remaining connections and returns.
 func (r *Receiver) Serve(ctx context.Context, ln net.Listener) error {
+	r.restore()
 	r.log.Info("receiver listening", "addr", ln.Addr().String(), "data_dir", r.cfg.DataDir)
 	go func() { <-ctx.Done(); ln.Close() }()
 	var conns sync.Map
@@ -124,8 +133,10 @@ func (r *Receiver) Serve(ctx context.Context, ln net.Listener) error {
 			r.handle(ctx, c)
 		}()
 	}
+	r.stopVMs()
 	conns.Range(func(k, _ any) bool { k.(net.Conn).Close(); return true })
 	r.wg.Wait()
+	r.waitVMs()
 	r.log.Info("receiver stopped")
 	return nil
 }
@@ -145,11 +156,12 @@ func (r *Receiver) handle(ctx context.Context, c net.Conn) {
 		}
 		return
 	}
-	// A connection's goroutine ends when the peer hangs up or ctx ends.
-	stop := context.AfterFunc(ctx, func() { c.Close() })
-	defer stop()
+	// A connection's goroutine ends when the peer hangs up, or when ctx ends (a control connection) or Serve has
+	// brought the VMs to rest (a VM connection).
 	switch role {
 	case secure.RoleControl:
+		stop := context.AfterFunc(ctx, func() { c.Close() })
+		defer stop()
 		err = r.serveControl(ctx, sc, peer)
 	case secure.RoleVM:
 		err = r.serveVM(ctx, sc, peer)
@@ -287,27 +299,4 @@ func (r *Receiver) detach(s *session) {
 		s.store.Close()
 		r.log.Info("session closed", "session", s.id)
 	}
-}
-
-// claimVM marks a VM name as in flight here, so two migrations of one name cannot collide in one directory.
-func (r *Receiver) claimVM(name string) error {
-	if err := wire.CheckVMName(name); err != nil {
-		return err
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.vms[name] {
-		return fmt.Errorf("a migration of VM %s is already in progress here", name)
-	}
-	if pid := host.RunningPID(filepath.Join(r.cfg.DataDir, name, "qemu.pid")); pid > 0 {
-		return fmt.Errorf("VM %s already runs here (pid %d): stop it or choose another target", name, pid)
-	}
-	r.vms[name] = true
-	return nil
-}
-
-func (r *Receiver) releaseVM(name string) {
-	r.mu.Lock()
-	delete(r.vms, name)
-	r.mu.Unlock()
 }

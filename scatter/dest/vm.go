@@ -2,300 +2,411 @@ package dest
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"maps"
+	"log/slog"
 	"net"
-	"os"
 	"path/filepath"
-	"strings"
-	"syscall"
 	"time"
 
-	"github.com/vmscatter/vmscatter/qemu"
 	"github.com/vmscatter/vmscatter/qemu/qmp"
+	"github.com/vmscatter/vmscatter/scatter/commit"
 	"github.com/vmscatter/vmscatter/scatter/host"
-	"github.com/vmscatter/vmscatter/scatter/secure"
 	"github.com/vmscatter/vmscatter/scatter/wire"
 )
 
-// serveVM runs one VM's migration on the receiver. The stages, each sequential on this connection's goroutine:
+// vmDriver is one VM on this receiver: the driver of its commit.Dest (the latest epoch's), kept across VM
+// connections and receiver restarts (through the journal). The machine decides; the driver only carries out its
+// actions and reports what happened as events.
 //
-//  1. OPEN: claim the VM name, rewrite the source's command line, start the destination QEMU paused (-S) with
-//     -incoming defer, set the migration capabilities the source uses, migrate-incoming on a unix socket, READY.
-//  2. Stream: each frame from the sender is re-encoded into a byte-valid QEMU stream on that socket (references
-//     resolved from the session's content store). A second goroutine relays the destination's return path back.
-//  3. STREAM_END: wait until the destination has loaded the stream, then LOADED.
-//  4. START: `cont` the destination, confirm it runs, RUNNING. From here the destination is the VM: it is never torn
-//     down by this connection's loss, only by an explicit ABORT.
-//  5. COMMIT (the source quit) or ABORT (tear down), then DONE.
-func (r *Receiver) serveVM(ctx context.Context, sc *secure.Conn, peer string) (err error) {
-	var open wire.OpenMsg
-	if err := sc.Expect(ctx, wire.FrameOpen, &open); err != nil {
-		return err
-	}
-	fail := func(err error) error {
-		_ = sc.SendJSON(wire.FrameError, wire.ErrorMsg{Error: err.Error()})
-		return err
-	}
-	s := r.attach(open.Session, false)
-	if s == nil {
-		return fail(fmt.Errorf("unknown session %s: open the control connection first", open.Session))
-	}
-	defer r.detach(s)
-	if err := r.claimVM(open.VM); err != nil {
-		return fail(err)
-	}
-	defer r.releaseVM(open.VM)
-	defer s.store.ReleaseVM(open.Slot) // this VM's references end with its migration
-	log := r.log.With("vm", open.VM, "session", s.id)
+// One goroutine at a time (loop) owns the machine, the destination QEMU and the VM's current connection, and
+// carries out each step's actions in order. Everything else reaches it as a function on its events channel
+// (post), run in the order posted:
+//
+//   - the readers of VM connections: a new connection (OPEN or ATTACH), its frames (commit.Received, with the
+//     epoch the frame carries), its end (PeerLost), a failed stream (DestFailed);
+//   - the destination's goroutines: the launch (DestReady, DestFailed), the load (DestLoaded, DestFailed), the
+//     start (DestStarted, DestFailed) and the process's exit (DestExited);
+//   - the timers (Timeout) and the receiver's shutdown (Stop).
+//
+// Events the loop raises itself (an outcome known at once) go to later, run before the next posted one.
+//
+// The loop runs while the VM needs it (a phase that is not terminal, a connection, an outcome pending) and ends
+// when it is idle; the next post starts it again. The fields under "guarded by r.mu" are the Receiver's, the
+// rest the loop's. actions.go has the QEMU actions, conn.go how connections reach the loop, restore.go the
+// receiver's start (RestoreDest) and stop.
+type vmDriver struct {
+	r      *Receiver
+	name   string
+	dir    string // DATA-DIR/<vm>: the destination's files and the commit record
+	log    *slog.Logger
+	events chan func()
 
-	dir := filepath.Join(r.cfg.DataDir, open.VM)
-	argv, err := r.destinationCommandLine(open.Argv, dir)
-	if err != nil {
-		return fail(err)
-	}
-	argv = withPausedStart(argv)
-	launchCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	dest, err := qemu.LaunchDestination(launchCtx, argv, qemu.PathsIn(dir))
-	cancel()
-	if err != nil {
-		return fail(err)
-	}
-	owned := true // the destination is ours to tear down until it runs as the VM
-	writeState(dir, stateIncoming)
-	defer func() {
-		if owned {
-			dest.Kill()
-			writeState(dir, stateTornDown)
-			_ = sc.SendJSON(wire.FrameAborted, wire.ErrorMsg{Epoch: open.Epoch})
-			log.Info("destination torn down", "reason", err)
-		} else {
-			dest.QMP.Close()
-		}
-	}()
-	log.Info("destination started", "pid", dest.Cmd.Process.Pid, "dir", dir)
+	// guarded by r.mu
+	running bool // a loop goroutine runs
+	queued  int  // posted and not yet run: the loop does not end while there are any
+	atRest  bool // nothing under way that the receiver's shutdown must wait for (see resting)
 
-	// The capabilities the stream needs the destination to share, and events, which this receiver waits on.
-	caps := maps.Clone(open.Capabilities)
-	if caps == nil {
-		caps = map[string]bool{}
-	}
-	caps[qmp.CapEvents] = true
-	if err := dest.QMP.SetCapabilities(ctx, caps); err != nil {
-		return fail(err)
-	}
-	incoming := filepath.Join(dir, "incoming.sock")
-	os.Remove(incoming)
-	if err := dest.QMP.MigrateIncoming(ctx, "unix:"+incoming); err != nil {
-		return fail(err)
-	}
-	qc, err := dialUnixRetry(ctx, incoming, dest.Exited())
-	if err != nil {
-		return fail(err)
-	}
-	defer qc.Close()
-	if err := sc.SendJSON(wire.FrameReady, wire.ReadyMsg{Epoch: open.Epoch, PID: dest.Cmd.Process.Pid}); err != nil {
-		return err
-	}
+	// owned by the loop
+	later []func()
 
-	// Stage 2: the stream. The return path and the destination's exit are watched concurrently.
-	rpDone := make(chan error, 1)
-	go func() { rpDone <- relayReturnPath(qc, sc) }()
-	start := time.Now()
-	rb := newRebuilder(qc, s.store, r.cfg.RefWait)
-	streamErr := make(chan error, 1)
-	go func() { streamErr <- rb.run(ctx, sc) }()
-	select {
-	case err = <-streamErr:
-	case <-dest.Exited():
-		err = dest.ExitError()
-	}
-	if err != nil {
-		qc.Close()
-		return fail(fmt.Errorf("stream: %w", err))
-	}
-	// The source's stream ended: so does the destination's, whatever it still expects.
-	if uc, ok := qc.(*net.UnixConn); ok {
-		_ = uc.CloseWrite()
-	}
-	log.Info("stream received", "pages", rb.pages, "referenced", rb.refs)
+	d        *commit.Dest
+	gen      uint64        // counts machines: an outcome of an earlier migration of the VM is dropped
+	rec      record        // the last record journaled (or restored)
+	open     *wire.OpenMsg // the OPEN of this migration; nil when restored or attached
+	run      bool          // the source ran: StartDest `cont`s
+	stopping bool          // Stop delivered: delivered again whenever the phase changes
 
-	// Stage 3: wait for the destination to finish loading.
-	if err := waitIncomingDone(ctx, dest, r.cfg.LoadTimeout); err != nil {
-		return fail(err)
-	}
-	if err := sc.SendJSON(wire.FrameLoaded, wire.RunningMsg{Epoch: open.Epoch, Status: "paused", PID: dest.Cmd.Process.Pid}); err != nil {
-		return err
-	}
+	conn       *vmConn // the current connection: the machine's frames go to it
+	answerTo   *vmConn // the connection a QUERY being answered came on
+	streamConn *vmConn // the connection that carried OPEN, whose frames are the stream
 
-	// Stage 4: START or ABORT.
-	t, b, err := sc.Recv()
-	if err != nil {
-		return fmt.Errorf("sender went away before starting the destination: %w", err)
-	}
-	if t != wire.FrameStart {
-		return abortReason(t, b)
-	}
-	var console *host.ConsoleWatch
-	if open.WatchConsole {
-		if path := qemu.SerialLogPath(argv); path != "" {
-			wctx, stopWatch := context.WithTimeout(ctx, time.Minute)
-			defer stopWatch()
-			console = host.WatchConsole(wctx, path)
-		}
-	}
-	want := qmp.RunStatePaused // a VM that was paused at the source stays paused here
-	if open.Run {
-		want = qmp.RunStateRunning
-		if err := dest.QMP.Cont(ctx); err != nil {
-			return fail(fmt.Errorf("starting the destination: %w", err))
-		}
-	}
-	owned = false
-	writeState(dir, stateOwned)
-	status, err := dest.QMP.Status(ctx)
-	if err != nil || status != want {
-		return fail(fmt.Errorf("destination is %q after the switch-over, want %q: %v", status, want, err))
-	}
-	log.Info("destination runs", "pid", dest.Cmd.Process.Pid, "load_ms", time.Since(start).Milliseconds())
-	if err := sc.SendJSON(wire.FrameRunning, wire.RunningMsg{Epoch: open.Epoch, Status: string(status), PID: dest.Cmd.Process.Pid}); err != nil {
-		return nil // the VM runs here; the sender will learn from the target or its report
-	}
-	// Stage 5: the sender quits the source, then says COMMIT (or ABORT if quitting failed, which leaves both
-	// paused-or-running decisions to it).
-	t, b, err = sc.Recv()
-	if err == nil && t == wire.FrameAbort {
-		owned = true
-		return abortReason(t, b)
-	}
-	var done wire.DoneMsg
-	if console != nil {
-		if first := console.FirstLine(3 * time.Second); !first.IsZero() {
-			done.FirstOutputUnixMS = first.UnixMilli()
-		}
-	}
-	done.Epoch = open.Epoch
-	_ = sc.SendJSON(wire.FrameDone, done)
-	return nil
+	dest     *destination // the destination QEMU, while it is known to exist
+	pid      int          // its pid, for READY, LOADED and RUNNING (also once it is let go)
+	exitSeen bool         // DestExited delivered for this migration's destination (or for its absence)
+
+	launching       context.CancelFunc // LaunchDest under way
+	killAfterLaunch bool               // KillDest came while launching
+	qc              net.Conn           // the destination's incoming socket, while the stream may flow
+	stream          *rebuilder         // installed on streamConn from READY on
+	load            *loadWatch         // the wait for the destination's load, from READY to its outcome
+	streamEnded     bool               // STREAM_END heard: the load's own bound runs
+	starting        bool               // StartDest under way
+	started         qmp.RunState       // the destination's state StartDest confirmed
+	console         *host.ConsoleWatch // DONE's first_output_unix_ms, when OPEN asked
+	consoleStop     context.CancelFunc
+
+	timer    *time.Timer
+	timerTok uint64
+	timerKey timerKey
 }
 
-// withPausedStart adds -S so that the destination never starts by itself: it starts on the sender's word only.
-func withPausedStart(argv []string) []string {
-	for _, a := range argv {
-		if a == "-S" {
-			return argv
-		}
-	}
-	out := append([]string{}, argv[:len(argv)-2]...)
-	return append(out, "-S", "-incoming", "defer")
+// timerKey says which phase timer is armed: a new one is armed whenever the phase, the machine or whether an
+// outcome is pending changes.
+type timerKey struct {
+	gen     uint64
+	phase   commit.Phase
+	pending bool
 }
 
-func abortReason(t wire.FrameType, b []byte) error {
-	if t == wire.FrameAbort || t == wire.FrameError || t == wire.FrameStreamCancel {
-		var e wire.ErrorMsg
-		_ = wire.Unmarshal(t, b, &e)
-		return fmt.Errorf("sender aborted: %s", e.Error)
+// vm returns the VM's driver, creating it (with no machine yet) if the receiver has none.
+func (r *Receiver) vm(name string) *vmDriver {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	m := r.vms[name]
+	if m == nil {
+		m = &vmDriver{r: r, name: name, dir: filepath.Join(r.cfg.DataDir, name), log: r.log.With("vm", name),
+			events: make(chan func(), 16), atRest: true}
+		r.vms[name] = m
 	}
-	return fmt.Errorf("%w: unexpected %s", wire.ErrFrame, t)
+	return m
 }
 
-func dialUnixRetry(ctx context.Context, path string, exited <-chan struct{}) (net.Conn, error) {
-	deadline := time.Now().Add(10 * time.Second)
+// post hands f to the VM's loop, starting the loop if it is not running. After the receiver has shut down, f is
+// dropped.
+func (m *vmDriver) post(f func()) {
+	r := m.r
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return
+	}
+	m.queued++
+	if !m.running {
+		m.running = true
+		r.loops++
+		go m.loop()
+	}
+	r.mu.Unlock()
+	m.events <- f // the loop runs until it has taken every queued function
+}
+
+func (m *vmDriver) loop() {
+	r := m.r
 	for {
-		c, err := net.Dial("unix", path)
-		if err == nil {
-			return c, nil
+		f := <-m.events
+		f()
+		for len(m.later) > 0 {
+			g := m.later[0]
+			m.later = m.later[1:]
+			g()
 		}
-		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("destination's incoming socket: %w", err)
+		m.settle()
+		idle := m.idle()
+		if idle {
+			m.letGo()
 		}
-		select {
-		case <-exited:
-			return nil, errors.New("destination QEMU exited before accepting the stream")
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(10 * time.Millisecond):
+		r.mu.Lock()
+		m.queued--
+		m.atRest = m.resting()
+		r.cond.Broadcast()
+		if idle && m.queued == 0 {
+			m.running = false
+			r.loops--
+			r.mu.Unlock()
+			return
 		}
+		r.mu.Unlock()
 	}
 }
 
-// relayReturnPath copies the destination's return-path bytes to the sender as they come.
-func relayReturnPath(qc net.Conn, sc *secure.Conn) error {
-	buf := make([]byte, 64<<10)
-	for {
-		n, err := qc.Read(buf)
-		if n > 0 {
-			if serr := sc.Send(wire.FrameReturnPath, buf[:n], true); serr != nil {
-				return serr
+func (m *vmDriver) raise(f func()) { m.later = append(m.later, f) }
+
+// pending reports whether a QEMU action's outcome is awaited: the phase's Timeout waits for it (each action has a
+// bound of its own). KillDest is not one: the RollingBack phase's Timeout is its bound.
+func (m *vmDriver) pending() bool {
+	return m.launching != nil || m.starting || (m.load != nil && m.streamEnded)
+}
+
+// idle reports whether the loop may end: no connection, nothing under way, and a machine that needs no watching
+// (terminal, or Loaded while the receiver stops: the destination stays paused for a later receiver).
+func (m *vmDriver) idle() bool {
+	if m.conn != nil || m.launching != nil || m.starting || m.load != nil {
+		return false
+	}
+	return m.d == nil || m.d.Phase().Terminal() || (m.stopping && m.d.Phase() == commit.Loaded)
+}
+
+// resting reports whether the receiver's shutdown may leave the VM as it is: terminal, or Loaded with nothing
+// under way (a restarted receiver restores it and waits on; it never reaps it).
+func (m *vmDriver) resting() bool {
+	if m.d == nil || m.d.Phase().Terminal() {
+		return true
+	}
+	return m.d.Phase() == commit.Loaded && !m.pending() && m.load == nil
+}
+
+// letGo ends what the loop holds when it goes idle: timers, the console watch, the destination (left as it is).
+func (m *vmDriver) letGo() {
+	m.stopTimer()
+	m.timerKey = timerKey{}
+	if m.consoleStop != nil {
+		m.consoleStop()
+		m.consoleStop, m.console = nil, nil
+	}
+	m.releaseDest()
+}
+
+func (m *vmDriver) releaseDest() {
+	if m.dest != nil {
+		m.dest.release()
+		m.dest = nil
+	}
+}
+
+// step feeds one event to the machine and carries out its actions.
+func (m *vmDriver) step(ev commit.Event) {
+	before := m.d.Phase()
+	acts := m.d.Step(ev)
+	after := m.d.Phase()
+	m.log.Debug("commit step", "event", ev.String(), "from", before.String(), "to", after.String(), "actions", len(acts))
+	m.carryOut(acts)
+	if after != before {
+		m.entered(after)
+	}
+}
+
+// entered does what the driver owes a phase it enters: the stream ends with Prepare and Perform, the destination
+// is let go in a terminal phase, and Stop is delivered again to a machine that stops.
+func (m *vmDriver) entered(p commit.Phase) {
+	if p != commit.Prepare && p != commit.Perform {
+		m.closeStream()
+	}
+	if p.Terminal() {
+		m.releaseDest()
+		return
+	}
+	if m.stopping {
+		gen := m.gen
+		m.raise(func() {
+			if gen == m.gen && m.d.Phase() == p {
+				m.step(commit.Event{Kind: commit.Stop})
 			}
-		}
-		if err != nil {
-			return err
+		})
+	}
+}
+
+// carryOut carries out a step's actions in order. A journal entry is durable before the next action starts; one
+// that cannot be written ends the step there (what follows it must not happen unjournaled), and the failure is
+// delivered as DestFailed.
+func (m *vmDriver) carryOut(acts []commit.Action) {
+	for _, a := range acts {
+		switch a.Kind {
+		case commit.Journal:
+			if err := m.journal(a.Entry); err != nil {
+				m.log.Error("journal write failed: the rest of the step is not carried out", "entry", a.Entry.String(), "err", err)
+				gen := m.gen
+				m.raise(func() {
+					if gen == m.gen {
+						m.step(failed("the receiver's journal: " + err.Error()))
+					}
+				})
+				return
+			}
+		case commit.Send:
+			m.send(a)
+		case commit.LaunchDest:
+			m.launch()
+		case commit.StartDest:
+			m.startDest()
+		case commit.KillDest:
+			m.killDest()
+		case commit.AwaitResolution:
+			m.log.Info("loaded and the sender is gone: the destination stays paused until the sender or `vmscatter recover` " +
+				"says START or ABORT")
+		case commit.Report:
+			lvl := slog.LevelWarn
+			if a.Status == commit.StatusMigrated {
+				lvl = slog.LevelInfo
+			}
+			m.log.Log(context.Background(), lvl, "migration ended", "status", string(a.Status), "reason", a.Reason)
+		case commit.Answer:
+			m.answer(a.Entry)
+		case commit.ProtocolError:
+			m.log.Warn("protocol error: ignored", "reason", a.Reason, "phase", m.d.Phase().String())
+		default:
+			m.log.Error("a source action reached the receiver's driver", "action", a.String())
 		}
 	}
 }
 
-// waitIncomingDone waits for the destination's incoming migration to complete.
-func waitIncomingDone(ctx context.Context, dest *qemu.Destination, timeout time.Duration) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	// The wait ends on the destination's MIGRATION event, or when the QEMU exits: one that refuses the stream
-	// exits, and its QMP socket closes a moment before the process is reaped.
-	wctx, stop := context.WithCancel(ctx)
-	defer stop()
-	go func() {
-		select {
-		case <-dest.Exited():
-			stop()
-		case <-wctx.Done():
-		}
-	}()
-	status, err := dest.QMP.WaitMigration(wctx, qmp.MigrationStatus.Finished)
-	if err != nil {
-		select {
-		case <-dest.Exited():
-			return fmt.Errorf("while loading the stream: %w", dest.ExitError())
-		case <-time.After(2 * time.Second):
-		}
-		if ctx.Err() != nil {
-			return fmt.Errorf("destination did not finish loading within %v (status %q)", timeout, status)
-		}
-		return fmt.Errorf("destination's migration state: %w", err)
+func (m *vmDriver) journal(e commit.Entry) error {
+	rec := record{Phase: e.Phase.String(), Epoch: e.Epoch, Run: m.run, Updated: time.Now().UTC()}
+	if m.open != nil {
+		rec.Session = m.open.Session
+	} else {
+		rec.Session = m.rec.Session
 	}
-	if status != qmp.MigrationCompleted {
-		msg, _ := os.ReadFile(filepath.Join(dest.Paths.Dir, "qemu.stderr"))
-		return fmt.Errorf("destination refused the stream (%s): %s", status, strings.TrimSpace(string(msg)))
+	if err := putRecord(m.dir, rec); err != nil {
+		return err
 	}
+	m.rec = rec
 	return nil
 }
 
-// A destination's state file (DATA-DIR/<vm>/state) lets a restarted receiver tell a VM that runs here from a
-// destination an earlier receiver left unfinished.
-const (
-	stateIncoming = "incoming" // started, loading or loaded, not yet told to start: the source still owns the VM
-	stateOwned    = "owned"    // started on the sender's word: this is the VM now
-	stateTornDown = "torn-down"
-)
-
-func writeState(dir, state string) {
-	_ = os.WriteFile(filepath.Join(dir, "state"), []byte(state+"\n"), 0o644)
+// send writes the action's frame, with its epoch, on the current connection; with none it is dropped (the sender
+// retries and every answer is given again).
+func (m *vmDriver) send(a commit.Action) {
+	c := m.conn
+	if c == nil {
+		m.log.Debug("no connection: frame dropped", "frame", a.Frame.String())
+		return
+	}
+	var t wire.FrameType
+	var v any
+	switch a.Frame {
+	case commit.FrameReady:
+		t, v = wire.FrameReady, wire.ReadyMsg{Epoch: a.Epoch, PID: m.pid}
+	case commit.FrameLoaded:
+		t, v = wire.FrameLoaded, wire.RunningMsg{Epoch: a.Epoch, Status: string(qmp.RunStatePaused), PID: m.pid}
+	case commit.FrameRunning:
+		st := string(m.started)
+		if st == "" { // restored past StartDest: ask
+			st = m.destState()
+		}
+		t, v = wire.FrameRunning, wire.RunningMsg{Epoch: a.Epoch, Status: st, PID: m.pid}
+	case commit.FrameDone:
+		done := wire.DoneMsg{Epoch: a.Epoch}
+		if m.console != nil {
+			if first := m.console.FirstLine(3 * time.Second); !first.IsZero() {
+				done.FirstOutputUnixMS = first.UnixMilli()
+			}
+			m.consoleStop()
+			m.console, m.consoleStop = nil, nil
+		}
+		t, v = wire.FrameDone, done
+	case commit.FrameAborted:
+		t, v = wire.FrameAborted, wire.ErrorMsg{Epoch: a.Epoch, Error: a.Reason}
+	case commit.FrameError:
+		t, v = wire.FrameError, wire.ErrorMsg{Epoch: a.Epoch, Error: a.Reason}
+	default:
+		m.log.Error("the machine asked to send a frame the receiver does not send", "frame", a.Frame.String())
+		return
+	}
+	if err := c.send(t, v); err != nil {
+		m.log.Warn("sending to the sender failed: closing the connection", "frame", t.String(), "err", err)
+		c.sc.Close() // its reader delivers PeerLost
+	}
 }
 
-// reapUnfinished kills the destinations that an earlier receiver left in the incoming state (it died mid-
-// migration; their sources were rolled back), so that their VMs can be migrated here again.
-func (r *Receiver) reapUnfinished() {
-	states, _ := filepath.Glob(filepath.Join(r.cfg.DataDir, "*", "state"))
-	for _, f := range states {
-		b, err := os.ReadFile(f)
-		if err != nil || strings.TrimSpace(string(b)) != stateIncoming {
-			continue
+// answer replies to QUERY with STATE: the receiver's last journal entry for the VM (what recover decides on) and
+// the destination QEMU's run state.
+func (m *vmDriver) answer(e commit.Entry) {
+	c := m.conn
+	if m.answerTo != nil {
+		c = m.answerTo
+	}
+	if c == nil {
+		return
+	}
+	st := wire.StateMsg{Epoch: m.rec.Epoch, Phase: m.rec.Phase, Dest: m.destState()}
+	m.log.Info("QUERY answered", "journal", st.Phase, "epoch", st.Epoch, "dest", st.Dest, "machine", e.String())
+	if err := c.send(wire.FrameState, st); err != nil {
+		c.sc.Close()
+	}
+}
+
+func (m *vmDriver) destState() string {
+	if m.dest != nil {
+		return m.dest.runState()
+	}
+	if m.launching != nil {
+		return "starting"
+	}
+	return runStateIn(m.dir)
+}
+
+// settle arms the phase's timer: the phase's bound, counted while no outcome is pending.
+func (m *vmDriver) settle() {
+	if m.d == nil {
+		return
+	}
+	key := timerKey{gen: m.gen, phase: m.d.Phase(), pending: m.pending()}
+	if key == m.timerKey {
+		return
+	}
+	m.timerKey = key
+	m.stopTimer()
+	if key.phase.Terminal() || key.pending {
+		return
+	}
+	m.armTimer(m.r.bounds.of(key.phase))
+}
+
+func (m *vmDriver) armTimer(d time.Duration) {
+	m.timerTok++
+	tok := m.timerTok
+	m.timer = time.AfterFunc(d, func() { m.post(func() { m.timeout(tok) }) })
+}
+
+func (m *vmDriver) stopTimer() {
+	if m.timer != nil {
+		m.timer.Stop()
+		m.timer = nil
+	}
+	m.timerTok++
+}
+
+func (m *vmDriver) timeout(tok uint64) {
+	if tok != m.timerTok || m.d == nil {
+		return
+	}
+	p := m.d.Phase()
+	bound := m.r.bounds.of(p)
+	if p == commit.Perform && !m.streamEnded && m.streamConn != nil {
+		// Perform's bound counts from the sender's last frame: the stream may wait for the prime.
+		if idle := m.streamConn.idle(); idle < bound {
+			m.armTimer(bound - idle)
+			return
 		}
-		dir := filepath.Dir(f)
-		if pid := host.RunningPID(filepath.Join(dir, "qemu.pid")); pid > 0 && host.IsQEMU(pid) {
-			_ = syscall.Kill(pid, syscall.SIGKILL)
-			r.log.Warn("killed an unfinished destination left by an earlier receiver", "vm", filepath.Base(dir), "pid", pid)
-		}
-		writeState(dir, stateTornDown)
+	}
+	m.timerKey = timerKey{} // armed again if the phase stays
+	m.step(commit.Event{Kind: commit.Timeout, Reason: fmt.Sprintf("%v for %v", p, bound)})
+}
+
+// stop delivers Stop: the receiver is shutting down.
+func (m *vmDriver) stop() {
+	m.stopping = true
+	if m.d != nil && !m.d.Phase().Terminal() {
+		m.step(commit.Event{Kind: commit.Stop})
 	}
 }

@@ -3,6 +3,7 @@ package wire
 import (
 	"bytes"
 	"errors"
+	"reflect"
 	"testing"
 
 	"github.com/vmscatter/vmscatter/dedup"
@@ -57,5 +58,46 @@ func FuzzBundles(f *testing.F) {
 			return nil
 		})
 		checkRoundTrip(t, b, again, err)
+	})
+}
+
+func FuzzSection(f *testing.F) {
+	f.Add(AppendSection(nil, 2, 7))
+	f.Add(AppendSection(nil, 3, 1<<31))
+	f.Add([]byte{4, 0, 0, 0, 1})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		kind, id, err := ParseSection(b)
+		var again []byte
+		if err == nil {
+			again = AppendSection(nil, kind, id)
+		}
+		checkRoundTrip(t, b, again, err)
+	})
+}
+
+// FuzzMessages decodes arbitrary bytes as every JSON message of the protocol: a payload that does not decode is
+// an ErrFrame, and one that does survives a round trip through Marshal.
+func FuzzMessages(f *testing.F) {
+	f.Add([]byte(`{"session":"00112233445566778899aabbccddeeff","vm":"a","epoch":7,"argv":["qemu-system-x86_64"]}`))
+	f.Add([]byte(`{"epoch":1,"phase":"Loaded","dest":"paused"}`))
+	f.Add([]byte(`{"section_id":2,"blocks":[{"id":"pc.ram","length":4096}]}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		for ft, msg := range payloads {
+			v := reflect.New(reflect.TypeOf(msg))
+			if err := Unmarshal(ft, b, v.Interface()); err != nil {
+				if !errors.Is(err, ErrFrame) {
+					t.Fatalf("%s: untyped error %v", ft, err)
+				}
+				continue
+			}
+			out, err := Marshal(v.Elem().Interface())
+			if err != nil {
+				t.Fatalf("%s: %v", ft, err)
+			}
+			w := reflect.New(reflect.TypeOf(msg))
+			if err := Unmarshal(ft, out, w.Interface()); err != nil || !reflect.DeepEqual(v.Elem().Interface(), w.Elem().Interface()) {
+				t.Fatalf("%s: round trip %s: %v", ft, out, err)
+			}
+		}
 	})
 }

@@ -94,7 +94,7 @@ type LeaveMsg struct {
 // DoneMsg answers COMMIT.
 type DoneMsg struct {
 	Epoch             uint64 `json:"epoch"`
-	FirstOutputUnixMS int64 `json:"first_output_unix_ms,omitempty"` // first console line after START, host time
+	FirstOutputUnixMS int64  `json:"first_output_unix_ms,omitempty"` // first console line after START, host time
 }
 
 // ErrorMsg is the payload of ERROR, ABORT and STREAM_CANCEL: the reason, for the operator.
