@@ -140,8 +140,8 @@ func drawTrial(seed uint64, n int, cell gridCell, guests int) FaultSpec {
 		s.Delay = between(0, 300*time.Millisecond)
 	case AtPerform:
 		s.Delay = between(0, 2500*time.Millisecond)
-	default: // a few milliseconds: in the lab the rest of the commit follows within tens of them
-		s.Delay = between(0, 10*time.Millisecond)
+	default: // in the lab LOADED, START, RUNNING, the source's quit and DONE follow within about 10 ms
+		s.Delay = between(0, 3*time.Millisecond)
 	}
 	switch {
 	case cell.kind == ReceiverKill:
