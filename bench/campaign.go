@@ -41,13 +41,19 @@ const (
 
 // FaultSpec is one trial.
 type FaultSpec struct {
-	N      int           `json:"n"`
-	Kind   FaultKind     `json:"kind"`
-	Point  Point         `json:"point"`
-	Delay  time.Duration `json:"delay"`  // from the point to the fault
-	Hold   time.Duration `json:"hold"`   // receiver-kill: down this long; partition: lasts this long
-	Victim int           `json:"victim"` // the guest whose migration the point is of
-	Target int           `json:"target"` // receiver-kill before the victim has a target: the receiver to kill
+	N     int           `json:"n"`
+	Kind  FaultKind     `json:"kind"`
+	Point Point         `json:"point"`
+	Delay time.Duration `json:"delay"` // from the point to the fault
+	Hold  time.Duration `json:"hold"`  // receiver-kill: down this long; partition: lasts this long
+	// UntilExit holds a partition until the sender has exited, and runs `vmscatter recover` once while the link is
+	// still cut (it must wait for the receiver, or act only where no receiver's word is needed), before it heals.
+	UntilExit bool `json:"until_exit,omitempty"`
+	Victim    int  `json:"victim"` // the guest whose migration the point is of
+	Target    int  `json:"target"` // receiver-kill before the victim has a target: the receiver to kill
+	// Paused pauses the second guest before the run: it must end paused, wherever it ends, and verify its memory
+	// once it is continued.
+	Paused bool `json:"paused,omitempty"`
 	// NoDedup runs send with --no-dedup: no prime, every page in the stream, which then flows for seconds (with
 	// the prime, most pages travel as references and the stream is over in a fraction of a second).
 	NoDedup bool `json:"no_dedup"`
@@ -58,20 +64,22 @@ func (s FaultSpec) String() string {
 	if s.Hold > 0 {
 		str += fmt.Sprintf(", hold %v", s.Hold.Round(time.Millisecond))
 	}
+	if s.UntilExit {
+		str += ", until send exits"
+	}
+	if s.Paused {
+		str += ", guest 2 paused"
+	}
 	if s.NoDedup {
 		str += ", --no-dedup"
 	}
 	return str
 }
 
-// longPartition outlasts the sender's bound on Finish (2 minutes: START sent, RUNNING awaited), so the sender gives
-// up before the link comes back.
-const longPartition = 150 * time.Second
-
 type gridCell struct {
 	kind    FaultKind
 	point   Point
-	long    bool // partition: longPartition
+	long    bool // partition: until the sender has given up and exited
 	noDedup bool // SmallCampaign's choice of --no-dedup, where the stream must last (drawTrial draws it)
 }
 
@@ -132,7 +140,8 @@ func SmallCampaign(seed uint64, guests int) []FaultSpec {
 func drawTrial(seed uint64, n int, cell gridCell, guests int) FaultSpec {
 	r := rand.New(rand.NewPCG(seed, uint64(n)))
 	between := func(lo, hi time.Duration) time.Duration { return lo + time.Duration(r.Int64N(int64(hi-lo)+1)) }
-	s := FaultSpec{N: n, Kind: cell.kind, Point: cell.point, Victim: r.IntN(guests), Target: r.IntN(2), NoDedup: r.IntN(2) == 1}
+	s := FaultSpec{N: n, Kind: cell.kind, Point: cell.point, Victim: r.IntN(guests), Target: r.IntN(2), NoDedup: r.IntN(2) == 1,
+		Paused: guests > 1 && r.IntN(4) == 0}
 	switch cell.point {
 	case AtBegin:
 		s.Delay = between(0, 1500*time.Millisecond)
@@ -147,7 +156,7 @@ func drawTrial(seed uint64, n int, cell gridCell, guests int) FaultSpec {
 	case cell.kind == ReceiverKill:
 		s.Hold = between(500*time.Millisecond, 5*time.Second)
 	case cell.kind == PartitionSrc && cell.long:
-		s.Hold = longPartition
+		s.UntilExit = true
 	case cell.kind == PartitionSrc:
 		s.Hold = between(3*time.Second, 15*time.Second)
 	}
@@ -197,14 +206,16 @@ type TrialResult struct {
 	Send     SendOutcome    `json:"send"`
 	Recovers []RecoverRound `json:"recovers"`
 	// RecoverRuns is how many runs of `vmscatter recover` it took until one exited 0; 0 if none did.
-	RecoverRuns int         `json:"recover_runs"`
-	Idempotent  bool        `json:"idempotent"` // one more run found nothing to do and changed nothing
-	VMs         []VMOutcome `json:"vms"`
-	Lost        int         `json:"lost"`    // VMs no QEMU runs
-	Doubled     int         `json:"doubled"` // VMs two or more QEMUs run
-	Faulty      int         `json:"faulty"`  // VMs with one copy that is not running, or whose workload stopped verifying
-	Notes       []string    `json:"notes,omitempty"`
-	Elapsed     time.Duration
+	RecoverRuns int `json:"recover_runs"`
+	// RecoverCut is the run of recover while the partition still held (UntilExit).
+	RecoverCut *RecoverRound `json:"recover_cut,omitempty"`
+	Idempotent bool          `json:"idempotent"` // one more run found nothing to do and changed nothing
+	VMs        []VMOutcome   `json:"vms"`
+	Lost       int           `json:"lost"`    // VMs no QEMU runs
+	Doubled    int           `json:"doubled"` // VMs two or more QEMUs run
+	Faulty     int           `json:"faulty"`  // VMs with one copy that is not running, or whose workload stopped verifying
+	Notes      []string      `json:"notes,omitempty"`
+	Elapsed    time.Duration
 }
 
 // Problem reports whether the trial found anything wrong.
@@ -230,8 +241,10 @@ type RecoverRound struct {
 type VMOutcome struct {
 	Name    string `json:"name"`
 	Copies  []Copy `json:"copies"`
-	Host    string `json:"host,omitempty"` // where its one copy runs
+	Ran     bool   `json:"ran"`            // it ran before the migration (else it was paused)
+	Host    string `json:"host,omitempty"` // where its one copy is
 	Reports string `json:"reports"`        // the status the last report that mentions it gives
+	Verdict string `json:"verdict"`
 	Problem string `json:"problem,omitempty"`
 }
 
@@ -276,6 +289,15 @@ func RunTrial(ctx context.Context, cfg CampaignConfig, spec FaultSpec) (res *Tri
 			return nil, fmt.Errorf("%s before the run: %w", g.Name, err)
 		}
 	}
+	ran := map[string]bool{}
+	for i, g := range guests {
+		ran[g.Name] = !(spec.Paused && i == 1)
+		if !ran[g.Name] {
+			if err := pause(ctx, g.QMPPath); err != nil {
+				return nil, fmt.Errorf("pausing %s: %w", g.Name, err)
+			}
+		}
+	}
 	victim := guests[spec.Victim%len(guests)]
 	w, err := c.Watch(ctx, victim.Name)
 	if err != nil {
@@ -307,6 +329,7 @@ func RunTrial(ctx context.Context, cfg CampaignConfig, spec FaultSpec) (res *Tri
 	res.Moment = res.At.Label()
 
 	// The sender settles what it can by itself; then it must have exited.
+	cut := res.Reached && spec.Kind == PartitionSrc && spec.UntilExit
 	select {
 	case <-run.Done():
 	case <-time.After(10 * time.Minute):
@@ -334,6 +357,16 @@ func RunTrial(ctx context.Context, cfg CampaignConfig, spec FaultSpec) (res *Tri
 	}
 	w.Close()
 	watching = false
+	if cut {
+		round, err := recoverRound(ctx, c, final)
+		if err != nil {
+			note("recover during the partition: %v", err)
+		}
+		res.RecoverCut = &round
+		if err := Heal(c.Source, shaping); err != nil {
+			note("healing the partition: %v", err)
+		}
+	}
 
 	// Recover until it says every VM is settled (at most three runs), then once more to show it changes nothing.
 	for i := 1; i <= 3 && res.RecoverRuns == 0; i++ {
@@ -364,13 +397,13 @@ func RunTrial(ctx context.Context, cfg CampaignConfig, spec FaultSpec) (res *Tri
 	}
 
 	for _, g := range guests {
-		v := checkVM(ctx, c, g.Name, after[g.Name], final[g.Name])
-		switch {
-		case len(v.Copies) == 0:
+		v := checkVM(ctx, c, g.Name, ran[g.Name], after[g.Name], final[g.Name])
+		switch v.Verdict {
+		case VerdictLost:
 			res.Lost++
-		case len(v.Copies) > 1:
+		case VerdictDoubled:
 			res.Doubled++
-		case v.Problem != "":
+		case VerdictFaulty:
 			res.Faulty++
 		}
 		res.VMs = append(res.VMs, v)
@@ -449,6 +482,9 @@ func inject(ctx context.Context, c *Cluster, w *VMWatch, run *SendRun, spec Faul
 			note("partition: %v", err)
 			return at, "", false
 		}
+		if spec.UntilExit {
+			return at, "the source's link dropped every packet both ways until send exited and recover had run once", true
+		}
 		sleepCtx(ctx, spec.Hold)
 		if err := Heal(c.Source, shaping); err != nil {
 			note("healing the partition: %v", err)
@@ -498,37 +534,79 @@ func sameCopies(a, b map[string][]Copy) bool {
 	return true
 }
 
-// checkVM judges one VM: exactly one copy, running (every campaign guest ran), its workload printing new progress
-// lines and no BAD line, where the last report that mentions it says.
-func checkVM(ctx context.Context, c *Cluster, vm string, copies []Copy, reported string) VMOutcome {
-	v := VMOutcome{Name: vm, Copies: copies, Reports: reported}
+// The census's verdicts on a VM.
+const (
+	VerdictOK      = "ok"
+	VerdictLost    = "lost"    // it runs nowhere: no copy, or (if it ran before) no copy running
+	VerdictDoubled = "doubled" // two or more QEMU processes of it exist, on one host or two
+	VerdictFaulty  = "faulty"  // one copy, as it should be, but in the wrong state, or its workload stopped verifying
+)
+
+// checkVM judges one VM: exactly one copy, running if the VM ran before (paused if not), its workload printing new
+// progress lines and no BAD line (a paused copy is continued first), where the last report that mentions it says.
+func checkVM(ctx context.Context, c *Cluster, vm string, ran bool, copies []Copy, reported string) VMOutcome {
+	v := VMOutcome{Name: vm, Copies: copies, Reports: reported, Ran: ran}
 	switch len(copies) {
 	case 0:
-		v.Problem = "no QEMU runs it: lost"
+		v.Verdict, v.Problem = VerdictLost, "no QEMU runs it"
 		return v
 	case 1:
 	default:
-		v.Problem = fmt.Sprintf("%d QEMUs run it: doubled", len(copies))
+		v.Verdict, v.Problem = VerdictDoubled, fmt.Sprintf("%d QEMUs run it", len(copies))
 		return v
 	}
 	cp := copies[0]
 	v.Host = cp.Host
-	if cp.State != qmp.RunStateRunning {
-		v.Problem = fmt.Sprintf("its only copy, on %s, is %q", cp.Host, cp.State)
+	paused := cp.State == qmp.RunStatePaused || cp.State == qmp.RunStatePostMigrate
+	switch {
+	case ran && cp.State != qmp.RunStateRunning:
+		v.Verdict, v.Problem = VerdictLost, fmt.Sprintf("it runs nowhere: its only copy, on %s, is %q", cp.Host, cp.State)
+		return v
+	case !ran && !paused:
+		v.Verdict, v.Problem = VerdictFaulty, fmt.Sprintf("it was paused, but its only copy, on %s, is %q", cp.Host, cp.State)
 		return v
 	}
 	if want := map[string]bool{report.StatusMigrated: cp.Host != c.Source.Name, report.StatusRolledBack: cp.Host == c.Source.Name}; reported != "" {
 		if ok, known := want[reported]; known && !ok {
-			v.Problem = fmt.Sprintf("the report says %s, but it runs on %s", reported, cp.Host)
+			v.Verdict, v.Problem = VerdictFaulty, fmt.Sprintf("the report says %s, but it runs on %s", reported, cp.Host)
+			return v
+		}
+	}
+	if !ran {
+		if err := cont(ctx, cp.spare); err != nil {
+			v.Verdict, v.Problem = VerdictFaulty, fmt.Sprintf("continuing its copy on %s: %v", cp.Host, err)
 			return v
 		}
 	}
 	b, _ := os.ReadFile(cp.SerialLog())
 	s0, _ := guestlog.Summarize(bytes.NewReader(b))
 	if _, err := waitConsole(ctx, cp.SerialLog(), s0.OKs+10, 90*time.Second); err != nil {
-		v.Problem = fmt.Sprintf("its workload on %s: %v", cp.Host, err)
+		v.Verdict, v.Problem = VerdictFaulty, fmt.Sprintf("its workload on %s: %v", cp.Host, err)
+		return v
 	}
+	v.Verdict = VerdictOK
 	return v
+}
+
+func pause(ctx context.Context, sock string) error {
+	q, err := qmp.Dial(ctx, sock)
+	if err != nil {
+		return err
+	}
+	defer q.Close()
+	return q.Stop(ctx)
+}
+
+func cont(ctx context.Context, sock string) error {
+	if sock == "" {
+		return fmt.Errorf("no spare QMP socket")
+	}
+	q, err := qmp.Dial(ctx, sock)
+	if err != nil {
+		return err
+	}
+	defer q.Close()
+	return q.Cont(ctx)
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) {

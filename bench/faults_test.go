@@ -135,7 +135,7 @@ func TestPlanCampaign(t *testing.T) {
 	plan := PlanCampaign(7, len(grid)+5, 2)
 	seen := map[gridCell]bool{}
 	for _, s := range plan[:len(grid)] {
-		seen[gridCell{kind: s.Kind, point: s.Point, long: s.Hold == longPartition}] = true
+		seen[gridCell{kind: s.Kind, point: s.Point, long: s.UntilExit}] = true
 	}
 	for _, c := range grid {
 		if !seen[c] {
@@ -147,7 +147,7 @@ func TestPlanCampaign(t *testing.T) {
 		if plan[i] != again[i] {
 			t.Errorf("trial %d: %s, then %s", i+1, plan[i], again[i])
 		}
-		if s := plan[i]; s.Victim < 0 || s.Victim > 1 || s.Delay < 0 || (s.Kind == ReceiverKill || s.Kind == PartitionSrc) != (s.Hold > 0) {
+		if s := plan[i]; s.Victim < 0 || s.Victim > 1 || s.Delay < 0 || (s.Kind == ReceiverKill || s.Kind == PartitionSrc && !s.UntilExit) != (s.Hold > 0) {
 			t.Errorf("trial %s: out of range", s)
 		}
 	}

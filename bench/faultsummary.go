@@ -34,17 +34,19 @@ func (r *summaryRow) add(t *TrialResult, src string) {
 	r.trials++
 	for _, v := range t.VMs {
 		r.vms++
-		switch {
-		case len(v.Copies) == 0:
+		switch v.Verdict {
+		case VerdictLost:
 			r.lost++
-		case len(v.Copies) > 1:
+		case VerdictDoubled:
 			r.doubled++
-		case v.Problem != "":
+		case VerdictFaulty:
 			r.faulty++
 		}
-		if len(v.Copies) == 1 && v.Host == src {
+		switch {
+		case v.Verdict != VerdictOK:
+		case v.Host == src:
 			r.onSource++
-		} else if len(v.Copies) == 1 {
+		default:
 			r.onTarget++
 		}
 	}
@@ -68,14 +70,18 @@ func (r *summaryRow) add(t *TrialResult, src string) {
 	r.sendExits[exit]++
 }
 
-func counts(m map[string]int) string {
+func sortedKeys[V any](m map[string]V) []string {
 	var keys []string
 	for k := range m {
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
+	return keys
+}
+
+func counts(m map[string]int) string {
 	var parts []string
-	for _, k := range keys {
+	for _, k := range sortedKeys(m) {
 		parts = append(parts, fmt.Sprintf("%s×%d", k, m[k]))
 	}
 	return strings.Join(parts, " ")
@@ -132,6 +138,22 @@ func WriteSummary(w io.Writer, results []*TrialResult, src string) {
 		counts(total.sendExits))
 	fmt.Fprintf(w, "\nA second run of recover after it settled found nothing to do and changed no copy in %d of %d trials.\n",
 		total.trials-total.notIdempotent, total.trials)
+	var cut []string
+	for _, t := range results {
+		if t.RecoverCut == nil {
+			continue
+		}
+		var vms []string
+		for _, name := range sortedKeys(t.RecoverCut.VMs) {
+			vms = append(vms, name+" "+t.RecoverCut.VMs[name])
+		}
+		cut = append(cut, fmt.Sprintf("- trial %d (%s, struck at %s): exit %d; %s", t.Spec.N, t.Spec.Point, t.Moment,
+			t.RecoverCut.Exit, strings.Join(vms, "; ")))
+	}
+	if len(cut) > 0 {
+		fmt.Fprintf(w, "\nRecover while the partition still held (it may only wait, or act where no receiver's word is needed):\n\n%s\n",
+			strings.Join(cut, "\n"))
+	}
 	var bad []*TrialResult
 	for _, t := range results {
 		if t.Problem() {
