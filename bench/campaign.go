@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -17,6 +18,7 @@ import (
 	"github.com/vmscatter/vmscatter/bench/guest/guestlog"
 	"github.com/vmscatter/vmscatter/bench/lab"
 	"github.com/vmscatter/vmscatter/qemu/qmp"
+	"github.com/vmscatter/vmscatter/scatter/commit"
 	"github.com/vmscatter/vmscatter/scatter/report"
 )
 
@@ -211,16 +213,20 @@ type TrialResult struct {
 	RecoverCut *RecoverRound `json:"recover_cut,omitempty"`
 	Idempotent bool          `json:"idempotent"` // one more run found nothing to do and changed nothing
 	VMs        []VMOutcome   `json:"vms"`
-	Lost       int           `json:"lost"`    // VMs no QEMU runs
-	Doubled    int           `json:"doubled"` // VMs two or more QEMUs run
-	Faulty     int           `json:"faulty"`  // VMs with one copy that is not running, or whose workload stopped verifying
-	Notes      []string      `json:"notes,omitempty"`
-	Elapsed    time.Duration
+	// ReceiverAfter is the victim's receiver journal once the sender exited, before recover: a destination killed
+	// after its receiver journaled Finish was (or may have been: `cont` was on its way) the VM.
+	ReceiverAfter string   `json:"receiver_after,omitempty"`
+	Lost          int      `json:"lost"`    // VMs that run nowhere
+	Doubled       int      `json:"doubled"` // VMs two or more QEMUs of which exist
+	Faulty        int      `json:"faulty"`  // VMs in the wrong state, or whose workload stopped verifying
+	Killed        int      `json:"killed"`  // VMs that died with the destination the fault killed
+	Notes         []string `json:"notes,omitempty"`
+	Elapsed       time.Duration
 }
 
 // Problem reports whether the trial found anything wrong.
 func (t *TrialResult) Problem() bool {
-	return t.Lost+t.Doubled+t.Faulty > 0 || t.RecoverRuns == 0 || !t.Idempotent
+	return t.Lost+t.Doubled+t.Faulty > 0 || (t.RecoverRuns == 0 && t.Killed == 0) || !t.Idempotent
 }
 
 // SendOutcome is how the sender ended.
@@ -357,6 +363,9 @@ func RunTrial(ctx context.Context, cfg CampaignConfig, spec FaultSpec) (res *Tri
 	}
 	w.Close()
 	watching = false
+	if res.At.Target >= 0 {
+		res.ReceiverAfter, _ = c.ReceiverPhase(res.At.Target, victim.Name)
+	}
 	if cut {
 		round, err := recoverRound(ctx, c, final)
 		if err != nil {
@@ -388,7 +397,10 @@ func RunTrial(ctx context.Context, cfg CampaignConfig, spec FaultSpec) (res *Tri
 	round, err := recoverRound(ctx, c, final)
 	res.Recovers = append(res.Recovers, round)
 	after := census(ctx, c, guests)
-	res.Idempotent = err == nil && round.Exit == 0 && len(round.VMs) == 0 && sameCopies(before, after)
+	// Idempotent: nothing changes, and what was left for an operator is left as it was.
+	last := res.Recovers[len(res.Recovers)-2]
+	res.Idempotent = err == nil && sameCopies(before, after) &&
+		((round.Exit == 0 && len(round.VMs) == 0) || (round.Exit == last.Exit && maps.Equal(round.VMs, last.VMs)))
 	if !res.Idempotent {
 		note("recover again: exit %d, %d VM(s) unsettled, err %v; copies before %v, after %v", round.Exit, len(round.VMs), err, before, after)
 	}
@@ -398,6 +410,11 @@ func RunTrial(ctx context.Context, cfg CampaignConfig, spec FaultSpec) (res *Tri
 
 	for _, g := range guests {
 		v := checkVM(ctx, c, g.Name, ran[g.Name], after[g.Name], final[g.Name])
+		if v.Verdict == VerdictLost && spec.Kind == DestKill && g == victim && res.Reached && startedThere(res.ReceiverAfter) {
+			v.Verdict = VerdictKilled
+			v.Problem += fmt.Sprintf("; the fault killed its destination after the receiver journaled %s (its guest ran there, "+
+				"or may have: the source's copy is stale)", res.ReceiverAfter)
+		}
 		switch v.Verdict {
 		case VerdictLost:
 			res.Lost++
@@ -405,6 +422,8 @@ func RunTrial(ctx context.Context, cfg CampaignConfig, spec FaultSpec) (res *Tri
 			res.Doubled++
 		case VerdictFaulty:
 			res.Faulty++
+		case VerdictKilled:
+			res.Killed++
 		}
 		res.VMs = append(res.VMs, v)
 	}
@@ -540,7 +559,17 @@ const (
 	VerdictLost    = "lost"    // it runs nowhere: no copy, or (if it ran before) no copy running
 	VerdictDoubled = "doubled" // two or more QEMU processes of it exist, on one host or two
 	VerdictFaulty  = "faulty"  // one copy, as it should be, but in the wrong state, or its workload stopped verifying
+	// VerdictKilled: it runs nowhere because the fault killed the copy that was (or may have been) the VM: a
+	// destination QEMU killed after its receiver journaled Finish, the step before `cont`.
+	VerdictKilled = "killed"
 )
+
+// startedThere reports whether a receiver journal phase comes at or after Finish on the way forward: the receiver
+// decided to start its destination, which then ran, or may have.
+func startedThere(phase string) bool {
+	p, _ := commit.ParsePhase(phase)
+	return p == commit.Finish || p == commit.Confirm || p == commit.Committed
+}
 
 // checkVM judges one VM: exactly one copy, running if the VM ran before (paused if not), its workload printing new
 // progress lines and no BAD line (a paused copy is continued first), where the last report that mentions it says.

@@ -23,11 +23,11 @@ var kindOrder = []FaultKind{SenderKill, SenderHUP, ReceiverKill, DestKill, Parti
 
 // summaryRow adds up the trials of one fault at one moment.
 type summaryRow struct {
-	trials, vms, onSource, onTarget, lost, doubled, faulty int
-	recoverWork                                            int         // trials where recover found VMs to settle
-	recoverRuns                                            map[int]int // runs needed → trials (0: never settled)
-	notIdempotent                                          int
-	sendExits                                              map[string]int
+	trials, vms, onSource, onTarget, lost, doubled, faulty, killed int
+	recoverWork                                                    int         // trials where recover found VMs to settle
+	recoverRuns                                                    map[int]int // runs needed → trials (0: never settled)
+	notIdempotent                                                  int
+	sendExits                                                      map[string]int
 }
 
 func (r *summaryRow) add(t *TrialResult, src string) {
@@ -41,6 +41,8 @@ func (r *summaryRow) add(t *TrialResult, src string) {
 			r.doubled++
 		case VerdictFaulty:
 			r.faulty++
+		case VerdictKilled:
+			r.killed++
 		}
 		switch {
 		case v.Verdict != VerdictOK:
@@ -119,8 +121,8 @@ func WriteSummary(w io.Writer, results []*TrialResult, src string) {
 		rows[t.Spec.Kind][m].add(t, src)
 		total.add(t, src)
 	}
-	fmt.Fprintln(w, "| fault | struck at (victim's phase) | trials | VMs | on source | on target | lost | doubled | other problems | recover found work | recover runs to settle | send exit |")
-	fmt.Fprintln(w, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
+	fmt.Fprintln(w, "| fault | struck at (victim's phase) | trials | VMs | on source | on target | killed with their destination | lost | doubled | other problems | recover found work | recover runs to settle | send exit |")
+	fmt.Fprintln(w, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
 	for _, k := range kindOrder {
 		var moments []string
 		for m := range rows[k] {
@@ -129,14 +131,14 @@ func WriteSummary(w io.Writer, results []*TrialResult, src string) {
 		sort.Slice(moments, func(i, j int) bool { return momentRank(moments[i]) < momentRank(moments[j]) })
 		for _, m := range moments {
 			r := rows[k][m]
-			fmt.Fprintf(w, "| %s | %s | %d | %d | %d | %d | %d | %d | %d | %d | %s | %s |\n", k, m, r.trials, r.vms, r.onSource,
-				r.onTarget, r.lost, r.doubled, r.faulty, r.recoverWork, runsCell(r.recoverRuns), counts(r.sendExits))
+			fmt.Fprintf(w, "| %s | %s | %d | %d | %d | %d | %d | %d | %d | %d | %d | %s | %s |\n", k, m, r.trials, r.vms, r.onSource,
+				r.onTarget, r.killed, r.lost, r.doubled, r.faulty, r.recoverWork, runsCell(r.recoverRuns), counts(r.sendExits))
 		}
 	}
-	fmt.Fprintf(w, "| **all** | | **%d** | **%d** | %d | %d | **%d** | **%d** | **%d** | %d | %s | %s |\n", total.trials, total.vms,
-		total.onSource, total.onTarget, total.lost, total.doubled, total.faulty, total.recoverWork, runsCell(total.recoverRuns),
-		counts(total.sendExits))
-	fmt.Fprintf(w, "\nA second run of recover after it settled found nothing to do and changed no copy in %d of %d trials.\n",
+	fmt.Fprintf(w, "| **all** | | **%d** | **%d** | %d | %d | %d | **%d** | **%d** | **%d** | %d | %s | %s |\n", total.trials, total.vms,
+		total.onSource, total.onTarget, total.killed, total.lost, total.doubled, total.faulty, total.recoverWork,
+		runsCell(total.recoverRuns), counts(total.sendExits))
+	fmt.Fprintf(w, "\nOne more run of recover changed no copy and left what it had left in %d of %d trials.\n",
 		total.trials-total.notIdempotent, total.trials)
 	var cut []string
 	for _, t := range results {
@@ -153,6 +155,19 @@ func WriteSummary(w io.Writer, results []*TrialResult, src string) {
 	if len(cut) > 0 {
 		fmt.Fprintf(w, "\nRecover while the partition still held (it may only wait, or act where no receiver's word is needed):\n\n%s\n",
 			strings.Join(cut, "\n"))
+	}
+	var killed []string
+	for _, t := range results {
+		for _, v := range t.VMs {
+			if v.Verdict == VerdictKilled {
+				last := t.Recovers[len(t.Recovers)-1].VMs[v.Name]
+				killed = append(killed, fmt.Sprintf("- trial %d (%s at %s, receiver then %s): %s; recover: %s", t.Spec.N, t.Spec.Kind,
+					t.Moment, t.ReceiverAfter, v.Name, orNone(last)))
+			}
+		}
+	}
+	if len(killed) > 0 {
+		fmt.Fprintf(w, "\nVMs that died with the destination the fault killed:\n\n%s\n", strings.Join(killed, "\n"))
 	}
 	var bad []*TrialResult
 	for _, t := range results {
