@@ -38,9 +38,13 @@ type ClusterConfig struct {
 	// TargetCapacity is each receiver's --capacity (memory offered to migrated VMs), e.g. "300M"; "" offers what is
 	// available. Small capacities make the planner spread VMs.
 	TargetCapacity string
+	ReceiverQEMU   string // the receivers' `--qemu`: the binary destinations run; "" means the source's, looked up
 	Subnet         string // lab subnet inside 198.18.0.0/15; default chosen by the lab
 	// Snooping turns on IGMP snooping on the lab's bridge, so multicast reaches only the hosts that joined.
 	Snooping bool
+	// Disks gives every guest of StartGuests a qcow2 disk of its own on the cluster's shared storage (SharedDir),
+	// which its workload writes and verifies (fixture.Disk).
+	Disks bool
 }
 
 // Cluster is a lab with a source host, target hosts running `vmscatter receive`, and guests. Close removes
@@ -152,6 +156,9 @@ func (c *Cluster) StartReceiver(ctx context.Context, i int) error {
 	if c.cfg.TargetCapacity != "" {
 		args = append(args, "--capacity", c.cfg.TargetCapacity)
 	}
+	if c.cfg.ReceiverQEMU != "" {
+		args = append(args, "--qemu", c.cfg.ReceiverQEMU)
+	}
 	cmd := t.Command(context.Background(), c.cfg.Bin, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
@@ -190,13 +197,18 @@ func (c *Cluster) KillReceiver(i int) {
 	}
 }
 
-// StartGuests boots n guests named prefix1..prefixN on the source, two at a time.
+// SharedDir is the cluster's shared storage: the guests' disk images, at the same path from the source and every
+// target (package lab: the hosts share the file system).
+func (c *Cluster) SharedDir() string { return filepath.Join(c.cfg.Dir, "shared") }
+
+// StartGuests boots n guests named prefix1..prefixN on the source, two at a time. With ClusterConfig.Disks, each gets
+// the disk SharedDir/NAME.qcow2 (created when missing).
 func (c *Cluster) StartGuests(ctx context.Context, prefix string, n int, o fixture.GuestOptions) ([]*fixture.Guest, error) {
 	return c.StartGuestsWith(ctx, prefix, n, func(string) fixture.GuestOptions { return o })
 }
 
 // StartGuestsWith is StartGuests with each guest's options from opts, given the guest's name (for paths of its own,
-// under GuestDir).
+// under GuestDir); with ClusterConfig.Disks, a guest whose options name no disk gets SharedDir/NAME.qcow2.
 func (c *Cluster) StartGuestsWith(ctx context.Context, prefix string, n int, opts func(name string) fixture.GuestOptions) ([]*fixture.Guest, error) {
 	guests := make([]*fixture.Guest, n)
 	errs := make([]error, n)
@@ -209,7 +221,11 @@ func (c *Cluster) StartGuestsWith(ctx context.Context, prefix string, n int, opt
 			sem <- struct{}{}
 			defer func() { <-sem }()
 			name := fmt.Sprintf("%s%d", prefix, i+1)
-			guests[i], errs[i] = fixture.StartGuest(ctx, c.sourceDir(), name, opts(name))
+			o := opts(name)
+			if c.cfg.Disks && o.Disk.Path == "" {
+				o.Disk.Path = filepath.Join(c.SharedDir(), name+".qcow2")
+			}
+			guests[i], errs[i] = fixture.StartGuest(ctx, c.sourceDir(), name, o)
 		}()
 	}
 	wg.Wait()

@@ -115,13 +115,14 @@ func qmpStatus(ctx context.Context, path string) (string, error) {
 }
 
 // TestScatterRealGuestsAcrossNamespaces is the spine's acceptance test: three running guests and one paused guest
-// move from the source to two targets through vmscatter. Every guest must run on its target and keep verifying its
-// memory; the paused guest's memory on its target must equal its memory at the source byte for byte.
+// move from the source to two targets through vmscatter, each with a disk on the lab's shared storage. Every guest
+// must run on its target and keep verifying its memory and its disk; the paused guest's memory on its target must
+// equal its memory at the source byte for byte.
 func TestScatterRealGuestsAcrossNamespaces(t *testing.T) {
 	requireLab(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
-	c := newCluster(t, ctx, ClusterConfig{Targets: 2, TargetCapacity: "300M"})
+	c := newCluster(t, ctx, ClusterConfig{Targets: 2, TargetCapacity: "300M", Disks: true})
 	guests, err := c.StartGuests(ctx, "vm", 4, fixture.GuestOptions{MemoryMiB: 128, Workload: workload})
 	if err != nil {
 		t.Fatal(err)

@@ -505,7 +505,8 @@ func TestMigrateEveryQEMUVersion(t *testing.T) {
 			dir := t.TempDir()
 			running := startGuest(t, bin, dir, "run"+strings.ReplaceAll(v, ".", ""), 64)
 			paused := startGuest(t, bin, dir, "frozen"+strings.ReplaceAll(v, ".", ""), 64)
-			r := startReceiver(t, testKey, func(c *dest.Config) { c.QEMU = bin }) // a destination of the same version
+			// A destination of the same version.
+			r := startReceiver(t, testKey, func(c *dest.Config) { c.QEMU = bin })
 			time.Sleep(time.Second) // SeaBIOS writes into RAM
 			ctx := context.Background()
 			if err := paused.q.Stop(ctx); err != nil {

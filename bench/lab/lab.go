@@ -18,6 +18,12 @@
 // Processes started with Host.Command must end before Close: a namespace that still holds a process outlives its
 // name. Sweep removes the namespaces a crashed run left behind.
 //
+// Hosts share the machine's file system: `ip netns exec` gives a process a mount namespace of its own, but as a copy
+// of the caller's (to mount the namespace's /sys), so a path names the same file from every host and from the
+// caller. Any directory is the lab's shared storage: disk images a guest on one host uses are there, at the same
+// absolute path, for a destination QEMU on another host, as on a cluster with shared storage. QEMU's image locks (OFD
+// locks) are one kernel's too, so they act between hosts of the lab as they do over NFS with working locks.
+//
 // Shaping uses htb for rate and a classic-BPF tc filter for random loss, which work on minimal kernels; delay needs
 // sch_netem, and Shape reports ErrUnsupported where the kernel lacks it.
 package lab

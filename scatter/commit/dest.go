@@ -38,7 +38,7 @@ func NewDest(epoch uint64) *Dest {
 //   - Committed: terminal, nothing to do.
 func RestoreDest(last Entry) (*Dest, []Action) {
 	d := NewDest(last.Epoch)
-	d.phase = last.Phase
+	d.phase, d.journaled = last.Phase, last.Phase
 	switch last.Phase {
 	case Prepare, Perform:
 		d.launched = true
@@ -70,6 +70,12 @@ func (d *Dest) Step(ev Event) []Action {
 	if d.common(ev) {
 		return d.out
 	}
+	d.dispatch(ev)
+	return d.out
+}
+
+// dispatch hands ev to the phase's handler.
+func (d *Dest) dispatch(ev Event) {
 	switch d.phase {
 	case Begin:
 		d.begin(ev)
@@ -86,7 +92,6 @@ func (d *Dest) Step(ev Event) []Action {
 	default:
 		d.terminal(ev)
 	}
-	return d.out
 }
 
 func isFrame(ev Event, f Frame) bool { return ev.Kind == Recv && ev.Frame == f }
@@ -303,7 +308,15 @@ func (d *Dest) terminal(ev Event) {
 	default: // Unresolved
 		switch ev.Frame {
 		case FrameStart, FrameAbort, FrameCommit:
-			d.send(FrameError, "unresolved here: `vmscatter recover` decides")
+			// The word this side waited for, from the sender or from `vmscatter recover`: Unresolved is never
+			// journaled, so the journal still says where the VM stands, and from there the word is obeyed as a
+			// restarted receiver would obey it.
+			if d.journaled >= Loaded && d.journaled <= Confirm && (ev.Frame != FrameCommit || d.journaled >= Finish) {
+				d.phase, d.launched = d.journaled, true
+				d.dispatch(ev)
+				return
+			}
+			d.send(FrameError, "this receiver never loaded or started this epoch's destination: nothing to start, keep or confirm")
 		}
 		d.unexpected(ev)
 	}

@@ -4,15 +4,19 @@ import "fmt"
 
 // machine is what both sides share: the epoch, the phase, and the actions of the step being taken.
 type machine struct {
-	epoch uint64
-	phase Phase
-	out   []Action
+	epoch     uint64
+	phase     Phase
+	journaled Phase // the last phase this side journaled: what a restart, or recover, finds
+	out       []Action
 }
 
 func (m *machine) emit(a Action) { m.out = append(m.out, a) }
 
 // journal records that this side reached p: the driver makes it durable before the actions that follow.
-func (m *machine) journal(p Phase) { m.emit(Action{Kind: Journal, Entry: Entry{p, m.epoch}}) }
+func (m *machine) journal(p Phase) {
+	m.journaled = p
+	m.emit(Action{Kind: Journal, Entry: Entry{p, m.epoch}})
+}
 
 func (m *machine) send(f Frame, reason string) {
 	m.emit(Action{Kind: Send, Frame: f, Epoch: m.epoch, Reason: reason})

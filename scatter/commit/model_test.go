@@ -163,7 +163,9 @@ func (w *world) report(slot **Action, a Action, p Phase, side string) {
 	if !w.final {
 		w.seen[side+" "+string(a.Status)]++
 	}
-	if *slot != nil {
+	// Unresolved is provisional: the word that settles it (from the sender or recover) may still come, and then
+	// the side reports again. Any other outcome is final.
+	if *slot != nil && (*slot).Status != StatusUnresolved {
 		w.fatalf("%s reported twice: %v, %v", side, **slot, a)
 	}
 	if !p.Terminal() {

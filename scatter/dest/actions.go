@@ -26,6 +26,16 @@ func (m *vmDriver) launch() {
 		m.raise(func() { m.step(failed("no OPEN to start a destination from")) })
 		return
 	}
+	// Every disk image the source uses must be the same file at the same path here (shared storage), or two
+	// QEMUs would write two copies of the VM's disk.
+	unchecked, err := checkSharedStorage(m.open.Argv, m.open.Disks)
+	if err != nil {
+		m.raise(func() { m.step(failed("shared storage: " + err.Error())) })
+		return
+	}
+	for _, u := range unchecked {
+		m.log.Warn("disk image not checked: the operator keeps it reachable from every host", "image", u)
+	}
 	argv, err := m.r.destinationCommandLine(m.open.Argv, m.dir)
 	if err != nil {
 		m.raise(func() { m.step(failed("the destination's command line: " + err.Error())) })

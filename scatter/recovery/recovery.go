@@ -194,7 +194,7 @@ func (r *recovery) fix(ctx context.Context, f commit.Fix, src *commit.Entry) err
 	case commit.FixCancelSource:
 		return r.onSource(ctx, func(ctx context.Context, q *qmp.Client) error {
 			if err := q.MigrateCancel(ctx); err != nil {
-				r.log.Warn("migrate_cancel", "err", err)
+				r.log.Warn("cancelling the source migration", "err", err)
 			}
 			if _, err := q.WaitMigration(ctx, func(s qmp.MigrationStatus) bool { return !s.Active() }); err != nil &&
 				!errors.Is(err, qmp.ErrMigrationEventsOff) {

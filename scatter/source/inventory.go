@@ -40,6 +40,16 @@ func (s *sender) inventory(ctx context.Context, vm *sourceVM) {
 		return
 	}
 	vm.report.SourcePID = vm.pid
+	// Its disks: the receiver checks that each is the same file at the same path there (shared storage); a
+	// command line vmscatter cannot migrate safely (-snapshot, relative paths, ...) is refused here, untouched.
+	ids, err := qemu.IdentifyDisks(vm.argv)
+	if err != nil {
+		fail(report.StatusRolledBack, fmt.Errorf("disks: %w", err))
+		return
+	}
+	for _, id := range ids {
+		vm.disks = append(vm.disks, wire.DiskMsg(id))
+	}
 	status, err := q.Status(ctx)
 	if err != nil {
 		fail(report.StatusRolledBack, err)

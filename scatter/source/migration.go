@@ -189,7 +189,7 @@ func (m *vmMigration) cancelMigration() {
 	}
 	m.srcWrite.Unlock()
 	if err := m.vm.qmp.MigrateCancel(ctx); err != nil {
-		m.log.Warn("migrate_cancel", "err", err) // the end status still comes
+		m.log.Warn("cancelling the source migration", "err", err) // the end status still comes
 	}
 }
 
@@ -336,7 +336,11 @@ func (m *vmMigration) journal(e commit.Entry, status, reason string, saved ...*S
 func (m *vmMigration) finish() {
 	m.endMigration()
 	r := m.vm.report
-	if sc := m.conn(); sc != nil {
+	m.mu.Lock()
+	sc := m.sc
+	m.sc, m.connGen = nil, m.connGen+1 // its reader no longer counts it: it is counted here, once
+	m.mu.Unlock()
+	if sc != nil {
 		r.WireBytes = sc.BytesOut()
 		sc.Close()
 	}

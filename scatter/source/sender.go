@@ -93,6 +93,7 @@ type sourceVM struct {
 	target     *targetConn
 	report     *report.VMReport
 	final      *report.FinalImage // what its destination loaded, for the report's bound
+	disks      []wire.DiskMsg     // the identities of its disk images, for the receiver's shared-storage check
 	mig        *vmMigration       // its migration, once started
 	done       chan struct{}      // closed when its migration has ended and its report is final
 

@@ -109,6 +109,9 @@ func (m *vmMigration) attachConn(sc *secure.Conn) uint64 {
 	gen := m.connGen
 	old := m.sc
 	m.sc = sc
+	if old != nil {
+		m.lostBytes += old.BytesOut()
+	}
 	m.mu.Unlock()
 	if old != nil {
 		old.Close()
@@ -221,7 +224,7 @@ func (m *vmMigration) send(a commit.Action) {
 		s, vm := m.s, m.vm
 		err = sc.SendJSON(wire.FrameOpen, wire.OpenMsg{Session: s.session, VM: vm.spec.Name, Epoch: a.Epoch, Argv: vm.argv,
 			Capabilities: destinationCaps(s.cfg.Policy.Capabilities()), Run: vm.wasRunning, Slot: s.vmIndex(vm),
-			WatchConsole: s.cfg.GuestDowntime})
+			WatchConsole: s.cfg.GuestDowntime, Disks: vm.disks})
 	case commit.FrameStart:
 		err = sc.SendJSON(wire.FrameStart, wire.EpochMsg{Epoch: a.Epoch})
 	case commit.FrameCommit:
@@ -248,10 +251,10 @@ func (m *vmMigration) readFrames(sc *secure.Conn, gen int) {
 		if err != nil {
 			m.mu.Lock()
 			current := gen == m.connGen
-			if current {
+			if current { // a connection finish took, or one replaced, is counted where that happened
 				m.sc = nil
+				m.lostBytes += sc.BytesOut()
 			}
-			m.lostBytes += sc.BytesOut()
 			m.mu.Unlock()
 			sc.Close()
 			if current {

@@ -61,6 +61,29 @@ type OpenMsg struct {
 	Run          bool            `json:"run"`           // the source ran: START resumes the destination
 	Slot         int             `json:"slot"`          // the VM's index in the sender's list, as in CONTENT records
 	WatchConsole bool            `json:"watch_console"` // report when the guest's first console line arrives after START`
+	// Disks is the identity of every disk image the source's command line opens that vmscatter checks, backing
+	// files included, read at the source (qemu.IdentifyDisks): the receiver checks each against its own file at the
+	// same path before it launches the destination (shared storage).
+	Disks []DiskMsg `json:"disks,omitempty"`
+}
+
+// MaxDisks bounds the disk identities of one OPEN.
+const MaxDisks = 256
+
+// DiskMsg is one disk image's identity as the sender read it at the source. It has exactly the fields of
+// qemu.ImageIdentity, so that each side converts with a type conversion (wire.DiskMsg(id), qemu.ImageIdentity(m));
+// see there for what each field means and why it identifies the image while the source QEMU writes to it.
+type DiskMsg struct {
+	Path          string      `json:"path"`
+	Format        string      `json:"format"`
+	Size          int64       `json:"size"`
+	VirtualSize   uint64      `json:"virtual_size,omitempty"`
+	ClusterBits   uint32      `json:"cluster_bits,omitempty"`
+	BackingFile   string      `json:"backing_file,omitempty"`
+	BackingFormat string      `json:"backing_format,omitempty"`
+	DataFile      string      `json:"data_file,omitempty"`
+	Head          []byte      `json:"head,omitempty"` // SHA-256, 32 bytes (base64 in JSON)
+	L1            [][2]uint64 `json:"l1,omitempty"`   // [index, L2 table offset] pairs
 }
 
 // ReadyMsg says the destination QEMU runs paused and waits for the stream.

@@ -3,10 +3,14 @@
 // Lines, one per write, fields separated by single spaces, numbers in decimal (got and want in hex with 0x):
 //
 //	vmscatter-guest: ready                                        (the init script, before the workload starts)
-//	ready wss=<bytes> pages=<n> rate=<pages/s> pattern=<seq|random> seed=<n> salt=<n> private=<fraction> period=<duration>
-//	ok seq=<n> t=<unix ms> gen=<total dirty writes> dirtied=<since last line> verified=<since last line> pass=<full verify passes> bad=<total>
-//	BAD page=<i> reason=<magic|index|gen|sum> got=<0x..> want=<0x..>
+//	ready wss=<bytes> pages=<n> rate=<pages/s> pattern=<seq|random> seed=<n> salt=<n> private=<fraction> period=<duration> [disk=<device> dblocks=<n> drate=<blocks/s>]
+//	ok seq=<n> t=<unix ms> gen=<total dirty writes> dirtied=<since last line> verified=<since last line> pass=<full verify passes> bad=<total> [dwrites=<total disk block writes> dverified=<since last line> dpass=<full disk verify passes>]
+//	BAD page=<i> reason=<magic|index|gen|sum|io> got=<0x..> want=<0x..> [on=disk]
 //	vmscatter-guest: workload exited rc=<n>                       (the init script, if the workload ends)
+//
+// The bracketed parts are there when the guest has a disk (the workload's -disk): it writes blocks of its disk and
+// reads them back, as it does with its memory pages, and a block that does not hold what it last wrote is a BAD line
+// with on=disk, whose page is the block's index (reason io: the read or write failed). bad counts both.
 //
 // `t` is the guest's wall clock. A stopped guest's clock stops too (QEMU pauses the virtual clock), so gaps between
 // `t` values show what the guest lost while running, not the downtime: hosts measure downtime by timestamping lines as
@@ -38,7 +42,12 @@ type OK struct {
 	Dirtied   uint64
 	Verified  uint64
 	Pass      uint64
-	Bad       uint64
+	Bad       uint64 // memory and disk
+	// Disk says the guest has a disk and the disk fields are on the line.
+	Disk         bool
+	DiskWrites   uint64 // block writes since start
+	DiskVerified uint64 // blocks read back and checked since the last line
+	DiskPass     uint64 // full passes over the disk's blocks
 }
 
 // Time returns the guest wall-clock time of the line.
@@ -59,16 +68,29 @@ func (o OK) Append(b []byte) []byte {
 	b = append(b, " pass="...)
 	b = strconv.AppendUint(b, o.Pass, 10)
 	b = append(b, " bad="...)
-	return strconv.AppendUint(b, o.Bad, 10)
+	b = strconv.AppendUint(b, o.Bad, 10)
+	if o.Disk {
+		b = append(b, " dwrites="...)
+		b = strconv.AppendUint(b, o.DiskWrites, 10)
+		b = append(b, " dverified="...)
+		b = strconv.AppendUint(b, o.DiskVerified, 10)
+		b = append(b, " dpass="...)
+		b = strconv.AppendUint(b, o.DiskPass, 10)
+	}
+	return b
 }
 
 // Bad is one verification failure.
 type Bad struct {
-	Page   uint64
+	Page   uint64 // a memory page, or a disk block when On is OnDisk
 	Reason string
 	Got    uint64
 	Want   uint64
+	On     string // "" for memory, OnDisk for the disk
 }
+
+// OnDisk is Bad.On for a failure of the guest's disk.
+const OnDisk = "disk"
 
 // Append appends the line, without newline, to b.
 func (d Bad) Append(b []byte) []byte {
@@ -79,7 +101,12 @@ func (d Bad) Append(b []byte) []byte {
 	b = append(b, " got=0x"...)
 	b = strconv.AppendUint(b, d.Got, 16)
 	b = append(b, " want=0x"...)
-	return strconv.AppendUint(b, d.Want, 16)
+	b = strconv.AppendUint(b, d.Want, 16)
+	if d.On != "" {
+		b = append(b, " on="...)
+		b = append(b, d.On...)
+	}
+	return b
 }
 
 // fields returns the key=value pairs of line that follow keyword, or false if keyword and then first are absent.
@@ -133,6 +160,16 @@ func ParseOK(line string) (OK, bool) {
 		return OK{}, false
 	}
 	o.UnixMilli = t
+	_, w := m["dwrites"]
+	_, v := m["dverified"]
+	_, p := m["dpass"]
+	switch {
+	case w && v && p:
+		o.Disk = true
+		o.DiskWrites, o.DiskVerified, o.DiskPass = num(m, "dwrites", 10, &ok), num(m, "dverified", 10, &ok), num(m, "dpass", 10, &ok)
+	case w || v || p:
+		return OK{}, false
+	}
 	return o, ok
 }
 
@@ -142,7 +179,8 @@ func ParseBad(line string) (Bad, bool) {
 	if !ok {
 		return Bad{}, false
 	}
-	d := Bad{Page: num(m, "page", 10, &ok), Reason: m["reason"], Got: num(m, "got", 16, &ok), Want: num(m, "want", 16, &ok)}
+	d := Bad{Page: num(m, "page", 10, &ok), Reason: m["reason"], Got: num(m, "got", 16, &ok), Want: num(m, "want", 16, &ok),
+		On: m["on"]}
 	if d.Reason == "" {
 		ok = false
 	}

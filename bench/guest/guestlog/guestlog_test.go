@@ -23,6 +23,22 @@ func TestRoundTrip(t *testing.T) {
 	if got, ok := ParseBad("[  3.1] noise" + bl); !ok || got != d {
 		t.Fatalf("parse: %+v %v", got, ok)
 	}
+	// A guest with a disk adds the disk's counters, and says where a failure was.
+	o.Disk, o.DiskWrites, o.DiskVerified, o.DiskPass = true, 40, 128, 2
+	line = string(o.Append(nil))
+	if line != "ok seq=12 t=1700000000123 gen=99 dirtied=3 verified=800 pass=4 bad=1 dwrites=40 dverified=128 dpass=2" {
+		t.Fatalf("format: %q", line)
+	}
+	if got, ok := ParseOK(line); !ok || got != o {
+		t.Fatalf("parse: %+v %v", got, ok)
+	}
+	d.On = OnDisk
+	if bl = string(d.Append(nil)); bl != "BAD page=7 reason=sum got=0xdead want=0xbeef on=disk" {
+		t.Fatalf("format: %q", bl)
+	}
+	if got, ok := ParseBad(bl); !ok || got != d {
+		t.Fatalf("parse: %+v %v", got, ok)
+	}
 }
 
 func TestRejects(t *testing.T) {
@@ -30,6 +46,8 @@ func TestRejects(t *testing.T) {
 		"", "ok", "ok seq=x t=1 gen=1 dirtied=1 verified=1 pass=1 bad=0", "ok seq=1 t=1 gen=1 dirtied=1",
 		"ok seq=1 t=1 gen=1 dirtied=1 verified=1 pass=1 bad=0 junk", "BAD page=1 reason= got=0x1 want=0x2",
 		"ok seq=1 t=1 gen=1 dirtied=1 verified=1 pass=1 bad=0" + strings.Repeat(" x=1", MaxLine),
+		"ok seq=1 t=1 gen=1 dirtied=1 verified=1 pass=1 bad=0 dwrites=1 dverified=2",
+		"ok seq=1 t=1 gen=1 dirtied=1 verified=1 pass=1 bad=0 dwrites=1 dverified=2 dpass=x",
 	} {
 		if _, ok := ParseOK(l); ok {
 			t.Errorf("ParseOK accepted %q", l)
@@ -70,7 +88,7 @@ func FuzzParse(f *testing.F) {
 				t.Fatalf("ok round trip: %+v -> %+v", o, again)
 			}
 		}
-		if d, ok := ParseBad(line); ok && !strings.ContainsAny(d.Reason, " =") {
+		if d, ok := ParseBad(line); ok && !strings.ContainsAny(d.Reason+d.On, " =") {
 			if again, ok := ParseBad(string(d.Append(nil))); !ok || again != d {
 				t.Fatalf("bad round trip: %+v -> %+v", d, again)
 			}

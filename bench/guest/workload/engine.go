@@ -27,7 +27,15 @@ type config struct {
 	private float64
 	period  time.Duration // between ok lines
 	vperiod time.Duration // for one full verify pass
+
+	disk     string        // the disk device to write and verify (e.g. /dev/vda); "" for none
+	dblocks  int           // disk blocks of 4 KiB in use, from the device's start
+	drate    float64       // disk block writes per second
+	dvperiod time.Duration // for one full verify pass over the disk's blocks
 }
+
+// maxDiskBlocks bounds the disk blocks in use (the generations live in memory).
+const maxDiskBlocks = 1 << 20
 
 func (c *config) register(fs *flag.FlagSet) {
 	c.wss = 32 << 20
@@ -39,6 +47,10 @@ func (c *config) register(fs *flag.FlagSet) {
 	fs.Float64Var(&c.private, "private", 0, "fraction of pages whose initial content is private to this guest")
 	fs.DurationVar(&c.period, "period", 100*time.Millisecond, "interval between ok lines")
 	fs.DurationVar(&c.vperiod, "vperiod", time.Second, "time for one full verification pass over the working set")
+	fs.StringVar(&c.disk, "disk", "", "disk device to write and verify with O_DIRECT, e.g. /dev/vda (\"\": none)")
+	fs.IntVar(&c.dblocks, "dblocks", 256, "disk blocks of 4 KiB to write and verify, from the device's start")
+	fs.Float64Var(&c.drate, "drate", 20, "disk block writes per second, each made durable (fdatasync)")
+	fs.DurationVar(&c.dvperiod, "dvperiod", 2*time.Second, "time for one full verification pass over the disk's blocks")
 }
 
 func (c *config) validate() error {
@@ -49,8 +61,12 @@ func (c *config) validate() error {
 		return fmt.Errorf("rate %v: want [0, 1e9)", c.rate)
 	case c.pattern != "seq" && c.pattern != "random":
 		return fmt.Errorf("pattern %q: want seq or random", c.pattern)
-	case c.period < time.Millisecond || c.vperiod < time.Millisecond:
-		return errors.New("period and vperiod must be at least 1ms")
+	case c.period < time.Millisecond || c.vperiod < time.Millisecond || c.dvperiod < time.Millisecond:
+		return errors.New("period, vperiod and dvperiod must be at least 1ms")
+	case c.disk != "" && (c.dblocks < 1 || c.dblocks > maxDiskBlocks):
+		return fmt.Errorf("dblocks %d: want [1, %d]", c.dblocks, maxDiskBlocks)
+	case !(c.drate >= 0 && c.drate < 1e6):
+		return fmt.Errorf("drate %v: want [0, 1e6)", c.drate)
 	}
 	return nil
 }
@@ -85,6 +101,7 @@ func (b *byteSize) Set(s string) error {
 type engine struct {
 	cfg  config
 	set  *pageset.Set
+	disk *diskPart // nil without a disk
 	line []byte
 
 	nextLine time.Time
@@ -104,17 +121,24 @@ type engine struct {
 	bad      uint64
 }
 
-// newEngine lays the working set over mem and fills it. salt 0 in cfg is replaced by one derived from now.
-func newEngine(cfg config, mem []byte, now time.Time) (*engine, error) {
+// newEngine lays the working set over mem and fills it, and the disk's blocks over dev when it is not nil. salt 0
+// in cfg is replaced by one derived from now.
+func newEngine(cfg config, mem []byte, dev blockDevice, now time.Time) (*engine, error) {
 	if cfg.salt == 0 {
 		cfg.salt = uint64(now.UnixNano())
 	}
-	set, err := pageset.New(mem, pageset.Params{Seed: cfg.seed, Salt: cfg.salt, Private: cfg.private})
+	params := pageset.Params{Seed: cfg.seed, Salt: cfg.salt, Private: cfg.private}
+	set, err := pageset.New(mem, params)
 	if err != nil {
 		return nil, err
 	}
 	set.Fill()
 	e := &engine{cfg: cfg, set: set, rng: cfg.salt | 1}
+	if dev != nil {
+		if e.disk, err = newDiskPart(dev, cfg.dblocks, cfg.drate, cfg.dvperiod, cfg.period, params); err != nil {
+			return nil, err
+		}
+	}
 	e.last, e.nextLine = now, now.Add(cfg.period)
 	return e, nil
 }
@@ -122,8 +146,12 @@ func newEngine(cfg config, mem []byte, now time.Time) (*engine, error) {
 // begin prints the ready line and starts the clocks at now (after the fill, which takes a while in a slow guest).
 func (e *engine) begin(now time.Time, out io.Writer) {
 	e.last, e.nextLine = now, now.Add(e.cfg.period)
-	fmt.Fprintf(out, "ready wss=%d pages=%d rate=%g pattern=%s seed=%d salt=%d private=%g period=%s\n",
-		int64(e.cfg.wss), e.set.Len(), e.cfg.rate, e.cfg.pattern, e.cfg.seed, e.cfg.salt, e.cfg.private, e.cfg.period)
+	var disk string
+	if e.disk != nil {
+		disk = fmt.Sprintf(" disk=%s dblocks=%d drate=%g", e.cfg.disk, e.cfg.dblocks, e.cfg.drate)
+	}
+	fmt.Fprintf(out, "ready wss=%d pages=%d rate=%g pattern=%s seed=%d salt=%d private=%g period=%s%s\n",
+		int64(e.cfg.wss), e.set.Len(), e.cfg.rate, e.cfg.pattern, e.cfg.seed, e.cfg.salt, e.cfg.private, e.cfg.period, disk)
 }
 
 // advance does the work due by now: dirty pages at the configured rate, verify pages so that a full pass takes
@@ -157,10 +185,18 @@ func (e *engine) advance(now time.Time, out io.Writer) {
 		}
 	}
 
+	if e.disk != nil {
+		e.bad += e.disk.advance(dt, func(line []byte) { e.emit(out, line) }, e.line[:0])
+	}
+
 	if !now.Before(e.nextLine) {
 		e.seq++
 		ok := guestlog.OK{Seq: e.seq, UnixMilli: now.UnixMilli(), Gen: e.gen, Dirtied: e.dirtied,
 			Verified: e.verified, Pass: e.pass, Bad: e.bad}
+		if e.disk != nil {
+			ok.Disk, ok.DiskWrites, ok.DiskVerified, ok.DiskPass = true, e.disk.writes, e.disk.verified, e.disk.pass
+			e.disk.verified = 0
+		}
 		e.emit(out, ok.Append(e.line[:0]))
 		e.dirtied, e.verified = 0, 0
 		e.nextLine = e.nextLine.Add(e.cfg.period)

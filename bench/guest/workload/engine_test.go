@@ -5,8 +5,10 @@ import (
 	"bytes"
 	"flag"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/vmscatter/vmscatter/bench/guest/guestlog"
 	"github.com/vmscatter/vmscatter/bench/guest/pageset"
@@ -41,7 +43,7 @@ func TestEngineRunsClean(t *testing.T) {
 	for _, pattern := range []string{"seq", "random"} {
 		c := testConfig(t, "-wss", "256K", "-rate", "100", "-pattern", pattern, "-salt", "9")
 		now := time.Unix(1700000000, 0)
-		e, err := newEngine(c, make([]byte, c.wss), now)
+		e, err := newEngine(c, make([]byte, c.wss), nil, now)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -59,7 +61,7 @@ func TestEngineReportsCorruptionOnce(t *testing.T) {
 	c := testConfig(t, "-wss", "256K", "-rate", "0", "-vperiod", "500ms")
 	now := time.Unix(1700000000, 0)
 	mem := make([]byte, c.wss)
-	e, err := newEngine(c, mem, now)
+	e, err := newEngine(c, mem, nil, now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,7 +78,7 @@ func TestEngineReportsCorruptionOnce(t *testing.T) {
 func TestEngineNoBurstAfterStop(t *testing.T) {
 	c := testConfig(t, "-wss", "64K", "-rate", "100")
 	now := time.Unix(1700000000, 0)
-	e, err := newEngine(c, make([]byte, c.wss), now)
+	e, err := newEngine(c, make([]byte, c.wss), nil, now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -116,7 +118,7 @@ func TestRunRejects(t *testing.T) {
 
 func TestReadyLine(t *testing.T) {
 	c := testConfig(t, "-wss", "64K")
-	e, err := newEngine(c, make([]byte, c.wss), time.Now())
+	e, err := newEngine(c, make([]byte, c.wss), nil, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,5 +127,98 @@ func TestReadyLine(t *testing.T) {
 	line, _ := bufio.NewReader(&out).ReadString('\n')
 	if !strings.HasPrefix(line, "ready wss=65536 pages=16 rate=1000 pattern=seq") {
 		t.Fatalf("ready line %q", line)
+	}
+}
+
+// memDisk is a disk in memory; fail makes every I/O fail as a vanished device would.
+type memDisk struct {
+	b     []byte
+	fail  bool
+	syncs int
+}
+
+func (d *memDisk) ReadAt(p []byte, off int64) (int, error) {
+	if d.fail {
+		return 0, syscall.EIO
+	}
+	return copy(p, d.b[off:]), nil
+}
+
+func (d *memDisk) WriteAt(p []byte, off int64) (int, error) {
+	if d.fail {
+		return 0, syscall.EIO
+	}
+	return copy(d.b[off:], p), nil
+}
+
+func (d *memDisk) Sync() error { d.syncs++; return nil }
+
+func TestEngineDiskRunsClean(t *testing.T) {
+	c := testConfig(t, "-wss", "64K", "-rate", "10", "-disk", "/dev/vda", "-dblocks", "32", "-drate", "20",
+		"-dvperiod", "500ms", "-salt", "5")
+	now := time.Unix(1700000000, 0)
+	disk := &memDisk{b: make([]byte, 64*pageset.PageSize)}
+	e, err := newEngine(c, make([]byte, c.wss), disk, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 32 { // filled at generation 0, with content of its own
+		block := disk.b[i*pageset.PageSize : (i+1)*pageset.PageSize]
+		if err := pageset.CheckPage(block, i, 0); err != nil || bytes.Equal(block, e.set.Page(i%e.set.Len())) {
+			t.Fatalf("disk block %d: %v, or a memory page's content", i, err)
+		}
+	}
+	s := drive(e, &now, 2*time.Second)
+	if s.OKs != 20 || len(s.Bad) != 0 || !s.Last.Disk || s.Last.DiskWrites != 40 || s.Last.DiskPass != 4 {
+		t.Fatalf("summary %+v", s)
+	}
+	if disk.syncs != 41 { // the fill, then every write
+		t.Fatalf("%d syncs", disk.syncs)
+	}
+	var out bytes.Buffer
+	e.begin(now, &out)
+	if !strings.Contains(out.String(), " disk=/dev/vda dblocks=32 drate=20\n") {
+		t.Fatalf("ready line %q", out.String())
+	}
+}
+
+func TestEngineDiskReportsCorruptionAndIOErrorsOnce(t *testing.T) {
+	c := testConfig(t, "-wss", "64K", "-rate", "0", "-disk", "/dev/vda", "-dblocks", "16", "-drate", "0",
+		"-dvperiod", "200ms")
+	now := time.Unix(1700000000, 0)
+	disk := &memDisk{b: make([]byte, 16*pageset.PageSize)}
+	e, err := newEngine(c, make([]byte, c.wss), disk, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	disk.b[3*pageset.PageSize+200] ^= 1 // a block that does not hold what the guest wrote
+	s := drive(e, &now, time.Second)
+	if len(s.Bad) != 1 || s.Bad[0] != (guestlog.Bad{Page: 3, Reason: "sum", Got: s.Bad[0].Got, Want: s.Bad[0].Want, On: guestlog.OnDisk}) ||
+		s.Last.Bad != 1 {
+		t.Fatalf("after corrupting block 3: bad %+v, last %+v", s.Bad, s.Last)
+	}
+	disk.fail = true // the disk is gone: reported once, counted every time
+	s = drive(e, &now, time.Second)
+	if len(s.Bad) != 1 || s.Bad[0].Reason != "io" || s.Bad[0].On != guestlog.OnDisk || s.Bad[0].Got != uint64(syscall.EIO) ||
+		s.Last.Bad < 10 {
+		t.Fatalf("with the disk failing: bad %+v, last %+v", s.Bad, s.Last)
+	}
+}
+
+func TestDiskConfigRejects(t *testing.T) {
+	for _, args := range [][]string{{"-disk", "/dev/vda", "-dblocks", "0"}, {"-drate", "-1"}, {"-dvperiod", "0s"},
+		{"-disk", "/dev/vda", "-dblocks", "2000000"}} {
+		if err := run(args, &bytes.Buffer{}); err == nil {
+			t.Errorf("run(%v) accepted", args)
+		}
+	}
+}
+
+func TestAlignedBlock(t *testing.T) {
+	for range 10 {
+		b := alignedBlock()
+		if len(b) != pageset.PageSize || uintptr(unsafe.Pointer(&b[0]))%pageset.PageSize != 0 {
+			t.Fatalf("block of %d bytes at %p", len(b), &b[0])
+		}
 	}
 }

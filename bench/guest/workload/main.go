@@ -1,7 +1,8 @@
 // Command workload is the guest program of vmscatter's test VMs. It keeps a working set of pages in memory (see
 // package pageset), dirties them at a set rate in a sequential (NPB MG-like) or random (NPB IS-like) pattern,
 // re-verifies every page continuously, and reports on stdout, the guest's serial console, in the format of package
-// guestlog.
+// guestlog. Given a disk (-disk /dev/vda), it does the same with blocks of the disk: it rewrites them at -drate with
+// O_DIRECT and fdatasync, and reads every one back with O_DIRECT in each -dvperiod.
 //
 // It is built static (CGO_ENABLED=0) into the test initramfs as /bin/workload, where the init script runs it as
 //
@@ -53,7 +54,16 @@ func run(args []string, out io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("mapping %d bytes: %w", cfg.wss, err)
 	}
-	e, err := newEngine(cfg, mem, time.Now())
+	var dev blockDevice
+	if cfg.disk != "" {
+		f, err := openDisk(cfg.disk, cfg.dblocks, 30*time.Second)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		dev = f
+	}
+	e, err := newEngine(cfg, mem, dev, time.Now())
 	if err != nil {
 		return err
 	}
