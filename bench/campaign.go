@@ -145,12 +145,12 @@ func drawTrial(seed uint64, n int, cell gridCell, guests int) FaultSpec {
 	s := FaultSpec{N: n, Kind: cell.kind, Point: cell.point, Victim: r.IntN(guests), Target: r.IntN(2), NoDedup: r.IntN(2) == 1,
 		Paused: guests > 1 && r.IntN(4) == 0}
 	switch cell.point {
-	case AtBegin:
-		s.Delay = between(0, 1500*time.Millisecond)
-	case AtPrepare:
-		s.Delay = between(0, 300*time.Millisecond)
-	case AtPerform:
-		s.Delay = between(0, 2500*time.Millisecond)
+	case AtBegin: // inventory and scan take about 100 ms in the lab
+		s.Delay = between(0, 150*time.Millisecond)
+	case AtPrepare: // the destination starts in about 100 ms
+		s.Delay = between(0, 100*time.Millisecond)
+	case AtPerform: // the prime (with dedup) about 4 s, the stream 0.5 s with dedup and 10 s without
+		s.Delay = between(0, 5*time.Second)
 	default: // in the lab LOADED, START, RUNNING, the source's quit and DONE follow within about 10 ms
 		s.Delay = between(0, 3*time.Millisecond)
 	}
@@ -173,8 +173,11 @@ type CampaignConfig struct {
 	MemoryMiB int    // per guest; default 128
 	Rate      uint64 // the source link's rate in bit/s, so that a stream lasts seconds; default 100e6
 	SendArgs  []string
-	Keep      bool // keep every trial's directory; a trial with a problem keeps its own regardless
-	Logf      func(format string, args ...any)
+	// Disks gives every guest a qcow2 disk on the lab's shared storage, which its workload writes and verifies
+	// (needs qemu-img).
+	Disks bool
+	Keep  bool // keep every trial's directory; a trial with a problem keeps its own regardless
+	Logf  func(format string, args ...any)
 }
 
 func (cfg *CampaignConfig) fill() {
@@ -266,7 +269,7 @@ func RunTrial(ctx context.Context, cfg CampaignConfig, spec FaultSpec) (res *Tri
 		res.Notes = append(res.Notes, fmt.Sprintf(format, args...))
 		cfg.Logf("trial %d: "+format, append([]any{spec.N}, args...)...)
 	}
-	c, err := NewCluster(ctx, ClusterConfig{Targets: 2, Bin: cfg.Bin, Dir: dir,
+	c, err := NewCluster(ctx, ClusterConfig{Targets: 2, Bin: cfg.Bin, Dir: dir, Disks: cfg.Disks,
 		TargetCapacity: spreadCapacity(cfg.Guests, 2, cfg.MemoryMiB)})
 	if err != nil {
 		return nil, err
@@ -285,7 +288,7 @@ func RunTrial(ctx context.Context, cfg CampaignConfig, spec FaultSpec) (res *Tri
 		return nil, err
 	}
 	guests, err := c.StartGuestsWith(ctx, fmt.Sprintf("f%dv", spec.N), cfg.Guests, func(name string) fixture.GuestOptions {
-		return fixture.GuestOptions{MemoryMiB: cfg.MemoryMiB, Workload: workloadOf(spec.N), ExtraArgs: c.WatchArgs(name)}
+		return fixture.GuestOptions{MemoryMiB: cfg.MemoryMiB, Workload: workloadOf(spec.N, cfg.Disks), ExtraArgs: c.WatchArgs(name)}
 	})
 	if err != nil {
 		return nil, err
@@ -430,9 +433,15 @@ func RunTrial(ctx context.Context, cfg CampaignConfig, spec FaultSpec) (res *Tri
 	return res, nil
 }
 
-// workloadOf is the guests' workload: a 16 MiB working set dirtied at 200 pages/s, shared across guests but 25%.
-func workloadOf(n int) fixture.Workload {
-	return fixture.Workload{WSS: 16 << 20, Rate: 200, Seed: uint64(n), Private: 0.25}
+// workloadOf is the guests' workload: a 16 MiB working set dirtied at 200 pages/s, shared across guests but 25%; with
+// a disk, 128 blocks of it written at 50 a second, each written block made durable, and every block read back and
+// checked once a second.
+func workloadOf(n int, disk bool) fixture.Workload {
+	w := fixture.Workload{WSS: 16 << 20, Rate: 200, Seed: uint64(n), Private: 0.25}
+	if disk {
+		w.DiskBlocks, w.DiskRate, w.DiskVPeriod = 128, 50, time.Second
+	}
+	return w
 }
 
 // inject strikes. It returns where the victim stood (by the journals just before; for a sender killed, where its
@@ -607,14 +616,41 @@ func checkVM(ctx context.Context, c *Cluster, vm string, ran bool, copies []Copy
 			return v
 		}
 	}
-	b, _ := os.ReadFile(cp.SerialLog())
-	s0, _ := guestlog.Summarize(bytes.NewReader(b))
-	if _, err := waitConsole(ctx, cp.SerialLog(), s0.OKs+10, 90*time.Second); err != nil {
+	if err := waitVerifying(ctx, cp.SerialLog(), 90*time.Second); err != nil {
 		v.Verdict, v.Problem = VerdictFaulty, fmt.Sprintf("its workload on %s: %v", cp.Host, err)
 		return v
 	}
 	v.Verdict = VerdictOK
 	return v
+}
+
+// waitVerifying waits until a console log shows ten more progress lines than now and, for a guest with a disk, one
+// more full pass over its disk, with no BAD line anywhere in it (memory or disk).
+func waitVerifying(ctx context.Context, serial string, bound time.Duration) error {
+	read := func() guestlog.Summary {
+		b, _ := os.ReadFile(serial)
+		s, _ := guestlog.Summarize(bytes.NewReader(b))
+		return s
+	}
+	s0 := read()
+	deadline := time.Now().Add(bound)
+	for {
+		s := read()
+		if len(s.Bad) > 0 {
+			return fmt.Errorf("the guest found corruption: %+v (%d BAD lines)", s.Bad[0], len(s.Bad))
+		}
+		if s.OKs >= s0.OKs+10 && (!s.Last.Disk || s.Last.DiskPass > s0.Last.DiskPass) {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%d progress lines and %d disk passes in %v, want 10 and 1", s.OKs-s0.OKs,
+				s.Last.DiskPass-s0.Last.DiskPass, bound)
+		}
+		sleepCtx(ctx, 200*time.Millisecond)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+	}
 }
 
 func pause(ctx context.Context, sock string) error {

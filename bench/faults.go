@@ -45,30 +45,40 @@ func (c *Cluster) WatchArgs(vm string) []string {
 type Where struct {
 	Sender    string       `json:"sender"`             // the sender's journal; "" before its first record (Begin)
 	Source    qmp.RunState `json:"source"`             // the source QEMU's run state; "" when it did not answer
+	Migrating bool         `json:"migrating"`          // the source QEMU's migration started: its stream flows
 	Completed bool         `json:"completed"`          // the source QEMU's migration completed: its stream is all out
 	Receiver  string       `json:"receiver,omitempty"` // the receiver's journal, "" without a record
 	Target    int          `json:"target"`             // the receiver's index; -1 until the sender journaled it
 }
 
-// Label names the moment for the campaign's figures: the sender's phase, with Perform split where the source has
-// completed its stream (QEMU's migration is over, START not yet decided) and where the receiver has also
-// journaled Loaded (the destination holds the whole VM, paused).
+// Label names the moment for the campaign's figures: the sender's phase, with Perform split by where the source
+// QEMU is (the prime still running and the source not yet migrating; its stream flowing; its stream all out, START
+// not yet decided), and the receiver's phase once it has a record.
 func (w Where) Label() string {
+	l := w.Sender
 	switch {
 	case w.Sender == "":
-		return "Begin"
-	case w.Sender == commit.Perform.String() && w.Receiver == commit.Loaded.String():
-		return "Loaded"
+		l = "Begin"
 	case w.Sender == commit.Perform.String() && w.Completed:
-		return "Perform, source completed"
+		l = "Perform, source completed"
+	case w.Sender == commit.Perform.String() && w.Migrating:
+		l = "Perform, streaming"
+	case w.Sender == commit.Perform.String():
+		l = "Perform, priming"
 	}
-	return w.Sender
+	if w.Receiver != "" {
+		l += " · receiver " + w.Receiver
+	}
+	return l
 }
 
 func (w Where) String() string {
 	s := fmt.Sprintf("sender %s, source %s", orNone(w.Sender), orNone(string(w.Source)))
-	if w.Completed {
+	switch {
+	case w.Completed:
 		s += " (migration completed)"
+	case w.Migrating:
+		s += " (migrating)"
 	}
 	if w.Target >= 0 {
 		s += fmt.Sprintf(", receiver t%d %s", w.Target+1, orNone(w.Receiver))
@@ -120,6 +130,7 @@ type VMWatch struct {
 	c         *Cluster
 	vm        string
 	q         *qmp.Client
+	migrating atomic.Bool
 	completed atomic.Bool
 	wake      chan struct{} // a journal record changed (capacity 1)
 	stop      context.CancelFunc
@@ -151,7 +162,13 @@ func (c *Cluster) Watch(ctx context.Context, vm string) (*VMWatch, error) {
 			var d struct {
 				Status qmp.MigrationStatus `json:"status"`
 			}
-			if json.Unmarshal(ev.Data, &d) == nil && d.Status == qmp.MigrationCompleted {
+			if json.Unmarshal(ev.Data, &d) != nil {
+				continue
+			}
+			switch d.Status {
+			case qmp.MigrationSetup, qmp.MigrationActive:
+				w.migrating.Store(true)
+			case qmp.MigrationCompleted:
 				w.completed.Store(true)
 				w.poke()
 			}
@@ -236,7 +253,7 @@ func (w *VMWatch) Close() {
 
 // journals is where the VM stands by the journals and the source's MIGRATION events alone: no QMP round trip.
 func (w *VMWatch) journals() Where {
-	at := Where{Target: -1, Completed: w.completed.Load()}
+	at := Where{Target: -1, Migrating: w.migrating.Load(), Completed: w.completed.Load()}
 	if r, ok := w.c.SenderRecord(w.vm); ok {
 		at.Sender = r.Phase
 		at.Target = w.c.TargetIndex(r.Target)

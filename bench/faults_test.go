@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -42,7 +43,10 @@ func TestFaultCampaign(t *testing.T) {
 		}
 		specs = specs[*faultsTrial-1 : *faultsTrial]
 	}
-	cfg := CampaignConfig{Bin: vmscatterBin, Dir: *faultsOut, Keep: *faultsOut != "", Logf: t.Logf}
+	if _, err := exec.LookPath("qemu-img"); err != nil {
+		t.Skip("qemu-img not installed (qemu-utils; make deps installs it): the campaign's guests have disks")
+	}
+	cfg := CampaignConfig{Bin: vmscatterBin, Dir: *faultsOut, Keep: *faultsOut != "", Disks: true, Logf: t.Logf}
 	if cfg.Dir == "" {
 		cfg.Dir = t.TempDir()
 	} else if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
@@ -101,12 +105,15 @@ func TestPointsAndMoments(t *testing.T) {
 	}{
 		{Where{Target: -1}, []Point{AtBegin}, "Begin"},
 		{Where{Sender: "Prepare", Target: 0}, []Point{AtBegin, AtPrepare}, "Prepare"},
-		{Where{Sender: "Perform", Source: qmp.RunStateRunning}, []Point{AtBegin, AtPrepare, AtPerform}, "Perform"},
-		{Where{Sender: "Perform", Source: qmp.RunStatePostMigrate, Completed: true}, []Point{AtBegin, AtPrepare, AtPerform, AtCompleted},
-			"Perform, source completed"},
+		{Where{Sender: "Perform", Source: qmp.RunStateRunning, Receiver: "Prepare"}, []Point{AtBegin, AtPrepare, AtPerform},
+			"Perform, priming · receiver Prepare"},
+		{Where{Sender: "Perform", Migrating: true}, []Point{AtBegin, AtPrepare, AtPerform}, "Perform, streaming"},
+		{Where{Sender: "Perform", Source: qmp.RunStatePostMigrate, Migrating: true, Completed: true}, []Point{AtBegin, AtPrepare,
+			AtPerform, AtCompleted}, "Perform, source completed"},
 		{Where{Sender: "Perform", Completed: true, Receiver: "Loaded"}, []Point{AtBegin, AtPrepare, AtPerform, AtCompleted, AtLoaded},
-			"Loaded"},
-		{Where{Sender: "Finish"}, []Point{AtBegin, AtPrepare, AtPerform, AtCompleted, AtLoaded, AtFinish}, "Finish"},
+			"Perform, source completed · receiver Loaded"},
+		{Where{Sender: "Finish", Receiver: "Loaded"}, []Point{AtBegin, AtPrepare, AtPerform, AtCompleted, AtLoaded, AtFinish},
+			"Finish · receiver Loaded"},
 		{Where{Sender: "Confirm"}, []Point{AtBegin, AtPrepare, AtPerform, AtCompleted, AtLoaded, AtFinish, AtConfirm}, "Confirm"},
 		{Where{Sender: "RollingBack", Completed: true}, []Point{AtBegin}, "RollingBack"},
 		{Where{Sender: "RolledBack"}, []Point{AtBegin}, "RolledBack"},

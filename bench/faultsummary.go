@@ -8,15 +8,23 @@ import (
 	"strings"
 )
 
-// momentOrder sorts the moments a fault struck at in the order a migration passes them.
-var momentOrder = []string{"Begin", "Prepare", "Perform", "Perform, source completed", "Loaded", "Finish", "Confirm",
-	"Committed", "RollingBack", "RolledBack", "Unresolved", "not reached"}
+// momentOrder sorts the moments a fault struck at (Where.Label: the sender's part, then the receiver's) in the order
+// a migration passes them.
+var (
+	momentOrder = []string{"Begin", "Prepare", "Perform, priming", "Perform, streaming", "Perform, source completed", "Finish",
+		"Confirm", "Committed", "RollingBack", "RolledBack", "Unresolved", "not reached"}
+	receiverOrder = []string{"", "Prepare", "Loaded", "Finish", "Confirm", "Committed", "RollingBack", "RolledBack", "Unresolved"}
+)
 
 func momentRank(m string) int {
-	if i := slices.Index(momentOrder, m); i >= 0 {
-		return i
+	sender, receiver, _ := strings.Cut(m, " · receiver ")
+	rank := func(order []string, x string) int {
+		if i := slices.Index(order, x); i >= 0 {
+			return i
+		}
+		return len(order)
 	}
-	return len(momentOrder)
+	return rank(momentOrder, sender)*100 + rank(receiverOrder, receiver)
 }
 
 var kindOrder = []FaultKind{SenderKill, SenderHUP, ReceiverKill, DestKill, PartitionSrc}
