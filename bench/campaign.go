@@ -255,6 +255,7 @@ type VMOutcome struct {
 	Reports string `json:"reports"`        // the status the last report that mentions it gives
 	Verdict string `json:"verdict"`
 	Problem string `json:"problem,omitempty"`
+	Stale   string `json:"stale,omitempty"` // copies beside the VM's, which went by themselves
 }
 
 // RunTrial runs one trial in a lab of its own. It returns an error only when the trial could not be run (no lab,
@@ -565,8 +566,8 @@ func sameCopies(a, b map[string][]Copy) bool {
 // The census's verdicts on a VM.
 const (
 	VerdictOK      = "ok"
-	VerdictLost    = "lost"    // it runs nowhere: no copy, or (if it ran before) no copy running
-	VerdictDoubled = "doubled" // two or more QEMU processes of it exist, on one host or two
+	VerdictLost    = "lost"    // it runs nowhere: no copy running (if it ran before), no copy holding it (if not)
+	VerdictDoubled = "doubled" // two copies run it (if it ran before), or hold it (if not)
 	VerdictFaulty  = "faulty"  // one copy, as it should be, but in the wrong state, or its workload stopped verifying
 	// VerdictKilled: it runs nowhere because the fault killed the copy that was (or may have been) the VM: a
 	// destination QEMU killed after its receiver journaled Finish, the step before `cont`.
@@ -580,48 +581,98 @@ func startedThere(phase string) bool {
 	return p == commit.Finish || p == commit.Confirm || p == commit.Committed
 }
 
-// checkVM judges one VM: exactly one copy, running if the VM ran before (paused if not), its workload printing new
-// progress lines and no BAD line (a paused copy is continued first), where the last report that mentions it says.
+// checkVM judges one VM by its copies. A copy holds the VM unless it waits for an incoming migration (inmigrate,
+// prelaunch: a destination that never loaded, and never can run). The VM must be held exactly once: running if it
+// ran before (lost if no copy runs, doubled if two do), paused if not (doubled if two copies hold it). Any other copy
+// is stale: it must go by itself (a receiver tears down a destination whose sender it lost) within a bound. The one
+// copy's workload must print new progress lines and no BAD line (a paused copy is continued first), and it must run
+// where the last report that mentions the VM says.
 func checkVM(ctx context.Context, c *Cluster, vm string, ran bool, copies []Copy, reported string) VMOutcome {
 	v := VMOutcome{Name: vm, Copies: copies, Reports: reported, Ran: ran}
-	switch len(copies) {
-	case 0:
-		v.Verdict, v.Problem = VerdictLost, "no QEMU runs it"
-		return v
-	case 1:
-	default:
-		v.Verdict, v.Problem = VerdictDoubled, fmt.Sprintf("%d QEMUs run it", len(copies))
-		return v
+	var holders, running []Copy
+	for _, cp := range copies {
+		if cp.State == qmp.RunStateInMigrate || cp.State == qmp.RunStatePrelaunch {
+			continue
+		}
+		holders = append(holders, cp)
+		if cp.State == qmp.RunStateRunning {
+			running = append(running, cp)
+		}
 	}
-	cp := copies[0]
-	v.Host = cp.Host
-	paused := cp.State == qmp.RunStatePaused || cp.State == qmp.RunStatePostMigrate
+	var the Copy
 	switch {
-	case ran && cp.State != qmp.RunStateRunning:
-		v.Verdict, v.Problem = VerdictLost, fmt.Sprintf("it runs nowhere: its only copy, on %s, is %q", cp.Host, cp.State)
+	case ran && len(running) > 1:
+		v.Verdict, v.Problem = VerdictDoubled, fmt.Sprintf("%d copies run: %s", len(running), describeCopies(running))
 		return v
-	case !ran && !paused:
-		v.Verdict, v.Problem = VerdictFaulty, fmt.Sprintf("it was paused, but its only copy, on %s, is %q", cp.Host, cp.State)
+	case !ran && len(holders) > 1:
+		v.Verdict, v.Problem = VerdictDoubled, fmt.Sprintf("%d copies hold it: %s", len(holders), describeCopies(holders))
+		return v
+	case ran && len(running) == 0:
+		v.Verdict, v.Problem = VerdictLost, "it runs nowhere: "+orNone(describeCopies(copies))
+		return v
+	case !ran && len(holders) == 0:
+		v.Verdict, v.Problem = VerdictLost, "no copy holds it: "+orNone(describeCopies(copies))
+		return v
+	case ran:
+		the = running[0]
+	default:
+		the = holders[0]
+	}
+	v.Host = the.Host
+	if !ran && the.State != qmp.RunStatePaused && the.State != qmp.RunStatePostMigrate {
+		v.Verdict, v.Problem = VerdictFaulty, fmt.Sprintf("it was paused, but its copy on %s is %q", the.Host, the.State)
 		return v
 	}
-	if want := map[string]bool{report.StatusMigrated: cp.Host != c.Source.Name, report.StatusRolledBack: cp.Host == c.Source.Name}; reported != "" {
+	if len(copies) > 1 {
+		gone, err := waitStaleGone(ctx, c, vm, the.PID, 90*time.Second)
+		if err != nil {
+			v.Verdict, v.Problem = VerdictFaulty, err.Error()
+			return v
+		}
+		others := slices.DeleteFunc(slices.Clone(copies), func(cp Copy) bool { return cp.PID == the.PID })
+		v.Stale = fmt.Sprintf("%s, gone by itself within %v", describeCopies(others), gone.Round(time.Second))
+	}
+	if want := map[string]bool{report.StatusMigrated: the.Host != c.Source.Name, report.StatusRolledBack: the.Host == c.Source.Name}; reported != "" {
 		if ok, known := want[reported]; known && !ok {
-			v.Verdict, v.Problem = VerdictFaulty, fmt.Sprintf("the report says %s, but it runs on %s", reported, cp.Host)
+			v.Verdict, v.Problem = VerdictFaulty, fmt.Sprintf("the report says %s, but it runs on %s", reported, the.Host)
 			return v
 		}
 	}
 	if !ran {
-		if err := cont(ctx, cp.spare); err != nil {
-			v.Verdict, v.Problem = VerdictFaulty, fmt.Sprintf("continuing its copy on %s: %v", cp.Host, err)
+		if err := cont(ctx, the.spare); err != nil {
+			v.Verdict, v.Problem = VerdictFaulty, fmt.Sprintf("continuing its copy on %s: %v", the.Host, err)
 			return v
 		}
 	}
-	if err := waitVerifying(ctx, cp.SerialLog(), 90*time.Second); err != nil {
-		v.Verdict, v.Problem = VerdictFaulty, fmt.Sprintf("its workload on %s: %v", cp.Host, err)
+	if err := waitVerifying(ctx, the.SerialLog(), 90*time.Second); err != nil {
+		v.Verdict, v.Problem = VerdictFaulty, fmt.Sprintf("its workload on %s: %v", the.Host, err)
 		return v
 	}
 	v.Verdict = VerdictOK
 	return v
+}
+
+func describeCopies(cps []Copy) string {
+	var parts []string
+	for _, cp := range cps {
+		parts = append(parts, fmt.Sprintf("%s pid %d %s", cp.Host, cp.PID, orNone(string(cp.State))))
+	}
+	return strings.Join(parts, ", ")
+}
+
+// waitStaleGone waits until the VM's only copy is the one with PID keep, and says how long that took.
+func waitStaleGone(ctx context.Context, c *Cluster, vm string, keep int, bound time.Duration) (time.Duration, error) {
+	start := time.Now()
+	for {
+		cps, err := c.Copies(ctx, vm)
+		if err == nil && len(cps) == 1 && cps[0].PID == keep {
+			return time.Since(start), nil
+		}
+		if time.Since(start) > bound || ctx.Err() != nil {
+			return 0, fmt.Errorf("a stale copy stays beside the VM for %v: %s", bound, describeCopies(cps))
+		}
+		sleepCtx(ctx, time.Second)
+	}
 }
 
 // waitVerifying waits until a console log shows ten more progress lines than now and, for a guest with a disk, one

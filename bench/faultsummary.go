@@ -174,6 +174,19 @@ func WriteSummary(w io.Writer, results []*TrialResult, src string) {
 			}
 		}
 	}
+	var stale []string
+	for _, t := range results {
+		for _, v := range t.VMs {
+			if v.Stale != "" {
+				stale = append(stale, fmt.Sprintf("- trial %d (%s at %s): beside %s on %s: %s", t.Spec.N, t.Spec.Kind, t.Moment,
+					v.Name, v.Host, v.Stale))
+			}
+		}
+	}
+	if len(stale) > 0 {
+		fmt.Fprintf(w, "\nStale copies beside a VM's one copy after recover, which went by themselves:\n\n%s\n",
+			strings.Join(stale, "\n"))
+	}
 	if len(killed) > 0 {
 		fmt.Fprintf(w, "\nVMs that died with the destination the fault killed:\n\n%s\n", strings.Join(killed, "\n"))
 	}
