@@ -5,7 +5,6 @@
 package bench
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -64,6 +63,8 @@ type Cluster struct {
 	mu        sync.Mutex
 	receivers []*exec.Cmd // by target index; nil once killed
 	sends     int
+	recovers  int
+	running   []*SendRun // started by StartSend; Close kills any still running
 }
 
 // spreadCapacity is the receiver capacity that makes the planner spread guests evenly over targets: room for
@@ -216,6 +217,12 @@ func (c *Cluster) SharedDir() string { return filepath.Join(c.cfg.Dir, "shared")
 // StartGuests boots n guests named prefix1..prefixN on the source, two at a time. With ClusterConfig.Disks, each gets
 // the disk SharedDir/NAME.qcow2 (created when missing).
 func (c *Cluster) StartGuests(ctx context.Context, prefix string, n int, o fixture.GuestOptions) ([]*fixture.Guest, error) {
+	return c.StartGuestsWith(ctx, prefix, n, func(string) fixture.GuestOptions { return o })
+}
+
+// StartGuestsWith is StartGuests with each guest's options from opts, given the guest's name (for paths of its own,
+// under GuestDir); with ClusterConfig.Disks, a guest whose options name no disk gets SharedDir/NAME.qcow2.
+func (c *Cluster) StartGuestsWith(ctx context.Context, prefix string, n int, opts func(name string) fixture.GuestOptions) ([]*fixture.Guest, error) {
 	guests := make([]*fixture.Guest, n)
 	errs := make([]error, n)
 	sem := make(chan struct{}, 2)
@@ -226,11 +233,12 @@ func (c *Cluster) StartGuests(ctx context.Context, prefix string, n int, o fixtu
 			defer wg.Done()
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			name, o := fmt.Sprintf("%s%d", prefix, i+1), o
+			name := fmt.Sprintf("%s%d", prefix, i+1)
+			o := opts(name)
 			if c.cfg.Disks && o.Disk.Path == "" {
 				o.Disk.Path = filepath.Join(c.SharedDir(), name+".qcow2")
 			}
-			guests[i], errs[i] = fixture.StartGuest(ctx, filepath.Join(c.cfg.Dir, "source"), name, o)
+			guests[i], errs[i] = fixture.StartGuest(ctx, c.sourceDir(), name, o)
 		}()
 	}
 	wg.Wait()
@@ -244,6 +252,11 @@ func (c *Cluster) StartGuests(ctx context.Context, prefix string, n int, o fixtu
 	return guests, errors.Join(errs...)
 }
 
+func (c *Cluster) sourceDir() string { return filepath.Join(c.cfg.Dir, "source") }
+
+// GuestDir is where guest name's files live on the source (fixture.Guest.Dir).
+func (c *Cluster) GuestDir(name string) string { return filepath.Join(c.sourceDir(), name) }
+
 // SendResult is what one `vmscatter send` run gave.
 type SendResult struct {
 	Report     report.Report
@@ -253,7 +266,8 @@ type SendResult struct {
 	SourceTx   uint64 // bytes that left the source host's interface (its counters)
 	TargetRx   []uint64
 	Elapsed    time.Duration
-	CPU        time.Duration // the sender's CPU time, its whole life (wait4's rusage)
+	CPU        time.Duration  // the sender's CPU time, its whole life (wait4's rusage)
+	Killed     syscall.Signal // the signal that ended the sender, if one did (Exit is then -1)
 }
 
 // StateDir is the lab sender's journal: one per cluster, so that no run of another lab holds its VMs.
@@ -261,6 +275,31 @@ func (c *Cluster) StateDir() string { return filepath.Join(c.cfg.Dir, "send-stat
 
 // Send runs `vmscatter send` on the source host for the given guests, to every target, with extra arguments.
 func (c *Cluster) Send(ctx context.Context, guests []*fixture.Guest, extra ...string) (*SendResult, error) {
+	r, err := c.StartSend(ctx, guests, extra...)
+	if err != nil {
+		return nil, err
+	}
+	return r.Wait()
+}
+
+// SendRun is a `vmscatter send` running in the background (StartSend): signal it by its PID, then Wait.
+type SendRun struct {
+	PID        int // vmscatter's own (ip netns exec execs it)
+	ReportPath string
+
+	c          *Cluster
+	cmd        *exec.Cmd
+	stderrPath string
+	start      time.Time
+	tx0        uint64
+	rx0        []uint64
+	done       chan struct{} // closed once the process is reaped
+	waitErr    error         // cmd.Wait's, valid after done
+}
+
+// StartSend starts `vmscatter send` on the source host, as Send does, and returns while it runs. Its stderr goes to
+// the report's name with .stderr (and to Progress).
+func (c *Cluster) StartSend(ctx context.Context, guests []*fixture.Guest, extra ...string) (*SendRun, error) {
 	var vms []string
 	for _, g := range guests {
 		vms = append(vms, g.Name+"="+g.QMPPath)
@@ -271,31 +310,76 @@ func (c *Cluster) Send(ctx context.Context, guests []*fixture.Guest, extra ...st
 	c.mu.Unlock()
 	args := append([]string{"send", "--vms", strings.Join(vms, ","), "--targets", strings.Join(c.ReceiverAddrs(), ","),
 		"--key-file", c.KeyFile, "--report", report, "--state-dir", c.StateDir()}, extra...)
-	_, tx0, _ := c.Source.Counters()
-	rx0 := c.targetRx()
-	var stderr bytes.Buffer
-	cmd := c.Source.Command(ctx, c.cfg.Bin, args...)
-	cmd.Stderr = &stderr
-	if c.Progress != nil {
-		cmd.Stderr = io.MultiWriter(&stderr, c.Progress)
+	r := &SendRun{ReportPath: report, c: c, stderrPath: strings.TrimSuffix(report, ".json") + ".stderr", done: make(chan struct{})}
+	stderr, err := os.Create(r.stderrPath)
+	if err != nil {
+		return nil, err
 	}
-	start := time.Now()
-	err := cmd.Run()
-	res := &SendResult{Stderr: stderr.String(), Elapsed: time.Since(start), ReportPath: report, CPU: exitedCPU(cmd.ProcessState)}
-	_ = os.WriteFile(strings.TrimSuffix(report, ".json")+".stderr", stderr.Bytes(), 0o644)
+	defer stderr.Close() // the child holds its own descriptor; with Progress, exec's copier holds this one until Wait
+	_, r.tx0, _ = c.Source.Counters()
+	r.rx0 = c.targetRx()
+	r.cmd = c.Source.Command(ctx, c.cfg.Bin, args...)
+	r.cmd.Stderr = stderr
+	if c.Progress != nil {
+		r.cmd.Stderr = io.MultiWriter(stderr, c.Progress)
+	}
+	r.start = time.Now()
+	if err := r.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("starting vmscatter send: %w", err)
+	}
+	r.PID = r.cmd.Process.Pid
+	c.mu.Lock()
+	c.running = append(c.running, r)
+	c.mu.Unlock()
+	go func() {
+		r.waitErr = r.cmd.Wait()
+		close(r.done)
+	}()
+	return r, nil
+}
+
+// Signal sends sig to the sender's process (its PID only). Signalling one that has exited does nothing.
+func (r *SendRun) Signal(sig syscall.Signal) error {
+	select {
+	case <-r.done:
+		return nil
+	default:
+		return r.cmd.Process.Signal(sig)
+	}
+}
+
+// Done is closed once the sender has exited and been reaped.
+func (r *SendRun) Done() <-chan struct{} { return r.done }
+
+// Killed is the signal that ended the sender, 0 if it exited by itself. Call it after Done is closed.
+func (r *SendRun) Killed() syscall.Signal {
+	if ws, ok := r.cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		return ws.Signal()
+	}
+	return 0
+}
+
+// Wait waits for the sender to exit and reads its report. A sender killed by a signal exits -1 (Killed says by
+// which); its report, if it wrote none, is an error beside the result, which is returned all the same.
+func (r *SendRun) Wait() (*SendResult, error) {
+	<-r.done
+	c := r.c
+	b, _ := os.ReadFile(r.stderrPath)
+	res := &SendResult{Stderr: string(b), Elapsed: time.Since(r.start), ReportPath: r.ReportPath, CPU: exitedCPU(r.cmd.ProcessState)}
 	_, tx1, _ := c.Source.Counters()
-	res.SourceTx = tx1 - tx0
+	res.SourceTx = tx1 - r.tx0
 	for i, rx := range c.targetRx() {
-		res.TargetRx = append(res.TargetRx, rx-rx0[i])
+		res.TargetRx = append(res.TargetRx, rx-r.rx0[i])
 	}
 	var ee *exec.ExitError
 	switch {
-	case errors.As(err, &ee):
+	case errors.As(r.waitErr, &ee):
 		res.Exit = ee.ExitCode()
-	case err != nil:
-		return res, err
+		res.Killed = r.Killed()
+	case r.waitErr != nil:
+		return res, r.waitErr
 	}
-	b, rerr := os.ReadFile(report)
+	b, rerr := os.ReadFile(r.ReportPath)
 	if rerr != nil {
 		return res, fmt.Errorf("no report (exit %d): %v\n%s", res.Exit, rerr, res.Stderr)
 	}
@@ -303,6 +387,57 @@ func (c *Cluster) Send(ctx context.Context, guests []*fixture.Guest, extra ...st
 		return res, fmt.Errorf("report: %w", err)
 	}
 	return res, nil
+}
+
+// RecoverResult is what one `vmscatter recover` gave.
+type RecoverResult struct {
+	Report     report.Report
+	ReportPath string
+	Exit       int
+	Stderr     string // its progress lines and log (--log-level info)
+}
+
+// Recover runs `vmscatter recover` over the lab sender's journal (StateDir), on the source host, from where it
+// reaches the source QEMUs and the receivers.
+func (c *Cluster) Recover(ctx context.Context) (*RecoverResult, error) {
+	c.mu.Lock()
+	c.recovers++
+	rep := filepath.Join(c.cfg.Dir, fmt.Sprintf("recover-%d.json", c.recovers))
+	c.mu.Unlock()
+	res := &RecoverResult{ReportPath: rep}
+	out, err := c.runOnSource(ctx, strings.TrimSuffix(rep, ".json")+".stderr", "recover", "--state-dir", c.StateDir(),
+		"--key-file", c.KeyFile, "--report", rep, "--log-level", "info")
+	res.Stderr = out
+	var ee *exec.ExitError
+	switch {
+	case errors.As(err, &ee):
+		res.Exit = ee.ExitCode()
+	case err != nil:
+		return res, err
+	}
+	b, rerr := os.ReadFile(rep)
+	if rerr != nil {
+		return res, fmt.Errorf("vmscatter recover wrote no report (exit %d): %v\n%s", res.Exit, rerr, out)
+	}
+	if err := json.Unmarshal(b, &res.Report); err != nil {
+		return res, fmt.Errorf("recover report: %w", err)
+	}
+	return res, nil
+}
+
+// Status runs `vmscatter status` over the lab sender's journal and returns what it printed.
+func (c *Cluster) Status(ctx context.Context) (string, error) {
+	return c.runOnSource(ctx, "", "status", "--state-dir", c.StateDir())
+}
+
+// runOnSource runs the vmscatter binary on the source host and returns its stdout and stderr together, also kept in
+// logPath if one is given.
+func (c *Cluster) runOnSource(ctx context.Context, logPath string, args ...string) (string, error) {
+	out, err := c.Source.Command(ctx, c.cfg.Bin, args...).CombinedOutput()
+	if logPath != "" {
+		_ = os.WriteFile(logPath, out, 0o644)
+	}
+	return string(out), err
 }
 
 func (c *Cluster) targetRx() []uint64 {
@@ -327,8 +462,17 @@ func (c *Cluster) TargetIndex(addr string) int {
 	return -1
 }
 
-// Close stops everything: receivers, destination QEMUs (by the PIDs in their pidfiles), guests, then the lab.
+// Close stops everything: senders still running, receivers, destination QEMUs (by the PIDs in their pidfiles),
+// guests, then the lab.
 func (c *Cluster) Close() error {
+	c.mu.Lock()
+	running := c.running
+	c.running = nil
+	c.mu.Unlock()
+	for _, r := range running {
+		_ = r.Signal(syscall.SIGKILL)
+		<-r.done
+	}
 	for i := range c.receivers {
 		c.mu.Lock()
 		cmd := c.receivers[i]
