@@ -41,6 +41,12 @@ func (s *Source) Phase() Phase { return s.phase }
 // Epoch is the migration's epoch.
 func (s *Source) Epoch() uint64 { return s.epoch }
 
+// DestMayLinger reports whether a destination of this epoch may still exist although the VM was rolled back: OPEN
+// was sent and ABORTED never heard (the receiver was lost). It cannot run (no START is ever sent for a rolled-back
+// epoch, and a receiver refuses one after ABORT), but it holds memory on its target until `vmscatter recover` has
+// the receiver tear it down.
+func (s *Source) DestMayLinger() bool { return s.phase == RolledBack && s.opened && !s.destGone }
+
 // Step feeds one event and returns what the driver must do, in order (see the package doc).
 func (s *Source) Step(ev Event) []Action {
 	s.out = nil

@@ -102,6 +102,13 @@ func (r *recovery) recover(ctx context.Context) report.VMReport {
 		r.log.Info("recover", "situation", fmt.Sprintf("%+v", sit), "plan", plan.String())
 		switch plan.Verdict {
 		case commit.Resolved:
+			if r.rec.Linger { // the destination that might have lingered is gone now
+				r.rec.Linger = false
+				if err := r.j.Put("vm-"+r.rec.VM, r.rec); err != nil {
+					v.Status, v.Error = report.StatusUnresolved, err.Error()
+					return v
+				}
+			}
 			if plan.Owner == commit.DestSide {
 				v.Status = report.StatusMigrated
 			} else {

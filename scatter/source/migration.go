@@ -364,6 +364,7 @@ func (m *vmMigration) finish() {
 		m.s.progress.set(m.vm.spec.Name, "migrated", fmt.Sprintf("%s on the wire, downtime %d ms", fmtBytes(r.WireBytes), r.DowntimeMS))
 	}
 	e := commit.Entry{Phase: m.machine.Phase(), Epoch: m.s.epoch}
+	m.record.Linger = m.machine.DestMayLinger()
 	if err := m.journal(e, string(r.Status), r.Error); err != nil {
 		m.log.Error("journal write failed", "err", err)
 	}

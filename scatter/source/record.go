@@ -44,9 +44,11 @@ type VMRecord struct {
 	PID        int       `json:"pid,omitempty"`
 	WasRunning bool      `json:"was_running"`
 	Saved      *Settings `json:"saved,omitempty"` // the source's settings before the migration, for a rollback
-	Status     string    `json:"status,omitempty"`
-	Reason     string    `json:"reason,omitempty"`
-	Updated    time.Time `json:"updated"`
+	// Linger: rolled back without the receiver's word that its destination is gone; recover tidies it.
+	Linger  bool      `json:"linger,omitempty"`
+	Status  string    `json:"status,omitempty"`
+	Reason  string    `json:"reason,omitempty"`
+	Updated time.Time `json:"updated"`
 }
 
 // Settings are the source QEMU's migration settings as vmscatter found them.
@@ -77,7 +79,7 @@ type Run struct {
 func (r Run) Unsettled() []VMRecord {
 	var out []VMRecord
 	for _, v := range r.VMs {
-		if e, err := v.Entry(); err != nil || !e.Phase.Terminal() || e.Phase == commit.Unresolved {
+		if e, err := v.Entry(); err != nil || !e.Phase.Terminal() || e.Phase == commit.Unresolved || v.Linger {
 			out = append(out, v)
 		}
 	}
