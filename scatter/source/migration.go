@@ -21,6 +21,9 @@ import (
 // The actions on the source QEMU, and the watchers that report what it does: each reports its outcome to the
 // machine as an event (docs/commit.md, "The driver's side of the contract").
 
+// pumpStuck is how long endMigration waits for a pump to end by itself before it takes its connection as broken.
+const pumpStuck = 5 * time.Second
+
 // sourceMigration is the source QEMU's migration into our socket, with the goroutines it set going.
 type sourceMigration struct {
 	ln       *net.UnixListener
@@ -220,7 +223,17 @@ func (m *vmMigration) endMigration() {
 		return
 	}
 	mig.cancel()
-	<-mig.pumped
+	select {
+	case <-mig.pumped:
+	case <-time.After(pumpStuck):
+		// The pump is blocked sending to a receiver that reads nothing (a silent partition): the connection is
+		// broken. Closing it frees the pump, and its reader reports the loss to the machine, which reconnects.
+		m.log.Warn("the stream to the receiver is stuck; dropping the connection")
+		if sc := m.conn(); sc != nil {
+			sc.Close()
+		}
+		<-mig.pumped
+	}
 	<-mig.watched
 	if mig.ln != nil {
 		mig.ln.Close()
