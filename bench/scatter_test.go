@@ -266,12 +266,16 @@ func TestReceiverKilledMidMigration(t *testing.T) {
 	if !strings.Contains(v.Error, "receiver") {
 		t.Errorf("the error does not name the receiver: %s", v.Error)
 	}
-	// The operator restarts the receiver and retries: the VM moves.
+	// The operator restarts the receiver, runs `vmscatter recover` (the run left the VM's destination unconfirmed:
+	// recover has the receiver tear it down, as `send` says), and retries: the VM moves.
 	if err := c.Source.Shape(lab.Shaping{}); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.StartReceiver(ctx, 0); err != nil {
 		t.Fatal(err)
+	}
+	if rr, err := c.Recover(ctx); err != nil || rr.Exit != 0 {
+		t.Fatalf("recover: exit %v, %v\n%s", rr.Exit, err, rr.Stderr)
 	}
 	res, err = c.Send(ctx, guests)
 	if err != nil {
