@@ -102,19 +102,19 @@ func (r *recovery) recover(ctx context.Context) report.VMReport {
 		r.log.Info("recover", "situation", fmt.Sprintf("%+v", sit), "plan", plan.String())
 		switch plan.Verdict {
 		case commit.Resolved:
-			if r.rec.Linger { // the destination that might have lingered is gone now
-				r.rec.Linger = false
-				if err := r.j.Put("vm-"+r.rec.VM, r.rec); err != nil {
-					v.Status, v.Error = report.StatusUnresolved, err.Error()
-					return v
-				}
-			}
 			if plan.Owner == commit.DestSide {
 				v.Status = report.StatusMigrated
 			} else {
 				v.Status = report.StatusRolledBack
 			}
 			v.Error = plan.Why
+			// The record says so too: settled, and no destination left to tidy.
+			if r.rec.Linger || r.rec.Status != v.Status {
+				r.rec.Linger, r.rec.Status, r.rec.Reason = false, v.Status, "settled by vmscatter recover: "+plan.Why
+				if err := r.j.Put("vm-"+r.rec.VM, r.rec); err != nil {
+					v.Status, v.Error = report.StatusUnresolved, err.Error()
+				}
+			}
 			return v
 		case commit.Wait, commit.Manual:
 			v.Status, v.Error = report.StatusUnresolved, plan.Why+": "+describe(sit)

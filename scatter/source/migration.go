@@ -377,6 +377,11 @@ func (m *vmMigration) finish() {
 		m.s.progress.set(m.vm.spec.Name, "migrated", fmt.Sprintf("%s on the wire, downtime %d ms", fmtBytes(r.WireBytes), r.DowntimeMS))
 	}
 	e := commit.Entry{Phase: m.machine.Phase(), Epoch: m.s.epoch}
+	if last, ok := commit.ParsePhase(m.record.Phase); ok && e.Phase == commit.Unresolved {
+		// Unresolved is never journaled over the last phase: recover decides from it (a VM left after START
+		// was decided must never be resumed at the source), and the status says it is unresolved.
+		e.Phase = last
+	}
 	m.record.Linger = m.machine.DestMayLinger()
 	if err := m.journal(e, string(r.Status), r.Error); err != nil {
 		m.log.Error("journal write failed", "err", err)

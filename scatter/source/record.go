@@ -79,7 +79,8 @@ type Run struct {
 func (r Run) Unsettled() []VMRecord {
 	var out []VMRecord
 	for _, v := range r.VMs {
-		if e, err := v.Entry(); err != nil || !e.Phase.Terminal() || e.Phase == commit.Unresolved || v.Linger {
+		if e, err := v.Entry(); err != nil || !e.Phase.Terminal() || e.Phase == commit.Unresolved || v.Linger ||
+			v.Status == "unresolved" {
 			out = append(out, v)
 		}
 	}
