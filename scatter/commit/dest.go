@@ -18,6 +18,9 @@ type Dest struct {
 	gone     bool // DestExited heard
 	restored bool // rebuilt at Finish: an earlier receiver process may have started the guest
 	why      string
+
+	undo   *Dest // the machine before the last step, and that step's event: JournalFailed takes it again
+	undoEv Event
 }
 
 // NewDest returns the destination side of a migration in Begin, for the epoch of the OPEN that created it. A
@@ -66,6 +69,18 @@ func (d *Dest) Epoch() uint64 { return d.epoch }
 
 // Step feeds one event and returns what the driver must do, in order (see the package doc).
 func (d *Dest) Step(ev Event) []Action {
+	if ev.Kind == JournalFailed {
+		undo, again := d.undo, d.undoEv
+		return d.retake(ev, func() bool {
+			if undo != nil {
+				*d = *undo
+			}
+			return undo != nil
+		}, func() []Action { return d.Step(again) })
+	}
+	before := *d
+	before.out, before.undo = nil, nil
+	d.undo, d.undoEv = &before, ev
 	d.out = nil
 	if d.common(ev) {
 		return d.out
@@ -99,7 +114,11 @@ func isFrame(ev Event, f Frame) bool { return ev.Kind == Recv && ev.Frame == f }
 func (d *Dest) begin(ev Event) {
 	switch {
 	case isFrame(ev, FrameOpen):
-		d.journal(Prepare)
+		if !d.journal(Prepare) {
+			d.why = d.journalWhy("no destination was started")
+			d.tornDown()
+			return
+		}
 		d.emit(Action{Kind: LaunchDest})
 		d.launched = true
 		d.phase = Prepare
@@ -125,7 +144,10 @@ func (d *Dest) beforeLoaded(ev Event) {
 		d.send(FrameReady, "")
 		d.phase = Perform
 	case ev.Kind == DestLoaded && d.phase == Perform:
-		d.journal(Loaded)
+		if !d.journal(Loaded) {
+			d.teardown(d.journalWhy("LOADED was not said"))
+			return
+		}
 		d.send(FrameLoaded, "")
 		d.phase = Loaded
 	case isFrame(ev, FrameStreamEnd) && d.phase == Perform:
@@ -157,9 +179,16 @@ func (d *Dest) beforeLoaded(ev Event) {
 
 // teardown resolves the epoch to the source: journal RolledBack first, so that no START of this epoch is
 // ever obeyed again, then kill the destination; ABORTED follows once it is gone.
+//
+// Once Finish is journaled, only the record of RolledBack tells recover that the guest never ran here: without
+// it the destination is kept as it is (paused: `cont` failed) and the VM left for recover.
 func (d *Dest) teardown(why string) {
 	d.why = why
-	d.journal(RolledBack)
+	if !d.journal(RolledBack) && d.journaled >= Finish {
+		d.finish(Unresolved, StatusUnresolved, d.journalWhy(why+"; the hand-back cannot be recorded, so the "+
+			"destination is kept as it is; free the data directory and run `vmscatter recover`"))
+		return
+	}
 	d.phase = RollingBack
 	if d.launched && !d.gone {
 		d.emit(Action{Kind: KillDest})
@@ -176,7 +205,11 @@ func (d *Dest) tornDown() {
 func (d *Dest) loadedPhase(ev Event) {
 	switch {
 	case isFrame(ev, FrameStart):
-		d.journal(Finish)
+		if !d.journal(Finish) {
+			// The guest never ran here and the source holds the whole VM, paused: hand it back.
+			d.teardown(d.journalWhy("the destination was not started"))
+			return
+		}
 		d.emit(Action{Kind: StartDest})
 		d.phase = Finish
 	case isFrame(ev, FrameAbort):
@@ -257,7 +290,9 @@ func (d *Dest) confirm(ev Event) {
 }
 
 func (d *Dest) commit(note string) {
-	d.journal(Committed)
+	if !d.journal(Committed) {
+		note += "; " + d.journalWhy("COMMIT is not recorded")
+	}
 	if note == "" {
 		d.send(FrameDone, "")
 	}

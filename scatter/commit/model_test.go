@@ -49,21 +49,23 @@ type world struct {
 	// crashed after it journaled Finish (it may have run `cont` before it died: recover cannot know).
 	destDied, rcvCrashedInFinish bool
 
-	src        *Source
-	srcAlive   bool
-	dst        *Dest
-	rcvAlive   bool
-	crashed    bool
-	srcJ, dstJ Entry
-	sq         srcVM
-	dq         string // the destination QEMU: none starting failed incoming fed loaded started running gone
-	net        []msg
-	srcQ, dstQ []Event // outcomes the drivers will deliver, in order
-	connected  bool
-	redial     bool
-	srcReport  *Action
-	dstReport  *Action // this receiver process's
-	reports    []Action
+	src      *Source
+	srcAlive bool
+	dst      *Dest
+	rcvAlive bool
+	crashed  bool
+	// A journal write failed: the run's record may be left unsettled, for recover to settle.
+	journalFailed bool
+	srcJ, dstJ    Entry
+	sq            srcVM
+	dq            string // the destination QEMU: none starting failed incoming fed loaded started running gone
+	net           []msg
+	srcQ, dstQ    []Event // outcomes the drivers will deliver, in order
+	connected     bool
+	redial        bool
+	srcReport     *Action
+	dstReport     *Action // this receiver process's
+	reports       []Action
 }
 
 func newWorld(t *testing.T, seed int64, seen outcomes) *world {
@@ -124,6 +126,10 @@ func (w *world) stepSource(ev Event) {
 			w.crashSender()
 			return
 		}
+		if w.journalFails(a) {
+			w.stepSource(Event{Kind: JournalFailed, Reason: "no space left on device"})
+			return
+		}
 		w.doSource(a)
 		w.check()
 	}
@@ -154,9 +160,24 @@ func (w *world) doDestActions(acts []Action) {
 			w.crashReceiver()
 			return
 		}
+		if w.journalFails(a) {
+			w.stepDest(Event{Kind: JournalFailed, Reason: "no space left on device"})
+			return
+		}
 		w.doDest(a)
 		w.check()
 	}
+}
+
+// journalFails decides whether a Journal action fails (a full disk): the driver then carries out nothing after it
+// and delivers JournalFailed at once. The record on disk stays as it was.
+func (w *world) journalFails(a Action) bool {
+	if a.Kind != Journal || !w.faults || w.rng.Float64() >= w.faultRate/10 {
+		return false
+	}
+	w.logf("journal %v fails", a.Entry)
+	w.journalFailed = true
+	return true
 }
 
 func (w *world) report(slot **Action, a Action, p Phase, side string) {
@@ -611,7 +632,7 @@ func runWorld(t *testing.T, seed int64, seen outcomes) {
 	if w.srcAlive && w.srcReport == nil {
 		w.fatalf("the source side ended %v without a report", w.src.Phase())
 	}
-	clean := !w.crashed
+	clean := !w.crashed && !w.journalFailed
 	for _, r := range w.reports {
 		clean = clean && r.Status != StatusUnresolved
 	}
@@ -660,6 +681,9 @@ func runWorld(t *testing.T, seed int64, seen outcomes) {
 	if steps > 0 {
 		seen["recovered to "+owner.String()]++
 	}
+	if w.journalFailed {
+		seen["journal failed"]++
+	}
 }
 
 func TestModel(t *testing.T) {
@@ -677,7 +701,7 @@ func TestModel(t *testing.T) {
 	t.Logf("outcomes over %d runs: %v", seeds, seen)
 	// The model must reach every kind of ending, or it proves little.
 	for _, k := range []string{"source migrated", "source rolled_back", "source unresolved", "sender crashed",
-		"dest migrated", "dest rolled_back", "dest unresolved", "recovered to source", "recovered to dest"} {
+		"journal failed", "dest migrated", "dest rolled_back", "dest unresolved", "recovered to source", "recovered to dest"} {
 		if seen[k] == 0 {
 			t.Errorf("no run ended %q", k)
 		}

@@ -1,5 +1,7 @@
 package commit
 
+import "strings"
+
 // Source is the source side of one VM's migration: the sender's half of the protocol. Not safe for concurrent
 // use: one goroutine steps it.
 //
@@ -26,6 +28,9 @@ type Source struct {
 
 	why    string // the first reason for rolling back
 	status Status // the rollback's outcome
+
+	undo   *Source // the machine before the last step, and that step's event: JournalFailed takes it again
+	undoEv Event
 }
 
 // NewSource returns the source side of a migration in Begin. epoch must be greater than every epoch this VM's
@@ -49,6 +54,18 @@ func (s *Source) DestMayLinger() bool { return s.phase == RolledBack && s.opened
 
 // Step feeds one event and returns what the driver must do, in order (see the package doc).
 func (s *Source) Step(ev Event) []Action {
+	if ev.Kind == JournalFailed {
+		undo, again := s.undo, s.undoEv
+		return s.retake(ev, func() bool {
+			if undo != nil {
+				*s = *undo
+			}
+			return undo != nil
+		}, func() []Action { return s.Step(again) })
+	}
+	before := *s
+	before.out, before.undo = nil, nil
+	s.undo, s.undoEv = &before, ev
 	s.out = nil
 	if s.common(ev) {
 		return s.out
@@ -75,7 +92,10 @@ func (s *Source) Step(ev Event) []Action {
 func (s *Source) begin(ev Event) {
 	switch ev.Kind {
 	case Connected:
-		s.journal(Prepare)
+		if !s.journal(Prepare) {
+			s.finish(RolledBack, StatusRolledBack, s.journalWhy("nothing was changed"))
+			return
+		}
 		s.send(FrameOpen, "")
 		s.opened = true
 		s.phase = Prepare
@@ -93,7 +113,10 @@ func (s *Source) begin(ev Event) {
 func (s *Source) prepare(ev Event) {
 	switch {
 	case ev.Kind == Recv && ev.Frame == FrameReady:
-		s.journal(Perform)
+		if !s.journal(Perform) {
+			s.rollback(s.journalWhy("the source was not touched"), StatusRolledBack)
+			return
+		}
 		s.emit(Action{Kind: StartSourceMigration})
 		s.tuned, s.migrating = true, true
 		s.phase = Perform
@@ -179,9 +202,18 @@ func (s *Source) maybeStart() {
 	}
 }
 
-// decideStart is the point of no return: journal Finish, then START.
+// decideStart is the point of no return: journal Finish, then START. Without a journal START is not sent: the
+// VM goes back to the source, or, if the source's copy is gone, stays with the paused destination for recover.
 func (s *Source) decideStart() {
-	s.journal(Finish)
+	if !s.journal(Finish) {
+		if s.srcGone {
+			s.finish(Unresolved, StatusUnresolved, s.journalWhy("the source QEMU has exited and the destination "+
+				"holds the only copy, paused; free the state directory and run `vmscatter recover`"))
+			return
+		}
+		s.rollback(s.journalWhy("START was not sent"), StatusRolledBack)
+		return
+	}
 	s.send(FrameStart, "")
 	s.phase = Finish
 }
@@ -249,7 +281,9 @@ func (s *Source) confirm(ev Event) {
 }
 
 func (s *Source) commit(note string) {
-	s.journal(Committed)
+	if !s.journal(Committed) {
+		note += "; " + s.journalWhy("run `vmscatter recover` to settle the run's record")
+	}
 	s.finish(Committed, StatusMigrated, "the destination runs and the source QEMU has quit"+note)
 }
 
@@ -285,7 +319,7 @@ func (s *Source) needsCont() bool { return s.wasRunning && !s.running }
 func (s *Source) advance() {
 	if s.srcGone {
 		if !s.resuming {
-			s.journal(RolledBack)
+			s.journalRolledBack()
 		}
 		s.finish(RolledBack, StatusFailed, s.why)
 		return
@@ -306,7 +340,7 @@ func (s *Source) advance() {
 		// without a START that is never sent.
 		note = "; the destination was not confirmed gone (run `vmscatter recover` to tidy it)"
 	}
-	s.journal(RolledBack)
+	s.journalRolledBack()
 	if s.tuned {
 		s.emit(Action{Kind: RestoreSource})
 	}
@@ -317,6 +351,14 @@ func (s *Source) advance() {
 		return
 	}
 	s.finish(RolledBack, s.status, s.why+note)
+}
+
+// journalRolledBack journals RolledBack before the source is put back. Unrecorded is as safe (the destination is
+// gone or never ran), but the run's record stays unsettled, so the report says so.
+func (s *Source) journalRolledBack() {
+	if !s.journal(RolledBack) && !strings.Contains(s.why, s.noJournal) {
+		s.why += "; " + s.journalWhy("run `vmscatter recover` to settle the run's record")
+	}
 }
 
 func (s *Source) redial() {

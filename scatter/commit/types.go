@@ -90,6 +90,9 @@ const (
 	Timeout                          // the time the driver allows for the current phase ran out
 	Stop                             // the operator asked this process to stop (SIGTERM, SIGHUP): stop at a safe point
 	Query                            // someone (`vmscatter recover`, `status`) asks where the VM stands
+	// JournalFailed: the last step's Journal action could not be made durable (a full disk, an I/O error), and the
+	// driver carried out none of the actions after it. The driver delivers it at once, before any other event.
+	JournalFailed
 
 	// The source QEMU, on the source host.
 	SrcActive    // the source migration is active (it connected to the driver's socket)
@@ -110,7 +113,7 @@ const (
 	DestExited  // the destination QEMU process is gone
 )
 
-var eventNames = [...]string{"", "Recv", "Connected", "Reconnected", "PeerLost", "Timeout", "Stop", "Query",
+var eventNames = [...]string{"", "Recv", "Connected", "Reconnected", "PeerLost", "Timeout", "Stop", "Query", "JournalFailed",
 	"SrcActive", "SrcCompleted", "SrcFailed", "SrcCancelled", "SrcRunning", "SrcPaused", "SrcExited", "SrcRefused",
 	"StreamFailed", "DestReady", "DestLoaded", "DestStarted", "DestFailed", "DestExited"}
 
@@ -155,14 +158,14 @@ func (e Event) String() string {
 
 // SourceEvents lists one event of every kind the source side can see, frames without their epoch.
 func SourceEvents() []Event {
-	return withFrames([]EventKind{Connected, Reconnected, PeerLost, Timeout, Stop, Query, SrcActive, SrcCompleted,
+	return withFrames([]EventKind{Connected, Reconnected, PeerLost, Timeout, Stop, Query, JournalFailed, SrcActive, SrcCompleted,
 		SrcFailed, SrcCancelled, SrcRunning, SrcPaused, SrcExited, SrcRefused, StreamFailed},
 		FrameReady, FrameLoaded, FrameRunning, FrameDone, FrameAborted, FrameError)
 }
 
 // DestEvents lists one event of every kind the destination side can see, frames without their epoch.
 func DestEvents() []Event {
-	return withFrames([]EventKind{Reconnected, PeerLost, Timeout, Stop, Query, DestReady, DestLoaded, DestStarted,
+	return withFrames([]EventKind{Reconnected, PeerLost, Timeout, Stop, Query, JournalFailed, DestReady, DestLoaded, DestStarted,
 		DestFailed, DestExited},
 		FrameOpen, FrameStreamEnd, FrameStreamCancel, FrameStart, FrameCommit, FrameAbort, FrameError)
 }
@@ -182,7 +185,8 @@ func withFrames(kinds []EventKind, frames ...Frame) []Event {
 type ActionKind uint8
 
 const (
-	// Journal: make Entry durable (write and fsync) before carrying out any later action of the same Step.
+	// Journal: make Entry durable (write and fsync) before carrying out any later action of the same Step. If it
+	// cannot, carry out none of them and deliver JournalFailed at once.
 	Journal ActionKind = iota + 1
 	// Send: write Frame, with Epoch and Reason, on the VM connection. With no connection the driver drops it: the
 	// source retries after Reconnected and the destination answers every retry again.

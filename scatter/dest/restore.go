@@ -90,7 +90,7 @@ func (m *vmDriver) restored(rec record) {
 	d, acts := commit.RestoreDest(e)
 	m.d = d
 	m.log.Info("restored from the journal", "journal", e.Phase.String(), "phase", d.Phase().String(), "pid", m.pid)
-	m.carryOut(acts)
+	m.carryOut(acts) // RestoreDest journals nothing: no JournalFailed
 	if owned && m.dest == nil && !m.exitSeen {
 		m.exitSeen = true
 		m.step(commit.Event{Kind: commit.DestExited, Reason: "the destination QEMU was gone when the receiver started"})

@@ -197,9 +197,11 @@ func (m *vmDriver) releaseDest() {
 func (m *vmDriver) step(ev commit.Event) {
 	before := m.d.Phase()
 	acts := m.d.Step(ev)
+	for failed, ok := m.carryOut(acts); ok; failed, ok = m.carryOut(acts) {
+		acts = m.d.Step(failed) // the step taken again without the journal: the failed one never happened
+	}
 	after := m.d.Phase()
 	m.log.Debug("commit step", "event", ev.String(), "from", before.String(), "to", after.String(), "actions", len(acts))
-	m.carryOut(acts)
 	if after != before {
 		m.entered(after)
 	}
@@ -226,21 +228,15 @@ func (m *vmDriver) entered(p commit.Phase) {
 }
 
 // carryOut carries out a step's actions in order. A journal entry is durable before the next action starts; one
-// that cannot be written ends the step there (what follows it must not happen unjournaled), and the failure is
-// delivered as DestFailed.
-func (m *vmDriver) carryOut(acts []commit.Action) {
+// that cannot be written ends the step there (what follows it must not happen unjournaled), and carryOut returns
+// JournalFailed, to be stepped at once.
+func (m *vmDriver) carryOut(acts []commit.Action) (commit.Event, bool) {
 	for _, a := range acts {
 		switch a.Kind {
 		case commit.Journal:
 			if err := m.journal(a.Entry); err != nil {
 				m.log.Error("journal write failed: the rest of the step is not carried out", "entry", a.Entry.String(), "err", err)
-				gen := m.gen
-				m.raise(func() {
-					if gen == m.gen {
-						m.step(failed("the receiver's journal: " + err.Error()))
-					}
-				})
-				return
+				return commit.Event{Kind: commit.JournalFailed, Reason: "the receiver's data directory: " + err.Error()}, true
 			}
 		case commit.Send:
 			m.send(a)
@@ -267,6 +263,7 @@ func (m *vmDriver) carryOut(acts []commit.Action) {
 			m.log.Error("a source action reached the receiver's driver", "action", a.String())
 		}
 	}
+	return commit.Event{}, false
 }
 
 func (m *vmDriver) journal(e commit.Entry) error {

@@ -149,8 +149,8 @@ func (m *vmMigration) run(ctx context.Context) {
 		if ev.Kind == commit.Recv || ev.Kind == commit.PeerLost {
 			m.log.Debug("commit", "event", ev.String(), "phase", m.machine.Phase().String())
 		}
-		for _, a := range acts {
-			m.do(ctx, a)
+		for failed, ok := m.carryOut(ctx, acts); ok; failed, ok = m.carryOut(ctx, acts) {
+			acts = m.machine.Step(failed) // the step taken again without the journal: the failed one never happened
 		}
 		if p := m.machine.Phase(); p != phase {
 			phase = p
@@ -173,16 +173,26 @@ func (m *vmMigration) phaseBound(p commit.Phase) time.Duration {
 	return m.s.cfg.Timeout
 }
 
-// do carries out one action. Journal is durable before it returns; the rest start here and report their outcome
-// as events.
+// carryOut carries out a step's actions in order. A journal entry is durable before the next action starts; one
+// that cannot be written ends the step there (what follows it must not happen unjournaled), and carryOut returns
+// JournalFailed, to be stepped at once.
+func (m *vmMigration) carryOut(ctx context.Context, acts []commit.Action) (commit.Event, bool) {
+	for _, a := range acts {
+		if a.Kind != commit.Journal {
+			m.do(ctx, a)
+			continue
+		}
+		if err := m.journal(a.Entry, "", ""); err != nil {
+			m.log.Error("journal write failed: the rest of the step is not carried out", "entry", a.Entry.String(), "err", err)
+			return commit.Event{Kind: commit.JournalFailed, Reason: "the state directory: " + err.Error()}, true
+		}
+	}
+	return commit.Event{}, false
+}
+
+// do carries out one action other than Journal: they start here and report their outcome as events.
 func (m *vmMigration) do(ctx context.Context, a commit.Action) {
 	switch a.Kind {
-	case commit.Journal:
-		if err := m.journal(a.Entry, "", ""); err != nil {
-			// The machine's rule depends on the journal: without it, stop here and leave the VM as it is.
-			m.log.Error("journal write failed; the VM is left as it is", "err", err)
-			m.vm.report.Status, m.vm.report.Error = report.StatusUnresolved, "the journal could not be written: "+err.Error()
-		}
 	case commit.Send:
 		m.send(a)
 	case commit.StartSourceMigration:
