@@ -39,7 +39,14 @@ const (
 	ReceiverKill FaultKind = "receiver-kill" // SIGKILL of the victim's receiver, restarted on its data dir after Hold
 	DestKill     FaultKind = "dest-kill"     // SIGKILL of the victim's destination QEMU
 	PartitionSrc FaultKind = "partition"     // the source's link drops every packet, both ways, for Hold
+	// The disk a side journals on fills (a tmpfs over the directory, filled at the point) and is freed once send
+	// has exited, before recover runs.
+	SenderDiskFull   FaultKind = "sender-disk-full"   // the sender's state directory
+	ReceiverDiskFull FaultKind = "receiver-disk-full" // the victim's directory in each receiver's data dir
 )
+
+// diskFull reports whether the fault fills a disk.
+func (k FaultKind) diskFull() bool { return k == SenderDiskFull || k == ReceiverDiskFull }
 
 // FaultSpec is one trial.
 type FaultSpec struct {
@@ -90,7 +97,7 @@ type gridCell struct {
 func faultGrid() []gridCell {
 	all := []Point{AtBegin, AtPrepare, AtPerform, AtCompleted, AtLoaded, AtFinish, AtConfirm}
 	var g []gridCell
-	for _, k := range []FaultKind{SenderKill, SenderHUP, ReceiverKill, DestKill} {
+	for _, k := range []FaultKind{SenderKill, SenderHUP, ReceiverKill, DestKill, SenderDiskFull, ReceiverDiskFull} {
 		for _, p := range all {
 			if k == DestKill && p == AtBegin {
 				continue // no destination yet
@@ -128,6 +135,8 @@ func SmallCampaign(seed uint64, guests int) []FaultSpec {
 		{kind: ReceiverKill, point: AtLoaded},              // a loaded destination outlives its receiver and waits for the word
 		{kind: DestKill, point: AtPerform, noDedup: true},  // the stream's end dies: roll back
 		{kind: PartitionSrc, point: AtCompleted},           // the link goes silent just before START
+		{kind: SenderDiskFull, point: AtCompleted},         // Finish cannot be journaled: no START, the VM goes back
+		{kind: ReceiverDiskFull, point: AtLoaded},          // the receiver cannot journal START: it hands the VM back
 	}
 	var out []FaultSpec
 	for i, c := range cells {
@@ -319,6 +328,36 @@ func RunTrial(ctx context.Context, cfg CampaignConfig, spec FaultSpec) (res *Tri
 			w.Close()
 		}
 	}()
+	var disks []*smallFS
+	defer func() {
+		for _, f := range disks {
+			if err := f.Unmount(); err != nil {
+				note("unmounting %s: %v", f.dir, err)
+			}
+		}
+	}()
+	switch spec.Kind {
+	case SenderDiskFull:
+		f, err := mountSmallFS(c.StateDir())
+		if err != nil {
+			return nil, err
+		}
+		disks = append(disks, f)
+	case ReceiverDiskFull:
+		for i := range c.Targets {
+			f, err := mountSmallFS(c.DestinationDir(i, victim.Name))
+			if err != nil {
+				return nil, err
+			}
+			disks = append(disks, f)
+			// A receiver runs in a mount namespace of its own (ip netns exec), copied when it started: started
+			// again, it has the new mount, and the tmpfs filled from here is the one it writes to.
+			c.KillReceiver(i)
+			if err := c.StartReceiver(ctx, i); err != nil {
+				return nil, err
+			}
+		}
+	}
 	args := cfg.SendArgs
 	if spec.NoDedup {
 		args = append(slices.Clip(args), "--no-dedup")
@@ -334,7 +373,11 @@ func RunTrial(ctx context.Context, cfg CampaignConfig, spec FaultSpec) (res *Tri
 		note("the run never reached %s (%s): no fault", spec.Point, at)
 	} else {
 		sleepCtx(ctx, spec.Delay)
-		res.At, res.Injected, res.Reached = inject(ctx, c, w, run, spec, shaping, note)
+		if spec.Kind.diskFull() {
+			res.At, res.Injected, res.Reached = fillDisks(ctx, w, disks, spec, note)
+		} else {
+			res.At, res.Injected, res.Reached = inject(ctx, c, w, run, spec, shaping, note)
+		}
 	}
 	res.Moment = res.At.Label()
 
@@ -364,6 +407,11 @@ func RunTrial(ctx context.Context, cfg CampaignConfig, spec FaultSpec) (res *Tri
 		}
 		res.Send.VMs[v.Name] = strings.TrimSuffix(v.Status+": "+v.Error, ": ")
 		final[v.Name] = v.Status
+	}
+	for _, f := range disks { // the operator makes room before running recover
+		if err := f.Free(); err != nil {
+			note("freeing %s: %v", f.dir, err)
+		}
 	}
 	w.Close()
 	watching = false
@@ -521,6 +569,23 @@ func inject(ctx context.Context, c *Cluster, w *VMWatch, run *SendRun, spec Faul
 		return at, fmt.Sprintf("the source's link dropped every packet both ways for %v", spec.Hold.Round(time.Millisecond)), true
 	}
 	return at, "", false
+}
+
+// fillDisks fills the trial's small filesystems.
+func fillDisks(ctx context.Context, w *VMWatch, disks []*smallFS, spec FaultSpec, note func(string, ...any)) (at Where, did string, struck bool) {
+	at = w.journals()
+	defer func() { at.Source = w.sourceState(ctx) }()
+	for _, f := range disks {
+		if err := f.Fill(); err != nil {
+			note("filling %s: %v", f.dir, err)
+			return at, "", false
+		}
+	}
+	what := "the sender's state directory"
+	if spec.Kind == ReceiverDiskFull {
+		what = "the victim's directory on every receiver"
+	}
+	return at, what + " filled up (ENOSPC), freed once send exited", true
 }
 
 // recoverRound runs `vmscatter recover` once and notes each VM's status in final.

@@ -27,7 +27,7 @@ func momentRank(m string) int {
 	return rank(momentOrder, sender)*100 + rank(receiverOrder, receiver)
 }
 
-var kindOrder = []FaultKind{SenderKill, SenderHUP, ReceiverKill, DestKill, PartitionSrc}
+var kindOrder = []FaultKind{SenderKill, SenderHUP, ReceiverKill, DestKill, PartitionSrc, SenderDiskFull, ReceiverDiskFull}
 
 // summaryRow adds up the trials of one fault at one moment.
 type summaryRow struct {
