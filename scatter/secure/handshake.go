@@ -144,6 +144,7 @@ func ClientHandshake(c net.Conn, cr Credentials, role byte) (*Conn, error) {
 	if err := cr.Check(); err != nil {
 		return nil, err
 	}
+	watchPeer(c)
 	_ = c.SetDeadline(time.Now().Add(handshakeTimeout))
 	defer c.SetDeadline(time.Time{})
 	prologue := appendHello(nil, hello{protocolVersion, role, cr.mode()})
@@ -237,6 +238,7 @@ func ServerHandshake(c net.Conn, cr Credentials) (*Conn, byte, error) {
 	if err := cr.Check(); err != nil {
 		return nil, 0, err
 	}
+	watchPeer(c)
 	_ = c.SetDeadline(time.Now().Add(handshakeTimeout))
 	defer c.SetDeadline(time.Time{})
 	prologue := make([]byte, helloLen)
