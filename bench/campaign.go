@@ -286,6 +286,9 @@ func RunTrial(ctx context.Context, cfg CampaignConfig, spec FaultSpec) (res *Tri
 	}
 	defer func() {
 		c.Close()
+		if res == nil {
+			return // the trial could not run (the error says why): its directory stays for a look
+		}
 		res.Elapsed = time.Since(start)
 		if cfg.Keep || res.Problem() {
 			res.Dir = dir
