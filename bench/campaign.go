@@ -801,6 +801,31 @@ func sleepCtx(ctx context.Context, d time.Duration) {
 }
 
 // WriteTrials appends results as JSON lines.
+// ReadTrials reads the trials.jsonl files of campaigns run in parts (a campaign, then single trials replayed): a
+// trial of the same number in a later file replaces the earlier one. The result is in trial order.
+func ReadTrials(paths ...string) ([]*TrialResult, error) {
+	byN := map[int]*TrialResult{}
+	for _, p := range paths {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return nil, err
+		}
+		dec := json.NewDecoder(bytes.NewReader(b))
+		for dec.More() {
+			var r TrialResult
+			if err := dec.Decode(&r); err != nil {
+				return nil, fmt.Errorf("%s: %w", p, err)
+			}
+			byN[r.Spec.N] = &r
+		}
+	}
+	var out []*TrialResult
+	for _, n := range slices.Sorted(maps.Keys(byN)) {
+		out = append(out, byN[n])
+	}
+	return out, nil
+}
+
 func WriteTrials(path string, results []*TrialResult) error {
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
 	if err != nil {

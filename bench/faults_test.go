@@ -19,6 +19,7 @@ var (
 	faultsSeed  = flag.Uint64("faults.seed", 1, "TestFaultCampaign: the campaign's seed")
 	faultsTrial = flag.Int("faults.trial", 0, "TestFaultCampaign: run only this trial of the campaign")
 	faultsOut   = flag.String("faults.out", "", "TestFaultCampaign: keep every trial's directory here, with trials.jsonl and summary.md")
+	faultsSum   = flag.String("faults.summarize", "", "TestFaultSummary: the trials.jsonl files (comma-separated) of a campaign run in parts, to summarize as one")
 )
 
 // TestFaultCampaign strikes real runs of vmscatter send with faults (docs/reliability.md): the sender killed or
@@ -161,4 +162,19 @@ func TestPlanCampaign(t *testing.T) {
 	if small := SmallCampaign(7, 2); len(small) != len(kindOrder) {
 		t.Errorf("the small campaign has %d trials, want one per fault (%d)", len(small), len(kindOrder))
 	}
+}
+
+// TestFaultSummary prints the summary of a campaign run in parts (-faults.summarize a/trials.jsonl,b/trials.jsonl):
+// a trial replayed alone replaces the campaign's run of it.
+func TestFaultSummary(t *testing.T) {
+	if *faultsSum == "" {
+		t.Skip("-faults.summarize not given")
+	}
+	results, err := ReadTrials(strings.Split(*faultsSum, ",")...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum strings.Builder
+	WriteSummary(&sum, results, "src")
+	t.Logf("%d trials:\n%s", len(results), sum.String())
 }
