@@ -14,6 +14,7 @@
 //   - the receiver's ContentStore, bounded by its budget and reference-counted per VM; its pages
 //     live in memory or in a slot file the caller opened.
 //
-// The package opens no files and no sockets (a slot store writes to a file the caller opened). docs/dedup.md describes the mechanisms and the
-// record format byte by byte.
+// The package opens no files and no sockets (a slot store writes to a file the caller opened).
+// docs/dedup.md describes the mechanisms and the record format byte by byte; docs/store.md the
+// content store and its budget.
 package dedup

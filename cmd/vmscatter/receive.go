@@ -34,7 +34,8 @@ func receiveCommand() *cli.Command {
 			&cli.StringFlag{Name: "listen", Value: ":7400", Usage: "control and data address, `ADDR:PORT`"},
 			&cli.StringFlag{Name: "data-dir", Value: "/var/lib/vmscatter", Usage: "where destination VMs' files live"},
 			&cli.StringFlag{Name: "key-file", Required: true, Usage: "the shared key (vmscatter keygen)"},
-			&cli.StringFlag{Name: "store-limit", Value: "4G", Usage: "memory for primed page contents per session"},
+			&cli.StringFlag{Name: "store-limit", Value: "1G", Usage: "memory for a session's content store: its index, about 160 bytes per content (the pages are on --data-dir)"},
+			&cli.StringFlag{Name: "store-disk", Usage: "bytes of --data-dir a session's content store may take (e.g. 50G); default: half the free space"},
 			&cli.StringFlag{Name: "capacity", Usage: "memory offered to migrated VMs, for placement (e.g. 64G); default: what is available"},
 			&cli.IntFlag{Name: "max-vms", Usage: "VMs accepted per run, for placement; default no limit"},
 			&cli.StringFlag{Name: "iface", Usage: "interface to join multicast groups on (default: the one the sender's control connection arrives on)"},
@@ -61,13 +62,19 @@ func receiveCommand() *cli.Command {
 			if err != nil {
 				return usageError("--store-limit: %v", err)
 			}
+			var disk int64
+			if s := c.String("store-disk"); s != "" {
+				if disk, err = cliapp.ParseSize(s); err != nil {
+					return usageError("--store-disk: %v", err)
+				}
+			}
 			var capacity int64
 			if s := c.String("capacity"); s != "" {
 				if capacity, err = cliapp.ParseSize(s); err != nil {
 					return usageError("--capacity: %v", err)
 				}
 			}
-			r, err := dest.NewReceiver(dest.Config{DataDir: c.String("data-dir"), Key: key, HostKey: hostKey, Peers: peers, StoreLimit: limit,
+			r, err := dest.NewReceiver(dest.Config{DataDir: c.String("data-dir"), Key: key, HostKey: hostKey, Peers: peers, StoreLimit: limit, StoreDisk: disk,
 				Capacity: uint64(capacity), MaxVMs: c.Int("max-vms"), Iface: c.String("iface"), QEMU: c.String("qemu"), Log: log,
 				AllowPaths: c.StringSlice("allow-path"), RunAs: c.String("runas")})
 			if err != nil {
