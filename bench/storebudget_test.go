@@ -211,4 +211,3 @@ func quitQEMU(ctx context.Context, sock string) {
 	defer q.Close()
 	_ = q.Quit(ctx)
 }
-
