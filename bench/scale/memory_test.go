@@ -42,12 +42,17 @@ func TestHostMemory(t *testing.T) {
 }
 
 // TestMemory40x16GiB states what each host needs to move 40 VMs of 16 GiB, from the synthetic catalog's 32 MiB
-// images made 512 times larger: docs/scale.md gives the figures from the real images (vmscatter-lab bench --scale).
+// images made 512 times larger, or from -scale.images: docs/scale.md gives the figures from the real images.
 func TestMemory40x16GiB(t *testing.T) {
 	if testing.Short() {
 		t.Skip("places 40 VMs twice; skipped in -short")
 	}
-	lines, err := BigVMMemory(DefaultModel(), SyntheticCatalog(1, 4, 8192), 40, 16<<30, []int{4, 10})
+	c, what := SyntheticCatalog(1, 4, 8192), "synthetic: 4 images × 8192 pages"
+	if *images != "" {
+		c, what = loadCatalog(t)
+	}
+	t.Log(what)
+	lines, err := BigVMMemory(DefaultModel(), c, 40, 16<<30, []int{4, 10})
 	if err != nil {
 		t.Fatal(err)
 	}
