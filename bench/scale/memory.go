@@ -5,6 +5,7 @@ import (
 	"math"
 
 	"github.com/vmscatter/vmscatter/dedup"
+	"github.com/vmscatter/vmscatter/grouping"
 )
 
 // The per-page and per-VM costs of a run, as docs/store.md measures them. scale_test.go holds them to the code's.
@@ -92,12 +93,18 @@ func MemoryAt(m Model, f *Fleet, targets int, factor uint64) (HostMemory, error)
 	if factor == 0 {
 		return HostMemory{}, fmt.Errorf("%w: memory factor 0", ErrBadModel)
 	}
-	p, err := Project(m, f, targets)
-	if err != nil {
+	if err := m.validate(); err != nil {
 		return HostMemory{}, err
 	}
-	c := costs{m: m, f: f, stats: p.Fleet, seen: make([]int32, len(f.Sizes))}
-	return c.hostMemory(p.assign, targets, factor), nil
+	if f == nil || len(f.VMs) == 0 || targets <= 0 || targets > len(f.VMs) {
+		return HostMemory{}, fmt.Errorf("%w: %d targets for the fleet", ErrBadModel, targets)
+	}
+	pl, err := grouping.Place(problem(m, f, targets), grouping.Ours)
+	if err != nil {
+		return HostMemory{}, fmt.Errorf("scale: placing %d VMs on %d targets: %w", len(f.VMs), targets, err)
+	}
+	c := costs{m: m, f: f, stats: f.Stats(), seen: make([]int32, len(f.Sizes))}
+	return c.hostMemory(pl.Assign, targets, factor), nil
 }
 
 // String renders the figures for people.

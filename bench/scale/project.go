@@ -54,8 +54,6 @@ type Projection struct {
 	Greedy     PlacementFigures `json:"greedy"`
 	// Memory is what each host needs under "ours" (docs/store.md's rules).
 	Memory HostMemory `json:"memory"`
-
-	assign []int // ours's placement
 }
 
 // Project computes the projection of moving fleet f to the given number of targets under model m. It does no
@@ -88,7 +86,6 @@ func Project(m Model, f *Fleet, targets int) (Projection, error) {
 		PrimeBytes:  m.wire(p.Fleet.DistinctBytes),
 	}
 	p.LowerBound.Seconds = m.linkSeconds(p.LowerBound.SourceBytes, wireAll(m, c.oursFabric))
-	p.assign = c.ours
 	p.Memory = c.hostMemory(c.ours, targets, 1)
 	return p, nil
 }
