@@ -110,13 +110,12 @@ func (v *groupVerifier) check(id dedup.ContentID, page []byte, slots []int) erro
 		return nil
 	}
 	delete(v.digests, id)
-	if err := v.store.Put(id, page, slots...); errors.Is(err, dedup.ErrStoreFull) {
+	err := v.store.Put(id, page, slots...)
+	if errors.Is(err, dedup.ErrStoreFull) {
 		v.drop(id, "no room in the content store")
 		return nil
-	} else if err != nil {
-		return err
 	}
-	return nil
+	return err
 }
 
 // drop counts and logs a content not stored. v.mu is held.
