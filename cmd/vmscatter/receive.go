@@ -28,7 +28,11 @@ func receiveCommand() *cli.Command {
    on, and a loaded one stays paused for the sender's word. A restarted receiver picks each VM up from its journal.
 
    Destinations run --qemu, else the source's QEMU binary name found on this host's PATH. The sender places a VM
-   here only if that QEMU is the source's version or newer and has the VM's machine type.`,
+   here only if that QEMU is the source's version or newer and has the VM's machine type.
+
+   Each run's primed pages go to a file under DATA-DIR/store/ (unlinked once open, so nothing of it outlives the run),
+   at most --store-disk of it; memory holds their index, at most --store-limit (about 160 bytes a page). The receiver
+   tells the sender how many pages that is, and the sender primes no more (docs/store.md).`,
 		ArgsUsage: " ",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "listen", Value: ":7400", Usage: "control and data address, `ADDR:PORT`"},
