@@ -19,9 +19,9 @@ import (
 )
 
 // TestStoreBudgetKeepsReferences runs the same guests twice, three 128 MiB guests to two targets: first with the
-// receivers' content stores unbounded in practice (the defaults), then with each store cut to a quarter of the
-// contents the first run's prime wanted (--store-disk) and a memory budget (--store-limit) under which the old
-// in-memory store would have held a few hundred pages. The second run must plan within the stores (contents left
+// receivers' content stores unbounded in practice (the defaults), then with each store cut to the seeded contents
+// and a quarter of the contents the first run's prime wanted (--store-disk), and a memory budget (--store-limit)
+// under which the old in-memory store would have held a few hundred pages. The second run must plan within the stores (contents left
 // out, none refused), move every VM intact with references, send at most 1.3 times the first run's bytes, and keep
 // each receiver's peak RSS within its memory budget plus its destinations' RAM.
 func TestStoreBudgetKeepsReferences(t *testing.T) {
@@ -93,18 +93,19 @@ func TestStoreBudgetKeepsReferences(t *testing.T) {
 	}
 
 	free := run("free", nil)
-	wanted := 0
+	wanted, seeded := 0, 0
 	for _, s := range free.rep.Stores {
 		if s.LeftOut != 0 {
 			t.Fatalf("the default stores left contents out: %+v", free.rep.Stores)
 		}
-		wanted = max(wanted, s.Wanted)
+		wanted, seeded = max(wanted, s.Wanted), max(seeded, s.Seeded)
 	}
 	if wanted < 1000 {
 		t.Fatalf("the prime wanted only %d contents at a target: nothing to cut", wanted)
 	}
-	contents := wanted / 4
-	memLimit := int64(contents) * 160 // dedup.StoreIndexBytesPerContent: the index of a quarter of the prime
+	// Room for the seed and a quarter of what the prime wanted at the busiest target.
+	contents := seeded + wanted/4
+	memLimit := int64(contents) * 160 // dedup.StoreIndexBytesPerContent: the index of that many contents
 	tight := run("tight", []string{"--store-limit", strconv.FormatInt(memLimit, 10),
 		"--store-disk", strconv.Itoa(contents * 4096)})
 	leftOut := 0
@@ -123,8 +124,8 @@ func TestStoreBudgetKeepsReferences(t *testing.T) {
 		}
 	}
 	ratio := float64(tight.rep.Totals.WireBytes) / float64(free.rep.Totals.WireBytes)
-	t.Logf("stores of %d contents (a quarter of %d; the old in-memory store would have held %d pages in %d bytes): wire %d vs %d bytes, %.2fx; source tx %d vs %d",
-		contents, wanted, memLimit/4096, memLimit, tight.rep.Totals.WireBytes, free.rep.Totals.WireBytes, ratio, tight.tx, free.tx)
+	t.Logf("stores of %d contents (%d seeded and a quarter of %d; the old in-memory store would have held %d pages in %d bytes): wire %d vs %d bytes, %.2fx; source tx %d vs %d",
+		contents, seeded, wanted, memLimit/4096, memLimit, tight.rep.Totals.WireBytes, free.rep.Totals.WireBytes, ratio, tight.tx, free.tx)
 	if ratio > 1.3 {
 		t.Errorf("a quarter of the store sent %.2fx the bytes of an unbounded one, over 1.3x", ratio)
 	}
