@@ -67,11 +67,23 @@ func RunScale(ctx context.Context, cfg ScaleConfig) ([]scale.Row, error) {
 	if err != nil {
 		return nil, err
 	}
+	// What each host needs for a drain of 40 VMs × 16 GiB, by the store and capacity rules (docs/store.md).
+	mem, err := scale.BigVMMemory(scale.DefaultModel(), cat, 40, 16<<30, []int{4, 10})
+	if err != nil {
+		return nil, err
+	}
+	for _, l := range mem {
+		fmt.Fprintln(out, "bench: memory:", l)
+	}
 	b, _ := json.MarshalIndent(rows, "", "  ")
 	if err := os.WriteFile(filepath.Join(cfg.Dir, "scale.json"), append(b, '\n'), 0o644); err != nil {
 		return rows, err
 	}
-	if err := os.WriteFile(filepath.Join(cfg.Dir, "scale.md"), []byte(scale.Markdown(rows)), 0o644); err != nil {
+	md := scale.Markdown(rows) + "\nMemory each host needs (docs/store.md):\n\n"
+	for _, l := range mem {
+		md += "- " + l + "\n"
+	}
+	if err := os.WriteFile(filepath.Join(cfg.Dir, "scale.md"), []byte(md), 0o644); err != nil {
 		return rows, err
 	}
 	return rows, writeScalePlots(cfg.Dir, rows)

@@ -11,8 +11,10 @@
 //     so that a crafted xxhash collision can never become a reference to other bytes;
 //   - page compression (Codec: none, s2, zstd) with bounded decoding;
 //   - the page record codec carried on the data channel (Zero, Literal, Ref records);
-//   - the receiver's ContentStore, bounded in bytes and reference-counted per VM.
+//   - the receiver's ContentStore, bounded by its budget and reference-counted per VM; its pages
+//     live in memory or in a slot file the caller opened.
 //
-// The package opens no files and no sockets. docs/dedup.md describes the mechanisms and the
-// record format byte by byte.
+// The package opens no files and no sockets (a slot store writes to a file the caller opened).
+// docs/dedup.md describes the mechanisms and the record format byte by byte; docs/store.md the
+// content store and its budget.
 package dedup

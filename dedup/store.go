@@ -5,15 +5,26 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"slices"
 	"sync"
 	"time"
 )
 
 // ContentStore is a receiver's store of primed contents for one session: ContentID to the
-// exact PageSize bytes received under it. It is bounded in bytes, it never hands out
-// bytes other than those first stored under an id, and it frees a content once no local
-// VM needs it any more.
+// exact PageSize bytes received under it. It never hands out bytes other than those first
+// stored under an id, and it frees a content once no local VM needs it any more.
+//
+// It keeps the pages in one of two places:
+//
+//   - in memory (NewContentStore), bounded to limit bytes of pages: for tests and small runs;
+//   - in a slot file (NewSlotStore): each page at slot×PageSize of a file the caller opened on
+//     the receiver's data dir, freed slots reused. Memory then holds only the index, a fixed
+//     cost per content (StoreIndexBytesPerContent), so the store's memory is bounded by its
+//     budget whatever the size of the prime; the file is bounded by a disk budget.
+//
+// Either way the store holds at most Capacity contents (stored, plus retained and not
+// stored yet), and says so up front (Capacity), so that a sender can plan within it.
 //
 // Reference counting: Put and Retain name the local VMs that will need a content;
 // ReleaseVM(vm) drops all of vm's references, and frees each content that thereby loses
@@ -21,11 +32,13 @@ import (
 // it fails at once, so a late retransmission can never bring back content that a VM no
 // longer expects. A content stored without any VM stays until Close.
 //
-// A ContentStore is safe for concurrent use. Pages returned by Get are shared and must not
-// be modified.
+// A ContentStore is safe for concurrent use. Get returns a copy of the page; GetInto reads
+// it into the caller's buffer.
 type ContentStore struct {
-	d     *Digester // nil: PutVerified is refused
-	limit int64
+	d        *Digester // nil: PutVerified is refused
+	limit    int64     // the memory budget in bytes
+	capacity int       // contents it may hold
+	slots    SlotFile  // nil: pages in memory
 
 	mu       sync.Mutex
 	used     int64 // bytes of stored pages
@@ -34,18 +47,40 @@ type ContentStore struct {
 	byVM     map[int][]ContentID
 	released map[ContentID]struct{}
 	waiting  map[ContentID]*storeWait
+	free     []int32 // slot file: freed slots, reused before the file grows
+	next     int32   // slot file: the first slot never used
 	closed   bool
 }
 
 type storeEntry struct {
-	page []byte // nil while retained but not stored yet
-	vms  []int  // sorted, unique: local VMs that need it
+	page    []byte // in memory: the bytes; nil while retained but not stored yet
+	slot    int32  // slot file: the page's slot; -1 while retained but not stored yet
+	readers int32  // slot file: Gets reading the slot now; a freed slot is reused only after them
+	dead    bool   // freed while read: the last reader frees the slot
+	vms     []int32
 }
+
+func (e *storeEntry) stored() bool { return e.page != nil || e.slot >= 0 }
 
 type storeWait struct {
 	ch chan struct{} // closed when the id is stored, released, or the store closes
 	n  int           // waiters
 }
+
+// SlotFile is where a slot store keeps its pages: a file the receiver opened read-write
+// on its data dir (an *os.File). The store reads and writes whole pages at multiples of
+// PageSize, from several goroutines at once.
+type SlotFile interface {
+	io.ReaderAt
+	io.WriterAt
+}
+
+// StoreIndexBytesPerContent is the memory a slot store's index takes per content, at most:
+// the entry, its map slot, the VMs that need it (up to two) and its place in their lists,
+// and the released id it leaves behind. TestStoreIndexBytesPerContent measures it (about 100
+// bytes with one VM per content); docs/store.md has the figures. A receiver's memory budget
+// divided by it is the number of contents it can hold.
+const StoreIndexBytesPerContent = 160
 
 // Errors of the ContentStore. The *Error types below match them with errors.Is.
 var (
@@ -57,21 +92,30 @@ var (
 	ErrStoreClosed     = errors.New("dedup: content store closed")
 )
 
-// StoreFullError reports a Put or Retain that would exceed the store's bound.
+// StoreFullError reports a Put or Retain that would exceed the store's bound, or a slot
+// file that could not take the page (Cause: the disk is full).
 type StoreFullError struct {
 	ID       ContentID
-	Limit    int64 // bytes
-	Used     int64 // bytes held when the Put came
+	Limit    int64 // the memory budget in bytes
+	Capacity int   // contents the store may hold
+	Used     int64 // bytes of pages held when the Put came
 	Contents int   // contents held
 	Pending  int   // ids retained but not stored yet
+	Cause    error // the slot file's write error, if that was the cause
 }
 
 func (e *StoreFullError) Error() string {
-	return fmt.Sprintf("dedup: content store full: content %d needs %d bytes, %d of %d used by %d contents (%d more expected)",
-		e.ID, PageSize, e.Used, e.Limit, e.Contents, e.Pending)
+	if e.Cause != nil {
+		return fmt.Sprintf("dedup: content store full: content %d could not be written to the store's file (%v), %d contents held; free disk space on the data dir or lower receive --store-disk",
+			e.ID, e.Cause, e.Contents)
+	}
+	return fmt.Sprintf("dedup: content store full: content %d: %d of %d contents held (%d more expected), %d bytes; the sender should plan within it, or raise receive --store-limit / --store-disk",
+		e.ID, e.Contents, e.Capacity, e.Pending, e.Used)
 }
 
 func (e *StoreFullError) Is(target error) bool { return target == ErrStoreFull }
+
+func (e *StoreFullError) Unwrap() error { return e.Cause }
 
 // MissingContentError reports a Get that found no content under ID within its wait.
 type MissingContentError struct {
@@ -92,10 +136,32 @@ func (e *MissingContentError) Is(target error) bool { return target == ErrConten
 
 func (e *MissingContentError) Unwrap() error { return e.Cause }
 
-// NewContentStore returns a store bounded to limit bytes of page content (a multiple of
-// PageSize is sensible; it holds limit/PageSize pages). d checks digests in PutVerified;
-// it may be nil when the receiver does not re-check them.
+// NewContentStore returns a store that keeps its pages in memory, bounded to limit bytes
+// of page content (it holds limit/PageSize pages). d checks digests in PutVerified; it may
+// be nil when the receiver does not re-check them.
 func NewContentStore(limit int64, d *Digester) *ContentStore {
+	s := newStore(limit, d)
+	s.capacity = int(max(limit, 0) / PageSize)
+	return s
+}
+
+// NewSlotStore returns a store that keeps its pages in f, at most diskLimit bytes of it,
+// and its index in memory, at most memLimit bytes (StoreIndexBytesPerContent per content).
+// The caller opened f (read-write, empty) and closes and removes it after Close.
+func NewSlotStore(f SlotFile, memLimit, diskLimit int64, d *Digester) *ContentStore {
+	s := newStore(memLimit, d)
+	s.slots = f
+	s.capacity = StoreCapacity(memLimit, diskLimit)
+	return s
+}
+
+// StoreCapacity is the number of contents a slot store with these budgets holds, as
+// NewSlotStore computes it.
+func StoreCapacity(memLimit, diskLimit int64) int {
+	return int(min(max(memLimit, 0)/StoreIndexBytesPerContent, max(diskLimit, 0)/PageSize, 1<<31-1))
+}
+
+func newStore(limit int64, d *Digester) *ContentStore {
 	return &ContentStore{
 		d:        d,
 		limit:    limit,
@@ -106,9 +172,14 @@ func NewContentStore(limit int64, d *Digester) *ContentStore {
 	}
 }
 
+// Capacity returns the number of contents the store may hold at once.
+func (s *ContentStore) Capacity() int { return s.capacity }
+
 // Put stores a copy of page under id, needed by vms. A Put of an id already stored with
 // the same bytes only adds vms (retransmissions are harmless); with different bytes it
-// fails with ErrContentConflict and changes nothing.
+// fails with ErrContentConflict and changes nothing. A store at its capacity, or whose
+// slot file cannot take the page, fails with ErrStoreFull (a *StoreFullError) and changes
+// nothing.
 func (s *ContentStore) Put(id ContentID, page []byte, vms ...int) error {
 	if len(page) != PageSize {
 		return fmt.Errorf("dedup: Put of content %d with %d bytes, want %d", id, len(page), PageSize)
@@ -123,26 +194,75 @@ func (s *ContentStore) Put(id ContentID, page []byte, vms ...int) error {
 	}
 	e := s.entries[id]
 	switch {
-	case e != nil && e.page != nil:
-		if !bytes.Equal(e.page, page) {
+	case e != nil && e.stored():
+		same, err := s.sameBytes(e, page)
+		if err != nil {
+			return fmt.Errorf("dedup: content %d: reading the store's file: %w", id, err)
+		}
+		if !same {
 			return fmt.Errorf("%w: content %d", ErrContentConflict, id)
 		}
-	case e == nil && s.used+int64(s.pending+1)*PageSize > s.limit:
-		return s.fullError(id) // a retained id was counted when it was retained
+	case e == nil && s.held()+1 > s.capacity:
+		return s.fullError(id, nil) // a retained id was counted when it was retained
 	default:
-		if e == nil {
-			e = &storeEntry{}
-			s.entries[id] = e
-		} else {
-			s.pending--
+		if err := s.store(e, id, page); err != nil {
+			return err
 		}
-		e.page = bytes.Clone(page)
-		s.used += PageSize
-		s.wake(id)
+		if e == nil {
+			e = s.entries[id]
+		}
 	}
 	s.retain(id, e, vms)
 	return nil
 }
+
+// store writes page for id into e (nil: a new entry). s.mu is held.
+func (s *ContentStore) store(e *storeEntry, id ContentID, page []byte) error {
+	stored := storeEntry{slot: -1}
+	if s.slots == nil {
+		stored.page = bytes.Clone(page)
+	} else {
+		slot := s.next
+		if n := len(s.free); n > 0 {
+			slot = s.free[n-1]
+		}
+		if _, err := s.slots.WriteAt(page, int64(slot)*PageSize); err != nil {
+			return s.fullError(id, err)
+		}
+		if n := len(s.free); n > 0 && s.free[n-1] == slot {
+			s.free = s.free[:n-1]
+		} else {
+			s.next++
+		}
+		stored.slot = slot
+	}
+	if e == nil {
+		e = &storeEntry{slot: -1}
+		s.entries[id] = e
+	} else {
+		s.pending--
+	}
+	e.page, e.slot = stored.page, stored.slot
+	s.used += PageSize
+	s.wake(id)
+	return nil
+}
+
+// sameBytes reports whether e's stored page equals page. s.mu is held: the slot is not
+// reused meanwhile.
+func (s *ContentStore) sameBytes(e *storeEntry, page []byte) (bool, error) {
+	if s.slots == nil {
+		return bytes.Equal(e.page, page), nil
+	}
+	var buf [PageSize]byte
+	if _, err := s.slots.ReadAt(buf[:], int64(e.slot)*PageSize); err != nil {
+		return false, err
+	}
+	return bytes.Equal(buf[:], page), nil
+}
+
+// held is the contents stored or promised. s.mu is held.
+func (s *ContentStore) held() int { return int(s.used/PageSize) + s.pending }
 
 // PutVerified is Put after checking that page has digest dg under the session salt. A
 // mismatch fails with ErrDigestMismatch and stores nothing.
@@ -173,10 +293,10 @@ func (s *ContentStore) Retain(id ContentID, vms ...int) error {
 		if len(vms) == 0 {
 			return nil
 		}
-		if s.used+int64(s.pending+1)*PageSize > s.limit {
-			return s.fullError(id)
+		if s.held()+1 > s.capacity {
+			return s.fullError(id, nil)
 		}
-		e = &storeEntry{}
+		e = &storeEntry{slot: -1}
 		s.entries[id] = e
 		s.pending++
 	}
@@ -184,18 +304,19 @@ func (s *ContentStore) Retain(id ContentID, vms ...int) error {
 	return nil
 }
 
-func (s *ContentStore) fullError(id ContentID) error {
-	return &StoreFullError{ID: id, Limit: s.limit, Used: s.used, Contents: len(s.entries) - s.pending, Pending: s.pending}
+func (s *ContentStore) fullError(id ContentID, cause error) error {
+	return &StoreFullError{ID: id, Limit: s.limit, Capacity: s.capacity, Used: s.used, Contents: len(s.entries) - s.pending,
+		Pending: s.pending, Cause: cause}
 }
 
 // retain adds vms to e's holders. s.mu is held.
 func (s *ContentStore) retain(id ContentID, e *storeEntry, vms []int) {
 	for _, vm := range vms {
-		i, found := slices.BinarySearch(e.vms, vm)
+		i, found := slices.BinarySearch(e.vms, int32(vm))
 		if found {
 			continue
 		}
-		e.vms = slices.Insert(e.vms, i, vm)
+		e.vms = slices.Insert(e.vms, i, int32(vm))
 		s.byVM[vm] = append(s.byVM[vm], id)
 	}
 }
@@ -211,15 +332,16 @@ func (s *ContentStore) ReleaseVM(vm int) int {
 		if e == nil {
 			continue
 		}
-		if i, found := slices.BinarySearch(e.vms, vm); found {
+		if i, found := slices.BinarySearch(e.vms, int32(vm)); found {
 			e.vms = slices.Delete(e.vms, i, i+1)
 		}
 		if len(e.vms) > 0 {
 			continue
 		}
-		if e.page != nil {
+		if e.stored() {
 			s.used -= PageSize
 			freed++
+			s.freeSlot(e)
 		} else {
 			s.pending--
 		}
@@ -231,6 +353,21 @@ func (s *ContentStore) ReleaseVM(vm int) int {
 	return freed
 }
 
+// freeSlot returns e's slot for reuse, or leaves that to the last Get still reading it.
+// s.mu is held.
+func (s *ContentStore) freeSlot(e *storeEntry) {
+	e.page = nil
+	if s.slots == nil || e.slot < 0 {
+		return
+	}
+	if e.readers > 0 {
+		e.dead = true
+		return
+	}
+	s.free = append(s.free, e.slot)
+	e.slot = -1
+}
+
 // wake releases the waiters on id. s.mu is held.
 func (s *ContentStore) wake(id ContentID) {
 	if w := s.waiting[id]; w != nil {
@@ -239,11 +376,31 @@ func (s *ContentStore) wake(id ContentID) {
 	}
 }
 
-// Get returns the page stored under id. If it has not arrived, Get waits for it up to
-// wait (0: not at all) or until ctx ends, then fails with a *MissingContentError
-// (ErrContentMissing). It fails at once with ErrContentReleased for a freed id and with
-// ErrStoreClosed once the store is closed. The page must not be modified.
+// Has reports whether the store holds content id now.
+func (s *ContentStore) Has(id ContentID) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e := s.entries[id]
+	return !s.closed && e != nil && e.stored()
+}
+
+// Get returns a copy of the page stored under id; GetInto tells how it waits and fails.
 func (s *ContentStore) Get(ctx context.Context, id ContentID, wait time.Duration) ([]byte, error) {
+	page := make([]byte, PageSize)
+	if err := s.GetInto(ctx, id, wait, page); err != nil {
+		return nil, err
+	}
+	return page, nil
+}
+
+// GetInto reads the page stored under id into dst (PageSize bytes). If it has not arrived,
+// GetInto waits for it up to wait (0: not at all) or until ctx ends, then fails with a
+// *MissingContentError (ErrContentMissing). It fails at once with ErrContentReleased for a
+// freed id and with ErrStoreClosed once the store is closed.
+func (s *ContentStore) GetInto(ctx context.Context, id ContentID, wait time.Duration, dst []byte) error {
+	if len(dst) != PageSize {
+		return fmt.Errorf("dedup: GetInto of content %d into %d bytes, want %d", id, len(dst), PageSize)
+	}
 	var timer *time.Timer
 	defer func() {
 		if timer != nil {
@@ -251,19 +408,21 @@ func (s *ContentStore) Get(ctx context.Context, id ContentID, wait time.Duration
 		}
 	}()
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	for {
 		if s.closed {
-			return nil, ErrStoreClosed
+			s.mu.Unlock()
+			return ErrStoreClosed
 		}
-		if e := s.entries[id]; e != nil && e.page != nil {
-			return e.page, nil
+		if e := s.entries[id]; e != nil && e.stored() {
+			return s.read(id, e, dst) // unlocks s.mu
 		}
 		if _, ok := s.released[id]; ok {
-			return nil, fmt.Errorf("%w: Get of content %d", ErrContentReleased, id)
+			s.mu.Unlock()
+			return fmt.Errorf("%w: Get of content %d", ErrContentReleased, id)
 		}
 		if wait <= 0 {
-			return nil, &MissingContentError{ID: id, Waited: wait}
+			s.mu.Unlock()
+			return &MissingContentError{ID: id, Waited: wait}
 		}
 		if timer == nil {
 			timer = time.NewTimer(wait)
@@ -290,15 +449,50 @@ func (s *ContentStore) Get(ctx context.Context, id ContentID, wait time.Duration
 			delete(s.waiting, id)
 		}
 		if timedOut || cause != nil {
-			if e := s.entries[id]; e != nil && e.page != nil && !s.closed {
-				return e.page, nil // arrived as the wait ended
+			if e := s.entries[id]; e != nil && e.stored() && !s.closed {
+				return s.read(id, e, dst) // arrived as the wait ended
 			}
-			return nil, &MissingContentError{ID: id, Waited: wait, Cause: cause}
+			s.mu.Unlock()
+			return &MissingContentError{ID: id, Waited: wait, Cause: cause}
 		}
 	}
 }
 
-// Close frees every content and wakes every waiter with ErrStoreClosed.
+// read copies stored entry e of id into dst. s.mu is held on entry and unlocked on return.
+// A slot is read without the lock, pinned by e.readers: ReleaseVM leaves a slot being read
+// to its last reader, so no Put can write other bytes into it meanwhile.
+func (s *ContentStore) read(id ContentID, e *storeEntry, dst []byte) error {
+	if s.slots == nil {
+		copy(dst, e.page)
+		s.mu.Unlock()
+		return nil
+	}
+	e.readers++
+	slot := e.slot
+	s.mu.Unlock()
+	_, err := s.slots.ReadAt(dst, int64(slot)*PageSize)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e.readers--
+	if e.dead && e.readers == 0 {
+		e.dead = false
+		if !s.closed {
+			s.free = append(s.free, e.slot)
+		}
+		e.slot = -1
+	}
+	switch {
+	case s.closed:
+		return ErrStoreClosed
+	case err != nil:
+		return fmt.Errorf("dedup: content %d: reading the store's file: %w", id, err)
+	}
+	return nil
+}
+
+// Close frees every content and wakes every waiter with ErrStoreClosed. The caller may
+// close and remove a slot file once Close returns: Gets still reading it fail with
+// ErrStoreClosed.
 func (s *ContentStore) Close() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -306,7 +500,7 @@ func (s *ContentStore) Close() {
 	for id := range s.waiting {
 		s.wake(id)
 	}
-	s.entries, s.byVM, s.released = nil, nil, nil
+	s.entries, s.byVM, s.released, s.free = nil, nil, nil, nil
 	s.used, s.pending = 0, 0
 }
 
@@ -316,12 +510,15 @@ type StoreStats struct {
 	Pending  int   // ids retained but not stored yet
 	Released int   // ids freed by ReleaseVM
 	Used     int64 // bytes of stored pages
-	Limit    int64 // the bound in bytes
+	Limit    int64 // the memory budget in bytes
+	Capacity int   // contents the store may hold
+	FileSize int64 // slot file: bytes the file spans (slots ever used × PageSize)
 }
 
 // Stats returns a snapshot of the store's counters.
 func (s *ContentStore) Stats() StoreStats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return StoreStats{Contents: len(s.entries) - s.pending, Pending: s.pending, Released: len(s.released), Used: s.used, Limit: s.limit}
+	return StoreStats{Contents: len(s.entries) - s.pending, Pending: s.pending, Released: len(s.released), Used: s.used,
+		Limit: s.limit, Capacity: s.capacity, FileSize: int64(s.next) * PageSize}
 }

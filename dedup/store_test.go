@@ -10,8 +10,10 @@ import (
 	"time"
 )
 
-func TestStorePutGet(t *testing.T) {
-	s := NewContentStore(4*PageSize, nil)
+func TestStorePutGet(t *testing.T) { storeModes(t, testStorePutGet) }
+
+func testStorePutGet(t *testing.T, mk storeMaker) {
+	s := mk(t, 4, nil)
 	p := pageOf(1)
 	if err := s.Put(7, p, 0); err != nil {
 		t.Fatal(err)
@@ -36,13 +38,15 @@ func TestStorePutGet(t *testing.T) {
 	if err := s.Put(9, make([]byte, 100)); err == nil {
 		t.Fatal("short page accepted")
 	}
-	if st := s.Stats(); st.Contents != 1 || st.Used != PageSize || st.Limit != 4*PageSize {
+	if st := s.Stats(); st.Contents != 1 || st.Used != PageSize || st.Capacity != 4 {
 		t.Fatalf("stats %+v", st)
 	}
 }
 
-func TestStoreFull(t *testing.T) {
-	s := NewContentStore(3*PageSize, nil)
+func TestStoreFull(t *testing.T) { storeModes(t, testStoreFull) }
+
+func testStoreFull(t *testing.T, mk storeMaker) {
+	s := mk(t, 3, nil)
 	for id := range ContentID(2) {
 		if err := s.Put(id, pageOf(int(id)+1), 0); err != nil {
 			t.Fatal(err)
@@ -56,7 +60,7 @@ func TestStoreFull(t *testing.T) {
 	if !errors.Is(err, ErrStoreFull) || !errors.As(err, &full) {
 		t.Fatalf("err = %v, want ErrStoreFull", err)
 	}
-	if full.ID != 3 || full.Limit != 3*PageSize || full.Used != 2*PageSize || full.Contents != 2 || full.Pending != 1 {
+	if full.ID != 3 || full.Capacity != 3 || full.Used != 2*PageSize || full.Contents != 2 || full.Pending != 1 {
 		t.Fatalf("full error %+v", full)
 	}
 	if err := s.Retain(11, 1); !errors.Is(err, ErrStoreFull) {
@@ -78,9 +82,11 @@ func TestStoreFull(t *testing.T) {
 	}
 }
 
-func TestStoreVerified(t *testing.T) {
+func TestStoreVerified(t *testing.T) { storeModes(t, testStoreVerified) }
+
+func testStoreVerified(t *testing.T, mk storeMaker) {
 	d := testDigester()
-	s := NewContentStore(4*PageSize, d)
+	s := mk(t, 4, d)
 	p := pageOf(3)
 	if err := s.PutVerified(1, p, d.Sum(pageOf(4)), 0); !errors.Is(err, ErrDigestMismatch) {
 		t.Fatalf("err = %v", err)
@@ -91,13 +97,15 @@ func TestStoreVerified(t *testing.T) {
 	if err := s.PutVerified(1, p, d.Sum(p), 0); err != nil {
 		t.Fatal(err)
 	}
-	if err := NewContentStore(PageSize, nil).PutVerified(1, p, d.Sum(p)); err == nil {
+	if err := mk(t, 1, nil).PutVerified(1, p, d.Sum(p)); err == nil {
 		t.Fatal("PutVerified without a Digester succeeded")
 	}
 }
 
-func TestStoreRelease(t *testing.T) {
-	s := NewContentStore(8*PageSize, nil)
+func TestStoreRelease(t *testing.T) { storeModes(t, testStoreRelease) }
+
+func testStoreRelease(t *testing.T, mk storeMaker) {
+	s := mk(t, 8, nil)
 	must := func(err error) {
 		t.Helper()
 		if err != nil {
@@ -142,8 +150,12 @@ func TestStoreRelease(t *testing.T) {
 }
 
 func TestStoreWaitsForInFlight(t *testing.T) {
+	storeModes(t, testStoreWaitsForInFlight)
+}
+
+func testStoreWaitsForInFlight(t *testing.T, mk storeMaker) {
 	synctest.Test(t, func(t *testing.T) {
-		s := NewContentStore(8*PageSize, nil)
+		s := mk(t, 8, nil)
 		ctx := context.Background()
 
 		// Arrives within the wait.
@@ -206,9 +218,11 @@ func TestStoreWaitsForInFlight(t *testing.T) {
 // TestStoreNeverHandsOutWrongBytes races writers that store different bytes under the
 // same ids against readers waiting for them: every id ends with exactly one winner, and
 // every reader saw the winner's bytes.
-func TestStoreNeverHandsOutWrongBytes(t *testing.T) {
+func TestStoreNeverHandsOutWrongBytes(t *testing.T) { storeModes(t, testStoreNeverHandsOutWrongBytes) }
+
+func testStoreNeverHandsOutWrongBytes(t *testing.T, mk storeMaker) {
 	const ids = 200
-	s := NewContentStore(ids*PageSize, nil)
+	s := mk(t, ids, nil)
 	version := func(w, id int) []byte { return pageOf(1 + id*2 + w) }
 	var wins [2][ids]bool
 	seen := make([][ids][]byte, 2)

@@ -129,6 +129,9 @@ func newCapacities(p Problem, pins []int, allowed [][]bool) *capacities {
 	return c
 }
 
+// memOn is the memory VM v takes on target t: its RAM and what the target charges each VM besides.
+func (c *capacities) memOn(v, t int) uint64 { return c.vmMem[v] + c.p.Targets[t].PerVMBytes }
+
 // mayGo reports whether VM v may go to target t at all, whatever the load.
 func (c *capacities) mayGo(v, t int) bool { return c.allowed[v] == nil || c.allowed[v][t] }
 
@@ -148,9 +151,9 @@ func (c *capacities) fitsWith(t int, l load, add, minus int) bool {
 		return false
 	}
 	tg := &c.p.Targets[t]
-	mem, vcpus, n := l.mem+c.vmMem[add], l.vcpus+c.vmVCPUs[add], l.vms+1
+	mem, vcpus, n := l.mem+c.memOn(add, t), l.vcpus+c.vmVCPUs[add], l.vms+1
 	if minus >= 0 {
-		mem, vcpus, n = mem-c.vmMem[minus], vcpus-c.vmVCPUs[minus], n-1
+		mem, vcpus, n = mem-c.memOn(minus, t), vcpus-c.vmVCPUs[minus], n-1
 	}
 	return mem <= tg.MemBytes && (tg.VCPUSlots == 0 || vcpus <= tg.VCPUSlots) && (tg.MaxVMs == 0 || n <= tg.MaxVMs)
 }
@@ -160,7 +163,7 @@ func (c *capacities) loads(assign []int) []load {
 	l := make([]load, len(c.p.Targets))
 	for v, t := range assign {
 		if t >= 0 {
-			l[t].mem += c.vmMem[v]
+			l[t].mem += c.memOn(v, t)
 			l[t].vcpus += c.vmVCPUs[v]
 			l[t].vms++
 		}
@@ -207,7 +210,7 @@ func (c *capacities) feasiblePacking() ([]int, error) {
 			return nil, c.pinError(v, t, l[t])
 		}
 		assign[v] = t
-		l[t] = load{l[t].mem + c.vmMem[v], l[t].vcpus + c.vmVCPUs[v], l[t].vms + 1}
+		l[t] = load{l[t].mem + c.memOn(v, t), l[t].vcpus + c.vmVCPUs[v], l[t].vms + 1}
 	}
 	free := c.freeVMs()
 	failed := -1
@@ -242,8 +245,14 @@ func (c *capacities) checkTotals() error {
 	var vmMem, tMem uint64
 	vmVCPUs, slots, maxVMs := 0, 0, 0
 	slotsLimited, vmsLimited := true, true
+	perVM := uint64(0) // what every target charges a VM at least, besides its RAM
+	for i, t := range c.p.Targets {
+		if i == 0 || t.PerVMBytes < perVM {
+			perVM = t.PerVMBytes
+		}
+	}
 	for v := range c.p.VMs {
-		vmMem += c.vmMem[v]
+		vmMem += c.vmMem[v] + perVM
 		vmVCPUs += c.vmVCPUs[v]
 	}
 	for _, t := range c.p.Targets {
@@ -268,8 +277,8 @@ func (c *capacities) pinError(v, t int, l load) error {
 	tg := c.p.Targets[t]
 	e := &CapacityError{Failure: FailPinned, VM: c.p.VMs[v].Name, Target: tg.Name}
 	switch {
-	case l.mem+c.vmMem[v] > tg.MemBytes:
-		e.Capacity, e.Need, e.Have = CapMemory, c.vmMem[v], tg.MemBytes-l.mem
+	case l.mem+c.memOn(v, t) > tg.MemBytes:
+		e.Capacity, e.Need, e.Have = CapMemory, c.memOn(v, t), tg.MemBytes-min(l.mem, tg.MemBytes)
 	case tg.VCPUSlots > 0 && l.vcpus+c.vmVCPUs[v] > tg.VCPUSlots:
 		e.Capacity, e.Need, e.Have = CapVCPUSlots, uint64(c.vmVCPUs[v]), uint64(tg.VCPUSlots-l.vcpus)
 	default:
@@ -288,8 +297,8 @@ func (c *capacities) packingError(v int, l []load) error {
 		if !c.mayGo(v, t) {
 			continue
 		}
-		free := tg.MemBytes - l[t].mem
-		if free >= c.vmMem[v] {
+		free := tg.MemBytes - min(l[t].mem, tg.MemBytes)
+		if free >= c.memOn(v, t) {
 			memFit = append(memFit, t)
 		} else if best < 0 || free > c.p.Targets[best].MemBytes-l[best].mem {
 			best = t
@@ -298,7 +307,7 @@ func (c *capacities) packingError(v int, l []load) error {
 	if len(memFit) == 0 {
 		e.Capacity, e.Need = CapMemory, c.vmMem[v]
 		if best >= 0 {
-			e.Target, e.Have = c.p.Targets[best].Name, c.p.Targets[best].MemBytes-l[best].mem
+			e.Target, e.Need, e.Have = c.p.Targets[best].Name, c.memOn(v, best), c.p.Targets[best].MemBytes-min(l[best].mem, c.p.Targets[best].MemBytes)
 		}
 		return e
 	}
@@ -332,7 +341,7 @@ func (c *capacities) bestFitDecreasing(assign []int, l []load, order []int) int 
 			if !c.fitsWith(t, l[t], v, -1) {
 				continue
 			}
-			if free := tg.MemBytes - l[t].mem - c.vmMem[v]; best < 0 || free < bestFree {
+			if free := tg.MemBytes - l[t].mem - c.memOn(v, t); best < 0 || free < bestFree {
 				best, bestFree = t, free
 			}
 		}
@@ -340,7 +349,7 @@ func (c *capacities) bestFitDecreasing(assign []int, l []load, order []int) int 
 			return v
 		}
 		assign[v] = best
-		l[best] = load{l[best].mem + c.vmMem[v], l[best].vcpus + c.vmVCPUs[v], l[best].vms + 1}
+		l[best] = load{l[best].mem + c.memOn(v, best), l[best].vcpus + c.vmVCPUs[v], l[best].vms + 1}
 	}
 	return -1
 }
@@ -359,7 +368,7 @@ func (c *capacities) backtrack(assign []int, l []load, order []int, i int, budge
 			continue
 		}
 		old := l[t]
-		assign[v], l[t] = t, load{old.mem + c.vmMem[v], old.vcpus + c.vmVCPUs[v], old.vms + 1}
+		assign[v], l[t] = t, load{old.mem + c.memOn(v, t), old.vcpus + c.vmVCPUs[v], old.vms + 1}
 		if c.backtrack(assign, l, order, i+1, budget) {
 			return true
 		}
@@ -373,7 +382,7 @@ func (c *capacities) backtrack(assign []int, l []load, order []int, i int, budge
 func (c *capacities) sameAsEarlier(t int, l []load) bool {
 	for u := range t {
 		if c.p.Targets[u].MemBytes == c.p.Targets[t].MemBytes && c.p.Targets[u].VCPUSlots == c.p.Targets[t].VCPUSlots &&
-			c.p.Targets[u].MaxVMs == c.p.Targets[t].MaxVMs && l[u] == l[t] && c.sameAdmission(u, t) {
+			c.p.Targets[u].MaxVMs == c.p.Targets[t].MaxVMs && c.p.Targets[u].PerVMBytes == c.p.Targets[t].PerVMBytes && l[u] == l[t] && c.sameAdmission(u, t) {
 			return true
 		}
 	}

@@ -47,7 +47,7 @@ func exact(m *model, caps *capacities, incumbent []int) []int {
 		b.twin[t] = t
 		for u := range t {
 			tu, tt := caps.p.Targets[u], caps.p.Targets[t]
-			if !pinned[u] && !pinned[t] && tu.MemBytes == tt.MemBytes && tu.VCPUSlots == tt.VCPUSlots && tu.MaxVMs == tt.MaxVMs &&
+			if !pinned[u] && !pinned[t] && tu.MemBytes == tt.MemBytes && tu.VCPUSlots == tt.VCPUSlots && tu.MaxVMs == tt.MaxVMs && tu.PerVMBytes == tt.PerVMBytes &&
 				caps.sameAdmission(u, t) {
 				b.twin[t] = b.twin[u]
 				break

@@ -121,7 +121,7 @@ func freeMem(caps *capacities, s *state, t int) uint64 {
 func restPacks(caps *capacities, s *state, left []int, i, t int) bool {
 	l := slices.Clone(s.load)
 	v := left[i]
-	l[t] = load{l[t].mem + caps.vmMem[v], l[t].vcpus + caps.vmVCPUs[v], l[t].vms + 1}
+	l[t] = load{l[t].mem + caps.memOn(v, t), l[t].vcpus + caps.vmVCPUs[v], l[t].vms + 1}
 	rest := make([]int, 0, len(left)-1)
 	rest = append(append(rest, left[:i]...), left[i+1:]...)
 	return caps.bestFitDecreasing(make([]int, len(caps.pins)), l, rest) < 0

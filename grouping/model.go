@@ -152,7 +152,7 @@ func (s *state) add(v, t int) {
 	s.version[t]++
 	s.members[t] = append(s.members[t], int32(v))
 	if s.caps != nil {
-		s.load[t].mem += s.caps.vmMem[v]
+		s.load[t].mem += s.caps.memOn(v, t)
 		s.load[t].vcpus += s.caps.vmVCPUs[v]
 	}
 	s.load[t].vms++
@@ -175,7 +175,7 @@ func (s *state) remove(v int) {
 	ms[i] = ms[len(ms)-1]
 	s.members[t] = ms[:len(ms)-1]
 	if s.caps != nil {
-		s.load[t].mem -= s.caps.vmMem[v]
+		s.load[t].mem -= s.caps.memOn(v, t)
 		s.load[t].vcpus -= s.caps.vmVCPUs[v]
 	}
 	s.load[t].vms--

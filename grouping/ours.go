@@ -280,7 +280,7 @@ func randomPacking(caps *capacities, rng *rand.Rand) []int {
 		}
 		t := fit[rng.IntN(len(fit))]
 		assign[v] = t
-		l[t] = load{l[t].mem + caps.vmMem[v], l[t].vcpus + caps.vmVCPUs[v], l[t].vms + 1}
+		l[t] = load{l[t].mem + caps.memOn(v, t), l[t].vcpus + caps.vmVCPUs[v], l[t].vms + 1}
 	}
 	return assign
 }

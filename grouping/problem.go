@@ -47,6 +47,9 @@ type Target struct {
 	MemBytes  uint64 // memory available to migrated VMs
 	VCPUSlots int    // vCPUs it accepts; 0 = unlimited
 	MaxVMs    int    // VMs it accepts; 0 = unlimited
+	// PerVMBytes is the memory each VM placed here takes besides its RAM (its QEMU process's own), counted against
+	// MemBytes; 0 when MemBytes already means guest RAM alone.
+	PerVMBytes uint64
 }
 
 // Problem is one placement problem. Contents[i] is the sorted, de-duplicated list of the content ids that VM i
@@ -122,7 +125,7 @@ func (p Problem) validate() (pins []int, allowed [][]bool, err error) {
 		if _, dup := byName[tg.Name]; dup {
 			return nil, nil, invalid("two targets named %q", tg.Name)
 		}
-		if tg.MemBytes > MaxMemBytes {
+		if tg.MemBytes > MaxMemBytes || tg.PerVMBytes > MaxMemBytes {
 			return nil, nil, invalid("target %s has more than 1 PiB of memory", tg.Name)
 		}
 		if tg.VCPUSlots < 0 || tg.MaxVMs < 0 {

@@ -52,6 +52,8 @@ type Projection struct {
 	LowerBound Method           `json:"lower_bound"`
 	Ours       PlacementFigures `json:"ours"`
 	Greedy     PlacementFigures `json:"greedy"`
+	// Memory is what each host needs under "ours" (docs/store.md's rules).
+	Memory HostMemory `json:"memory"`
 }
 
 // Project computes the projection of moving fleet f to the given number of targets under model m. It does no
@@ -84,10 +86,12 @@ func Project(m Model, f *Fleet, targets int) (Projection, error) {
 		PrimeBytes:  m.wire(p.Fleet.DistinctBytes),
 	}
 	p.LowerBound.Seconds = m.linkSeconds(p.LowerBound.SourceBytes, wireAll(m, c.oursFabric))
+	p.Memory = c.hostMemory(c.ours, targets, 1)
 	return p, nil
 }
 
-// problem turns the fleet into a placement problem: one vCPU per VM, targets of equal memory.
+// problem turns the fleet into a placement problem: one vCPU per VM, targets of equal memory, each VM charged its
+// RAM and QEMU's overhead (QEMUOverheadBytes) as placement charges it on a target that offers its available memory.
 func problem(m Model, f *Fleet, targets int) grouping.Problem {
 	prob := grouping.Problem{NumContents: len(f.Sizes)}
 	var total, largest uint64
@@ -99,11 +103,12 @@ func problem(m Model, f *Fleet, targets int) grouping.Problem {
 	}
 	n := len(f.VMs)
 	perTarget := (n + targets - 1) / targets
-	capBytes := uint64(math.Ceil(float64(perTarget) * float64(total) / float64(n) * m.CapacitySlack))
-	capBytes = max(capBytes, largest)
+	capBytes := uint64(math.Ceil(float64(perTarget) * (float64(total)/float64(n) + QEMUOverheadBytes) * m.CapacitySlack))
+	capBytes = max(capBytes, largest+QEMUOverheadBytes)
 	capBytes = (capBytes + PageSize - 1) / PageSize * PageSize
 	for t := range targets {
-		prob.Targets = append(prob.Targets, grouping.Target{Name: fmt.Sprintf("t%03d", t), MemBytes: capBytes})
+		prob.Targets = append(prob.Targets, grouping.Target{Name: fmt.Sprintf("t%03d", t), MemBytes: capBytes,
+			PerVMBytes: QEMUOverheadBytes})
 	}
 	return prob
 }

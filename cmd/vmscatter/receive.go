@@ -28,13 +28,18 @@ func receiveCommand() *cli.Command {
    on, and a loaded one stays paused for the sender's word. A restarted receiver picks each VM up from its journal.
 
    Destinations run --qemu, else the source's QEMU binary name found on this host's PATH. The sender places a VM
-   here only if that QEMU is the source's version or newer and has the VM's machine type.`,
+   here only if that QEMU is the source's version or newer and has the VM's machine type.
+
+   Each run's primed pages go to a file under DATA-DIR/store/ (unlinked once open, so nothing of it outlives the run),
+   at most --store-disk of it; memory holds their index, at most --store-limit (about 160 bytes a page). The receiver
+   tells the sender how many pages that is, and the sender primes no more (docs/store.md).`,
 		ArgsUsage: " ",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "listen", Value: ":7400", Usage: "control and data address, `ADDR:PORT`"},
 			&cli.StringFlag{Name: "data-dir", Value: "/var/lib/vmscatter", Usage: "where destination VMs' files live"},
 			&cli.StringFlag{Name: "key-file", Required: true, Usage: "the shared key (vmscatter keygen)"},
-			&cli.StringFlag{Name: "store-limit", Value: "4G", Usage: "memory for primed page contents per session"},
+			&cli.StringFlag{Name: "store-limit", Value: "1G", Usage: "memory for a session's content store: its index, about 160 bytes per content (the pages are on --data-dir)"},
+			&cli.StringFlag{Name: "store-disk", Usage: "bytes of --data-dir a session's content store may take (e.g. 50G); default: half the free space"},
 			&cli.StringFlag{Name: "capacity", Usage: "memory offered to migrated VMs, for placement (e.g. 64G); default: what is available"},
 			&cli.IntFlag{Name: "max-vms", Usage: "VMs accepted per run, for placement; default no limit"},
 			&cli.StringFlag{Name: "iface", Usage: "interface to join multicast groups on (default: the one the sender's control connection arrives on)"},
@@ -61,13 +66,19 @@ func receiveCommand() *cli.Command {
 			if err != nil {
 				return usageError("--store-limit: %v", err)
 			}
+			var disk int64
+			if s := c.String("store-disk"); s != "" {
+				if disk, err = cliapp.ParseSize(s); err != nil {
+					return usageError("--store-disk: %v", err)
+				}
+			}
 			var capacity int64
 			if s := c.String("capacity"); s != "" {
 				if capacity, err = cliapp.ParseSize(s); err != nil {
 					return usageError("--capacity: %v", err)
 				}
 			}
-			r, err := dest.NewReceiver(dest.Config{DataDir: c.String("data-dir"), Key: key, HostKey: hostKey, Peers: peers, StoreLimit: limit,
+			r, err := dest.NewReceiver(dest.Config{DataDir: c.String("data-dir"), Key: key, HostKey: hostKey, Peers: peers, StoreLimit: limit, StoreDisk: disk,
 				Capacity: uint64(capacity), MaxVMs: c.Int("max-vms"), Iface: c.String("iface"), QEMU: c.String("qemu"), Log: log,
 				AllowPaths: c.StringSlice("allow-path"), RunAs: c.String("runas")})
 			if err != nil {

@@ -21,13 +21,15 @@ type rebuilder struct {
 	refWait time.Duration
 	blocks  []stream.RAMBlock
 	page    []byte
+	ref     []byte // a referenced content, read from the store
 	pages   int
 	refs    int
 	zbuf    []byte // decoded PAGES_Z payloads
 }
 
 func newRebuilder(w net.Conn, store *dedup.ContentStore, refWait time.Duration) *rebuilder {
-	return &rebuilder{w: w, enc: stream.NewEncoder(w), store: store, refWait: refWait, page: make([]byte, dedup.PageSize)}
+	return &rebuilder{w: w, enc: stream.NewEncoder(w), store: store, refWait: refWait, page: make([]byte, dedup.PageSize),
+		ref: make([]byte, dedup.PageSize)}
 }
 
 // isStreamFrame reports whether t is one of the stream's frames, which the rebuilder consumes (STREAM_END is also
@@ -108,11 +110,10 @@ func (rb *rebuilder) pagesFrame(ctx context.Context, b []byte) error {
 			}
 			p.Data = rb.page
 		case dedup.RecordRef:
-			data, err := rb.store.Get(ctx, rec.Ref, rb.refWait)
-			if err != nil {
+			if err := rb.store.GetInto(ctx, rec.Ref, rb.refWait, rb.ref); err != nil {
 				return err
 			}
-			p.Data = data
+			p.Data = rb.ref
 			rb.refs++
 		default:
 			return fmt.Errorf("%w: page record kind %d", wire.ErrFrame, rec.Kind)

@@ -10,6 +10,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sync"
 	"time"
 
@@ -26,7 +27,8 @@ type Config struct {
 	Key        []byte          // the shared key (see LoadKey)
 	HostKey    *secure.HostKey // this receiver's own key pair (receive --host-key); nil: the shared key alone
 	Peers      *secure.Peers   // with HostKey: the senders' public keys it accepts (receive --allow-peers)
-	StoreLimit int64           // bytes of primed content held per session; 0 means DefaultStoreLimit
+	StoreLimit int64           // memory for a session's content store (its index); 0 means DefaultStoreLimit
+	StoreDisk  int64           // bytes of the data dir a session's store may take; 0 means half its free space
 	Capacity   uint64          // memory offered to migrated VMs, for placement; 0 means what is available
 	Iface      string          // interface for multicast; "" means the one the control connection arrives on
 	MaxVMs     int             // VMs accepted per run, for placement; 0 means no limit
@@ -59,8 +61,9 @@ type Config struct {
 	OpenSeedFile func(path string) (*os.File, error)
 }
 
-// DefaultStoreLimit bounds a session's content store when no limit is configured.
-const DefaultStoreLimit = 4 << 30
+// DefaultStoreLimit bounds the memory of a session's content store when no limit is configured: about 6.7 million
+// contents (26 GiB of pages on the data dir) at dedup.StoreIndexBytesPerContent.
+const DefaultStoreLimit = 1 << 30
 
 // Receiver accepts sessions from senders and runs destination QEMUs. It is safe for concurrent use: each connection
 // has its own goroutine, and each VM a driver loop of its own (vm.go); the session and VM tables are guarded by mu.
@@ -86,9 +89,10 @@ type Receiver struct {
 
 // session is one sender's run on this receiver: its content store, shared by the VMs it migrates here.
 type session struct {
-	id    wire.SessionID
-	store *dedup.ContentStore
-	users int // control connection + VM connections still open
+	id         wire.SessionID
+	store      *dedup.ContentStore
+	closeStore func() // closes the store's file, after store.Close
+	users      int    // control connection + VM connections still open
 }
 
 // NewReceiver checks the configuration and returns a receiver.
@@ -102,6 +106,7 @@ func NewReceiver(cfg Config) (*Receiver, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 		return nil, fmt.Errorf("data directory: %w", err)
 	}
+	cleanStores(cfg.DataDir)
 	if cfg.StoreLimit == 0 {
 		cfg.StoreLimit = DefaultStoreLimit
 	}
@@ -254,6 +259,7 @@ func (r *Receiver) serveControl(ctx context.Context, sc *secure.Conn, peer strin
 	groups := newGroupSet(r.log, s.store)
 	defer groups.close()
 	var seed *seedReader
+	var refused []uint32 // CONTENT the store had no room for, reported missing at PRIME_DONE
 	defer func() {
 		if seed != nil {
 			seed.close()
@@ -261,8 +267,12 @@ func (r *Receiver) serveControl(ctx context.Context, sc *secure.Conn, peer strin
 	}()
 	hostname, _ := os.Hostname()
 	_, avail := host.MemInfo()
+	storeLimit := r.cfg.StoreLimit
+	if s.store.Capacity() == 0 {
+		storeLimit = 0 // no store (openStore): an old sender reads the limit
+	}
 	if err := sc.SendJSON(wire.FrameInfo, wire.InfoMsg{Host: hostname, MemAvailable: avail, CPUs: runtime.NumCPU(),
-		StoreLimit: r.cfg.StoreLimit, Capacity: r.cfg.Capacity, MaxVMs: r.cfg.MaxVMs, QEMU: r.qemuInfos(ctx, hello.QEMU)}); err != nil {
+		StoreLimit: storeLimit, StoreContents: s.store.Capacity(), Capacity: r.cfg.Capacity, MaxVMs: r.cfg.MaxVMs, QEMU: r.qemuInfos(ctx, hello.QEMU)}); err != nil {
 		return err
 	}
 	for {
@@ -272,9 +282,14 @@ func (r *Receiver) serveControl(ctx context.Context, sc *secure.Conn, peer strin
 		}
 		switch t {
 		case wire.FrameContent:
-			if err := putContentRecords(s.store, b); err != nil {
+			before := len(refused)
+			if err := putContentRecords(s.store, b, &refused); err != nil {
 				r.log.Warn("prime content refused", "session", s.id, "err", err)
 				return sc.SendJSON(wire.FrameError, wire.ErrorMsg{Error: err.Error()})
+			}
+			if len(refused) > before && before == 0 {
+				r.log.Warn("content store full: contents refused, their pages will travel literal", "session", s.id,
+					"capacity", s.store.Capacity())
 			}
 		case wire.FramePrimeDone:
 			var m wire.PrimeDoneMsg
@@ -282,6 +297,13 @@ func (r *Receiver) serveControl(ctx context.Context, sc *secure.Conn, peer strin
 				return err
 			}
 			missing, drops := groups.verify.settle()
+			if len(refused) > 0 {
+				r.log.Warn("contents refused for want of room in the store", "session", s.id, "refused", len(refused))
+				missing = append(missing, refused...)
+				slices.Sort(missing)
+				missing = slices.Compact(missing)
+				refused = refused[:0]
+			}
 			if drops > 0 {
 				r.log.Warn("multicast contents dropped: not matching their digests, or none came", "session", s.id,
 					"dropped", drops, "missing", len(missing))
@@ -378,7 +400,8 @@ func (r *Receiver) attach(id wire.SessionID, create bool) *session {
 		if !create {
 			return nil
 		}
-		s = &session{id: id, store: dedup.NewContentStore(r.cfg.StoreLimit, nil)}
+		s = &session{id: id}
+		s.store, s.closeStore = r.openStore(id)
 		r.sessions[id] = s
 	}
 	s.users++
@@ -393,6 +416,7 @@ func (r *Receiver) detach(s *session) {
 	if s.users == 0 {
 		delete(r.sessions, s.id)
 		s.store.Close()
+		s.closeStore()
 		r.log.Info("session closed", "session", s.id)
 	}
 }

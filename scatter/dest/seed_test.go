@@ -198,7 +198,7 @@ func FuzzPutContentRecords(f *testing.F) {
 	f.Add(wire.AppendBundle(nil, codec, []wire.BundleHead{{ID: 1, Slots: []int{0}}, {ID: 2}}, data))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		store := dedup.NewContentStore(1<<24, nil)
-		if err := putContentRecords(store, b); err != nil && !errors.Is(err, wire.ErrFrame) && !errors.Is(err, dedup.ErrCorruptPage) &&
+		if err := putContentRecords(store, b, new([]uint32)); err != nil && !errors.Is(err, wire.ErrFrame) && !errors.Is(err, dedup.ErrCorruptPage) &&
 			!errors.Is(err, dedup.ErrUnknownCodec) && !errors.Is(err, dedup.ErrContentConflict) {
 			t.Fatalf("store: %v", err)
 		}

@@ -2,7 +2,6 @@ package dest
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"log/slog"
 	"slices"
@@ -111,7 +110,12 @@ func (v *groupVerifier) check(id dedup.ContentID, page []byte, slots []int) erro
 		return nil
 	}
 	delete(v.digests, id)
-	return v.store.Put(id, page, slots...)
+	err := v.store.Put(id, page, slots...)
+	if errors.Is(err, dedup.ErrStoreFull) {
+		v.drop(id, "no room in the content store")
+		return nil
+	}
+	return err
 }
 
 // drop counts and logs a content not stored. v.mu is held.
@@ -131,7 +135,7 @@ func (v *groupVerifier) settle() (missing []uint32, drops int) {
 	}
 	clear(v.parked)
 	for id := range v.dropped {
-		if _, err := v.store.Get(context.Background(), id, 0); err != nil {
+		if !v.store.Has(id) {
 			missing = append(missing, uint32(id))
 		}
 	}

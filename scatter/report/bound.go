@@ -13,37 +13,104 @@ import "github.com/vmscatter/vmscatter/dedup"
 // above it.
 
 // FinalImage is one VM's final image. It is owned by the VM's pump while the stream runs.
+//
+// It costs a fixed 16 bytes per page (finalPage), in chunks of finalChunk pages allocated when a page of theirs first
+// ends non-zero: a block's zero stretches that never held data cost nothing, and no page costs more. The
+// bookkeeping of a 16 GiB guest is at most 64 MiB (TestFinalImageBytesPerPage measures it).
 type FinalImage struct {
-	target int                  // index into sender.targets
-	pages  map[uint64]finalPage // (block << 48) | page number
+	target int            // index into sender.targets
+	blocks [][]*pageChunk // by block, by page number / finalChunk
 }
 
-// finalPage is one page's last content.
+// finalChunk is the pages of one allocation of a FinalImage.
+const finalChunk = 4096
+
+type pageChunk [finalChunk]finalPage
+
+// finalPage is one page's last content, 16 bytes.
 type finalPage struct {
-	fp    dedup.Fingerprint
-	cost  uint32 // wire bytes of the content as it travelled
-	local bool   // the target produced it from a file of its own: it crossed no link
-	ref   uint32 // 1 + the content id the stream referenced; 0 for a literal
+	fp   dedup.Fingerprint
+	ref  uint32 // 1 + the content id the stream referenced; 0 for a literal
+	cost uint32 // wire bytes of the content as it travelled (costMask), and the flags below
 }
+
+const (
+	pagePresent = 1 << 31 // the page ended non-zero
+	pageLocal   = 1 << 30 // the target produced it from a file of its own: it crossed no link
+	costMask    = pageLocal - 1
+)
+
+func (p finalPage) present() bool { return p.cost&pagePresent != 0 }
+func (p finalPage) local() bool   { return p.cost&pageLocal != 0 }
+func (p finalPage) bytes() uint32 { return p.cost & costMask }
 
 func NewFinalImage(target int) *FinalImage {
-	return &FinalImage{target: target, pages: map[uint64]finalPage{}}
+	return &FinalImage{target: target}
 }
 
-func pageKey(block uint16, offset uint64) uint64 { return uint64(block)<<48 | offset/dedup.PageSize }
+// page returns the entry of a page, allocating its chunk when create is set; nil if absent and not created.
+func (f *FinalImage) page(block uint16, offset uint64, create bool) *finalPage {
+	n := offset / dedup.PageSize
+	c := int(n / finalChunk)
+	if int(block) >= len(f.blocks) {
+		if !create {
+			return nil
+		}
+		f.blocks = append(f.blocks, make([][]*pageChunk, int(block)+1-len(f.blocks))...)
+	}
+	chunks := f.blocks[block]
+	if c >= len(chunks) {
+		if !create {
+			return nil
+		}
+		chunks = append(chunks, make([]*pageChunk, c+1-len(chunks))...)
+		f.blocks[block] = chunks
+	}
+	if chunks[c] == nil {
+		if !create {
+			return nil
+		}
+		chunks[c] = new(pageChunk)
+	}
+	return &chunks[c][n%finalChunk]
+}
 
 // Zero records that a page ended as a zero (or fill) page: it costs the bound nothing.
-func (f *FinalImage) Zero(block uint16, offset uint64) { delete(f.pages, pageKey(block, offset)) }
+func (f *FinalImage) Zero(block uint16, offset uint64) {
+	if p := f.page(block, offset, false); p != nil {
+		*p = finalPage{}
+	}
+}
 
 // Literal records that a page's content is now fp, sent in the stream at cost bytes.
 func (f *FinalImage) Literal(block uint16, offset uint64, fp dedup.Fingerprint, cost uint32) {
-	f.pages[pageKey(block, offset)] = finalPage{fp: fp, cost: cost}
+	*f.page(block, offset, true) = finalPage{fp: fp, cost: pagePresent | min(cost, costMask)}
 }
 
 // Ref records that a page's content is now held content id, which cost cost bytes to bring (local: none, the
 // target read it from its own files).
 func (f *FinalImage) Ref(block uint16, offset uint64, fp dedup.Fingerprint, id dedup.ContentID, cost uint32, local bool) {
-	f.pages[pageKey(block, offset)] = finalPage{fp: fp, cost: cost, local: local, ref: uint32(id) + 1}
+	p := finalPage{fp: fp, ref: uint32(id) + 1, cost: pagePresent | min(cost, costMask)}
+	if local {
+		p.cost |= pageLocal
+	}
+	*f.page(block, offset, true) = p
+}
+
+// each calls fn for every page that ended non-zero.
+func (f *FinalImage) each(fn func(p finalPage)) {
+	for _, chunks := range f.blocks {
+		for _, c := range chunks {
+			if c == nil {
+				continue
+			}
+			for _, p := range c {
+				if p.present() {
+					fn(p)
+				}
+			}
+		}
+	}
 }
 
 // FinalBound is the bound over a set of final images.
@@ -88,16 +155,16 @@ func ComputeFinalBound(images []*FinalImage, primeCosts []uint32) FinalBound {
 			t = map[dedup.Fingerprint]need{}
 			perTarget[img.target] = t
 		}
-		for _, p := range img.pages {
+		img.each(func(p finalPage) {
 			if p.ref > 0 && int(p.ref-1) < len(used) {
 				used[p.ref-1] = true
 			}
-			n := need{cost: p.cost, local: p.local}
+			n := need{cost: p.bytes(), local: p.local()}
 			if have, ok := t[p.fp]; ok {
 				n = have.merge(n)
 			}
 			t[p.fp] = n
-		}
+		})
 	}
 	all := map[dedup.Fingerprint]need{}
 	for _, t := range perTarget {

@@ -1,6 +1,11 @@
 package report
 
-import "testing"
+import (
+	"runtime"
+	"testing"
+
+	"github.com/vmscatter/vmscatter/dedup"
+)
 
 func TestFinalBound(t *testing.T) {
 	a := NewFinalImage(0) // VM on target 0
@@ -35,4 +40,58 @@ func TestFinalBound(t *testing.T) {
 	if got.Unicast != 260 {
 		t.Errorf("unicast bound %d, want 260", got.Unicast)
 	}
+}
+
+// TestFinalImageBytesPerPage measures a FinalImage's memory per page of a 4 GiB guest whose pages all end non-zero,
+// and holds it to its fixed 16 bytes (and a little for the chunk table).
+func TestFinalImageBytesPerPage(t *testing.T) {
+	if testing.Short() {
+		t.Skip("measures a million pages; skipped in -short")
+	}
+	const pages = 1 << 20
+	before := heapBytes()
+	f := NewFinalImage(0)
+	for n := range uint64(pages) {
+		if n%3 == 0 {
+			f.Literal(0, n*dedup.PageSize, dedup.Fingerprint(n), 1000)
+		} else {
+			f.Ref(0, n*dedup.PageSize, dedup.Fingerprint(n), dedup.ContentID(n), 700, n%7 == 0)
+		}
+	}
+	per := float64(heapBytes()-before) / pages
+	t.Logf("FinalImage: %.2f bytes per page", per)
+	if per > 16.1 {
+		t.Errorf("FinalImage takes %.2f bytes per page, over its fixed 16", per)
+	}
+	runtime.KeepAlive(f)
+}
+
+func TestFinalImageRecordsLastContent(t *testing.T) {
+	f := NewFinalImage(0)
+	f.Zero(3, 1<<40) // a zero page where nothing was ever recorded allocates nothing
+	if len(f.blocks) != 0 {
+		t.Fatalf("Zero allocated %d blocks", len(f.blocks))
+	}
+	f.Literal(1, 5*finalChunk*dedup.PageSize+dedup.PageSize, 42, 1<<31) // a cost beyond the mask is clamped, not a flag
+	f.Ref(1, 0, 43, 9, 10, true)
+	var got []finalPage
+	f.each(func(p finalPage) { got = append(got, p) })
+	if len(got) != 2 || got[0].fp != 43 || !got[0].local() || got[0].ref != 10 || got[0].bytes() != 10 ||
+		got[1].fp != 42 || got[1].local() || got[1].bytes() != costMask || got[1].ref != 0 {
+		t.Fatalf("pages %+v", got)
+	}
+	f.Zero(1, 0)
+	n := 0
+	f.each(func(finalPage) { n++ })
+	if n != 1 {
+		t.Fatalf("%d pages after a zero, want 1", n)
+	}
+}
+
+func heapBytes() int64 {
+	runtime.GC()
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return int64(m.HeapAlloc)
 }

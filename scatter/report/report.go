@@ -16,7 +16,17 @@ type Report struct {
 	Placement PlacementReport `json:"placement"`
 	VMs       []VMReport      `json:"vms"`
 	Totals    Totals          `json:"totals"`
+	Stores    []StoreReport   `json:"stores,omitempty"` // per reachable target, when there was a prime
 	Warnings  []string        `json:"warnings,omitempty"`
+}
+
+// StoreReport is what the prime planned for one target's content store.
+type StoreReport struct {
+	Target   string `json:"target"`
+	Capacity int    `json:"capacity"` // contents its store holds for the run, as its receiver advertised
+	Seeded   int    `json:"seeded"`   // of them, contents the target read from its own files
+	Wanted   int    `json:"wanted"`   // contents the schedule would have primed to it
+	LeftOut  int    `json:"left_out"` // of those, left out for the store's capacity: their pages travelled literal
 }
 
 // ReportVersion is the report format's version.

@@ -70,6 +70,10 @@ func (s *sender) inventory(ctx context.Context, vm *sourceVM) {
 	}
 	vm.ramBytes = mem.Base
 	vm.report.RAMBytes = mem.Base
+	vm.vcpus = 1
+	if tids, err := q.VCPUThreads(ctx); err == nil && len(tids) > 0 {
+		vm.vcpus = len(tids)
+	}
 	caps, err := q.Capabilities(ctx)
 	if err != nil {
 		fail(report.StatusRolledBack, err)

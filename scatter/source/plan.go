@@ -27,7 +27,7 @@ func Plan(ctx context.Context, cfg Config) (*plan.Plan, error) {
 		if t.sc == nil {
 			return nil, fmt.Errorf("receiver %s: %v", t.addr, t.err)
 		}
-		targets = append(targets, grouping.Target{Name: t.addr, MemBytes: capacity(t.info), MaxVMs: t.info.MaxVMs})
+		targets = append(targets, placeTarget(t))
 	}
 	var vms []grouping.VM
 	for _, vm := range s.vms {
@@ -39,7 +39,7 @@ func Plan(ctx context.Context, cfg Config) (*plan.Plan, error) {
 		if err != nil {
 			return nil, err
 		}
-		vms = append(vms, grouping.VM{Name: vm.spec.Name, MemBytes: uint64(vm.ramBytes), VCPUs: 1, Pinned: pin, Allowed: allowed})
+		vms = append(vms, grouping.VM{Name: vm.spec.Name, MemBytes: uint64(vm.ramBytes), VCPUs: vm.vcpus, Pinned: pin, Allowed: allowed})
 	}
 	sm := s.scan(ctx, rep)
 	if sm == nil {

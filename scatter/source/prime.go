@@ -41,10 +41,11 @@ type primer struct {
 	lowerBound, lowerCompressed         int64          // once per target that needs it (unicast)
 	lowerBoundOnce, lowerCompressedOnce int64          // once in all (multicast)
 	multicastBytes                      int64          // datagram payload bytes the group senders sent
-	// The multicast contents: each one's digest, by id, and per target the ids sent to it by a group. They enter
-	// the target's held index at the end (finish), less those its receiver dropped (PRIME_ACK's missing).
-	groupDigests []dedup.Digest
-	groupSent    [][]dedup.ContentID
+	// The contents sent: each one's digest, by id, and per target the ids sent to it, by a group or alone. They
+	// enter the target's held index at the end (finish), less those its receiver did not store (PRIME_ACK's
+	// missing: dropped multicast contents, and contents its store had no room for).
+	digests []dedup.Digest
+	sentTo  [][]dedup.ContentID
 }
 
 // primeGroup is one multicast group: the batches of one target set of two or more targets.
@@ -66,7 +67,8 @@ func (s *sender) prime(ctx context.Context, sm *dedup.SharingMap, rep *report.Re
 	n := len(s.targets)
 	s.costs = make([]uint32, sm.Distinct())
 	p := &primer{s: s, sm: sm, digester: s.digester, held: make([]*dedup.HeldIndex, n),
-		pinned: make([][]uint64, n), frames: make([][]byte, n), sent: make([]int, n)}
+		pinned: make([][]uint64, n), frames: make([][]byte, n), sent: make([]int, n),
+		digests: make([]dedup.Digest, sm.Distinct()), sentTo: make([][]dedup.ContentID, n)}
 	for i, t := range s.targets {
 		p.held[i] = dedup.NewHeldIndex(s.fingerprint(), p.digester)
 		p.pinned[i] = make([]uint64, (sm.Distinct()+63)/64)
@@ -74,6 +76,7 @@ func (s *sender) prime(ctx context.Context, sm *dedup.SharingMap, rep *report.Re
 			p.held[i].Add(e.id, e.fp, e.dg)
 		}
 	}
+	s.fitStores(sm, rep)
 	if err := p.openGroups(ctx, rep); err != nil {
 		return err
 	}
@@ -223,7 +226,7 @@ func (p *primer) notSeeded(dst []int, id dedup.ContentID, targets []int) []int {
 
 // one queues a prepared bundle for its targets: over the group when g can send, else to each target alone.
 func (p *primer) one(ctx context.Context, b *preparedBundle, targets []int, g *primeGroup) error {
-	s, sm := p.s, p.sm
+	s := p.s
 	share := uint32(len(b.data) / len(b.contents)) // each content's part of the compressed bundle
 	for _, c := range b.contents {
 		p.lowerBound += int64(len(targets)) * dedup.PageSize
@@ -231,10 +234,11 @@ func (p *primer) one(ctx context.Context, b *preparedBundle, targets []int, g *p
 		p.lowerCompressed += int64(len(targets)) * int64(share)
 		p.lowerCompressedOnce += int64(share)
 		s.costs[c.id] = share
+		p.digests[c.id] = c.dg
 	}
 	hold := func(ti int) {
 		for _, c := range b.contents {
-			p.held[ti].Add(c.id, sm.Contents[c.id].FP, c.dg)
+			p.sentTo[ti] = append(p.sentTo[ti], c.id)
 		}
 		p.sent[ti] += len(b.contents)
 	}
@@ -255,18 +259,11 @@ func (p *primer) one(ctx context.Context, b *preparedBundle, targets []int, g *p
 		payload := wire.AppendBundle(nil, b.codec, p.heads, b.data)
 		g.objects = append(g.objects, multicast.Object{ID: uint64(b.contents[0].id), Payload: payload})
 		g.queued += len(payload)
-		if p.groupDigests == nil {
-			p.groupDigests, p.groupSent = make([]dedup.Digest, sm.Distinct()), make([][]dedup.ContentID, len(s.targets))
-		}
 		for _, c := range b.contents {
 			g.digests = wire.AppendDigestRecord(g.digests, c.id, c.dg)
-			p.groupDigests[c.id] = c.dg
 		}
 		for _, ti := range targets {
-			for _, c := range b.contents {
-				p.groupSent[ti] = append(p.groupSent[ti], c.id)
-			}
-			p.sent[ti] += len(b.contents)
+			hold(ti)
 		}
 		if g.queued >= multicastChunk {
 			return p.flushGroup(ctx, g)
@@ -384,9 +381,9 @@ func (p *primer) finish(ctx context.Context, rep *report.Report) error {
 			rep.Warnings = append(rep.Warnings, fmt.Sprintf("prime to %s failed, its VMs' pages travel literal: %v", t.addr, err))
 			continue
 		}
-		dropped := p.holdGroupContents(ti, ack.Missing)
+		dropped := p.holdSent(ti, ack.Missing)
 		if dropped > 0 {
-			rep.Warnings = append(rep.Warnings, fmt.Sprintf("prime to %s: it dropped %d multicast contents (not matching their digests); their pages travel literal",
+			rep.Warnings = append(rep.Warnings, fmt.Sprintf("prime to %s: it did not store %d contents (multicast ones not matching their digests, or no room in its store); their pages travel literal",
 				t.addr, dropped))
 		}
 		if want := p.sent[ti] - dropped + len(t.seedHeld); ack.Held < want {
@@ -400,26 +397,23 @@ func (p *primer) finish(ctx context.Context, rep *report.Report) error {
 	return nil
 }
 
-// holdGroupContents adds to target ti's held index the contents its groups delivered, less those its receiver
-// reported missing, and returns how many of them it left out. Only the ids sent to ti count: a missing id it was
-// never sent (a forged one) changes nothing.
-func (p *primer) holdGroupContents(ti int, missing []uint32) int {
-	if p.groupSent == nil {
-		return 0
-	}
+// holdSent adds to target ti's held index the contents sent to it, less those its receiver reported missing, and
+// returns how many of them it left out. Only the ids sent to ti count: a missing id it was never sent (a forged
+// one) changes nothing.
+func (p *primer) holdSent(ti int, missing []uint32) int {
 	gone := make(map[dedup.ContentID]bool, len(missing))
 	for _, id := range missing {
 		gone[dedup.ContentID(id)] = true
 	}
 	left := 0
-	for _, id := range p.groupSent[ti] {
+	for _, id := range p.sentTo[ti] {
 		if gone[id] {
 			left++
 			continue
 		}
-		p.held[ti].Add(id, p.sm.Contents[id].FP, p.groupDigests[id])
+		p.held[ti].Add(id, p.sm.Contents[id].FP, p.digests[id])
 	}
-	p.groupSent[ti] = nil
+	p.sentTo[ti] = nil
 	return left
 }
 

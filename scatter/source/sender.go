@@ -97,6 +97,7 @@ type sourceVM struct {
 	argv       []string // the destination's command line: the source's, its machine type made concrete
 	wasRunning bool
 	ramBytes   int64
+	vcpus      int // its vCPU threads (query-cpus-fast); at least 1
 	target     *targetConn
 	report     *report.VMReport
 	final      *report.FinalImage // what its destination loaded, for the report's bound

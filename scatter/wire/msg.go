@@ -21,13 +21,16 @@ const MaxHelloQEMU = 16
 
 // InfoMsg is the receiver's answer to HELLO: what it offers for placement.
 type InfoMsg struct {
-	Host         string     `json:"host"`
-	MemAvailable uint64     `json:"mem_available"`
-	CPUs         int        `json:"cpus"`
-	StoreLimit   int64      `json:"store_limit"`
-	Capacity     uint64     `json:"capacity,omitempty"` // memory offered to migrated VMs, if configured
-	MaxVMs       int        `json:"max_vms,omitempty"`
-	QEMU         []QEMUInfo `json:"qemu,omitempty"` // one for each name of HELLO's qemu, in its order
+	Host         string `json:"host"`
+	MemAvailable uint64 `json:"mem_available"`
+	CPUs         int    `json:"cpus"`
+	StoreLimit   int64  `json:"store_limit"` // memory for the session's content store, in bytes
+	// StoreContents is how many contents the session's store holds at most (seeded and primed): the sender primes no
+	// more. 0 from an old receiver, whose store held StoreLimit/4096 pages in memory.
+	StoreContents int        `json:"store_contents,omitempty"`
+	Capacity      uint64     `json:"capacity,omitempty"` // memory offered to migrated VMs, if configured
+	MaxVMs        int        `json:"max_vms,omitempty"`
+	QEMU          []QEMUInfo `json:"qemu,omitempty"` // one for each name of HELLO's qemu, in its order
 }
 
 // QEMUInfo is the QEMU binary a receiver starts the destinations of one source binary name with.
