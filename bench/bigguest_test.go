@@ -150,3 +150,21 @@ func mibs(v []int64) string {
 	}
 	return s
 }
+
+func TestBigShapeDefaultsAndLimits(t *testing.T) {
+	s := BigShape{}
+	if err := s.fill(); err != nil {
+		t.Fatal(err)
+	}
+	if s.MemoryMiB != 1536 || s.CPUs != 2 || s.Cache != 0.35 || s.Private != 0.35 || s.Rate != 200 {
+		t.Fatalf("defaults %+v", s)
+	}
+	if b := s.bytesOf(s.Cache); b%4096 != 0 || b < 537<<20 || b > 538<<20 {
+		t.Fatalf("35%% of 1536 MiB is %d bytes", b)
+	}
+	for _, bad := range []BigShape{{MemoryMiB: 256}, {MemoryMiB: 1024, Cache: 0.6, Private: 0.4}, {Cache: -0.1, Private: 0.5}} {
+		if err := bad.fill(); err == nil {
+			t.Errorf("%+v accepted", bad)
+		}
+	}
+}
