@@ -18,17 +18,21 @@ import (
 const (
 	scaleGuests   = 4
 	scaleGuestMiB = 1536
-	// scaleStoreLimit is each receiver's --store-limit. The receiver's store is in memory and refuses contents past
-	// it (issue #15), so this leaves room for the whole prime (about 1.2 GiB per target here); once the store is
-	// bounded by a budget, set it well below the prime (a quarter of it: "300M") to test the budget.
-	scaleStoreLimit = "4G"
+	// scaleStoreLimitMiB is each receiver's --store-limit. The receiver's store is in memory and refuses contents
+	// past it (issue #15), so this leaves room for the whole prime (about 1.6 GiB of contents per target here); once
+	// the store is bounded by a budget, set it well below the prime (a quarter of it: 300) to test the budget.
+	scaleStoreLimitMiB = 4096
+	// scaleReceiverOverheadMiB is what a receiver may hold beyond its store budget: its buffers and the Go runtime's
+	// heap headroom (a receiver of small guests peaks near 200 MiB). The destination QEMUs are processes of their own.
+	scaleReceiverOverheadMiB = 1024
 )
 
 // TestScaleBigGuests moves guests of a real size (BigShape: GiBs of RAM filled with shared page cache, private data and
 // zeros, 2 vCPUs, a disk on the shared storage, a NIC) through vmscatter to two targets. Every VM must arrive intact:
 // running at its target, where it completes a full verification pass of its memory, of its page cache and of its
 // disk without a failure, and keeps exchanging UDP echoes with the responder of the host it now runs on. Every VM
-// must have received pages as references to primed contents.
+// must have received pages as references to primed contents, and no receiver may hold more memory than its store
+// budget allows.
 func TestScaleBigGuests(t *testing.T) {
 	requireLab(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
@@ -37,7 +41,7 @@ func TestScaleBigGuests(t *testing.T) {
 	if err := shape.fill(); err != nil {
 		t.Fatal(err)
 	}
-	c := newCluster(t, ctx, ClusterConfig{Targets: 2, Big: &shape, StoreLimit: scaleStoreLimit,
+	c := newCluster(t, ctx, ClusterConfig{Targets: 2, Big: &shape, StoreLimit: fmt.Sprintf("%dM", scaleStoreLimitMiB),
 		TargetCapacity: spreadCapacity(scaleGuests, 2, scaleGuestMiB)})
 	t0 := time.Now()
 	guests, err := c.StartGuests(ctx, "big", scaleGuests, fixture.GuestOptions{})
@@ -62,10 +66,17 @@ func TestScaleBigGuests(t *testing.T) {
 		t.Fatalf("exit %d\n%s", res.Exit, res.Stderr)
 	}
 	tot := res.Report.Totals
+	peaks := c.ReceiverPeakRSS()
 	t.Logf("moved %.2f GiB of guest RAM in %.1f s: %.1f MiB left the source (prime %.1f MiB), final bound %.1f MiB; "+
-		"peak RSS: sender %.0f MiB, receivers %v (store limit %s)", float64(tot.RAMBytes)/(1<<30), res.Elapsed.Seconds(),
+		"peak RSS: sender %.0f MiB, receivers %v (store limit %d MiB)", float64(tot.RAMBytes)/(1<<30), res.Elapsed.Seconds(),
 		float64(res.SourceTx)/(1<<20), float64(tot.PrimeBytes)/(1<<20), float64(tot.FinalBoundBytes)/(1<<20),
-		float64(res.PeakRSS)/(1<<20), mibs(c.ReceiverPeakRSS()), scaleStoreLimit)
+		float64(res.PeakRSS)/(1<<20), mibs(peaks), scaleStoreLimitMiB)
+	for i, p := range peaks {
+		if p <= 0 || p > (scaleStoreLimitMiB+scaleReceiverOverheadMiB)<<20 {
+			t.Errorf("receiver on %s peaked at %.0f MiB: want some, and at most its store limit %d MiB + %d MiB",
+				c.Targets[i].Name, float64(p)/(1<<20), scaleStoreLimitMiB, scaleReceiverOverheadMiB)
+		}
+	}
 	for i, g := range guests {
 		v := vmReport(t, res.Report, g.Name)
 		if v.Status != report.StatusMigrated {
