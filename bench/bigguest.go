@@ -7,10 +7,12 @@ import (
 	"net"
 	"net/netip"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/vmscatter/vmscatter/bench/fixture"
+	"github.com/vmscatter/vmscatter/bench/guest/guestlog"
 	"github.com/vmscatter/vmscatter/bench/lab"
 )
 
@@ -191,6 +193,28 @@ func (c *Cluster) bigOptions(o fixture.GuestOptions, i int) fixture.GuestOptions
 		Peer: netip.AddrPortFrom(c.big.gateway, echoPort)}
 	o.Netns = c.Source.NS
 	return o
+}
+
+// waitFilled waits for a big guest's first progress line, which its workload prints once it has filled its memory and
+// read its page cache, and fails at once if the workload ends instead (a missing device, a bad flag: its console says).
+func waitFilled(ctx context.Context, g *fixture.Guest) error {
+	var filled, exited bool
+	var lines []string
+	err := fixture.Follow(ctx, g.SerialPath, 100*time.Millisecond, g.Done(), func(line string, _ time.Time) bool {
+		_, filled = guestlog.ParseOK(line)
+		exited = strings.Contains(line, guestlog.ExitedMarker)
+		if lines = append(lines, line); len(lines) > 20 {
+			lines = lines[1:]
+		}
+		return !filled && !exited
+	})
+	switch {
+	case filled:
+		return nil
+	case exited:
+		return fmt.Errorf("big guest %s: its workload ended before it filled its memory; console:\n%s", g.Name, strings.Join(lines, "\n"))
+	}
+	return fmt.Errorf("big guest %s did not fill its memory: %w; console:\n%s", g.Name, err, strings.Join(lines, "\n"))
 }
 
 // BigFillTimeout bounds the wait for a big guest's workload to fill its memory and read its page cache after boot.

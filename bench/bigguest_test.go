@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -177,5 +178,24 @@ func TestBigShapeDefaultsAndLimits(t *testing.T) {
 		if err := bad.fill(); err == nil {
 			t.Errorf("%+v accepted", bad)
 		}
+	}
+}
+
+func TestWaitFilled(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	dir := t.TempDir()
+	g := &fixture.Guest{Name: "big1", SerialPath: filepath.Join(dir, "serial.log")}
+	ok := string(guestlog.OK{Seq: 1, Cache: true, Net: true}.Append(nil))
+	os.WriteFile(g.SerialPath, []byte(guestlog.ReadyMarker+"\nready wss=1\n"+ok+"\n"), 0o644)
+	if err := waitFilled(ctx, g); err != nil {
+		t.Fatal(err)
+	}
+	// A workload that ends before its first progress line fails the wait at once, with its console.
+	os.WriteFile(g.SerialPath, []byte(guestlog.ReadyMarker+"\nworkload: opening the cache image: no such device\n"+
+		guestlog.ExitedMarker+" rc=2\n"), 0o644)
+	err := waitFilled(ctx, g)
+	if err == nil || !strings.Contains(err.Error(), "no such device") || ctx.Err() != nil {
+		t.Fatalf("%v", err)
 	}
 }

@@ -276,9 +276,7 @@ func (c *Cluster) StartGuestsWith(ctx context.Context, prefix string, n int, opt
 		// The workload prints its first progress line once it has filled its memory and read its page cache.
 		fctx, cancel := context.WithTimeout(ctx, BigFillTimeout)
 		for i, g := range guests {
-			if err := g.WaitSerial(fctx, "ok seq=1 "); err != nil {
-				errs[i] = fmt.Errorf("big guest %s did not fill its memory: %w", g.Name, err)
-			}
+			errs[i] = waitFilled(fctx, g)
 		}
 		cancel()
 	}
