@@ -24,7 +24,7 @@ import (
 //     cache, so that those pages are identical across guests;
 //   - private anonymous data: Private × RAM bytes of the workload's working set, every page random and the guest's
 //     own (pageset pages with the guest's salt), of which Rate pages a second are rewritten;
-//   - zero pages: the rest, less what the kernel and the initramfs take (about 60 MiB).
+//   - zero pages: the rest, less what the kernel, the initramfs and the workload take (about 100 MiB measured).
 //
 // After a move the guest verifies all of it where it runs: its working set, its page cache (against the sums it noted
 // when it first read the image), its disk's blocks, and its network (UDP echoes from the responder of the host it
