@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -15,18 +16,20 @@ import (
 )
 
 // The scale test's size: as large as this machine (2 cores, 24 GiB, shared with other runs) allows in a few minutes.
-// The guests' RAM exists twice while they move (source and destination QEMUs), beside the receivers' stores.
-const (
-	scaleGuests   = 4
-	scaleGuestMiB = 1536
+// The guests' RAM exists twice while they move (source and destination QEMUs), beside the receivers' stores. The flags
+// run other sizes (e.g. -scale.guests 1 -scale.mib 4096) and budgets.
+var (
+	scaleGuests   = flag.Int("scale.guests", 4, "TestScaleBigGuests: guests to move")
+	scaleGuestMiB = flag.Int("scale.mib", 1536, "TestScaleBigGuests: RAM of each guest in MiB")
 	// scaleStoreLimitMiB is each receiver's --store-limit. The receiver's store is in memory and refuses contents
-	// past it (issue #15), so this leaves room for the whole prime (about 1.6 GiB of contents per target here); once
-	// the store is bounded by a budget, set it well below the prime (a quarter of it: 300) to test the budget.
-	scaleStoreLimitMiB = 4096
-	// scaleReceiverOverheadMiB is what a receiver may hold beyond its store budget: its buffers and the Go runtime's
-	// heap headroom (a receiver of small guests peaks near 200 MiB). The destination QEMUs are processes of their own.
-	scaleReceiverOverheadMiB = 1024
+	// past it (issue #15), so the default leaves room for the whole prime (about 1.6 GiB of contents per target at
+	// the default size); once the store is bounded by a budget, make it well below the prime (a quarter: 300).
+	scaleStoreLimitMiB = flag.Int64("scale.store-limit", 4096, "TestScaleBigGuests: each receiver's --store-limit in MiB")
 )
+
+// scaleReceiverOverheadMiB is what a receiver may hold beyond its store budget: its buffers and the Go runtime's heap
+// headroom (a receiver of small guests peaks near 200 MiB). The destination QEMUs are processes of their own.
+const scaleReceiverOverheadMiB = 1024
 
 // TestScaleBigGuests moves guests of a real size (BigShape: GiBs of RAM filled with shared page cache, private data and
 // zeros, 2 vCPUs, a disk on the shared storage, a NIC) through vmscatter to two targets. Every VM must arrive intact:
@@ -38,18 +41,18 @@ func TestScaleBigGuests(t *testing.T) {
 	requireLab(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
-	shape := BigShape{MemoryMiB: scaleGuestMiB}
+	shape := BigShape{MemoryMiB: *scaleGuestMiB}
 	if err := shape.fill(); err != nil {
 		t.Fatal(err)
 	}
-	c := newCluster(t, ctx, ClusterConfig{Targets: 2, Big: &shape, StoreLimit: fmt.Sprintf("%dM", scaleStoreLimitMiB),
-		TargetCapacity: spreadCapacity(scaleGuests, 2, scaleGuestMiB)})
+	c := newCluster(t, ctx, ClusterConfig{Targets: 2, Big: &shape, StoreLimit: fmt.Sprintf("%dM", *scaleStoreLimitMiB),
+		TargetCapacity: spreadCapacity(*scaleGuests, 2, *scaleGuestMiB)})
 	t0 := time.Now()
-	guests, err := c.StartGuests(ctx, "big", scaleGuests, fixture.GuestOptions{})
+	guests, err := c.StartGuests(ctx, "big", *scaleGuests, fixture.GuestOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("%d guests of %s booted and filled in %.0f s", scaleGuests, shape, time.Since(t0).Seconds())
+	t.Logf("%d guests of %s booted and filled in %.0f s", *scaleGuests, shape, time.Since(t0).Seconds())
 	for i, g := range guests {
 		s := waitGuest(t, ctx, g.SerialPath, "echoes at the source", func(s guestlog.Summary) bool {
 			return s.Last.Cache && s.Last.Net && s.Last.NetRecv >= 3
@@ -71,11 +74,11 @@ func TestScaleBigGuests(t *testing.T) {
 	t.Logf("moved %.2f GiB of guest RAM in %.1f s: %.1f MiB left the source (prime %.1f MiB), final bound %.1f MiB; "+
 		"peak RSS: sender %.0f MiB, receivers %v (store limit %d MiB)", float64(tot.RAMBytes)/(1<<30), res.Elapsed.Seconds(),
 		float64(res.SourceTx)/(1<<20), float64(tot.PrimeBytes)/(1<<20), float64(tot.FinalBoundBytes)/(1<<20),
-		float64(res.PeakRSS)/(1<<20), mibs(peaks), scaleStoreLimitMiB)
+		float64(res.PeakRSS)/(1<<20), mibs(peaks), *scaleStoreLimitMiB)
 	for i, p := range peaks {
-		if p <= 0 || p > (scaleStoreLimitMiB+scaleReceiverOverheadMiB)<<20 {
+		if p <= 0 || p > (*scaleStoreLimitMiB+scaleReceiverOverheadMiB)<<20 {
 			t.Errorf("receiver on %s peaked at %.0f MiB: want some, and at most its store limit %d MiB + %d MiB",
-				c.Targets[i].Name, float64(p)/(1<<20), scaleStoreLimitMiB, scaleReceiverOverheadMiB)
+				c.Targets[i].Name, float64(p)/(1<<20), *scaleStoreLimitMiB, scaleReceiverOverheadMiB)
 		}
 	}
 	for i, g := range guests {
