@@ -17,14 +17,14 @@ import (
 
 // The scale test's size: as large as this machine (2 cores, 24 GiB, shared with other runs) allows in a few minutes.
 // The guests' RAM exists twice while they move (source and destination QEMUs), beside the receivers' stores. The flags
-// run other sizes (e.g. -scale.guests 1 -scale.mib 4096) and budgets.
+// run other sizes (e.g. -big.guests 1 -big.mib 4096) and budgets.
 var (
-	scaleGuests   = flag.Int("scale.guests", 4, "TestScaleBigGuests: guests to move")
-	scaleGuestMiB = flag.Int("scale.mib", 1536, "TestScaleBigGuests: RAM of each guest in MiB")
+	scaleGuests   = flag.Int("big.guests", 4, "TestScaleBigGuests: guests to move")
+	scaleGuestMiB = flag.Int("big.mib", 1536, "TestScaleBigGuests: RAM of each guest in MiB")
 	// scaleStoreLimitMiB is each receiver's --store-limit. The receiver's store is in memory and refuses contents
 	// past it (issue #15), so the default leaves room for the whole prime (about 1.6 GiB of contents per target at
 	// the default size); once the store is bounded by a budget, make it well below the prime (a quarter: 300).
-	scaleStoreLimitMiB = flag.Int64("scale.store-limit", 4096, "TestScaleBigGuests: each receiver's --store-limit in MiB")
+	scaleStoreLimitMiB = flag.Int64("big.store-limit", 4096, "TestScaleBigGuests: each receiver's --store-limit in MiB")
 )
 
 // scaleReceiverOverheadMiB is what a receiver may hold beyond its store budget: its buffers and the Go runtime's heap
