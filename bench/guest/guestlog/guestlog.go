@@ -3,7 +3,7 @@
 // Lines, one per write, fields separated by single spaces, numbers in decimal (got and want in hex with 0x):
 //
 //	vmscatter-guest: ready                                        (the init script, before the workload starts)
-//	ready wss=<bytes> pages=<n> rate=<pages/s> pattern=<seq|random> seed=<n> salt=<n> private=<fraction> period=<duration> [disk=<device> dblocks=<n> drate=<blocks/s>]
+//	ready wss=<bytes> pages=<n> rate=<pages/s> pattern=<seq|random> seed=<n> salt=<n> private=<fraction> period=<duration> [disk=<device> dblocks=<n> drate=<blocks/s>] [cache=<device> cbytes=<bytes>] [ip=<addr/bits> peer=<addr:port>]
 //	ok seq=<n> t=<unix ms> gen=<total dirty writes> dirtied=<since last line> verified=<since last line> pass=<full verify passes> bad=<total> [dwrites=<total disk block writes> dverified=<since last line> dpass=<full disk verify passes>] [cverified=<since last line> cpass=<full cache verify passes>] [nsent=<total datagrams> nrecv=<total echoes>]
 //	BAD page=<i> reason=<magic|index|gen|sum|io> got=<0x..> want=<0x..> [on=disk|cache]
 //	vmscatter-guest: workload exited rc=<n>                       (the init script, if the workload ends)

@@ -172,18 +172,18 @@ func newEngine(cfg config, mem []byte, dev blockDevice, cache io.ReaderAt, now t
 // begin prints the ready line and starts the clocks at now (after the fill, which takes a while in a slow guest).
 func (e *engine) begin(now time.Time, out io.Writer) {
 	e.last, e.nextLine = now, now.Add(e.cfg.period)
-	var disk string
+	var extra string
 	if e.disk != nil {
-		disk = fmt.Sprintf(" disk=%s dblocks=%d drate=%g", e.cfg.disk, e.cfg.dblocks, e.cfg.drate)
+		extra = fmt.Sprintf(" disk=%s dblocks=%d drate=%g", e.cfg.disk, e.cfg.dblocks, e.cfg.drate)
 	}
 	if e.cache != nil {
-		disk += fmt.Sprintf(" cache=%s cbytes=%d", e.cfg.cache, int64(e.cfg.cbytes))
+		extra += fmt.Sprintf(" cache=%s cbytes=%d", e.cfg.cache, int64(e.cfg.cbytes))
 	}
 	if e.net != nil {
-		disk += fmt.Sprintf(" ip=%s peer=%s", e.cfg.ip, e.cfg.peer)
+		extra += fmt.Sprintf(" ip=%s peer=%s", e.cfg.ip, e.cfg.peer)
 	}
 	fmt.Fprintf(out, "ready wss=%d pages=%d rate=%g pattern=%s seed=%d salt=%d private=%g period=%s%s\n",
-		int64(e.cfg.wss), e.set.Len(), e.cfg.rate, e.cfg.pattern, e.cfg.seed, e.cfg.salt, e.cfg.private, e.cfg.period, disk)
+		int64(e.cfg.wss), e.set.Len(), e.cfg.rate, e.cfg.pattern, e.cfg.seed, e.cfg.salt, e.cfg.private, e.cfg.period, extra)
 }
 
 // advance does the work due by now: dirty pages at the configured rate, verify pages so that a full pass takes
