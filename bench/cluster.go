@@ -45,6 +45,12 @@ type ClusterConfig struct {
 	// Disks gives every guest of StartGuests a qcow2 disk of its own on the cluster's shared storage (SharedDir),
 	// which its workload writes and verifies (fixture.Disk).
 	Disks bool
+	// Big makes every guest of StartGuests a guest of a real size (BigShape: GiBs of RAM filled with a mix of shared
+	// page cache, private data and zeros, 2 vCPUs, a disk, a NIC); it implies Disks. At most MaxBigGuests per call.
+	Big *BigShape
+	// StoreLimit is each receiver's --store-limit (memory for primed contents per session), e.g. "1G"; "" keeps the
+	// receiver's default.
+	StoreLimit string
 }
 
 // Cluster is a lab with a source host, target hosts running `vmscatter receive`, and guests. Close removes
@@ -65,6 +71,7 @@ type Cluster struct {
 	sends     int
 	recovers  int
 	running   []*SendRun // started by StartSend; Close kills any still running
+	big       *bigNet    // with ClusterConfig.Big
 }
 
 // spreadCapacity is the receiver capacity that makes the planner spread guests evenly over targets: room for
@@ -81,6 +88,13 @@ func NewCluster(ctx context.Context, cfg ClusterConfig) (_ *Cluster, err error) 
 	}
 	if cfg.Targets == 0 {
 		cfg.Targets = 2
+	}
+	if cfg.Big != nil {
+		shape := *cfg.Big
+		if err := shape.fill(); err != nil {
+			return nil, err
+		}
+		cfg.Big, cfg.Disks = &shape, true
 	}
 	// Every path the cluster hands a host (data dirs, shared storage, --allow-path) must be absolute.
 	if cfg.Dir, err = filepath.Abs(cfg.Dir); err != nil {
@@ -106,6 +120,11 @@ func NewCluster(ctx context.Context, cfg ClusterConfig) (_ *Cluster, err error) 
 	}
 	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
 		return nil, err
+	}
+	if cfg.Big != nil {
+		if err := c.setUpBig(ctx); err != nil {
+			return nil, err
+		}
 	}
 	c.KeyFile = filepath.Join(cfg.Dir, "key")
 	os.Remove(c.KeyFile)
@@ -162,6 +181,9 @@ func (c *Cluster) StartReceiver(ctx context.Context, i int) error {
 	}
 	if c.cfg.ReceiverQEMU != "" {
 		args = append(args, "--qemu", c.cfg.ReceiverQEMU)
+	}
+	if c.cfg.StoreLimit != "" {
+		args = append(args, "--store-limit", c.cfg.StoreLimit)
 	}
 	// What the lab's guests boot from and write to: the fixture's kernel and initramfs and the fetched QEMUs'
 	// firmware (all in the project's cache), and the cluster's shared storage.
@@ -221,8 +243,13 @@ func (c *Cluster) StartGuests(ctx context.Context, prefix string, n int, o fixtu
 }
 
 // StartGuestsWith is StartGuests with each guest's options from opts, given the guest's name (for paths of its own,
-// under GuestDir); with ClusterConfig.Disks, a guest whose options name no disk gets SharedDir/NAME.qcow2.
+// under GuestDir); with ClusterConfig.Disks, a guest whose options name no disk gets SharedDir/NAME.qcow2. With
+// ClusterConfig.Big, the guests take the big shape (the memory, CPU, workload, cache and NIC options), and it returns
+// once each has filled its memory (its first progress line).
 func (c *Cluster) StartGuestsWith(ctx context.Context, prefix string, n int, opts func(name string) fixture.GuestOptions) ([]*fixture.Guest, error) {
+	if c.cfg.Big != nil && n > MaxBigGuests {
+		return nil, fmt.Errorf("bench: %d big guests at once, at most %d", n, MaxBigGuests)
+	}
 	guests := make([]*fixture.Guest, n)
 	errs := make([]error, n)
 	sem := make(chan struct{}, 2)
@@ -235,6 +262,9 @@ func (c *Cluster) StartGuestsWith(ctx context.Context, prefix string, n int, opt
 			defer func() { <-sem }()
 			name := fmt.Sprintf("%s%d", prefix, i+1)
 			o := opts(name)
+			if c.cfg.Big != nil {
+				o = c.bigOptions(o, i)
+			}
 			if c.cfg.Disks && o.Disk.Path == "" {
 				o.Disk.Path = filepath.Join(c.SharedDir(), name+".qcow2")
 			}
@@ -242,6 +272,14 @@ func (c *Cluster) StartGuestsWith(ctx context.Context, prefix string, n int, opt
 		}()
 	}
 	wg.Wait()
+	if c.cfg.Big != nil && errors.Join(errs...) == nil {
+		// The workload prints its first progress line once it has filled its memory and read its page cache.
+		fctx, cancel := context.WithTimeout(ctx, BigFillTimeout)
+		for i, g := range guests {
+			errs[i] = waitFilled(fctx, g)
+		}
+		cancel()
+	}
 	for _, g := range guests {
 		if g != nil {
 			c.mu.Lock()
@@ -267,6 +305,7 @@ type SendResult struct {
 	TargetRx   []uint64
 	Elapsed    time.Duration
 	CPU        time.Duration  // the sender's CPU time, its whole life (wait4's rusage)
+	PeakRSS    int64          // the sender's peak resident set in bytes (wait4's rusage, bench/cpu.go)
 	Killed     syscall.Signal // the signal that ended the sender, if one did (Exit is then -1)
 }
 
@@ -365,7 +404,8 @@ func (r *SendRun) Wait() (*SendResult, error) {
 	<-r.done
 	c := r.c
 	b, _ := os.ReadFile(r.stderrPath)
-	res := &SendResult{Stderr: string(b), Elapsed: time.Since(r.start), ReportPath: r.ReportPath, CPU: exitedCPU(r.cmd.ProcessState)}
+	res := &SendResult{Stderr: string(b), Elapsed: time.Since(r.start), ReportPath: r.ReportPath, CPU: exitedCPU(r.cmd.ProcessState),
+		PeakRSS: exitedPeakRSS(r.cmd.ProcessState)}
 	_, tx1, _ := c.Source.Counters()
 	res.SourceTx = tx1 - r.tx0
 	for i, rx := range c.targetRx() {
@@ -495,6 +535,9 @@ func (c *Cluster) Close() error {
 	}
 	for _, g := range c.Guests {
 		g.Kill()
+	}
+	if c.big != nil {
+		c.big.close()
 	}
 	if c.Lab != nil {
 		return c.Lab.Close()

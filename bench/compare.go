@@ -27,7 +27,11 @@ type CompareConfig struct {
 	Settle    time.Duration
 	Workload  fixture.Workload
 	SendArgs  []string // extra `vmscatter send` arguments
-	Out       io.Writer
+	// Big runs guests of a real size (BigShape) instead of MemoryMiB and Workload.
+	Big *BigShape
+	// StoreLimit is the receivers' --store-limit; "" keeps their default.
+	StoreLimit string
+	Out        io.Writer
 }
 
 // MethodFigures are one method's measured figures.
@@ -38,8 +42,12 @@ type MethodFigures struct {
 	TotalMS       int64      `json:"total_ms"`        // from the start until the last VM runs at its target
 	DowntimeMS    []int64    `json:"downtime_ms"`     // per VM, QEMU's figure
 	CPU           CPUFigures `json:"cpu"`             // CPU-seconds on the source and the targets (bench/cpu.go)
-	Migrated      int        `json:"migrated"`
-	Failures      []string   `json:"failures,omitempty"` // VM: what went wrong, for the VMs that did not migrate
+	// Peak resident sets in bytes (bench/cpu.go), vmscatter's processes only: the sender's, and each receiver's by
+	// target index.
+	SenderPeakRSS   int64    `json:"sender_peak_rss_bytes,omitempty"`
+	ReceiverPeakRSS []int64  `json:"receiver_peak_rss_bytes,omitempty"`
+	Migrated        int      `json:"migrated"`
+	Failures        []string `json:"failures,omitempty"` // VM: what went wrong, for the VMs that did not migrate
 }
 
 // ran reports whether the method ran: results.json of runs before QEMU's best was a method have no figures for it.
@@ -57,6 +65,8 @@ type CompareResult struct {
 		Targets   int    `json:"targets"`
 		UplinkBps uint64 `json:"uplink_bps"`
 		Workload  string `json:"workload"`
+		// StoreLimit is the receivers' --store-limit ("" for their default, 4G).
+		StoreLimit string `json:"store_limit,omitempty"`
 	} `json:"config"`
 	VMs       []string       `json:"vms"`
 	Placement map[string]int `json:"placement"`   // VM -> target index, the same for every method
@@ -115,9 +125,18 @@ func RunCompare(ctx context.Context, cfg CompareConfig) (*CompareResult, error) 
 	res.Config.Guests, res.Config.MemoryMiB, res.Config.Targets, res.Config.UplinkBps = cfg.Guests, cfg.MemoryMiB, cfg.Targets, cfg.UplinkBps
 	res.Config.Workload = fmt.Sprintf("wss=%d rate=%g pages/s pattern=%s seed=%d private=%g", cfg.Workload.WSS, cfg.Workload.Rate,
 		orDefault(cfg.Workload.Pattern, "seq"), cfg.Workload.Seed, cfg.Workload.Private)
+	res.Config.StoreLimit = cfg.StoreLimit
+	if cfg.Big != nil {
+		shape := *cfg.Big
+		if err := shape.fill(); err != nil {
+			return nil, err
+		}
+		cfg.Big, cfg.MemoryMiB, res.Config.MemoryMiB, res.Config.Workload = &shape, shape.MemoryMiB, shape.MemoryMiB, shape.String()
+	}
 	guestGiB := float64(cfg.Guests*cfg.MemoryMiB) / 1024
 	c, err := NewCluster(ctx, ClusterConfig{Targets: cfg.Targets, Bin: cfg.Bin, Dir: filepath.Join(cfg.Dir, "lab"),
-		TargetCapacity: spreadCapacity(cfg.Guests, cfg.Targets, cfg.MemoryMiB), Snooping: true})
+		TargetCapacity: spreadCapacity(cfg.Guests, cfg.Targets, cfg.MemoryMiB), Snooping: true, Big: cfg.Big,
+		StoreLimit: cfg.StoreLimit})
 	if err != nil {
 		return nil, err
 	}
@@ -150,7 +169,8 @@ func RunCompare(ctx context.Context, cfg CompareConfig) (*CompareResult, error) 
 		return nil, err
 	}
 	res.Report = sr.Report
-	res.Scatter = MethodFigures{Method: "vmscatter", SourceTxBytes: sr.SourceTx, TargetRxBytes: sum(sr.TargetRx), TotalMS: sr.Elapsed.Milliseconds()}
+	res.Scatter = MethodFigures{Method: "vmscatter", SourceTxBytes: sr.SourceTx, TargetRxBytes: sum(sr.TargetRx), TotalMS: sr.Elapsed.Milliseconds(),
+		SenderPeakRSS: sr.PeakRSS, ReceiverPeakRSS: c.ReceiverPeakRSS()}
 	res.Placement = map[string]int{}
 	assign := make([]int, len(guests))
 	for i, v := range sr.Report.VMs {
@@ -314,6 +334,22 @@ func (r *CompareResult) Markdown() string {
 		f3(ratioF(r.Scatter.CPU.SourceNetPerGiB, r.Native.CPU.SourceNetPerGiB)), f3(ratioF(r.Scatter.CPU.SourceNetPerGiB, r.Best.CPU.SourceNetPerGiB)))
 	row("CPU-s per GiB of guest RAM, targets", func(m MethodFigures) string { return fmt.Sprintf("%.2f", m.CPU.TargetPerGiB) },
 		f3(ratioF(r.Scatter.CPU.TargetPerGiB, r.Native.CPU.TargetPerGiB)), f3(ratioF(r.Scatter.CPU.TargetPerGiB, r.Best.CPU.TargetPerGiB)))
+	row("peak RSS of the sender", func(m MethodFigures) string {
+		if m.SenderPeakRSS == 0 {
+			return ""
+		}
+		return mib(uint64(m.SenderPeakRSS))
+	}, "", "")
+	row("peak RSS of each receiver (store limit "+orDefault(r.Config.StoreLimit, "4G")+")", func(m MethodFigures) string {
+		if len(m.ReceiverPeakRSS) == 0 {
+			return ""
+		}
+		var cells []string
+		for _, n := range m.ReceiverPeakRSS {
+			cells = append(cells, mib(uint64(n)))
+		}
+		return strings.Join(cells, ", ")
+	}, "", "")
 	row("VMs migrated", func(m MethodFigures) string { return fmt.Sprint(m.Migrated) }, "", "")
 	row("downtime per VM (QEMU's figure), ms", func(m MethodFigures) string { return joinInts(m.DowntimeMS) }, "", "")
 	row("final-state lower bound (bound / method)", func(m MethodFigures) string {

@@ -110,6 +110,10 @@ func TestBenchQuick(t *testing.T) {
 	if res.Scatter.CPU.SenderSeconds <= 0 || res.Scatter.CPU.ReceiverSeconds <= 0 {
 		t.Errorf("vmscatter's own processes have no CPU figures: %+v", res.Scatter.CPU)
 	}
+	if res.Scatter.SenderPeakRSS <= 0 || len(res.Scatter.ReceiverPeakRSS) != 1 || res.Scatter.ReceiverPeakRSS[0] <= 0 {
+		t.Errorf("vmscatter's own processes have no peak RSS: sender %d, receivers %v", res.Scatter.SenderPeakRSS,
+			res.Scatter.ReceiverPeakRSS)
+	}
 	var back CompareResult
 	b, err := os.ReadFile(filepath.Join(dir, "results.json"))
 	if err != nil || json.Unmarshal(b, &back) != nil || back.Scatter.SourceTxBytes != res.Scatter.SourceTxBytes {

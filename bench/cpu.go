@@ -177,3 +177,66 @@ func (c *Cluster) destinationsCPU(vms map[string]int) time.Duration {
 	}
 	return sum
 }
+
+// Peak memory. A process's peak resident set is its high-water mark, which the kernel keeps: VmHWM in
+// /proc/PID/status while it runs (read for the receivers, which outlive a run), and ru_maxrss of wait4's rusage once
+// it is reaped (the sender, which exits inside the run). Both count the process alone, in KiB of the kernel's pages:
+// a receiver's figure holds its content store and buffers, not the destination QEMUs it started.
+
+// peakRSS reads a running process's VmHWM from /proc/PID/status, in bytes.
+func peakRSS(pid int) (int64, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return 0, err
+	}
+	return parseHWM(string(b))
+}
+
+// parseHWM reads the VmHWM line ("VmHWM:	  123456 kB") of a /proc/PID/status text, in bytes.
+func parseHWM(status string) (int64, error) {
+	for _, line := range strings.Split(status, "\n") {
+		v, ok := strings.CutPrefix(line, "VmHWM:")
+		if !ok {
+			continue
+		}
+		f := strings.Fields(v)
+		if len(f) != 2 || f[1] != "kB" {
+			return 0, fmt.Errorf("VmHWM line %q", line)
+		}
+		kb, err := strconv.ParseInt(f[0], 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("VmHWM line %q: %w", line, err)
+		}
+		return kb << 10, nil
+	}
+	return 0, errors.New("no VmHWM line (a kernel thread, or an exited process)")
+}
+
+// exitedPeakRSS is a reaped child's peak resident set from wait4's rusage (ru_maxrss, in KiB on Linux), in bytes.
+func exitedPeakRSS(ps *os.ProcessState) int64 {
+	if ps == nil {
+		return 0
+	}
+	ru, ok := ps.SysUsage().(*syscall.Rusage)
+	if !ok {
+		return 0
+	}
+	return ru.Maxrss << 10
+}
+
+// ReceiverPeakRSS is each running receiver's peak resident set so far, in bytes, by target index; 0 for a receiver
+// that is not running or could not be read.
+func (c *Cluster) ReceiverPeakRSS() []int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]int64, len(c.receivers))
+	for i, cmd := range c.receivers {
+		if cmd == nil || cmd.Process == nil {
+			continue
+		}
+		if n, err := peakRSS(cmd.Process.Pid); err == nil {
+			out[i] = n
+		}
+	}
+	return out
+}

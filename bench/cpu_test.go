@@ -44,3 +44,24 @@ func TestChildCPU(t *testing.T) {
 		t.Errorf("reaped child: %v", cmd.ProcessState)
 	}
 }
+
+func TestParseHWM(t *testing.T) {
+	status := "Name:\tvmscatter\nVmPeak:\t 2000000 kB\nVmHWM:\t  123456 kB\nVmRSS:\t  100000 kB\n"
+	if n, err := parseHWM(status); err != nil || n != 123456<<10 {
+		t.Fatalf("%d, %v", n, err)
+	}
+	for _, bad := range []string{"", "Name:\tkthreadd\n", "VmHWM:\t12 MB\n", "VmHWM:\tx kB\n"} {
+		if n, err := parseHWM(bad); err == nil {
+			t.Errorf("parseHWM(%q) = %d", bad, n)
+		}
+	}
+	// This process's own peak is at least what it holds now.
+	hold := make([]byte, 32<<20)
+	for i := range hold {
+		hold[i] = 1
+	}
+	if n, err := peakRSS(os.Getpid()); err != nil || n < int64(len(hold)) {
+		t.Fatalf("own peak %d bytes, %v; want at least %d", n, err, len(hold))
+	}
+	hold[len(hold)-1] = 2
+}

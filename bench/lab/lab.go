@@ -24,6 +24,9 @@
 // absolute path, for a destination QEMU on another host, as on a cluster with shared storage. QEMU's image locks (OFD
 // locks) are one kernel's too, so they act between hosts of the lab as they do over NFS with working locks.
 //
+// AddGuestNet gives every host a network for guests' NICs: a bridge of its own with a gateway address and tap devices
+// that guests' QEMUs attach to, the same names on every host (see GuestNet).
+//
 // Shaping uses htb for rate and a classic-BPF tc filter for random loss, which work on minimal kernels; delay needs
 // sch_netem, and Shape reports ErrUnsupported where the kernel lacks it.
 package lab

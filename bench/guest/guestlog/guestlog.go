@@ -3,14 +3,18 @@
 // Lines, one per write, fields separated by single spaces, numbers in decimal (got and want in hex with 0x):
 //
 //	vmscatter-guest: ready                                        (the init script, before the workload starts)
-//	ready wss=<bytes> pages=<n> rate=<pages/s> pattern=<seq|random> seed=<n> salt=<n> private=<fraction> period=<duration> [disk=<device> dblocks=<n> drate=<blocks/s>]
-//	ok seq=<n> t=<unix ms> gen=<total dirty writes> dirtied=<since last line> verified=<since last line> pass=<full verify passes> bad=<total> [dwrites=<total disk block writes> dverified=<since last line> dpass=<full disk verify passes>]
-//	BAD page=<i> reason=<magic|index|gen|sum|io> got=<0x..> want=<0x..> [on=disk]
+//	ready wss=<bytes> pages=<n> rate=<pages/s> pattern=<seq|random> seed=<n> salt=<n> private=<fraction> period=<duration> [disk=<device> dblocks=<n> drate=<blocks/s>] [cache=<device> cbytes=<bytes>] [ip=<addr/bits> peer=<addr:port>]
+//	ok seq=<n> t=<unix ms> gen=<total dirty writes> dirtied=<since last line> verified=<since last line> pass=<full verify passes> bad=<total> [dwrites=<total disk block writes> dverified=<since last line> dpass=<full disk verify passes>] [cverified=<since last line> cpass=<full cache verify passes>] [nsent=<total datagrams> nrecv=<total echoes>]
+//	BAD page=<i> reason=<magic|index|gen|sum|io> got=<0x..> want=<0x..> [on=disk|cache]
 //	vmscatter-guest: workload exited rc=<n>                       (the init script, if the workload ends)
 //
 // The bracketed parts are there when the guest has a disk (the workload's -disk): it writes blocks of its disk and
 // reads them back, as it does with its memory pages, and a block that does not hold what it last wrote is a BAD line
-// with on=disk, whose page is the block's index (reason io: the read or write failed). bad counts both.
+// with on=disk, whose page is the block's index (reason io: the read or write failed). The c fields are there when the
+// guest keeps a shared image in its page cache (the workload's -cache): it reads every block again through the page
+// cache and checks it against the sum it noted when it first read it (BAD lines with on=cache). The n fields are
+// there when the guest has a NIC (the workload's -peer): UDP datagrams sent to the peer, and echoes received. bad
+// counts every failure.
 //
 // `t` is the guest's wall clock. A stopped guest's clock stops too (QEMU pauses the virtual clock), so gaps between
 // `t` values show what the guest lost while running, not the downtime: hosts measure downtime by timestamping lines as
@@ -48,6 +52,14 @@ type OK struct {
 	DiskWrites   uint64 // block writes since start
 	DiskVerified uint64 // blocks read back and checked since the last line
 	DiskPass     uint64 // full passes over the disk's blocks
+	// Cache says the guest keeps a shared image in its page cache and the cache fields are on the line.
+	Cache         bool
+	CacheVerified uint64 // blocks read back through the page cache and checked since the last line
+	CachePass     uint64 // full passes over the cached blocks
+	// Net says the guest has a NIC and the net fields are on the line.
+	Net     bool
+	NetSent uint64 // datagrams sent to the peer since start
+	NetRecv uint64 // echoes received since start
 }
 
 // Time returns the guest wall-clock time of the line.
@@ -77,6 +89,18 @@ func (o OK) Append(b []byte) []byte {
 		b = append(b, " dpass="...)
 		b = strconv.AppendUint(b, o.DiskPass, 10)
 	}
+	if o.Cache {
+		b = append(b, " cverified="...)
+		b = strconv.AppendUint(b, o.CacheVerified, 10)
+		b = append(b, " cpass="...)
+		b = strconv.AppendUint(b, o.CachePass, 10)
+	}
+	if o.Net {
+		b = append(b, " nsent="...)
+		b = strconv.AppendUint(b, o.NetSent, 10)
+		b = append(b, " nrecv="...)
+		b = strconv.AppendUint(b, o.NetRecv, 10)
+	}
 	return b
 }
 
@@ -86,11 +110,14 @@ type Bad struct {
 	Reason string
 	Got    uint64
 	Want   uint64
-	On     string // "" for memory, OnDisk for the disk
+	On     string // "" for memory, OnDisk for the disk, OnCache for the page cache
 }
 
-// OnDisk is Bad.On for a failure of the guest's disk.
-const OnDisk = "disk"
+// OnDisk is Bad.On for a failure of the guest's disk, OnCache for a block of the shared image in its page cache.
+const (
+	OnDisk  = "disk"
+	OnCache = "cache"
+)
 
 // Append appends the line, without newline, to b.
 func (d Bad) Append(b []byte) []byte {
@@ -168,6 +195,24 @@ func ParseOK(line string) (OK, bool) {
 		o.Disk = true
 		o.DiskWrites, o.DiskVerified, o.DiskPass = num(m, "dwrites", 10, &ok), num(m, "dverified", 10, &ok), num(m, "dpass", 10, &ok)
 	case w || v || p:
+		return OK{}, false
+	}
+	_, cv := m["cverified"]
+	_, cp := m["cpass"]
+	switch {
+	case cv && cp:
+		o.Cache = true
+		o.CacheVerified, o.CachePass = num(m, "cverified", 10, &ok), num(m, "cpass", 10, &ok)
+	case cv || cp:
+		return OK{}, false
+	}
+	_, ns := m["nsent"]
+	_, nr := m["nrecv"]
+	switch {
+	case ns && nr:
+		o.Net = true
+		o.NetSent, o.NetRecv = num(m, "nsent", 10, &ok), num(m, "nrecv", 10, &ok)
+	case ns || nr:
 		return OK{}, false
 	}
 	return o, ok

@@ -39,6 +39,20 @@ func TestRoundTrip(t *testing.T) {
 	if got, ok := ParseBad(bl); !ok || got != d {
 		t.Fatalf("parse: %+v %v", got, ok)
 	}
+	// A guest with a shared image in its page cache and a NIC adds their counters.
+	o.Cache, o.CacheVerified, o.CachePass, o.Net, o.NetSent, o.NetRecv = true, 512, 3, true, 90, 88
+	line = string(o.Append(nil))
+	if line != "ok seq=12 t=1700000000123 gen=99 dirtied=3 verified=800 pass=4 bad=1 dwrites=40 dverified=128 dpass=2 "+
+		"cverified=512 cpass=3 nsent=90 nrecv=88" {
+		t.Fatalf("format: %q", line)
+	}
+	if got, ok := ParseOK(line); !ok || got != o {
+		t.Fatalf("parse: %+v %v", got, ok)
+	}
+	d.On = OnCache
+	if got, ok := ParseBad(string(d.Append(nil))); !ok || got != d {
+		t.Fatalf("parse: %+v %v", got, ok)
+	}
 }
 
 func TestRejects(t *testing.T) {
@@ -48,6 +62,9 @@ func TestRejects(t *testing.T) {
 		"ok seq=1 t=1 gen=1 dirtied=1 verified=1 pass=1 bad=0" + strings.Repeat(" x=1", MaxLine),
 		"ok seq=1 t=1 gen=1 dirtied=1 verified=1 pass=1 bad=0 dwrites=1 dverified=2",
 		"ok seq=1 t=1 gen=1 dirtied=1 verified=1 pass=1 bad=0 dwrites=1 dverified=2 dpass=x",
+		"ok seq=1 t=1 gen=1 dirtied=1 verified=1 pass=1 bad=0 cverified=1",
+		"ok seq=1 t=1 gen=1 dirtied=1 verified=1 pass=1 bad=0 nsent=1",
+		"ok seq=1 t=1 gen=1 dirtied=1 verified=1 pass=1 bad=0 nsent=1 nrecv=-1",
 	} {
 		if _, ok := ParseOK(l); ok {
 			t.Errorf("ParseOK accepted %q", l)

@@ -32,6 +32,13 @@ type config struct {
 	dblocks  int           // disk blocks of 4 KiB in use, from the device's start
 	drate    float64       // disk block writes per second
 	dvperiod time.Duration // for one full verify pass over the disk's blocks
+
+	cache    string        // a read-only disk (a shared image) to keep in the page cache and verify; "" for none
+	cbytes   byteSize      // bytes of it to cache, from its start
+	cvperiod time.Duration // for one full verify pass over the cached blocks
+
+	ip   string // eth0's address, set by the init script (vms.ip=ADDR/BITS); the workload only reports it
+	peer string // ADDR:PORT of a UDP echo responder to exchange datagrams with; "" for none
 }
 
 // maxDiskBlocks bounds the disk blocks in use (the generations live in memory).
@@ -51,6 +58,11 @@ func (c *config) register(fs *flag.FlagSet) {
 	fs.IntVar(&c.dblocks, "dblocks", 256, "disk blocks of 4 KiB to write and verify, from the device's start")
 	fs.Float64Var(&c.drate, "drate", 20, "disk block writes per second, each made durable (fdatasync)")
 	fs.DurationVar(&c.dvperiod, "dvperiod", 2*time.Second, "time for one full verification pass over the disk's blocks")
+	fs.StringVar(&c.cache, "cache", "", "read-only disk to keep in the page cache and verify, e.g. /dev/vdb (\"\": none)")
+	fs.Var(&c.cbytes, "cbytes", "bytes of the cache disk to read into the page cache, with optional K, M or G suffix")
+	fs.DurationVar(&c.cvperiod, "cvperiod", 10*time.Second, "time for one full verification pass over the cached blocks")
+	fs.StringVar(&c.ip, "ip", "", "eth0's address ADDR/BITS (the init script sets it)")
+	fs.StringVar(&c.peer, "peer", "", "UDP echo responder ADDR:PORT to exchange a datagram with every period (\"\": none)")
 }
 
 func (c *config) validate() error {
@@ -61,8 +73,10 @@ func (c *config) validate() error {
 		return fmt.Errorf("rate %v: want [0, 1e9)", c.rate)
 	case c.pattern != "seq" && c.pattern != "random":
 		return fmt.Errorf("pattern %q: want seq or random", c.pattern)
-	case c.period < time.Millisecond || c.vperiod < time.Millisecond || c.dvperiod < time.Millisecond:
-		return errors.New("period, vperiod and dvperiod must be at least 1ms")
+	case c.period < time.Millisecond || c.vperiod < time.Millisecond || c.dvperiod < time.Millisecond || c.cvperiod < time.Millisecond:
+		return errors.New("period, vperiod, dvperiod and cvperiod must be at least 1ms")
+	case c.cache != "" && (c.cbytes < pageset.PageSize || c.cbytes%pageset.PageSize != 0):
+		return fmt.Errorf("cbytes %d: want a positive multiple of %d", c.cbytes, pageset.PageSize)
 	case c.disk != "" && (c.dblocks < 1 || c.dblocks > maxDiskBlocks):
 		return fmt.Errorf("dblocks %d: want [1, %d]", c.dblocks, maxDiskBlocks)
 	case !(c.drate >= 0 && c.drate < 1e6):
@@ -99,10 +113,12 @@ func (b *byteSize) Set(s string) error {
 
 // engine dirties, verifies and reports. It owns no clock: advance is told the time.
 type engine struct {
-	cfg  config
-	set  *pageset.Set
-	disk *diskPart // nil without a disk
-	line []byte
+	cfg   config
+	set   *pageset.Set
+	disk  *diskPart  // nil without a disk
+	cache *cachePart // nil without a cache image
+	net   *netPart   // nil without a peer
+	line  []byte
 
 	nextLine time.Time
 	last     time.Time
@@ -121,9 +137,9 @@ type engine struct {
 	bad      uint64
 }
 
-// newEngine lays the working set over mem and fills it, and the disk's blocks over dev when it is not nil. salt 0
-// in cfg is replaced by one derived from now.
-func newEngine(cfg config, mem []byte, dev blockDevice, now time.Time) (*engine, error) {
+// newEngine lays the working set over mem and fills it, the disk's blocks over dev when it is not nil, and reads
+// cfg.cbytes of cache into the page cache when it is not nil. salt 0 in cfg is replaced by one derived from now.
+func newEngine(cfg config, mem []byte, dev blockDevice, cache io.ReaderAt, now time.Time) (*engine, error) {
 	if cfg.salt == 0 {
 		cfg.salt = uint64(now.UnixNano())
 	}
@@ -139,6 +155,16 @@ func newEngine(cfg config, mem []byte, dev blockDevice, now time.Time) (*engine,
 			return nil, err
 		}
 	}
+	if cache != nil {
+		if e.cache, err = newCachePart(cache, int64(cfg.cbytes), cfg.cvperiod, cfg.period); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.peer != "" {
+		if e.net, err = newNetPart(cfg.peer, cfg.period); err != nil {
+			return nil, fmt.Errorf("peer %q: %w", cfg.peer, err)
+		}
+	}
 	e.last, e.nextLine = now, now.Add(cfg.period)
 	return e, nil
 }
@@ -146,12 +172,18 @@ func newEngine(cfg config, mem []byte, dev blockDevice, now time.Time) (*engine,
 // begin prints the ready line and starts the clocks at now (after the fill, which takes a while in a slow guest).
 func (e *engine) begin(now time.Time, out io.Writer) {
 	e.last, e.nextLine = now, now.Add(e.cfg.period)
-	var disk string
+	var extra string
 	if e.disk != nil {
-		disk = fmt.Sprintf(" disk=%s dblocks=%d drate=%g", e.cfg.disk, e.cfg.dblocks, e.cfg.drate)
+		extra = fmt.Sprintf(" disk=%s dblocks=%d drate=%g", e.cfg.disk, e.cfg.dblocks, e.cfg.drate)
+	}
+	if e.cache != nil {
+		extra += fmt.Sprintf(" cache=%s cbytes=%d", e.cfg.cache, int64(e.cfg.cbytes))
+	}
+	if e.net != nil {
+		extra += fmt.Sprintf(" ip=%s peer=%s", e.cfg.ip, e.cfg.peer)
 	}
 	fmt.Fprintf(out, "ready wss=%d pages=%d rate=%g pattern=%s seed=%d salt=%d private=%g period=%s%s\n",
-		int64(e.cfg.wss), e.set.Len(), e.cfg.rate, e.cfg.pattern, e.cfg.seed, e.cfg.salt, e.cfg.private, e.cfg.period, disk)
+		int64(e.cfg.wss), e.set.Len(), e.cfg.rate, e.cfg.pattern, e.cfg.seed, e.cfg.salt, e.cfg.private, e.cfg.period, extra)
 }
 
 // advance does the work due by now: dirty pages at the configured rate, verify pages so that a full pass takes
@@ -188,6 +220,12 @@ func (e *engine) advance(now time.Time, out io.Writer) {
 	if e.disk != nil {
 		e.bad += e.disk.advance(dt, func(line []byte) { e.emit(out, line) }, e.line[:0])
 	}
+	if e.cache != nil {
+		e.bad += e.cache.advance(dt, func(line []byte) { e.emit(out, line) }, e.line[:0])
+	}
+	if e.net != nil {
+		e.net.advance(now)
+	}
 
 	if !now.Before(e.nextLine) {
 		e.seq++
@@ -196,6 +234,13 @@ func (e *engine) advance(now time.Time, out io.Writer) {
 		if e.disk != nil {
 			ok.Disk, ok.DiskWrites, ok.DiskVerified, ok.DiskPass = true, e.disk.writes, e.disk.verified, e.disk.pass
 			e.disk.verified = 0
+		}
+		if e.cache != nil {
+			ok.Cache, ok.CacheVerified, ok.CachePass = true, e.cache.verified, e.cache.pass
+			e.cache.verified = 0
+		}
+		if e.net != nil {
+			ok.Net, ok.NetSent, ok.NetRecv = true, e.net.sent, e.net.recv.Load()
 		}
 		e.emit(out, ok.Append(e.line[:0]))
 		e.dirtied, e.verified = 0, 0

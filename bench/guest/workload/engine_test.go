@@ -3,7 +3,9 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"flag"
+	"net"
 	"strings"
 	"syscall"
 	"testing"
@@ -43,7 +45,7 @@ func TestEngineRunsClean(t *testing.T) {
 	for _, pattern := range []string{"seq", "random"} {
 		c := testConfig(t, "-wss", "256K", "-rate", "100", "-pattern", pattern, "-salt", "9")
 		now := time.Unix(1700000000, 0)
-		e, err := newEngine(c, make([]byte, c.wss), nil, now)
+		e, err := newEngine(c, make([]byte, c.wss), nil, nil, now)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -61,7 +63,7 @@ func TestEngineReportsCorruptionOnce(t *testing.T) {
 	c := testConfig(t, "-wss", "256K", "-rate", "0", "-vperiod", "500ms")
 	now := time.Unix(1700000000, 0)
 	mem := make([]byte, c.wss)
-	e, err := newEngine(c, mem, nil, now)
+	e, err := newEngine(c, mem, nil, nil, now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,7 +80,7 @@ func TestEngineReportsCorruptionOnce(t *testing.T) {
 func TestEngineNoBurstAfterStop(t *testing.T) {
 	c := testConfig(t, "-wss", "64K", "-rate", "100")
 	now := time.Unix(1700000000, 0)
-	e, err := newEngine(c, make([]byte, c.wss), nil, now)
+	e, err := newEngine(c, make([]byte, c.wss), nil, nil, now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,7 +120,7 @@ func TestRunRejects(t *testing.T) {
 
 func TestReadyLine(t *testing.T) {
 	c := testConfig(t, "-wss", "64K")
-	e, err := newEngine(c, make([]byte, c.wss), nil, time.Now())
+	e, err := newEngine(c, make([]byte, c.wss), nil, nil, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,7 +160,7 @@ func TestEngineDiskRunsClean(t *testing.T) {
 		"-dvperiod", "500ms", "-salt", "5")
 	now := time.Unix(1700000000, 0)
 	disk := &memDisk{b: make([]byte, 64*pageset.PageSize)}
-	e, err := newEngine(c, make([]byte, c.wss), disk, now)
+	e, err := newEngine(c, make([]byte, c.wss), disk, nil, now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -187,7 +189,7 @@ func TestEngineDiskReportsCorruptionAndIOErrorsOnce(t *testing.T) {
 		"-dvperiod", "200ms")
 	now := time.Unix(1700000000, 0)
 	disk := &memDisk{b: make([]byte, 16*pageset.PageSize)}
-	e, err := newEngine(c, make([]byte, c.wss), disk, now)
+	e, err := newEngine(c, make([]byte, c.wss), disk, nil, now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -219,6 +221,71 @@ func TestAlignedBlock(t *testing.T) {
 		b := alignedBlock()
 		if len(b) != pageset.PageSize || uintptr(unsafe.Pointer(&b[0]))%pageset.PageSize != 0 {
 			t.Fatalf("block of %d bytes at %p", len(b), &b[0])
+		}
+	}
+}
+
+func TestEngineCacheVerifiesAndReportsCorruptionOnce(t *testing.T) {
+	c := testConfig(t, "-wss", "64K", "-rate", "0", "-cache", "/dev/vdb", "-cbytes", "64K", "-cvperiod", "200ms")
+	now := time.Unix(1700000000, 0)
+	img := &memDisk{b: make([]byte, 32*pageset.PageSize)}
+	for i := range img.b {
+		img.b[i] = byte(i * 7 / 4096)
+	}
+	e, err := newEngine(c, make([]byte, c.wss), nil, img, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := drive(e, &now, time.Second)
+	if s.OKs != 10 || len(s.Bad) != 0 || !s.Last.Cache || s.Last.CachePass != 5 || s.Last.Net {
+		t.Fatalf("summary %+v", s)
+	}
+	img.b[5*pageset.PageSize+9] ^= 1 // a cached block whose bytes changed under the guest
+	img.b[20*pageset.PageSize] ^= 1  // beyond cbytes: not the guest's business
+	s = drive(e, &now, time.Second)
+	if len(s.Bad) != 1 || s.Bad[0].Page != 5 || s.Bad[0].On != guestlog.OnCache || s.Bad[0].Reason != "sum" || s.Last.Bad != 1 {
+		t.Fatalf("after corrupting block 5: bad %+v, last %+v", s.Bad, s.Last)
+	}
+	var out bytes.Buffer
+	e.begin(now, &out)
+	if !strings.Contains(out.String(), " cache=/dev/vdb cbytes=65536") {
+		t.Fatalf("ready line %q", out.String())
+	}
+}
+
+func TestEngineNetCountsEchoes(t *testing.T) {
+	echo, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Skip("no loopback UDP:", err)
+	}
+	defer echo.Close()
+	go func() {
+		buf := make([]byte, 512)
+		for {
+			n, from, err := echo.ReadFromUDP(buf)
+			if err != nil {
+				return
+			}
+			echo.WriteToUDP(buf[:n], from)
+		}
+	}()
+	c := testConfig(t, "-wss", "64K", "-rate", "0", "-peer", echo.LocalAddr().String())
+	now := time.Unix(1700000000, 0)
+	e, err := newEngine(c, make([]byte, c.wss), nil, nil, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := drive(e, &now, time.Second)
+	if !s.Last.Net || s.Last.NetSent != 10 {
+		t.Fatalf("summary %+v", s.Last)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for e.net.recv.Load() < 10 { // the echoes arrive on the reader goroutine
+		select {
+		case <-ctx.Done():
+			t.Fatalf("%d echoes of 10 datagrams", e.net.recv.Load())
+		case <-time.After(5 * time.Millisecond):
 		}
 	}
 }

@@ -2,7 +2,10 @@
 // package pageset), dirties them at a set rate in a sequential (NPB MG-like) or random (NPB IS-like) pattern,
 // re-verifies every page continuously, and reports on stdout, the guest's serial console, in the format of package
 // guestlog. Given a disk (-disk /dev/vda), it does the same with blocks of the disk: it rewrites them at -drate with
-// O_DIRECT and fdatasync, and reads every one back with O_DIRECT in each -dvperiod.
+// O_DIRECT and fdatasync, and reads every one back with O_DIRECT in each -dvperiod. Given a read-only disk shared by
+// guests (-cache /dev/vdb -cbytes 512M), it keeps that much of it in its page cache and checks it in each -cvperiod.
+// Given a peer (-peer ADDR:PORT, on the network of its NIC), it sends it a UDP datagram every period and counts the
+// echoes.
 //
 // It is built static (CGO_ENABLED=0) into the test initramfs as /bin/workload, where the init script runs it as
 //
@@ -63,7 +66,16 @@ func run(args []string, out io.Writer) error {
 		defer f.Close()
 		dev = f
 	}
-	e, err := newEngine(cfg, mem, dev, time.Now())
+	var cache io.ReaderAt
+	if cfg.cache != "" {
+		f, err := openCache(cfg.cache, int64(cfg.cbytes), 30*time.Second)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		cache = f
+	}
+	e, err := newEngine(cfg, mem, dev, cache, time.Now())
 	if err != nil {
 		return err
 	}
