@@ -1,9 +1,7 @@
 package bench
 
 import (
-	"bufio"
 	"context"
-	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -79,7 +77,7 @@ func TestStoreBudgetKeepsReferences(t *testing.T) {
 			waitOK(t, ctx, filepath.Join(dir, "serial.log"), 6) // the guest goes on verifying its memory there
 		}
 		for i, pid := range pids {
-			out.hwm = append(out.hwm, peakRSS(t, pid))
+			out.hwm = append(out.hwm, mustPeakRSS(t, pid))
 			for _, v := range res.Report.VMs { // free the CPUs for the next run
 				if c.TargetIndex(v.Target) == i {
 					quitQEMU(ctx, filepath.Join(c.DestinationDir(i, v.Name), "qmp.sock"))
@@ -181,28 +179,6 @@ func startReceiverWith(t *testing.T, ctx context.Context, c *Cluster, i int, ext
 	}
 }
 
-// peakRSS is a process's peak resident set (VmHWM), in bytes.
-func peakRSS(t *testing.T, pid int) int64 {
-	t.Helper()
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "VmHWM:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return kb << 10
-		}
-	}
-	t.Fatalf("no VmHWM in /proc/%d/status", pid)
-	return 0
-}
-
 // quitQEMU asks a destination QEMU to quit; a QEMU already gone is fine.
 func quitQEMU(ctx context.Context, sock string) {
 	q, err := qmp.Dial(ctx, sock)
@@ -211,4 +187,14 @@ func quitQEMU(ctx context.Context, sock string) {
 	}
 	defer q.Close()
 	_ = q.Quit(ctx)
+}
+
+// mustPeakRSS is peakRSS, failing the test when the process's status cannot be read.
+func mustPeakRSS(t *testing.T, pid int) int64 {
+	t.Helper()
+	n, err := peakRSS(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
