@@ -32,6 +32,7 @@ func benchCommand() *cli.Command {
 			&cli.StringFlag{Name: "uplink", Value: "1G", Usage: "source uplink rate in bit/s (k/M/G, powers of 1000)"},
 			&cli.DurationFlag{Name: "settle", Value: 5 * time.Second, Usage: "how long guests run before they move"},
 			&cli.Float64Flag{Name: "dirty-rate", Value: 200, Usage: "workload: pages dirtied per second per guest"},
+			&cli.BoolFlag{Name: "skip-default", Usage: "leave out QEMU's default configuration: vmscatter against QEMU's best alone (a quicker run)"},
 			&cli.BoolFlag{Name: "quick", Usage: "a small run that checks the bench works (2 guests, 1 target)"},
 			&cli.BoolFlag{Name: "policies", Usage: "run the convergence-policy matrix instead (dirty rates × patterns × policies)"},
 			&cli.BoolFlag{Name: "scale", Usage: "project 100–1000 VMs onto 10–100 targets with the scale model instead (docs/scale.md)"},
@@ -81,7 +82,7 @@ func benchCommand() *cli.Command {
 			cfg := bench.CompareConfig{Dir: c.String("out"), Guests: c.Int("guests"), MemoryMiB: c.Int("memory"),
 				Targets: c.Int("targets"), UplinkBps: uint64(uplink), Settle: c.Duration("settle"), Out: c.App.ErrWriter,
 				Workload: fixture.Workload{WSS: 16 << 20, Rate: c.Float64("dirty-rate"), Seed: 7, Private: 0.25},
-				SendArgs: c.StringSlice("send-arg")}
+				SendArgs: c.StringSlice("send-arg"), SkipDefault: c.Bool("skip-default")}
 			if c.Bool("quick") {
 				cfg.Guests, cfg.Targets, cfg.Settle = 2, 1, 2*time.Second
 			}
