@@ -47,8 +47,10 @@ type Config struct {
 	MaxBandwidth int64         // bytes/s QEMU may write into vmscatter; 0 means unlimited
 	Policy       converge.Policy
 
-	Compress string // page compression: zstd (default), s2, none; the prime compresses pages in bundles
-	NoDedup  bool   // skip the scan and prime: every page travels literal
+	// Compress is the page compression: auto (default: the literal pages of each stream adapt, dedup.CodecChooser,
+	// and the prime uses zstd), zstd, s2 or none; the prime compresses pages in bundles.
+	Compress string
+	NoDedup  bool // skip the scan and prime: every page travels literal
 	// GuestDowntime measures the guest-observed downtime: the gap between the guest's last console line at the
 	// source and its first at the destination (serial ports that write to a file only; host clocks must agree).
 	GuestDowntime bool
@@ -170,7 +172,7 @@ func newSender(cfg Config) (*sender, error) {
 		cfg.DialTimeout = 10 * time.Second
 	}
 	if cfg.Compress == "" {
-		cfg.Compress = "zstd"
+		cfg.Compress = compressAuto
 	}
 	switch cfg.Transport {
 	case "":
@@ -185,7 +187,7 @@ func newSender(cfg Config) (*sender, error) {
 	if err := cfg.Policy.Validate(); err != nil {
 		return nil, err
 	}
-	codec, err := parseCompress(cfg.Compress)
+	codec, adaptive, err := parseCompress(cfg.Compress)
 	if err != nil {
 		return nil, err
 	}
@@ -193,7 +195,7 @@ func newSender(cfg Config) (*sender, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &sender{cfg: cfg, log: log, codec: codec, progress: newProgress(cfg.Progress)}
+	s := &sender{cfg: cfg, log: log, codec: codec, adaptive: adaptive, progress: newProgress(cfg.Progress)}
 	if _, err := rand.Read(s.session[:]); err != nil {
 		return nil, err
 	}
@@ -215,7 +217,8 @@ type sender struct {
 	stopMigrations func()
 	checkpointMu   sync.Mutex
 	log            *slog.Logger
-	codec          pageCodec
+	codec          pageCodec // the prime's, and the literals' when not adaptive
+	adaptive       bool      // each stream's literals adapt their compression (--compress auto)
 	session        wire.SessionID
 	progress       *progress
 	vms            []*sourceVM
