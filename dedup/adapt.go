@@ -34,7 +34,8 @@ type CodecChooser struct {
 
 type methodCost struct {
 	cpu, wire float64 // seconds and bytes per page, smoothed
-	n         int     // probes
+	n         int     // probes taken into the estimate
+	warm      bool    // the first probe, which warms the encoder up, was seen
 }
 
 // Probe is one page compressed with one method: how long it took and the bytes it would put in the record.
@@ -74,17 +75,26 @@ func (c *CodecChooser) SetLink(bytesPerSecond float64) { c.link = max(0, bytesPe
 // Method is the method to compress literal pages with now.
 func (c *CodecChooser) Method() Method { return c.current }
 
-// Observe takes one probe.
+// maxOutlier bounds one probe's CPU time to this many times the estimate: a goroutine descheduled in the middle
+// of a probe measures the scheduler, not the method.
+const maxOutlier = 4
+
+// Observe takes one probe. A method's first probe only warms it up (a zstd encoder allocates its tables on first
+// use: measured here, 1 ms against 20 µs after).
 func (c *CodecChooser) Observe(p Probe) {
 	if !p.Method.Valid() {
 		return
 	}
 	e := &c.est[p.Method]
+	if !e.warm {
+		e.warm = true
+		return
+	}
 	cpu, wire := p.CPU.Seconds(), float64(p.Wire)
 	if e.n == 0 {
 		e.cpu, e.wire = cpu, wire
 	} else {
-		e.cpu, e.wire = 0.8*e.cpu+0.2*cpu, 0.8*e.wire+0.2*wire
+		e.cpu, e.wire = 0.8*e.cpu+0.2*min(cpu, maxOutlier*e.cpu), 0.8*e.wire+0.2*wire
 	}
 	e.n++
 }
