@@ -371,9 +371,14 @@ func (s *sender) run(ctx context.Context) (*report.Report, error) {
 		}
 	}()
 
-	// Phase 2: the scan, unless turned off.
+	// Phase 2: the scan, unless turned off. The seed's index of the boot files is built beside it.
 	var sm *dedup.SharingMap
+	boot := func() *bootIndex { return &bootIndex{} }
 	if !s.cfg.NoDedup {
+		indexed := make(chan *bootIndex, 1)
+		go func() { indexed <- s.indexBootFiles() }()
+		boot = sync.OnceValue(func() *bootIndex { return <-indexed })
+		defer func() { boot().close() }()
 		sm = s.scan(ctx, rep)
 		s.sharing = sm
 	}
@@ -392,7 +397,7 @@ func (s *sender) run(ctx context.Context) (*report.Report, error) {
 	// The first migrations' destinations start now, while the seed and the prime run.
 	s.openEarly(mctx)
 	if sm != nil {
-		s.seed(ctx, sm, rep)
+		s.seed(ctx, sm, rep, boot())
 	}
 	rep.Totals.Phases.Seed = phase.lap()
 	// Phase 5: the prime. A failed prime costs bytes, never correctness: pages then travel literal.
