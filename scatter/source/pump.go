@@ -40,15 +40,15 @@ const probeEvery = 64
 type literalCodec struct {
 	method   dedup.Method
 	chooser  *dedup.CodecChooser
+	share    func() float64 // the stream's share of the link now, bytes/s
 	literals int
 	scratch  []byte
 }
 
 func (m *vmMigration) literalCodec() *literalCodec {
-	lc := &literalCodec{method: dedup.MethodOf(m.s.codec)}
+	lc := &literalCodec{method: dedup.MethodOf(m.s.codec), share: m.s.linkShareNow}
 	if m.s.adaptive {
 		lc.chooser = dedup.NewCodecChooser(lc.method)
-		lc.chooser.SetLink(m.s.linkShare())
 	}
 	return lc
 }
@@ -62,6 +62,7 @@ func (lc *literalCodec) literal(page []byte) bool {
 	if lc.literals++; lc.literals > 4 && lc.literals%probeEvery != 0 {
 		return false
 	}
+	lc.chooser.SetLink(lc.share())
 	for _, c := range lc.chooser.Candidates() {
 		t0 := time.Now()
 		lc.scratch, _ = c.Compress(lc.scratch[:0], page)
@@ -88,6 +89,8 @@ func (m *vmMigration) pump(ctx context.Context) error {
 	fingerprint := m.s.fingerprint()
 	final := report.NewFinalImage(m.s.targetIndex(m.vm.target))
 	m.vm.final = final
+	m.s.streams.Add(1)
+	defer m.s.streams.Add(-1)
 	lc := m.literalCodec()
 	defer func() { m.lastMethod = lc.method }()
 	var batch, zbuf []byte
@@ -158,7 +161,7 @@ func (m *vmMigration) pump(ctx context.Context) error {
 				if lc.literal(e.Data) {
 					cpu, wire, _ := lc.chooser.Estimate(lc.method)
 					m.log.Debug("literal pages: compression changed", "method", lc.method.String(), "page_cpu", cpu,
-						"page_wire", int(wire), "link_share", int64(m.s.linkShare()))
+						"page_wire", int(wire), "link_share", int64(m.s.linkShareNow()))
 				}
 			}
 			if len(batch) >= pagesFrameTarget {

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -235,7 +236,8 @@ type sender struct {
 	// (0: unknown). Datagrams a shaper drops never count, nor do bytes that waited on the CPU. The downtime guard's
 	// bound on what one migration can send.
 	linkRate float64
-	iface    string // the data-plane interface, for its counters
+	iface    string       // the data-plane interface, for its counters
+	streams  atomic.Int32 // pumps running: the streams that share the link now
 }
 
 // A prime smaller than this measures set-up more than the link: the downtime guard then does without a share.
@@ -247,6 +249,12 @@ const (
 // linkShare is one migration's share of the source link as the prime measured it, bytes/s; 0 when unknown.
 func (s *sender) linkShare() float64 {
 	return s.linkRate / float64(max(1, min(s.cfg.Parallel, len(s.vms))))
+}
+
+// linkShareNow is one stream's share of the source link among the streams that flow now (0 when unknown): it grows
+// as migrations end.
+func (s *sender) linkShareNow() float64 {
+	return s.linkRate / float64(max(1, s.streams.Load()))
 }
 
 // contentCost is what content id cost to bring to target t, for the report's bound: its compressed size as primed,
