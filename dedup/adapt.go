@@ -17,8 +17,9 @@ import "time"
 // page with every candidate, timing each (Probe). The time is wall-clock time, so a core that other work shares
 // shows as a slower compression: that is the CPU headroom. Among methods within a twentieth of its time it takes the
 // one that sends the fewest bytes, then the one that costs the least CPU (incompressible pages: every method sends
-// the page raw, and none costs nothing). It changes method only for a gain of a tenth in time, or of a twentieth in
-// bytes within a twentieth of the time, so probes' noise does not make it flap. Without a link rate it keeps the method it started with.
+// the page raw, and none costs nothing). It changes method only for a gain of a tenth in time, or of a fiftieth in
+// bytes within a twentieth of the time, so probes' noise does not make it flap; behind a slow link, where time is
+// bytes, it gives up no more than 2% of the literals' bytes for CPU. Without a link rate it keeps the method it started with.
 //
 // It leaves out the rest of a page's cost (decoding, fingerprint, digest), which is the same for every method: its
 // choice leans a little to compression when the source's CPU is the limit. It is pure: the pump feeds it probes and
@@ -54,7 +55,7 @@ const minProbes = 3
 const (
 	timeTie    = 0.05
 	switchTime = 0.10
-	switchWire = 0.05
+	switchWire = 0.02
 	switchCPU  = 0.50
 )
 

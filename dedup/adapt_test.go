@@ -51,6 +51,10 @@ func TestCodecChooserPicks(t *testing.T) {
 		{"200Mbit/4, text", MethodZstd, 200 * mbit / 4, textCosts, 1, MethodZstd},
 		{"200Mbit/4, text, from s2", MethodS2, 200 * mbit / 4, textCosts, 1, MethodZstd},
 		{"200Mbit/4, text, from none", MethodNone, 200 * mbit / 4, textCosts, 1, MethodZstd},
+		// s2 within 4% of zstd's bytes behind a slow link: the bytes are the time, and zstd keeps them.
+		{"200Mbit/4, s2 4% more bytes", MethodS2, 200 * mbit / 4, map[Method]Probe{
+			MethodNone: textCosts[MethodNone], MethodS2: {CPU: 6 * time.Microsecond, Wire: 2130}, MethodZstd: textCosts[MethodZstd]},
+			1, MethodZstd},
 		// Random pages go raw whatever the method: none sends the same bytes for no CPU.
 		{"200Mbit/4, random", MethodZstd, 200 * mbit / 4, randomCosts, 1, MethodNone},
 		// 1 Gbit/s for one stream: zstd's fastest level still keeps up with the link (17 µs against 16.4 µs of wire).
