@@ -61,6 +61,25 @@ func TestCompareOutputs(t *testing.T) {
 			t.Errorf("summary lacks %q:\n%s", want, md)
 		}
 	}
+	// A run with --skip-default has no QEMU default: no column, no ratio to it, no plot relative to it.
+	skipped := *res
+	skipped.Native = MethodFigures{}
+	skipped.derive()
+	dir2 := t.TempDir()
+	if err := writeCompare(dir2, &skipped); err != nil {
+		t.Fatal(err)
+	}
+	md2, _ := os.ReadFile(filepath.Join(dir2, "summary.md"))
+	for _, want := range []string{"| | QEMU multifd+zstd | vmscatter | vmscatter / best |\n",
+		"| bytes leaving the source | 240.0 MiB | 120.0 MiB | 0.500 |\n"} {
+		if !strings.Contains(string(md2), want) {
+			t.Errorf("summary without QEMU's default lacks %q:\n%s", want, md2)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir2, "methods.svg")); err == nil {
+		t.Error("methods.svg (relative to QEMU's default) drawn without it")
+	}
+	checkSVG(t, filepath.Join(dir2, "bytes.svg"))
 	// A results.json from before QEMU's best was a method replots with two methods.
 	res.Best = MethodFigures{}
 	if err := writeCompare(dir, res); err != nil {

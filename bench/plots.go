@@ -12,7 +12,10 @@ import (
 // default migration (so one axis serves both), absolute bytes with the lower bound, CPU-seconds per GiB of guest RAM
 // on the source and on the targets, and downtime per VM.
 func writePlots(dir string, res *CompareResult) error {
-	methods := []MethodFigures{res.Native}
+	var methods []MethodFigures
+	if res.Native.ran() {
+		methods = append(methods, res.Native)
+	}
 	if res.Best.ran() {
 		methods = append(methods, res.Best)
 	}
@@ -67,6 +70,9 @@ func writePlots(dir string, res *CompareResult) error {
 			ValueFormat: "%.0f",
 			Series:      downtime,
 		}.SVG(),
+	}
+	if !n.ran() { // bytes and time relative to QEMU's default need it
+		delete(charts, "methods.svg")
 	}
 	for name, svg := range charts {
 		if err := plot.WriteFile(filepath.Join(dir, name), svg); err != nil {

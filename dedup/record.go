@@ -210,15 +210,15 @@ type Placed struct {
 //   - a page the source sent as a zero page becomes a RecordZero with its fill byte;
 //   - a page whose exact bytes the target holds (held.LookupFP: fingerprint, then keyed digest) becomes a
 //     RecordRef;
-//   - any other page becomes a RecordLiteral compressed with c, or stored raw when compression does not make it
+//   - any other page becomes a RecordLiteral compressed with m, or stored raw when compression does not make it
 //     smaller.
 //
 // The compressed bytes are written straight into dst: a literal page is compressed once and copied nowhere else on
 // its way into the frame. held may be nil (no references); fp nil means XXHash. It panics if the page is not
 // PageSize long or its offset not a multiple of PageSize: pages come from the stream decoder, which checks both.
-func AppendPage(dst []byte, p Page, fp FingerprintFunc, held Holder, c Codec) ([]byte, Placed) {
-	if p.Offset%PageSize != 0 || !c.Valid() || (!p.Zero && len(p.Data) != PageSize) {
-		panic(fmt.Sprintf("dedup: AppendPage of %d bytes at %#x with %v", len(p.Data), p.Offset, c))
+func AppendPage(dst []byte, p Page, fp FingerprintFunc, held Holder, m Method) ([]byte, Placed) {
+	if p.Offset%PageSize != 0 || !m.Valid() || (!p.Zero && len(p.Data) != PageSize) {
+		panic(fmt.Sprintf("dedup: AppendPage of %d bytes at %#x with %v", len(p.Data), p.Offset, m))
 	}
 	if p.Zero {
 		return AppendRecord(dst, PageRecord{Kind: RecordZero, Block: p.Block, Offset: p.Offset, Fill: p.Fill}), Placed{Kind: RecordZero}
@@ -237,7 +237,7 @@ func AppendPage(dst []byte, p Page, fp FingerprintFunc, held Holder, c Codec) ([
 	dst = binary.BigEndian.AppendUint16(dst, p.Block)
 	dst = binary.BigEndian.AppendUint64(dst, p.Offset)
 	dst = append(dst, 0, 0, 0) // codec and length, set below
-	dst, used := c.Compress(dst, p.Data)
+	dst, used := m.Compress(dst, p.Data)
 	n := len(dst) - start - literalHeaderLen
 	dst[start+recordHeaderLen] = byte(used)
 	binary.BigEndian.PutUint16(dst[start+recordHeaderLen+1:], uint16(n))

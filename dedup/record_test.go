@@ -118,21 +118,21 @@ func TestAppendPage(t *testing.T) {
 	h.AddPage(42, held)
 	random := pageOf(11)
 	cases := []struct {
-		page  []byte
-		codec Codec
-		kind  RecordKind
+		page   []byte
+		method Method
+		kind   RecordKind
 	}{
-		{nil, CodecS2, RecordZero},
-		{held, CodecS2, RecordRef},
-		{textPage(12), CodecS2, RecordLiteral},
-		{textPage(12), CodecZstd, RecordLiteral},
-		{textPage(12), CodecNone, RecordLiteral},
-		{random, CodecS2, RecordLiteral},
+		{nil, MethodS2, RecordZero},
+		{held, MethodS2, RecordRef},
+		{textPage(12), MethodS2, RecordLiteral},
+		{textPage(12), MethodZstd, RecordLiteral},
+		{textPage(12), MethodNone, RecordLiteral},
+		{random, MethodS2, RecordLiteral},
 	}
 	var batch []byte
 	for i, c := range cases {
 		var placed Placed
-		batch, placed = AppendPage(batch, Page{Block: uint16(i), Offset: uint64(i) * PageSize, Zero: c.page == nil, Data: c.page}, nil, h, c.codec)
+		batch, placed = AppendPage(batch, Page{Block: uint16(i), Offset: uint64(i) * PageSize, Zero: c.page == nil, Data: c.page}, nil, h, c.method)
 		if placed.Kind != c.kind {
 			t.Fatalf("case %d: kind %v, want %v", i, placed.Kind, c.kind)
 		}
@@ -156,7 +156,7 @@ func TestAppendPage(t *testing.T) {
 			if err := r.Codec.Decode(page, r.Data); err != nil || !bytes.Equal(page, c.page) {
 				t.Fatalf("record %d (%v): %v", i, r.Codec, err)
 			}
-			want := c.codec
+			want := c.method.Codec()
 			if bytes.Equal(c.page, random) {
 				want = CodecNone // incompressible: sent raw
 			}
@@ -171,7 +171,7 @@ func TestAppendPage(t *testing.T) {
 		t.Fatalf("parsed %d records: %v", i, err)
 	}
 	// Without an index nothing becomes a reference.
-	if _, placed := AppendPage(nil, Page{Data: held}, nil, nil, CodecS2); placed.Kind != RecordLiteral {
+	if _, placed := AppendPage(nil, Page{Data: held}, nil, nil, MethodS2); placed.Kind != RecordLiteral {
 		t.Fatalf("kind %v without an index", placed.Kind)
 	}
 }

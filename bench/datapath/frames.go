@@ -68,7 +68,7 @@ func SenderFrames(qemu []byte, held dedup.Holder, codec dedup.Codec) ([]Frame, e
 		case stream.Page:
 			var placed dedup.Placed
 			batch, placed = dedup.AppendPage(batch, dedup.Page{Block: uint16(e.Block), Offset: uint64(e.Offset), Zero: e.Zero,
-				Fill: e.Fill, Data: e.Data}, nil, held, codec)
+				Fill: e.Fill, Data: e.Data}, nil, held, dedup.MethodOf(codec))
 			if placed.Kind == dedup.RecordLiteral {
 				literalBytes += placed.Size
 			}

@@ -35,7 +35,8 @@ func benchCommand() *cli.Command {
 			&cli.BoolFlag{Name: "big", Usage: "guests of a real size instead (--memory MiB, default 1536; 2 vCPUs, a disk, a NIC, RAM filled with shared page cache, private data and zeros)"},
 			&cli.Float64Flag{Name: "big-cache", Value: 0.35, Usage: "big guests: fraction of RAM in the page cache of an image all guests share"},
 			&cli.Float64Flag{Name: "big-private", Value: 0.35, Usage: "big guests: fraction of RAM of private anonymous data (random, per guest); the rest is zero"},
-			&cli.StringFlag{Name: "store-limit", Usage: "the receivers' --store-limit (default theirs, 4G)"},
+			&cli.StringFlag{Name: "store-limit", Usage: "the receivers' --store-limit (default theirs, 1G)"},
+			&cli.BoolFlag{Name: "skip-default", Usage: "leave out QEMU's default configuration: vmscatter against QEMU's best alone (a quicker run)"},
 			&cli.BoolFlag{Name: "quick", Usage: "a small run that checks the bench works (2 guests, 1 target)"},
 			&cli.BoolFlag{Name: "policies", Usage: "run the convergence-policy matrix instead (dirty rates × patterns × policies)"},
 			&cli.BoolFlag{Name: "scale", Usage: "project 100–1000 VMs onto 10–100 targets with the scale model instead (docs/scale.md)"},
@@ -85,7 +86,7 @@ func benchCommand() *cli.Command {
 			cfg := bench.CompareConfig{Dir: c.String("out"), Guests: c.Int("guests"), MemoryMiB: c.Int("memory"),
 				Targets: c.Int("targets"), UplinkBps: uint64(uplink), Settle: c.Duration("settle"), Out: c.App.ErrWriter,
 				Workload: fixture.Workload{WSS: 16 << 20, Rate: c.Float64("dirty-rate"), Seed: 7, Private: 0.25},
-				SendArgs: c.StringSlice("send-arg"), StoreLimit: c.String("store-limit")}
+				SendArgs: c.StringSlice("send-arg"), StoreLimit: c.String("store-limit"), SkipDefault: c.Bool("skip-default")}
 			if c.Bool("big") {
 				cfg.Big = &bench.BigShape{Cache: c.Float64("big-cache"), Private: c.Float64("big-private"), Rate: c.Float64("dirty-rate")}
 				if c.IsSet("memory") {

@@ -45,7 +45,7 @@ func sendCommand() *cli.Command {
 			&cli.DurationFlag{Name: "deadline", Usage: "timebound: finish the whole send (prime included) within this time"},
 			&cli.Float64Flag{Name: "marker", Value: 0.5, Usage: "timebound: fraction of the first pass after which vCPUs are over-committed"},
 			&cli.IntFlag{Name: "overcommit-cpus", Value: 1, Usage: "timebound: host CPUs the vCPUs are pinned onto after the marker"},
-			&cli.StringFlag{Name: "compress", Value: "zstd", Usage: "page compression: zstd (fewest bytes), s2 (least CPU), none; the prime compresses pages in bundles"},
+			&cli.StringFlag{Name: "compress", Value: "auto", Usage: "page compression: auto (literal pages adapt to the link and the CPU; the prime uses zstd), zstd (fewest bytes), s2 (least CPU), none; the prime compresses pages in bundles"},
 			&cli.StringFlag{Name: "transport", Value: "auto", Usage: "prime contents over multicast, unicast, or auto (multicast where it works)"},
 			&cli.StringFlag{Name: "rate", Value: "1G", Usage: "multicast rate cap in bit/s (k/M/G)"},
 			&cli.StringFlag{Name: "iface", Usage: "data-plane interface for multicast (default: the one that reaches the targets)"},

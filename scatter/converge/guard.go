@@ -131,6 +131,15 @@ func (g *DowntimeGuard) Observe(s GuardSample) GuardSetting {
 	return GuardSetting{Downtime: g.qemu, MaxBandwidth: g.cap}
 }
 
+// SetShare sets the VM's share of the link, bytes/s (as NewDowntimeGuard's prior): it grows as the migrations
+// that shared the link end, and a cap at the share the prime measured for all of them would leave the link idle
+// under the last ones. A share of 0 or less leaves it as it was.
+func (g *DowntimeGuard) SetShare(share float64) {
+	if share > 0 {
+		g.prior = share
+	}
+}
+
 // drained is what is left of limit once the queued bytes have crossed at rate r (at least the floor).
 func (g *DowntimeGuard) drained(limit time.Duration, queued int64, r float64) time.Duration {
 	if queued <= 0 || r <= 0 {

@@ -122,6 +122,15 @@ func TestDowntimeGuardCapsDirtyPasses(t *testing.T) {
 	if got.MaxBandwidth < 5.9e6 || got.MaxBandwidth > 6.1e6 {
 		t.Fatalf("compressible literals: cap %d, want about 6 MB/s", got.MaxBandwidth)
 	}
+	// The other migrations end: this one's share doubles, and so does its cap.
+	g.SetShare(6e6)
+	if got = step(3, 400e3, 200e3, 400e3, 200e3); got.MaxBandwidth < 11.8e6 || got.MaxBandwidth > 12.2e6 {
+		t.Fatalf("doubled share: cap %d, want about 12 MB/s", got.MaxBandwidth)
+	}
+	g.SetShare(0) // unknown: no change
+	if got = step(3, 400e3, 200e3, 400e3, 200e3); got.MaxBandwidth < 11.8e6 || got.MaxBandwidth > 12.2e6 {
+		t.Fatalf("share 0: cap %d, want it unchanged", got.MaxBandwidth)
+	}
 	// No prime and no measured rate: nothing to cap with.
 	g, s = NewDowntimeGuard(limit, 0), GuardSample{}
 	step(2, 0, 0, 0, 0)

@@ -41,6 +41,7 @@ func (w *guardWatch) observe(ctx context.Context, mi qmp.MigrationInfo) {
 	if sc == nil {
 		return // the connection is lost: the machine is rolling back
 	}
+	g.SetShare(m.s.linkShareNow())
 	want := g.Observe(converge.GuardSample{At: time.Since(w.start), Stream: m.counters.stream.Load(), Wire: sc.BytesOut(),
 		LitStream: m.counters.litStream.Load(), LitWire: m.counters.litWire.Load(), Iterations: mi.RAM.DirtySyncCount,
 		Queued: int64(float64(host.SocketQueue(m.source(), unix.SIOCINQ))*max(g.Ratio(), 0.01)) + host.SocketQueue(sc.NetConn(), unix.SIOCOUTQ)})

@@ -13,15 +13,64 @@ import (
 	"github.com/vmscatter/vmscatter/scatter/wire"
 )
 
-// pageCodec compresses literal pages.
+// pageCodec compresses pages: the prime's bundles, and literal pages unless they adapt.
 type pageCodec = dedup.Codec
 
-func parseCompress(s string) (pageCodec, error) {
-	c, err := dedup.ParseCodec(s)
-	if err != nil {
-		return c, fmt.Errorf("--compress %q: use s2, zstd or none", s)
+// compressAuto is --compress's default: each stream's literal pages adapt their compression to the link and the CPU
+// (dedup.CodecChooser), and the prime's bundles use zstd.
+const compressAuto = "auto"
+
+// parseCompress parses --compress: the codec of the prime and of fixed literals, and whether literals adapt.
+func parseCompress(s string) (c pageCodec, adaptive bool, err error) {
+	if s == compressAuto {
+		return dedup.CodecZstd, true, nil
 	}
-	return c, nil
+	c, err = dedup.ParseCodec(s)
+	if err != nil {
+		return c, false, fmt.Errorf("--compress %q: use auto, zstd, s2 or none", s)
+	}
+	return c, false, nil
+}
+
+// probeEvery is how often a stream whose literals adapt compresses one of them with every method to measure them
+// (after its first few literals): the probes cost about 1% of what its literals cost.
+const probeEvery = 64
+
+// literalCodec compresses one stream's literal pages: with a fixed method, or adapting (chooser not nil).
+type literalCodec struct {
+	method   dedup.Method
+	chooser  *dedup.CodecChooser
+	share    func() float64 // the stream's share of the link now, bytes/s
+	literals int
+	scratch  []byte
+}
+
+func (m *vmMigration) literalCodec() *literalCodec {
+	lc := &literalCodec{method: dedup.MethodOf(m.s.codec), share: m.s.linkShareNow}
+	if m.s.adaptive {
+		lc.chooser = dedup.NewCodecChooser(lc.method)
+	}
+	return lc
+}
+
+// literal notes one literal page, whose bytes are page, and probes every method on it when its turn comes. It
+// returns whether the method changed.
+func (lc *literalCodec) literal(page []byte) bool {
+	if lc.chooser == nil {
+		return false
+	}
+	if lc.literals++; lc.literals > 4 && lc.literals%probeEvery != 0 {
+		return false
+	}
+	lc.chooser.SetLink(lc.share())
+	for _, c := range lc.chooser.Candidates() {
+		t0 := time.Now()
+		lc.scratch, _ = c.Compress(lc.scratch[:0], page)
+		lc.chooser.Observe(dedup.Probe{Method: c, CPU: time.Since(t0), Wire: len(lc.scratch)})
+	}
+	was := lc.method
+	lc.method = lc.chooser.Decide()
+	return lc.method != was
 }
 
 // pagesFrameTarget is the size at which a PAGES frame is sent; small enough that QEMU's view of the link stays
@@ -40,6 +89,10 @@ func (m *vmMigration) pump(ctx context.Context) error {
 	fingerprint := m.s.fingerprint()
 	final := report.NewFinalImage(m.s.targetIndex(m.vm.target))
 	m.vm.final = final
+	m.s.streams.Add(1)
+	defer m.s.streams.Add(-1)
+	lc := m.literalCodec()
+	defer func() { m.lastMethod = lc.method }()
 	var batch, zbuf []byte
 	literalBytes := 0 // of the batch: compressed page bytes, which a frame compression would not shrink
 	flush := func(force bool) error {
@@ -89,7 +142,7 @@ func (m *vmMigration) pump(ctx context.Context) error {
 			m.counters.stream.Add(dedup.PageSize)
 			var placed dedup.Placed
 			batch, placed = dedup.AppendPage(batch, dedup.Page{Block: uint16(e.Block), Offset: uint64(e.Offset), Zero: e.Zero,
-				Fill: e.Fill, Data: e.Data}, fingerprint, held, m.s.codec)
+				Fill: e.Fill, Data: e.Data}, fingerprint, held, lc.method)
 			block, offset := uint16(e.Block), uint64(e.Offset)
 			switch placed.Kind {
 			case dedup.RecordZero:
@@ -105,6 +158,11 @@ func (m *vmMigration) pump(ctx context.Context) error {
 				final.Literal(block, offset, placed.FP, uint32(placed.Size))
 				m.counters.litStream.Add(dedup.PageSize)
 				m.counters.litWire.Add(int64(placed.Size))
+				if lc.literal(e.Data) {
+					cpu, wire, _ := lc.chooser.Estimate(lc.method)
+					m.log.Debug("literal pages: compression changed", "method", lc.method.String(), "page_cpu", cpu,
+						"page_wire", int(wire), "link_share", int64(m.s.linkShareNow()))
+				}
 			}
 			if len(batch) >= pagesFrameTarget {
 				err = flush(false)

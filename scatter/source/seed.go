@@ -37,56 +37,96 @@ type seedEntry struct {
 	dg dedup.Digest
 }
 
-// seed runs the seed with every target that has VMs (phase 4b). It fills each target's seeded set; a failure
-// costs bytes only (the contents are primed instead) and becomes a warning.
-func (s *sender) seed(ctx context.Context, sm *dedup.SharingMap, rep *report.Report) {
-	// The boot files of each target's VMs, as the source sees them. The target's copies have the same paths.
-	var paths []string
-	fileIdx := map[string]int{}
+// bootIndex is the seed's index of the VMs' boot files as the source sees them (the targets' copies have the same
+// paths). Built while the scan runs (indexBootFiles): it needs the inventory's command lines, not the scan.
+type bootIndex struct {
+	paths    []string
+	fileIdx  map[string]int // path -> index in paths
+	readers  []io.ReaderAt
+	files    []*os.File // to close once the seed has read them
+	index    *dedup.FileIndex
+	err      error
+	warnings []string
+}
+
+// close closes the boot files; the run does it once the seed is over.
+func (b *bootIndex) close() {
+	for _, f := range b.files {
+		f.Close()
+	}
+	b.files = nil
+}
+
+// indexBootFiles indexes the boot files of every inventoried VM. It reads only what the inventory wrote (each VM's
+// command line), so it may run beside the scan and placement.
+func (s *sender) indexBootFiles() *bootIndex {
+	b := &bootIndex{fileIdx: map[string]int{}}
+	for _, vm := range s.vms {
+		for _, f := range qemu.BootFiles(vm.argv) {
+			if !filepath.IsAbs(f) {
+				continue // relative to the QEMU's own working directory: not something a target can find
+			}
+			if _, ok := b.fileIdx[f]; !ok {
+				b.fileIdx[f] = len(b.paths)
+				b.paths = append(b.paths, f)
+			}
+		}
+	}
+	if len(b.paths) == 0 {
+		return b
+	}
+	b.readers = make([]io.ReaderAt, len(b.paths))
+	sizes := make([]int64, len(b.paths))
+	for i, p := range b.paths {
+		b.readers[i] = emptyFile{}
+		f, err := os.Open(p)
+		if err != nil {
+			b.warnings = append(b.warnings, fmt.Sprintf("seed: boot file %s: %v; its pages are primed", p, err))
+			continue
+		}
+		b.files = append(b.files, f)
+		st, err := f.Stat()
+		if err != nil || !st.Mode().IsRegular() {
+			continue
+		}
+		b.readers[i], sizes[i] = f, st.Size()
+	}
+	t0 := time.Now()
+	b.index, b.err = dedup.IndexFiles(b.readers, sizes, s.fingerprint())
+	s.log.Debug("seed: boot files indexed", "files", len(b.paths), "ms", time.Since(t0).Milliseconds())
+	return b
+}
+
+// seed runs the seed with every target that has VMs (phase 4b), from boot, the index of the VMs' boot files. It
+// fills each target's seeded set; a failure costs bytes only (the contents are primed instead) and becomes a
+// warning.
+func (s *sender) seed(ctx context.Context, sm *dedup.SharingMap, rep *report.Report, boot *bootIndex) {
+	// The boot files of each target's VMs.
+	paths, readers := boot.paths, boot.readers
 	perTarget := make([][]int, len(s.targets)) // indices into paths
+	used := false
 	for _, vm := range s.vms {
 		if vm.target == nil || vm.report.Status != "" {
 			continue
 		}
 		ti := s.targetIndex(vm.target)
 		for _, f := range qemu.BootFiles(vm.argv) {
-			if !filepath.IsAbs(f) {
-				continue // relative to the QEMU's own working directory: not something a target can find
-			}
-			k, ok := fileIdx[f]
+			k, ok := boot.fileIdx[f]
 			if !ok {
-				k = len(paths)
-				fileIdx[f] = k
-				paths = append(paths, f)
+				continue
 			}
+			used = true
 			if !slices.Contains(perTarget[ti], k) {
 				perTarget[ti] = append(perTarget[ti], k)
 			}
 		}
 	}
-	if len(paths) == 0 {
+	if !used {
 		return
 	}
-	readers := make([]io.ReaderAt, len(paths))
-	sizes := make([]int64, len(paths))
-	for i, p := range paths {
-		f, err := os.Open(p)
-		if err != nil {
-			rep.Warnings = append(rep.Warnings, fmt.Sprintf("seed: boot file %s: %v; its pages are primed", p, err))
-			readers[i] = emptyFile{}
-			continue
-		}
-		defer f.Close()
-		st, err := f.Stat()
-		if err != nil || !st.Mode().IsRegular() {
-			readers[i] = emptyFile{}
-			continue
-		}
-		readers[i], sizes[i] = f, st.Size()
-	}
+	rep.Warnings = append(rep.Warnings, boot.warnings...)
 	t0 := time.Now()
-	index, err := dedup.IndexFiles(readers, sizes, s.fingerprint())
-	s.log.Debug("seed: boot files indexed", "files", len(paths), "windows", index.Len(), "ms", time.Since(t0).Milliseconds())
+	index, err := boot.index, boot.err
 	if err != nil {
 		rep.Warnings = append(rep.Warnings, fmt.Sprintf("seed: %v; boot file pages are primed", err))
 		return

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -47,8 +48,10 @@ type Config struct {
 	MaxBandwidth int64         // bytes/s QEMU may write into vmscatter; 0 means unlimited
 	Policy       converge.Policy
 
-	Compress string // page compression: zstd (default), s2, none; the prime compresses pages in bundles
-	NoDedup  bool   // skip the scan and prime: every page travels literal
+	// Compress is the page compression: auto (default: the literal pages of each stream adapt, dedup.CodecChooser,
+	// and the prime uses zstd), zstd, s2 or none; the prime compresses pages in bundles.
+	Compress string
+	NoDedup  bool // skip the scan and prime: every page travels literal
 	// GuestDowntime measures the guest-observed downtime: the gap between the guest's last console line at the
 	// source and its first at the destination (serial ports that write to a file only; host clocks must agree).
 	GuestDowntime bool
@@ -171,7 +174,7 @@ func newSender(cfg Config) (*sender, error) {
 		cfg.DialTimeout = 10 * time.Second
 	}
 	if cfg.Compress == "" {
-		cfg.Compress = "zstd"
+		cfg.Compress = compressAuto
 	}
 	switch cfg.Transport {
 	case "":
@@ -186,7 +189,7 @@ func newSender(cfg Config) (*sender, error) {
 	if err := cfg.Policy.Validate(); err != nil {
 		return nil, err
 	}
-	codec, err := parseCompress(cfg.Compress)
+	codec, adaptive, err := parseCompress(cfg.Compress)
 	if err != nil {
 		return nil, err
 	}
@@ -194,7 +197,7 @@ func newSender(cfg Config) (*sender, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &sender{cfg: cfg, log: log, codec: codec, progress: newProgress(cfg.Progress)}
+	s := &sender{cfg: cfg, log: log, codec: codec, adaptive: adaptive, progress: newProgress(cfg.Progress)}
 	if _, err := rand.Read(s.session[:]); err != nil {
 		return nil, err
 	}
@@ -216,7 +219,8 @@ type sender struct {
 	stopMigrations func()
 	checkpointMu   sync.Mutex
 	log            *slog.Logger
-	codec          pageCodec
+	codec          pageCodec // the prime's, and the literals' when not adaptive
+	adaptive       bool      // each stream's literals adapt their compression (--compress auto)
 	session        wire.SessionID
 	progress       *progress
 	vms            []*sourceVM
@@ -233,7 +237,8 @@ type sender struct {
 	// (0: unknown). Datagrams a shaper drops never count, nor do bytes that waited on the CPU. The downtime guard's
 	// bound on what one migration can send.
 	linkRate float64
-	iface    string // the data-plane interface, for its counters
+	iface    string       // the data-plane interface, for its counters
+	streams  atomic.Int32 // pumps running: the streams that share the link now
 }
 
 // A prime smaller than this measures set-up more than the link: the downtime guard then does without a share.
@@ -245,6 +250,12 @@ const (
 // linkShare is one migration's share of the source link as the prime measured it, bytes/s; 0 when unknown.
 func (s *sender) linkShare() float64 {
 	return s.linkRate / float64(max(1, min(s.cfg.Parallel, len(s.vms))))
+}
+
+// linkShareNow is one stream's share of the source link among the streams that flow now (0 when unknown): it grows
+// as migrations end.
+func (s *sender) linkShareNow() float64 {
+	return s.linkRate / float64(max(1, s.streams.Load()))
 }
 
 // contentCost is what content id cost to bring to target t, for the report's bound: its compressed size as primed,
@@ -369,9 +380,14 @@ func (s *sender) run(ctx context.Context) (*report.Report, error) {
 		}
 	}()
 
-	// Phase 2: the scan, unless turned off.
+	// Phase 2: the scan, unless turned off. The seed's index of the boot files is built beside it.
 	var sm *dedup.SharingMap
+	boot := func() *bootIndex { return &bootIndex{} }
 	if !s.cfg.NoDedup {
+		indexed := make(chan *bootIndex, 1)
+		go func() { indexed <- s.indexBootFiles() }()
+		boot = sync.OnceValue(func() *bootIndex { return <-indexed })
+		defer func() { boot().close() }()
 		sm = s.scan(ctx, rep)
 		s.sharing = sm
 	}
@@ -390,7 +406,7 @@ func (s *sender) run(ctx context.Context) (*report.Report, error) {
 	// The first migrations' destinations start now, while the seed and the prime run.
 	s.openEarly(mctx)
 	if sm != nil {
-		s.seed(ctx, sm, rep)
+		s.seed(ctx, sm, rep, boot())
 	}
 	rep.Totals.Phases.Seed = phase.lap()
 	// Phase 5: the prime. A failed prime costs bytes, never correctness: pages then travel literal.

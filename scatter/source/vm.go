@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/vmscatter/vmscatter/dedup"
 	"github.com/vmscatter/vmscatter/scatter/commit"
 	"github.com/vmscatter/vmscatter/scatter/report"
 	"github.com/vmscatter/vmscatter/scatter/secure"
@@ -60,7 +61,9 @@ type vmMigration struct {
 	src      net.Conn // the source QEMU's migration stream, once it connected
 	pages    report.PageCounts
 	counters streamCounters // the pump's, for the downtime guard
-	mig      *sourceMigration
+	// lastMethod is the compression the pump's literal pages ended with (read after the pump has returned).
+	lastMethod dedup.Method
+	mig        *sourceMigration
 
 	record    VMRecord // its journal record, as last written
 	lostBytes int64    // wire bytes of connections lost and replaced
