@@ -29,6 +29,9 @@ type MigrateOptions struct {
 	// Timeout, when set, makes libvirt act when the migration has not converged after it (--timeout with
 	// --timeout-suspend: the source is paused, which starts the stop-and-copy).
 	Timeout time.Duration
+	// Unsafe passes --unsafe: libvirt skips its check that every disk is on a shared or cluster file system (or
+	// uncached). For a lab whose shared storage is a local directory; vmscatter's receiver checks each image itself.
+	Unsafe bool
 
 	// What vmscatter cannot carry; set any and MigrateArgs refuses. They are here so that a caller that wants them
 	// is told why not.
@@ -41,7 +44,7 @@ type MigrateOptions struct {
 
 // MigrateArgs returns virsh's arguments for migrating dom through vmscatter's socket:
 //
-//	migrate --live --p2p --persistent --undefinesource [--auto-converge] [--timeout N --timeout-suspend]
+//	migrate --live --p2p --persistent --undefinesource [--auto-converge] [--unsafe] [--timeout N --timeout-suspend]
 //	        DOM DESTURI --migrateuri unix://SOCKET
 //
 // Why each flag:
@@ -78,6 +81,9 @@ func MigrateArgs(dom string, o MigrateOptions) ([]string, error) {
 	args := []string{"migrate", "--live", "--p2p", "--persistent", "--undefinesource"}
 	if o.AutoConverge {
 		args = append(args, "--auto-converge")
+	}
+	if o.Unsafe {
+		args = append(args, "--unsafe")
 	}
 	if o.Timeout > 0 {
 		args = append(args, "--timeout", strconv.Itoa(max(1, int(o.Timeout/time.Second))), "--timeout-suspend")

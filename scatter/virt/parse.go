@@ -63,11 +63,11 @@ type xmlDomain struct {
 				Type string `xml:"type,attr"`
 			} `xml:"driver"`
 			Source struct {
-				File    string `xml:"file,attr"`
-				Dev     string `xml:"dev,attr"`
-				Name    string `xml:"name,attr"`
-				Pool    string `xml:"pool,attr"`
-				Volume  string `xml:"volume,attr"`
+				File   string `xml:"file,attr"`
+				Dev    string `xml:"dev,attr"`
+				Name   string `xml:"name,attr"`
+				Pool   string `xml:"pool,attr"`
+				Volume string `xml:"volume,attr"`
 			} `xml:"source"`
 			Target struct {
 				Dev string `xml:"dev,attr"`
