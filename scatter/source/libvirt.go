@@ -196,10 +196,7 @@ func (m *vmMigration) runLibvirt(ctx context.Context) {
 	m.mu.Lock()
 	m.sc = sc
 	m.mu.Unlock()
-	defer func() {
-		r.WireBytes = sc.BytesOut()
-		sc.Close()
-	}()
+	defer sc.Close()
 	open := wire.LibvirtOpenMsg{Session: s.session, VM: name, Slot: s.vmIndex(vm), Socket: sock, Argv: vm.argv, Disks: vm.disks}
 	if err := sc.SendJSON(wire.FrameLibvirtOpen, open); err != nil {
 		untouched(fmt.Errorf("receiver %s: %w", vm.target.addr, err))
@@ -339,6 +336,7 @@ func (m *vmMigration) runLibvirt(ctx context.Context) {
 	}
 	r.Pages = m.pages
 	r.MigrationMS = time.Since(m.started).Milliseconds()
+	r.WireBytes = sc.BytesOut()
 	m.libvirtOutcome(migErr, pumpErr, done, destURI)
 }
 
