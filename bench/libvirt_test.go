@@ -15,6 +15,7 @@ import (
 
 	"github.com/vmscatter/vmscatter/bench/fixture"
 	"github.com/vmscatter/vmscatter/bench/guest/guestlog"
+	"github.com/vmscatter/vmscatter/bench/lab"
 	"github.com/vmscatter/vmscatter/bench/virtlab"
 	"github.com/vmscatter/vmscatter/scatter/report"
 	"github.com/vmscatter/vmscatter/scatter/virt"
@@ -72,7 +73,9 @@ func newLibvirtRig(t *testing.T, ctx context.Context, targets ...string) *libvir
 	return r
 }
 
-func (r *libvirtRig) addr(h *virtlab.Host) string { return net.JoinHostPort(h.Addr.String(), libvirtReceiverPort) }
+func (r *libvirtRig) addr(h *virtlab.Host) string {
+	return net.JoinHostPort(h.Addr.String(), libvirtReceiverPort)
+}
 
 func (r *libvirtRig) receiverLog(name string) string {
 	return filepath.Join(r.dir, "receiver-"+name+".log")
@@ -234,4 +237,64 @@ func TestLibvirtScatter(t *testing.T) {
 	for _, g := range guests {
 		keepsVerifying(t, ctx, g, before[g.Name], 30)
 	}
+}
+
+// TestLibvirtReceiverKilledMidStream kills the target's receiver while a domain's stream flows: the source QEMU's
+// migration fails with the stream, libvirt rolls the domain back to the source, where it keeps running (defined
+// there, not on the target), and send reports it rolled back with libvirt's failed job (exit 3).
+func TestLibvirtReceiverKilledMidStream(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+	defer cancel()
+	r := newLibvirtRig(t, ctx, "a")
+	g, err := r.src.DefineGuest(ctx, filepath.Join(r.dir, "shared"), "lvf", virtlab.GuestOptions{Workload: libvirtWorkload})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.src.StartGuest(ctx, g); err != nil {
+		t.Fatal(err)
+	}
+	// A slow source link keeps the stream flowing long enough to cut it: every page literal, 100 Mbit/s.
+	if err := r.src.Shape(lab.Shaping{Rate: 100e6}); err != nil {
+		t.Fatal(err)
+	}
+	a := r.targets[0]
+	killed := make(chan error, 1)
+	go func() {
+		for {
+			ji, err := r.src.Virt.JobInfo(ctx, g.Name, false)
+			if err == nil && ji.DataProcessed > 16<<20 {
+				cmd := r.recv[a.Name]
+				killed <- cmd.Process.Kill()
+				return
+			}
+			select {
+			case <-ctx.Done():
+				killed <- ctx.Err()
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}()
+	rep, code, out := r.send(t, ctx, []string{g.Name}, "--no-dedup")
+	t.Logf("send:\n%s", out)
+	if err := <-killed; err != nil {
+		t.Fatalf("killing the receiver: %v", err)
+	}
+	if code != 3 {
+		t.Errorf("send exited %d, want 3 (rolled back)", code)
+	}
+	if len(rep.VMs) != 1 || rep.VMs[0].Status != report.StatusRolledBack || rep.VMs[0].LibvirtJob != "failed" {
+		t.Fatalf("report: %+v", rep.VMs)
+	}
+	t.Logf("%s: %s", g.Name, rep.VMs[0].Error)
+	if st, err := r.src.Virt.State(ctx, g.Name); err != nil || st != virt.StateRunning {
+		t.Fatalf("on the source after the rollback: %q, %v", st, err)
+	}
+	if p, err := r.src.Virt.Persistent(ctx, g.Name); err != nil || !p {
+		t.Errorf("the source's definition: persistent %v, %v", p, err)
+	}
+	if ok, err := a.Virt.Exists(ctx, g.Name); ok || err != nil {
+		t.Errorf("the target's libvirtd still knows %s (%v)", g.Name, err)
+	}
+	keepsVerifying(t, ctx, g, okLines(t, g), 30)
 }

@@ -62,9 +62,19 @@ func (c *Client) run(ctx context.Context, args ...string) (string, error) {
 		if errors.Is(err, exec.ErrNotFound) {
 			return "", fmt.Errorf("virsh not found: install libvirt-clients (scripts/install-libvirt.sh): %w", err)
 		}
-		return out.String(), fmt.Errorf("virsh -c %s %s: %v: %s", c.uriName(), strings.Join(args, " "), err, msg)
+		return out.String(), fmt.Errorf("virsh %s (libvirt at %s): %s", verb(args), c.uriName(), strings.TrimPrefix(msg, "error: "))
 	}
 	return out.String(), nil
+}
+
+// verb names a virsh call for messages: its command and, where one is named, its domain.
+func verb(args []string) string {
+	for i, a := range args {
+		if (a == "--" || a == "--domain") && i+1 < len(args) {
+			return args[0] + " " + args[i+1]
+		}
+	}
+	return args[0]
 }
 
 func (c *Client) uriName() string {
