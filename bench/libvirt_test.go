@@ -3,17 +3,10 @@ package bench
 import (
 	"bytes"
 	"context"
-	"encoding/json"
-	"fmt"
-	"net"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
-	"github.com/vmscatter/vmscatter/bench/fixture"
 	"github.com/vmscatter/vmscatter/bench/guest/guestlog"
 	"github.com/vmscatter/vmscatter/bench/lab"
 	"github.com/vmscatter/vmscatter/bench/virtlab"
@@ -25,132 +18,39 @@ import (
 // libvirt domains with a qcow2 disk on the lab's shared storage, and vmscatter as the data path under libvirt's own
 // migration (send --domains).
 
-// libvirtRig is a libvirt lab with a receiver on every target host.
-type libvirtRig struct {
-	lab     *virtlab.Lab
-	dir     string
-	key     string
-	src     *virtlab.Host
-	targets []*virtlab.Host
-	recv    map[string]*exec.Cmd
-}
-
-const libvirtReceiverPort = "7400"
-
-func newLibvirtRig(t *testing.T, ctx context.Context, targets ...string) *libvirtRig {
+func newLibvirtRig(t *testing.T, ctx context.Context, targets ...string) *LibvirtRig {
 	t.Helper()
 	requireLab(t)
 	if err := virtlab.Available(); err != nil {
 		t.Skipf("libvirt lab: %v", err)
 	}
-	dir := t.TempDir()
-	l, err := virtlab.New(ctx, virtlab.Config{Hosts: append([]string{"src"}, targets...), Dir: dir})
+	r, err := NewLibvirtRig(ctx, t.TempDir(), vmscatterBin, targets...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &libvirtRig{lab: l, dir: dir, key: filepath.Join(dir, "key"), src: l.Host("src"), recv: map[string]*exec.Cmd{}}
 	t.Cleanup(func() {
-		for name, cmd := range r.recv {
-			_ = cmd.Process.Kill()
-			_ = cmd.Wait()
-			if t.Failed() {
-				b, _ := os.ReadFile(r.receiverLog(name))
-				t.Logf("receiver %s log:\n%s", name, tail(b, 3000))
+		if t.Failed() {
+			for _, h := range r.Targets {
+				b, _ := os.ReadFile(r.ReceiverLog(h.Name))
+				t.Logf("receiver %s log:\n%s", h.Name, tail(b, 3000))
 			}
 		}
-		if err := l.Close(); err != nil {
+		if err := r.Close(); err != nil {
 			t.Error(err)
 		}
 	})
-	if out, err := exec.CommandContext(ctx, vmscatterBin, "keygen", "--out", r.key).CombinedOutput(); err != nil {
-		t.Fatalf("keygen: %v: %s", err, out)
-	}
-	for _, name := range targets {
-		h := l.Host(name)
-		r.targets = append(r.targets, h)
-		r.startReceiver(t, ctx, h)
-	}
 	return r
 }
 
-func (r *libvirtRig) addr(h *virtlab.Host) string {
-	return net.JoinHostPort(h.Addr.String(), libvirtReceiverPort)
-}
-
-func (r *libvirtRig) receiverLog(name string) string {
-	return filepath.Join(r.dir, "receiver-"+name+".log")
-}
-
-// startReceiver runs `vmscatter receive` in the target host's namespaces, next to its libvirtd.
-func (r *libvirtRig) startReceiver(t *testing.T, ctx context.Context, h *virtlab.Host) {
+func libvirtSend(t *testing.T, ctx context.Context, r *LibvirtRig, domains []string, extra ...string) *LibvirtSend {
 	t.Helper()
-	logf, err := os.Create(r.receiverLog(h.Name))
+	res, err := r.Send(ctx, domains, extra...)
+	t.Logf("send:\n%s", res.Output)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer logf.Close()
-	args := []string{"receive", "--listen", r.addr(h), "--data-dir", filepath.Join(r.dir, "data-"+h.Name),
-		"--key-file", r.key, "--allow-path", r.dir, "--log-level", "info"}
-	if cache, err := fixture.CacheDir(); err == nil {
-		args = append(args, "--allow-path", filepath.Dir(cache))
-	}
-	cmd := h.Command(context.Background(), vmscatterBin, args...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	r.recv[h.Name] = cmd
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		var c net.Conn
-		err := h.Do(func() (err error) { c, err = net.DialTimeout("tcp", r.addr(h), time.Second); return })
-		if err == nil {
-			c.Close()
-			return
-		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			t.Fatalf("receiver on %s does not accept connections: %v", h.Name, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	return res
 }
-
-// send runs `vmscatter send --domains` in the source host's namespaces and returns its report and exit code.
-func (r *libvirtRig) send(t *testing.T, ctx context.Context, domains []string, extra ...string) (*report.Report, int, string) {
-	t.Helper()
-	var addrs, uris []string
-	for _, h := range r.targets {
-		addrs = append(addrs, r.addr(h))
-		uris = append(uris, r.addr(h)+"="+h.URI)
-	}
-	repPath := filepath.Join(r.dir, fmt.Sprintf("report-%d.json", time.Now().UnixNano()))
-	args := append([]string{"send", "--domains", strings.Join(domains, ","), "--connect", r.src.URI,
-		"--targets", strings.Join(addrs, ","), "--target-connect", strings.Join(uris, ","), "--libvirt-unsafe",
-		"--key-file", r.key, "--report", repPath, "--state-dir", filepath.Join(r.dir, "state"), "--transport", "unicast"}, extra...)
-	cmd := r.src.Command(ctx, vmscatterBin, args...)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	err := cmd.Run()
-	code := 0
-	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatalf("send: %v: %s", err, out.String())
-	}
-	b, rerr := os.ReadFile(repPath)
-	if rerr != nil {
-		t.Fatalf("send exited %d without a report: %v\n%s", code, rerr, out.String())
-	}
-	var rep report.Report
-	if err := json.Unmarshal(b, &rep); err != nil {
-		t.Fatal(err)
-	}
-	return &rep, code, out.String()
-}
-
-// libvirtWorkload dirties nothing beyond what the kernel and the disk part write: libvirt rounds <memory> to whole
-// MiB, which QEMU 7.2's TCG dirty-tracking bug (bench/fixture MemArg) punishes in a guest that dirties much.
-var libvirtWorkload = fixture.Workload{WSS: 16 << 20, Seed: 7, Private: 0.25}
 
 // keepsVerifying waits until the guest's console (appended to by each QEMU in turn) shows n more progress lines
 // than it had at from, and no BAD line.
@@ -163,6 +63,7 @@ func keepsVerifying(t *testing.T, ctx context.Context, g *virtlab.Guest, from, n
 }
 
 func okLines(t *testing.T, g *virtlab.Guest) int {
+	t.Helper()
 	b, _ := os.ReadFile(g.Serial)
 	s, _ := guestlog.Summarize(bytes.NewReader(b))
 	if len(s.Bad) > 0 {
@@ -180,27 +81,20 @@ func TestLibvirtScatter(t *testing.T) {
 	defer cancel()
 	r := newLibvirtRig(t, ctx, "a", "b")
 	names := []string{"lv1", "lv2", "lv3"}
-	var guests []*virtlab.Guest
-	for _, n := range names {
-		g, err := r.src.DefineGuest(ctx, filepath.Join(r.dir, "shared"), n, virtlab.GuestOptions{Workload: libvirtWorkload})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := r.src.StartGuest(ctx, g); err != nil {
-			t.Fatal(err)
-		}
-		guests = append(guests, g)
+	guests, err := r.BootDomains(ctx, names, virtlab.GuestOptions{Workload: LibvirtWorkload})
+	if err != nil {
+		t.Fatal(err)
 	}
 	before := map[string]int{}
 	for _, g := range guests {
 		before[g.Name] = okLines(t, g)
 	}
-	a, b := r.targets[0], r.targets[1]
-	rep, code, out := r.send(t, ctx, names, "--placement", "lv1="+r.addr(a)+",lv2="+r.addr(b))
-	t.Logf("send:\n%s", out)
-	if code != 0 {
-		t.Fatalf("send exited %d", code)
+	a, b := r.Targets[0], r.Targets[1]
+	res := libvirtSend(t, ctx, r, names, "--transport", "unicast", "--placement", "lv1="+r.Addr(a)+",lv2="+r.Addr(b))
+	if res.Code != 0 {
+		t.Fatalf("send exited %d", res.Code)
 	}
+	rep := res.Report
 	var refs int64
 	for _, v := range rep.VMs {
 		if v.Status != report.StatusMigrated || v.LibvirtJob != "completed" {
@@ -215,12 +109,7 @@ func TestLibvirtScatter(t *testing.T) {
 		t.Error("no page travelled as a reference")
 	}
 	for _, v := range rep.VMs {
-		var th *virtlab.Host
-		for _, h := range r.targets {
-			if r.addr(h) == v.Target {
-				th = h
-			}
-		}
+		th := r.TargetOf(v.Target)
 		if th == nil {
 			t.Fatalf("%s: target %q is not a lab host", v.Name, v.Target)
 		}
@@ -230,7 +119,7 @@ func TestLibvirtScatter(t *testing.T) {
 		if p, err := th.Virt.Persistent(ctx, v.Name); err != nil || !p {
 			t.Errorf("%s on %s: persistent %v, %v", v.Name, th.Name, p, err)
 		}
-		if ok, err := r.src.Virt.Exists(ctx, v.Name); ok || err != nil {
+		if ok, err := r.Src.Virt.Exists(ctx, v.Name); ok || err != nil {
 			t.Errorf("%s still known to the source's libvirtd (%v)", v.Name, err)
 		}
 	}
@@ -246,25 +135,22 @@ func TestLibvirtReceiverKilledMidStream(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
 	r := newLibvirtRig(t, ctx, "a")
-	g, err := r.src.DefineGuest(ctx, filepath.Join(r.dir, "shared"), "lvf", virtlab.GuestOptions{Workload: libvirtWorkload})
+	guests, err := r.BootDomains(ctx, []string{"lvf"}, virtlab.GuestOptions{Workload: LibvirtWorkload})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := r.src.StartGuest(ctx, g); err != nil {
-		t.Fatal(err)
-	}
+	g := guests[0]
 	// A slow source link keeps the stream flowing long enough to cut it: every page literal, 100 Mbit/s.
-	if err := r.src.Shape(lab.Shaping{Rate: 100e6}); err != nil {
+	if err := r.Src.Shape(lab.Shaping{Rate: 100e6}); err != nil {
 		t.Fatal(err)
 	}
-	a := r.targets[0]
+	a := r.Targets[0]
 	killed := make(chan error, 1)
 	go func() {
 		for {
-			ji, err := r.src.Virt.JobInfo(ctx, g.Name, false)
+			ji, err := r.Src.Virt.JobInfo(ctx, g.Name, false)
 			if err == nil && ji.DataProcessed > 16<<20 {
-				cmd := r.recv[a.Name]
-				killed <- cmd.Process.Kill()
+				killed <- r.KillReceiver(a.Name)
 				return
 			}
 			select {
@@ -275,26 +161,53 @@ func TestLibvirtReceiverKilledMidStream(t *testing.T) {
 			}
 		}
 	}()
-	rep, code, out := r.send(t, ctx, []string{g.Name}, "--no-dedup")
-	t.Logf("send:\n%s", out)
+	res := libvirtSend(t, ctx, r, []string{g.Name}, "--no-dedup")
 	if err := <-killed; err != nil {
 		t.Fatalf("killing the receiver: %v", err)
 	}
-	if code != 3 {
-		t.Errorf("send exited %d, want 3 (rolled back)", code)
+	if res.Code != 3 {
+		t.Errorf("send exited %d, want 3 (rolled back)", res.Code)
 	}
+	rep := res.Report
 	if len(rep.VMs) != 1 || rep.VMs[0].Status != report.StatusRolledBack || rep.VMs[0].LibvirtJob != "failed" {
 		t.Fatalf("report: %+v", rep.VMs)
 	}
 	t.Logf("%s: %s", g.Name, rep.VMs[0].Error)
-	if st, err := r.src.Virt.State(ctx, g.Name); err != nil || st != virt.StateRunning {
+	if st, err := r.Src.Virt.State(ctx, g.Name); err != nil || st != virt.StateRunning {
 		t.Fatalf("on the source after the rollback: %q, %v", st, err)
 	}
-	if p, err := r.src.Virt.Persistent(ctx, g.Name); err != nil || !p {
+	if p, err := r.Src.Virt.Persistent(ctx, g.Name); err != nil || !p {
 		t.Errorf("the source's definition: persistent %v, %v", p, err)
 	}
 	if ok, err := a.Virt.Exists(ctx, g.Name); ok || err != nil {
 		t.Errorf("the target's libvirtd still knows %s (%v)", g.Name, err)
 	}
 	keepsVerifying(t, ctx, g, okLines(t, g), 30)
+}
+
+// TestLibvirtBench runs the libvirt mode of the bench once, small: two domains to one target, vmscatter under
+// libvirt against libvirt's own migration of the same domains; vmscatter's source link must carry fewer bytes.
+func TestLibvirtBench(t *testing.T) {
+	requireLab(t)
+	if err := virtlab.Available(); err != nil {
+		t.Skipf("libvirt lab: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	res, err := RunLibvirtCompare(ctx, LibvirtCompareConfig{Bin: vmscatterBin, Dir: t.TempDir(), Domains: 2, Targets: 1,
+		Settle: 2 * time.Second, Out: testWriter{t}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Log("\n" + res.Markdown())
+	if res.VmscatterLinkBytes == 0 || res.VmscatterLinkBytes >= res.NativeLinkBytes {
+		t.Errorf("vmscatter %d bytes on the source link, libvirt's own %d", res.VmscatterLinkBytes, res.NativeLinkBytes)
+	}
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(string(bytes.TrimRight(p, "\n")))
+	return len(p), nil
 }

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/xml"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"text/template"
@@ -78,7 +80,12 @@ func (h *Host) DefineGuest(ctx context.Context, dir, name string, o GuestOptions
 		return nil, err
 	}
 	g.Serial, g.Disk, g.XML = filepath.Join(g.Dir, "serial.log"), filepath.Join(g.Dir, "disk.qcow2"), filepath.Join(g.Dir, "domain.xml")
-	_ = os.Remove(g.Serial)
+	// A fresh guest: no console lines of an earlier one, a new disk.
+	for _, f := range []string{g.Serial, g.Disk} {
+		if err := os.Remove(f); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, err
+		}
+	}
 	if err := fixture.CreateDisk(ctx, g.Disk, fixture.DefaultDiskSize); err != nil {
 		return nil, err
 	}
