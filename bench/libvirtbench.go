@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"time"
 
@@ -61,7 +62,13 @@ func RunLibvirtCompare(ctx context.Context, cfg LibvirtCompareConfig) (*LibvirtC
 	for i := range cfg.Targets {
 		targets = append(targets, fmt.Sprintf("t%d", i+1))
 	}
-	r, err := NewLibvirtRig(ctx, cfg.Dir, cfg.Bin, targets...)
+	// A fresh lab directory: the hosts' private /run and /var/lib/libvirt must hold nothing of an earlier run.
+	dir, err := os.MkdirTemp(cfg.Dir, "libvirt-lab-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	r, err := NewLibvirtRig(ctx, dir, cfg.Bin, targets...)
 	if err != nil {
 		return nil, err
 	}
