@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -64,15 +66,15 @@ func (r *Receiver) serveLibvirt(ctx context.Context, c *vmConn, b []byte) error 
 	defer s.store.ReleaseVM(open.Slot)
 	c.store = s.store
 	log := r.log.With("vm", open.VM, "peer", c.peer, "socket", open.Socket)
-	if unchecked, err := checkSharedStorage(open.Argv, open.Disks); err != nil {
+	unchecked, err := checkSharedStorage(open.Argv, open.Disks)
+	if err != nil {
 		c.refuse(0, "shared storage: "+err.Error())
 		return err
-	} else {
-		for _, u := range unchecked {
-			log.Warn("disk image not checked: the operator keeps it reachable from every host", "image", u)
-		}
 	}
-	if err := os.MkdirAll(filepath.Dir(open.Socket), 0o700); err != nil {
+	for _, u := range unchecked {
+		log.Warn("disk image not checked: the operator keeps it reachable from every host", "image", u)
+	}
+	if err := makeSocketDir(filepath.Dir(open.Socket)); err != nil {
 		c.refuse(0, fmt.Sprintf("creating the migration socket's directory: %v", err))
 		return err
 	}
@@ -81,7 +83,7 @@ func (r *Receiver) serveLibvirt(ctx context.Context, c *vmConn, b []byte) error 
 	}
 	log.Info("libvirt migration opened")
 	ls := &libvirtStream{r: r, c: c, open: &open}
-	err := ls.run(ctx)
+	err = ls.run(ctx)
 	if err != nil {
 		log.Warn("libvirt migration stream ended", "err", err)
 		_ = c.send(wire.FrameLibvirtDone, wire.LibvirtDoneMsg{Pages: ls.pages(), Referenced: ls.refs(), Error: err.Error()})
@@ -169,6 +171,28 @@ func (ls *libvirtStream) run(ctx context.Context) error {
 			return nil
 		}
 	}
+}
+
+// libvirtQEMUUser is the user libvirt runs QEMU as on Debian and Ubuntu (qemu.conf's default).
+const libvirtQEMUUser = "libvirt-qemu"
+
+// makeSocketDir creates the run's socket directory, where libvirt's destination QEMU creates its listening socket:
+// mode 0700, owned by libvirt's QEMU user where that user exists, so that a QEMU that runs as that user (libvirt's
+// default) may create the socket and nobody else may connect to it (root, the receiver, still can).
+func makeSocketDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	u, err := user.Lookup(libvirtQEMUUser)
+	if err != nil {
+		return nil // no such user: QEMU runs as root, or as a user qemu.conf names, who must own SocketDir itself
+	}
+	uid, err1 := strconv.Atoi(u.Uid)
+	gid, err2 := strconv.Atoi(u.Gid)
+	if err1 != nil || err2 != nil {
+		return nil
+	}
+	return os.Chown(dir, uid, gid)
 }
 
 // dialLibvirtSocket connects to the socket libvirt's destination QEMU listens on. It exists by the time the
