@@ -8,7 +8,7 @@ LAB := bin/vmscatter-lab
 # CI has 90 minutes for everything; the suite takes far less. The bound keeps a hung QEMU from eating it all.
 TEST_TIMEOUT ?= 40m
 
-.PHONY: all build deps fixture qemu-versions test test-unit verify demo bench-quick bench clean
+.PHONY: all build deps libvirt-deps fixture qemu-versions test test-unit test-libvirt verify demo bench-quick bench bench-libvirt clean
 
 all: build
 
@@ -20,6 +20,11 @@ build:
 deps:
 	@if [ "$$(id -u)" -ne 0 ]; then echo "make deps: run as root (it installs packages and the tests create network namespaces)"; exit 1; fi
 	./scripts/install-deps.sh
+
+# libvirt for the libvirt lab (bench/virtlab, docs/libvirt.md): idempotent; it never starts a system libvirtd.
+libvirt-deps: deps
+	@if [ "$$(id -u)" -ne 0 ]; then echo "make libvirt-deps: run as root (it installs packages)"; exit 1; fi
+	./scripts/install-libvirt.sh
 
 # The guest kernel and initramfs, built once into the cache.
 fixture: deps
@@ -34,12 +39,17 @@ qemu-versions: deps
 # The bench package's tests run real guests across namespaces under TCG, after the rest and alone: on two cores,
 # sharing the CPU with the other packages' tests (the multicast engine's run for minutes) stretches every boot and
 # migration of theirs.
-test: deps fixture qemu-versions verify
+test: deps libvirt-deps fixture qemu-versions verify
 	$(GO) test -race -timeout $(TEST_TIMEOUT) $$($(GO) list ./... | grep -v '/bench$$')
 	$(GO) test -race -timeout $(TEST_TIMEOUT) ./bench
 
 test-unit:
 	$(GO) test -race -short ./...
+
+# The libvirt lab alone: one libvirtd per lab host, domains scattered through vmscatter (also part of `make test`).
+test-libvirt: libvirt-deps fixture
+	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./bench/virtlab
+	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -run 'TestLibvirt' ./bench
 
 verify:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
@@ -57,6 +67,9 @@ bench-quick: deps fixture build
 
 bench: deps fixture build
 	./$(LAB) bench --out out/bench
+
+bench-libvirt: libvirt-deps fixture build
+	./$(LAB) bench --libvirt --out out/bench-libvirt
 
 clean:
 	rm -rf bin out
