@@ -78,6 +78,9 @@ func (r *Receiver) serveLibvirt(ctx context.Context, c *vmConn, b []byte) error 
 		c.refuse(0, fmt.Sprintf("creating the migration socket's directory: %v", err))
 		return err
 	}
+	// The run's directory goes with its last socket (QEMU unlinks its own when its load ends); a directory still in
+	// use is not empty, and stays.
+	defer os.Remove(filepath.Dir(open.Socket))
 	if err := c.send(wire.FrameReady, wire.ReadyMsg{}); err != nil {
 		return err
 	}
