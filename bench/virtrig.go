@@ -218,8 +218,7 @@ func (r *LibvirtRig) NativeMigrate(ctx context.Context, placement map[string]*vi
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, err := r.Src.Virt.Run(ctx, "migrate", "--live", "--p2p", "--persistent", "--undefinesource", "--unsafe",
-				"--domain", dom, "--desturi", h.URI, "--migrateuri", "tcp://"+h.Addr.String())
+			err := r.Src.Virt.MigrateDirect(ctx, dom, h.URI, "tcp://"+h.Addr.String(), true)
 			if err != nil {
 				errs <- fmt.Errorf("%s → %s: %w", dom, h.Name, err)
 			}

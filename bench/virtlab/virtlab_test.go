@@ -44,8 +44,7 @@ func TestLabMigratesWithLibvirt(t *testing.T) {
 	mctx, mcancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer mcancel()
 	// libvirt's own migration: the data over TCP between the lab hosts' addresses.
-	_, err = src.Virt.Run(mctx, "migrate", "--live", "--p2p", "--persistent", "--undefinesource", "--unsafe", "vm1", a.URI,
-		"tcp://"+a.Addr.String())
+	err = src.Virt.MigrateDirect(mctx, "vm1", a.URI, "tcp://"+a.Addr.String(), true)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -301,7 +301,7 @@ func (m *vmMigration) runLibvirt(ctx context.Context) {
 		if s.cfg.Policy.Kind != converge.PolicyTimebound && s.cfg.Policy.Downtime > 0 {
 			// The downtime limit acts through libvirt, on the job under way.
 			if err := lv.client.SetMaxDowntime(jobCtx, name, s.cfg.Policy.Downtime); err != nil {
-				m.log.Warn("migrate-setmaxdowntime", "err", err)
+				m.log.Warn("setting libvirt's downtime limit", "err", err)
 			}
 		}
 	} else {

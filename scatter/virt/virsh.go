@@ -214,6 +214,3 @@ func (c *Client) AbortJob(ctx context.Context, dom string) error {
 	_, err := c.run(ctx, "domjobabort", "--", dom)
 	return err
 }
-
-// Run runs any virsh command against the client's libvirtd, bounded like every call; for tests and tools.
-func (c *Client) Run(ctx context.Context, args ...string) (string, error) { return c.run(ctx, args...) }
