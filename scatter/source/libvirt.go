@@ -180,6 +180,9 @@ func (m *vmMigration) runLibvirt(ctx context.Context) {
 	destURI := lv.cfg.TargetURI(vm.target.addr)
 	opts := virt.MigrateOptions{DestURI: destURI, Socket: sock, Unsafe: lv.cfg.Unsafe,
 		AutoConverge: s.cfg.Policy.Kind == converge.PolicyAutoconverge}
+	if s.cfg.MaxBandwidth > 0 { // send --max-bandwidth, bytes/s; libvirt takes MiB/s
+		opts.BandwidthMiB = max(1, s.cfg.MaxBandwidth>>20)
+	}
 	if s.cfg.Policy.Kind == converge.PolicyTimebound && s.cfg.Policy.Deadline > 0 {
 		// libvirt's means: past the deadline it pauses the source, which starts the stop-and-copy.
 		opts.Timeout = max(time.Second, time.Until(s.runStart.Add(s.cfg.Policy.Deadline)))

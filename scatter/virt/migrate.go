@@ -23,12 +23,11 @@ type MigrateOptions struct {
 	Socket  string // the unix socket, SocketDir/RUN/DOM.sock
 	// AutoConverge throttles the guest's vCPUs while dirtying outruns the link (--auto-converge).
 	AutoConverge bool
-	// MaxDowntime, when set, is libvirt's downtime limit for the switch-over (set through --timeout's companion
-	// migrate-setmaxdowntime by the caller while the job runs; here it only travels for the record).
-	MaxDowntime time.Duration
 	// Timeout, when set, makes libvirt act when the migration has not converged after it (--timeout with
 	// --timeout-suspend: the source is paused, which starts the stop-and-copy).
 	Timeout time.Duration
+	// BandwidthMiB caps the migration's rate, MiB/s (--bandwidth); 0 means libvirt's default (unlimited).
+	BandwidthMiB int64
 	// Unsafe passes --unsafe: libvirt skips its check that every disk is on a shared or cluster file system (or
 	// uncached). For a lab whose shared storage is a local directory; vmscatter's receiver checks each image itself.
 	Unsafe bool
@@ -44,7 +43,8 @@ type MigrateOptions struct {
 
 // MigrateArgs returns virsh's arguments for migrating dom through vmscatter's socket:
 //
-//	migrate --live --p2p --persistent --undefinesource [--auto-converge] [--unsafe] [--timeout N --timeout-suspend]
+//	migrate --live --p2p --persistent --undefinesource [--auto-converge] [--unsafe] [--bandwidth MiB/s]
+//	        [--timeout N --timeout-suspend]
 //	        DOM DESTURI --migrateuri unix://SOCKET
 //
 // Why each flag:
@@ -84,6 +84,9 @@ func MigrateArgs(dom string, o MigrateOptions) ([]string, error) {
 	}
 	if o.Unsafe {
 		args = append(args, "--unsafe")
+	}
+	if o.BandwidthMiB > 0 {
+		args = append(args, "--bandwidth", strconv.FormatInt(o.BandwidthMiB, 10))
 	}
 	if o.Timeout > 0 {
 		args = append(args, "--timeout", strconv.Itoa(max(1, int(o.Timeout/time.Second))), "--timeout-suspend")
