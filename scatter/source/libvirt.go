@@ -10,11 +10,8 @@ import (
 	"strings"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/vmscatter/vmscatter/qemu"
 	"github.com/vmscatter/vmscatter/scatter/converge"
-	"github.com/vmscatter/vmscatter/scatter/host"
 	"github.com/vmscatter/vmscatter/scatter/report"
 	"github.com/vmscatter/vmscatter/scatter/secure"
 	"github.com/vmscatter/vmscatter/scatter/virt"
@@ -305,9 +302,10 @@ func (m *vmMigration) runLibvirt(ctx context.Context) {
 			pumped <- err
 		}()
 		if s.cfg.Policy.Kind != converge.PolicyTimebound && s.cfg.Policy.Downtime > 0 {
-			gctx, gstop := context.WithCancel(jobCtx)
-			defer gstop()
-			go m.guardLibvirt(gctx, sc)
+			// The downtime limit acts through libvirt, on the job under way.
+			if err := lv.client.SetMaxDowntime(jobCtx, name, s.cfg.Policy.Downtime); err != nil {
+				m.log.Warn("setting libvirt's downtime limit", "err", err)
+			}
 		}
 	} else {
 		pumped <- fmt.Errorf("libvirt did not connect to %s: %w", sock, aerr)
@@ -343,55 +341,6 @@ func (m *vmMigration) runLibvirt(ctx context.Context) {
 	r.MigrationMS = time.Since(m.started).Milliseconds()
 	r.WireBytes = sc.BytesOut()
 	m.libvirtOutcome(migErr, pumpErr, done, destURI)
-}
-
-// libvirtGuardPeriod is how often the downtime guard samples a libvirt job (each sample runs virsh once).
-const libvirtGuardPeriod = 250 * time.Millisecond
-
-// guardLibvirt runs the downtime guard (converge.DowntimeGuard, as for QMP VMs: QEMU judges the link by its writes
-// into vmscatter, which references make look far faster than it is) on the libvirt job, through libvirt's means:
-// it samples the pump's counters and libvirt's pass count (domjobinfo) and sets what the guard answers with
-// migrate-setmaxdowntime and migrate-setspeed whenever that changes by more than a tenth. It ends with ctx.
-func (m *vmMigration) guardLibvirt(ctx context.Context, sc *secure.Conn) {
-	lv, name := m.s.virt.client, m.vm.spec.Name
-	g := converge.NewDowntimeGuard(m.s.cfg.Policy.Downtime, m.s.linkShare())
-	userCap := converge.QEMUMaxBandwidth(m.s.cfg.MaxBandwidth)
-	set := converge.GuardSetting{Downtime: g.Limit(), MaxBandwidth: userCap}
-	if err := lv.SetMaxDowntime(ctx, name, set.Downtime); err != nil && ctx.Err() == nil {
-		m.log.Warn("setting libvirt's downtime limit", "err", err)
-	}
-	start := time.Now()
-	t := time.NewTicker(libvirtGuardPeriod)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		ji, err := lv.JobInfo(ctx, name, false)
-		if err != nil || ji.Type != "Unbounded" {
-			continue // no job yet, or over: the migration's end is virsh migrate's to say
-		}
-		want := g.Observe(converge.GuardSample{At: time.Since(start), Stream: m.counters.stream.Load(), Wire: sc.BytesOut(),
-			LitStream: m.counters.litStream.Load(), LitWire: m.counters.litWire.Load(), Iterations: max(1, ji.Iteration),
-			Queued: int64(float64(host.SocketQueue(m.source(), unix.SIOCINQ))*max(g.Ratio(), 0.01)) + host.SocketQueue(sc.NetConn(), unix.SIOCOUTQ)})
-		if want.MaxBandwidth <= 0 || want.MaxBandwidth > userCap {
-			want.MaxBandwidth = userCap
-		}
-		far := func(a, b int64) bool { return a-b > b/10 || b-a > b/10 }
-		if far(int64(want.Downtime), int64(set.Downtime)) {
-			if err := lv.SetMaxDowntime(ctx, name, want.Downtime); err == nil {
-				set.Downtime = want.Downtime
-			}
-		}
-		if far(want.MaxBandwidth, set.MaxBandwidth) {
-			if err := lv.SetSpeed(ctx, name, want.MaxBandwidth>>20); err == nil {
-				set.MaxBandwidth = want.MaxBandwidth
-			}
-		}
-		m.log.Debug("downtime guard", "qemu_limit_ms", set.Downtime.Milliseconds(), "max_bandwidth", set.MaxBandwidth, "pass", ji.Iteration)
-	}
 }
 
 // abortJob aborts the domain's libvirt job (domjobabort), best effort.

@@ -182,16 +182,12 @@ type JobInfo struct {
 	DowntimeMS    int64 // "Total downtime"; -1 when not given
 	DataProcessed int64 // bytes, "Data processed"; -1 when not given
 	MemoryTotal   int64 // bytes; -1 when not given
-	Iteration     int64 // "Iteration": passes over memory (QEMU's dirty-sync count); -1 when not given
 }
 
 // ParseJobInfo reads domjobinfo's listing. Absent or unreadable figures are -1 (ElapsedMS 0).
 func ParseJobInfo(out string) JobInfo {
 	kv := ParseKeyValues(out)
-	j := JobInfo{Type: kv["Job type"], Operation: kv["Operation"], DowntimeMS: -1, DataProcessed: -1, MemoryTotal: -1, Iteration: -1}
-	if n, err := strconv.ParseInt(kv["Iteration"], 10, 64); err == nil && n >= 0 {
-		j.Iteration = n
-	}
+	j := JobInfo{Type: kv["Job type"], Operation: kv["Operation"], DowntimeMS: -1, DataProcessed: -1, MemoryTotal: -1}
 	if v, ok := msValue(kv["Time elapsed"]); ok {
 		j.ElapsedMS = v
 	}

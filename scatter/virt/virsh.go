@@ -209,12 +209,6 @@ func (c *Client) SetMaxDowntime(ctx context.Context, dom string, d time.Duration
 	return err
 }
 
-// SetSpeed caps the running migration job's rate, MiB/s (migrate-setspeed).
-func (c *Client) SetSpeed(ctx context.Context, dom string, mibps int64) error {
-	_, err := c.run(ctx, "migrate-setspeed", "--", dom, strconv.FormatInt(max(1, mibps), 10))
-	return err
-}
-
 // AbortJob aborts the domain's job under way (domjobabort): a migration before its switch-over rolls back.
 func (c *Client) AbortJob(ctx context.Context, dom string) error {
 	_, err := c.run(ctx, "domjobabort", "--", dom)
