@@ -183,10 +183,6 @@ func (m *vmMigration) runLibvirt(ctx context.Context) {
 	if s.cfg.MaxBandwidth > 0 { // send --max-bandwidth, bytes/s; libvirt takes MiB/s
 		opts.BandwidthMiB = max(1, s.cfg.MaxBandwidth>>20)
 	}
-	if s.cfg.Policy.Kind == converge.PolicyTimebound && s.cfg.Policy.Deadline > 0 {
-		// libvirt's means: past the deadline it pauses the source, which starts the stop-and-copy.
-		opts.Timeout = max(time.Second, time.Until(s.runStart.Add(s.cfg.Policy.Deadline)))
-	}
 	if _, err := virt.MigrateArgs(name, opts); err != nil {
 		untouched(err)
 		return
@@ -217,12 +213,17 @@ func (m *vmMigration) runLibvirt(ctx context.Context) {
 		return
 	}
 
+	if s.cfg.Policy.Kind == converge.PolicyTimebound && s.cfg.Policy.Deadline > 0 {
+		// libvirt's means: past the deadline (which counts from the run's start) it pauses the source, which
+		// starts the stop-and-copy.
+		opts.Timeout = max(time.Second, time.Until(s.runStart.Add(s.cfg.Policy.Deadline)))
+	}
 	// The socket listens before libvirt's Perform connects to it.
 	if err := os.MkdirAll(filepath.Dir(sock), 0o700); err != nil {
 		untouched(err)
 		return
 	}
-	_ = os.Remove(sock) // a stale one of an earlier run of this session id cannot exist; of a crash, it may
+	_ = os.Remove(sock) // a socket file a crashed sender left; session ids are random, so never a live one
 	ln, err := net.Listen("unix", sock)
 	if err != nil {
 		untouched(fmt.Errorf("listening on %s: %w", sock, err))
