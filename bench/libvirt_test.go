@@ -21,7 +21,7 @@ import (
 func newLibvirtRig(t *testing.T, ctx context.Context, targets ...string) *LibvirtRig {
 	t.Helper()
 	requireLab(t)
-	if err := virtlab.Available(); err != nil {
+	if err := virtlab.TestsWanted(); err != nil {
 		t.Skipf("libvirt lab: %v", err)
 	}
 	r, err := NewLibvirtRig(ctx, t.TempDir(), vmscatterBin, targets...)
@@ -189,7 +189,7 @@ func TestLibvirtReceiverKilledMidStream(t *testing.T) {
 // libvirt against libvirt's own migration of the same domains; vmscatter's source link must carry fewer bytes.
 func TestLibvirtBench(t *testing.T) {
 	requireLab(t)
-	if err := virtlab.Available(); err != nil {
+	if err := virtlab.TestsWanted(); err != nil {
 		t.Skipf("libvirt lab: %v", err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)

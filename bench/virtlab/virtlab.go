@@ -66,6 +66,18 @@ type Host struct {
 	exited   chan struct{}
 }
 
+// EnvLab is the environment variable that turns the libvirt lab's tests on (`make test-libvirt` sets it to 1): they
+// are not yet part of `make test` (docs/libvirt.md, "The lab").
+const EnvLab = "VMSCATTER_LIBVIRT_LAB"
+
+// TestsWanted reports why the libvirt lab's tests should not run here, or nil: EnvLab unset, or Available's reasons.
+func TestsWanted() error {
+	if os.Getenv(EnvLab) != "1" {
+		return fmt.Errorf("virtlab: the libvirt lab's tests run with %s=1 (make test-libvirt)", EnvLab)
+	}
+	return Available()
+}
+
 // Available reports why the lab cannot run here, or nil.
 func Available() error {
 	if os.Geteuid() != 0 {

@@ -15,7 +15,7 @@ func TestLabMigratesWithLibvirt(t *testing.T) {
 	if testing.Short() {
 		t.Skip("boots a guest under libvirt")
 	}
-	if err := Available(); err != nil {
+	if err := TestsWanted(); err != nil {
 		t.Skip(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
