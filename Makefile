@@ -47,7 +47,7 @@ test-unit:
 	$(GO) test -race -short ./...
 
 # The libvirt lab: one libvirtd per lab host, domains scattered through vmscatter. Not yet in `make test` (its
-# scatter test passed 6 of 7 runs here, the failure not diagnosed); its tests skip unless VMSCATTER_LIBVIRT_LAB=1.
+# scatter test passed 8 of 9 runs here, the failure not diagnosed); its tests skip unless VMSCATTER_LIBVIRT_LAB=1.
 test-libvirt: libvirt-deps fixture
 	VMSCATTER_LIBVIRT_LAB=1 $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./bench/virtlab
 	VMSCATTER_LIBVIRT_LAB=1 $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -run 'TestLibvirt' ./bench
