@@ -8,7 +8,7 @@ LAB := bin/vmscatter-lab
 # CI has 90 minutes for everything; the suite takes far less. The bound keeps a hung QEMU from eating it all.
 TEST_TIMEOUT ?= 40m
 
-.PHONY: all build deps fixture qemu-versions test test-unit verify demo bench-quick bench clean
+.PHONY: all build deps libvirt-deps fixture qemu-versions test test-unit test-libvirt verify demo bench-quick bench bench-libvirt clean
 
 all: build
 
@@ -20,6 +20,11 @@ build:
 deps:
 	@if [ "$$(id -u)" -ne 0 ]; then echo "make deps: run as root (it installs packages and the tests create network namespaces)"; exit 1; fi
 	./scripts/install-deps.sh
+
+# libvirt for the libvirt lab (bench/virtlab, docs/libvirt.md): idempotent; it never starts a system libvirtd.
+libvirt-deps: deps
+	@if [ "$$(id -u)" -ne 0 ]; then echo "make libvirt-deps: run as root (it installs packages)"; exit 1; fi
+	./scripts/install-libvirt.sh
 
 # The guest kernel and initramfs, built once into the cache.
 fixture: deps
@@ -41,6 +46,12 @@ test: deps fixture qemu-versions verify
 test-unit:
 	$(GO) test -race -short ./...
 
+# The libvirt lab: one libvirtd per lab host, domains scattered through vmscatter. Not yet in `make test` (its
+# scatter test passed 8 of 9 runs here, the failure not diagnosed); its tests skip unless VMSCATTER_LIBVIRT_LAB=1.
+test-libvirt: libvirt-deps fixture
+	VMSCATTER_LIBVIRT_LAB=1 $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./bench/virtlab
+	VMSCATTER_LIBVIRT_LAB=1 $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -run 'TestLibvirt' ./bench
+
 verify:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
@@ -57,6 +68,9 @@ bench-quick: deps fixture build
 
 bench: deps fixture build
 	./$(LAB) bench --out out/bench
+
+bench-libvirt: libvirt-deps fixture build
+	./$(LAB) bench --libvirt --out out/bench-libvirt
 
 clean:
 	rm -rf bin out

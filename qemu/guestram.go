@@ -77,7 +77,16 @@ var ErrRAMUnreadable = errors.New("guest RAM is not readable from here")
 // OpenGuestRAM finds the main RAM block's exact host address with `gpa2hva 0` and opens /proc/PID/mem.
 // The block is contiguous in QEMU's address space from that address; no guessing from /proc/PID/maps.
 func OpenGuestRAM(ctx context.Context, q *qmp.Client, pid int) (*GuestRAM, error) {
-	out, err := q.HMP(ctx, "gpa2hva 0")
+	return OpenGuestRAMWith(ctx, q.HMP, pid)
+}
+
+// HMPFunc runs one human-monitor command and returns its output: QMP's human-monitor-command, or libvirt's
+// qemu-monitor-command --hmp pass-through for a libvirt domain.
+type HMPFunc func(ctx context.Context, cmd string) (string, error)
+
+// OpenGuestRAMWith is OpenGuestRAM with the monitor commands run through hmp.
+func OpenGuestRAMWith(ctx context.Context, hmp HMPFunc, pid int) (*GuestRAM, error) {
+	out, err := hmp(ctx, "gpa2hva 0")
 	if err != nil {
 		return nil, fmt.Errorf("%w: gpa2hva: %v", ErrRAMUnreadable, err)
 	}
@@ -86,7 +95,11 @@ func OpenGuestRAM(ctx context.Context, q *qmp.Client, pid int) (*GuestRAM, error
 		return nil, fmt.Errorf("%w: unexpected gpa2hva answer %q", ErrRAMUnreadable, strings.TrimSpace(out))
 	}
 	base, _ := strconv.ParseUint(m[2], 16, 64)
-	blocks, err := QueryRAMBlocks(ctx, q)
+	out, err = hmp(ctx, "info ramblock")
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrRAMUnreadable, err)
+	}
+	blocks, err := parseRAMBlocks(out)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrRAMUnreadable, err)
 	}

@@ -71,7 +71,8 @@ func TestLayout(t *testing.T) {
 }
 
 // TestQMPNamesInOnePlace: QMP command names appear in qemu/qmp only (tests aside), so that the rest of the
-// project speaks its typed API.
+// project speaks its typed API. scatter/virt is the one place that knows virsh's commands, some of which share QMP's
+// names (migrate, migrate-setmaxdowntime).
 func TestQMPNamesInOnePlace(t *testing.T) {
 	names := regexp.MustCompile(`"(query-[a-z-]+|migrate(-[a-z-]+|_cancel)?|cont|stop|quit|pmemsave|human-monitor-command|qmp_capabilities)"`)
 	rawString := regexp.MustCompile("`[^`]*`")
@@ -81,7 +82,8 @@ func TestQMPNamesInOnePlace(t *testing.T) {
 		t.Skipf("git ls-files: %v", err)
 	}
 	for _, f := range strings.Fields(string(out)) {
-		if strings.HasSuffix(f, "_test.go") || strings.HasPrefix(f, "qemu/qmp/") || strings.Contains(f, "/qemutest/") {
+		if strings.HasSuffix(f, "_test.go") || strings.HasPrefix(f, "qemu/qmp/") || strings.Contains(f, "/qemutest/") ||
+			strings.HasPrefix(f, "scatter/virt/") {
 			continue
 		}
 		b, err := os.ReadFile(filepath.Join(root, f))

@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -39,6 +41,7 @@ func benchCommand() *cli.Command {
 			&cli.BoolFlag{Name: "skip-default", Usage: "leave out QEMU's default configuration: vmscatter against QEMU's best alone (a quicker run)"},
 			&cli.BoolFlag{Name: "quick", Usage: "a small run that checks the bench works (2 guests, 1 target)"},
 			&cli.BoolFlag{Name: "policies", Usage: "run the convergence-policy matrix instead (dirty rates × patterns × policies)"},
+			&cli.BoolFlag{Name: "libvirt", Usage: "compare vmscatter under libvirt (send --domains) with libvirt's own virsh migrate of the same domains instead (--guests domains, --targets hosts, --uplink; needs scripts/install-libvirt.sh)"},
 			&cli.BoolFlag{Name: "scale", Usage: "project 100–1000 VMs onto 10–100 targets with the scale model instead (docs/scale.md)"},
 			&cli.StringSliceFlag{Name: "images", Usage: "scale: raw RAM images to build fleets from (default: capture 4 fixture guests)"},
 			&cli.StringSliceFlag{Name: "boot-files", Usage: "scale: the imaged guests' -kernel and -initrd files, whose copies in RAM the targets read themselves (default with captured images: the fixture's)"},
@@ -107,6 +110,23 @@ func benchCommand() *cli.Command {
 				return err
 			}
 			if cfg.Bin, err = vmscatterBin(c); err != nil { // the scale model runs no vmscatter; the rest does
+				return err
+			}
+			if c.Bool("libvirt") {
+				lc := bench.LibvirtCompareConfig{Bin: cfg.Bin, Dir: cfg.Dir, Domains: cfg.Guests, Targets: cfg.Targets,
+					UplinkBps: cfg.UplinkBps, Settle: cfg.Settle, Out: c.App.ErrWriter}
+				if err := os.MkdirAll(lc.Dir, 0o755); err != nil {
+					return withCode(ExitError, err)
+				}
+				res, err := bench.RunLibvirtCompare(ctx, lc)
+				if err != nil {
+					return withCode(ExitError, err)
+				}
+				md := res.Markdown()
+				if err := os.WriteFile(filepath.Join(lc.Dir, "libvirt.md"), []byte(md), 0o644); err != nil {
+					return withCode(ExitError, err)
+				}
+				_, err = c.App.Writer.Write([]byte(md))
 				return err
 			}
 			if c.Bool("policies") {

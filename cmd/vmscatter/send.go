@@ -27,8 +27,8 @@ func sendCommand() *cli.Command {
    quits only after its destination runs; any failure before that resumes the source VM. Progress goes to stderr,
    the JSON report to --report.`,
 		ArgsUsage: " ",
-		Flags: []cli.Flag{
-			&cli.StringSliceFlag{Name: "vms", Required: true, Usage: "VMs to move, `NAME=QMP_SOCKET[,...]`"},
+		Flags: append([]cli.Flag{
+			&cli.StringSliceFlag{Name: "vms", Usage: "VMs to move, `NAME=QMP_SOCKET[,...]` (or --domains for libvirt's)"},
 			&cli.StringSliceFlag{Name: "targets", Required: true, Usage: "receivers, `ADDR:PORT[,...]`"},
 			&cli.StringFlag{Name: "key-file", Required: true, Usage: "the shared key (vmscatter keygen)"},
 			&cli.StringFlag{Name: "report", Value: "vmscatter-report.json", Usage: "where to write the JSON report (rewritten as each VM settles)"},
@@ -55,7 +55,7 @@ func sendCommand() *cli.Command {
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "no progress lines"},
 			&cli.StringFlag{Name: "cpuprofile", Usage: "write a Go CPU profile of the run to this file", Hidden: true},
 			&cli.StringFlag{Name: "log-level", Value: "warn", Usage: "log detail besides the progress lines: debug, info, warn, error"},
-		},
+		}, libvirtSendFlags()...),
 		Action: runSend,
 	}
 }
@@ -63,6 +63,9 @@ func sendCommand() *cli.Command {
 func runSend(c *cli.Context) error {
 	cfg, err := baseSendConfig(c)
 	if err != nil {
+		return err
+	}
+	if err := applyLibvirt(c, &cfg); err != nil { // sendlibvirt.go
 		return err
 	}
 	cfg.Parallel, cfg.Timeout, cfg.Compress = c.Int("parallel"), c.Duration("timeout"), c.String("compress")

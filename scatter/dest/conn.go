@@ -108,6 +108,8 @@ func (r *Receiver) serveVM(ctx context.Context, sc *secure.Conn, peer string) er
 		c.epoch, c.store = open.Epoch, s.store
 		m = r.vm(open.VM)
 		m.post(func() { m.opened(c, &open) })
+	case wire.FrameLibvirtOpen: // libvirt starts the destination: libvirt.go
+		return r.serveLibvirt(ctx, c, b)
 	case wire.FrameAttach:
 		var at wire.AttachMsg
 		if err := wire.Unmarshal(t, b, &at); err != nil {

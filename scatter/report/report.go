@@ -63,6 +63,9 @@ type VMReport struct {
 	DestinationStartMS int64 `json:"destination_start_ms"`
 	SourcePID          int   `json:"source_pid,omitempty"`
 	TargetPID          int   `json:"target_pid,omitempty"`
+	// LibvirtJob is libvirt's outcome of a libvirt-managed VM's migration (send --domains): "completed", "failed"
+	// with libvirt's message in Error, or "" for a VM vmscatter migrated itself.
+	LibvirtJob string `json:"libvirt_job,omitempty"`
 }
 
 // PageCounts counts the RAM pages of one VM's stream by how they travelled.

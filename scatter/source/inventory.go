@@ -18,6 +18,10 @@ import (
 // inventory learns a VM's QEMU: pid, command line, run state, RAM size, version and concrete machine type, and
 // refuses what vmscatter cannot carry (unsupportedFeatures) before anything moves.
 func (s *sender) inventory(ctx context.Context, vm *sourceVM) {
+	if s.virt != nil {
+		s.inventoryDomain(ctx, vm) // libvirt.go
+		return
+	}
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
 	fail := func(status string, err error) {

@@ -16,11 +16,17 @@ func (s *sender) scan(ctx context.Context, rep *report.Report) *dedup.SharingMap
 	start := time.Now()
 	var regions []dedup.Region
 	for i, vm := range s.vms {
-		if vm.report.Status != "" || vm.qmp == nil {
+		if vm.report.Status != "" || (vm.qmp == nil && s.virt == nil) {
 			continue
 		}
 		s.progress.set(vm.spec.Name, "scanning", "")
-		ram, err := qemu.OpenGuestRAM(ctx, vm.qmp, vm.pid)
+		var ram *qemu.GuestRAM
+		var err error
+		if s.virt != nil {
+			ram, err = s.openDomainRAM(ctx, vm)
+		} else {
+			ram, err = qemu.OpenGuestRAM(ctx, vm.qmp, vm.pid)
+		}
 		if err != nil {
 			rep.Warnings = append(rep.Warnings, fmt.Sprintf("VM %s: scan skipped, its pages travel literal: %v", vm.spec.Name, err))
 			continue

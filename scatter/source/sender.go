@@ -71,6 +71,10 @@ type Config struct {
 	Progress io.Writer    // progress lines; nil means none
 	Log      *slog.Logger // nil logs nowhere
 
+	// Libvirt, when set, makes VMs name libvirt domains (send --domains): libvirt carries out each migration, through
+	// vmscatter's sockets (libvirt.go).
+	Libvirt *LibvirtConfig
+
 	// Seams for tests, which inject faults through them; nil means the ordinary behaviour.
 	// Fingerprint is the fast page hash of the scan and of the held index (default dedup.XXHash); a weak one forces
 	// collisions, which the exact digest must catch.
@@ -206,6 +210,11 @@ func newSender(cfg Config) (*sender, error) {
 		return nil, err
 	}
 	s.digester = dedup.NewDigester(salt)
+	if cfg.Libvirt != nil {
+		if s.virt, err = newLibvirtSource(cfg.Libvirt, s.session, cfg.Policy); err != nil {
+			return nil, err
+		}
+	}
 	return s, nil
 }
 
@@ -237,8 +246,9 @@ type sender struct {
 	// (0: unknown). Datagrams a shaper drops never count, nor do bytes that waited on the CPU. The downtime guard's
 	// bound on what one migration can send.
 	linkRate float64
-	iface    string       // the data-plane interface, for its counters
-	streams  atomic.Int32 // pumps running: the streams that share the link now
+	iface    string         // the data-plane interface, for its counters
+	streams  atomic.Int32   // pumps running: the streams that share the link now
+	virt     *libvirtSource // libvirt domains (Config.Libvirt); nil for QMP VMs
 }
 
 // A prime smaller than this measures set-up more than the link: the downtime guard then does without a share.

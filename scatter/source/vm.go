@@ -399,6 +399,10 @@ func (s *sender) openEarly(ctx context.Context) {
 func (s *sender) startMigration(ctx context.Context, vm *sourceVM) {
 	vm.mig = s.newMigration(vm)
 	vm.done = make(chan struct{})
+	if s.virt != nil { // a libvirt domain: libvirt.go
+		vm.mig.startLibvirt(ctx, vm.done)
+		return
+	}
 	vm.mig.start(ctx, vm.done)
 }
 

@@ -17,6 +17,7 @@ var payloads = map[FrameType]any{
 	FrameRAMStart: RAMStartMsg{}, FrameRunning: RunningMsg{}, FrameAbort: ErrorMsg{}, FrameError: ErrorMsg{},
 	FrameDone: DoneMsg{}, FrameStreamCancel: ErrorMsg{}, FrameLoaded: RunningMsg{}, FrameStart: EpochMsg{},
 	FrameCommit: EpochMsg{}, FrameAborted: ErrorMsg{}, FrameAttach: AttachMsg{}, FrameQuery: EpochMsg{}, FrameState: StateMsg{},
+	FrameLibvirtOpen: LibvirtOpenMsg{}, FrameLibvirtDone: LibvirtDoneMsg{},
 }
 
 // TestControlDocMatchesCode holds docs/control.md's frame table against the code: every frame type with its number

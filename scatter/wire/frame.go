@@ -55,6 +55,8 @@ const (
 	FrameSeedDone     FrameType = 0x0c // sender→receiver (control), JSON SeedDoneMsg
 	FrameSeedAck      FrameType = 0x0d // receiver→sender (control), JSON SeedAckMsg
 	FrameDigests      FrameType = 0x0e // sender→receiver (control), binary: digest records of a group's contents
+	FrameLibvirtOpen  FrameType = 0x28 // sender→receiver, JSON LibvirtOpenMsg: a libvirt-managed migration (libvirt.go)
+	FrameLibvirtDone  FrameType = 0x29 // receiver→sender, JSON LibvirtDoneMsg: the libvirt-managed stream ended
 )
 
 func (t FrameType) String() string {
@@ -73,7 +75,7 @@ var frameNames = map[FrameType]string{
 	FrameLoaded: "LOADED", FrameStart: "START", FrameJoin: "JOIN", FrameJoined: "JOINED", FrameLeave: "LEAVE",
 	FrameSeedFiles: "SEED_FILES", FrameSeed: "SEED", FrameSeedDone: "SEED_DONE", FrameSeedAck: "SEED_ACK", FrameDigests: "DIGESTS",
 	FramePagesZ: "PAGES_Z", FrameSwitchover: "SWITCHOVER_START", FrameAborted: "ABORTED", FrameAttach: "ATTACH",
-	FrameQuery: "QUERY", FrameState: "STATE",
+	FrameQuery: "QUERY", FrameState: "STATE", FrameLibvirtOpen: "LIBVIRT_OPEN", FrameLibvirtDone: "LIBVIRT_DONE",
 }
 
 // SessionID names one scatter run on every receiver.
