@@ -284,8 +284,14 @@ func RunTrial(ctx context.Context, cfg CampaignConfig, spec FaultSpec) (res *Tri
 	if err != nil {
 		return nil, err
 	}
+	var disks []*smallFS // a disk fault's small filesystems: unmounted after the cluster has killed its processes
 	defer func() {
 		c.Close()
+		for _, f := range disks {
+			if err := f.Unmount(); err != nil {
+				note("unmounting %s: %v", f.dir, err)
+			}
+		}
 		if res == nil {
 			return // the trial could not run (the error says why): its directory stays for a look
 		}
@@ -329,14 +335,6 @@ func RunTrial(ctx context.Context, cfg CampaignConfig, spec FaultSpec) (res *Tri
 	defer func() {
 		if watching {
 			w.Close()
-		}
-	}()
-	var disks []*smallFS
-	defer func() {
-		for _, f := range disks {
-			if err := f.Unmount(); err != nil {
-				note("unmounting %s: %v", f.dir, err)
-			}
 		}
 	}()
 	switch spec.Kind {
