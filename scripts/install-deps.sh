@@ -17,18 +17,9 @@ set -eu
 
 PACKAGES="qemu-system-x86 qemu-utils busybox-static iproute2 cpio xz-utils zstd kmod ca-certificates patchelf"
 
-if [ "$(id -u)" -ne 0 ]; then
-	echo "install-deps.sh: must run as root" >&2
-	exit 1
-fi
-
-missing=""
-for p in $PACKAGES; do
-	status=$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)
-	if [ "$status" != "installed" ]; then
-		missing="$missing $p"
-	fi
-done
+. "$(dirname "$0")/lib.sh"
+require_root install-deps.sh
+missing=$(missing_packages $PACKAGES)
 
 if [ -n "$missing" ]; then
 	echo "install-deps.sh: installing:$missing"

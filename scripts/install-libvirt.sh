@@ -16,18 +16,9 @@ set -eu
 
 PACKAGES="libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients"
 
-if [ "$(id -u)" -ne 0 ]; then
-	echo "install-libvirt.sh: must run as root" >&2
-	exit 1
-fi
-
-missing=""
-for p in $PACKAGES; do
-	status=$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)
-	if [ "$status" != "installed" ]; then
-		missing="$missing $p"
-	fi
-done
+. "$(dirname "$0")/lib.sh"
+require_root install-libvirt.sh
+missing=$(missing_packages $PACKAGES)
 
 if [ -n "$missing" ]; then
 	echo "install-libvirt.sh: installing:$missing"
