@@ -354,7 +354,6 @@ func (c *Cluster) StartSend(ctx context.Context, guests []*fixture.Guest, extra 
 	if err != nil {
 		return nil, err
 	}
-	defer stderr.Close() // the child holds its own descriptor; with Progress, exec's copier holds this one until Wait
 	_, r.tx0, _ = c.Source.Counters()
 	r.rx0 = c.targetRx()
 	r.cmd = c.Source.Command(ctx, c.cfg.Bin, args...)
@@ -364,6 +363,7 @@ func (c *Cluster) StartSend(ctx context.Context, guests []*fixture.Guest, extra 
 	}
 	r.start = time.Now()
 	if err := r.cmd.Start(); err != nil {
+		stderr.Close()
 		return nil, fmt.Errorf("starting vmscatter send: %w", err)
 	}
 	r.PID = r.cmd.Process.Pid
@@ -372,6 +372,8 @@ func (c *Cluster) StartSend(ctx context.Context, guests []*fixture.Guest, extra 
 	c.mu.Unlock()
 	go func() {
 		r.waitErr = r.cmd.Wait()
+		// Only now: with Progress, exec's copier writes into the file until Wait has returned.
+		stderr.Close()
 		close(r.done)
 	}()
 	return r, nil
