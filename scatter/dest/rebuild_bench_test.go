@@ -61,30 +61,36 @@ func BenchmarkRebuild(b *testing.B) {
 		for _, codec := range []dedup.Codec{dedup.CodecZstd, dedup.CodecS2} {
 			b.Run(mix.Name+"/"+codec.String(), func(b *testing.B) {
 				st, frames, store := rebuildInput(b, mix, codec)
-				ctx := context.Background()
-				b.SetBytes(st.RAMBytes())
-				var cpu datapath.CPU
-				wireBytes := 0
-				b.ResetTimer()
-				for range b.N {
-					b.StopTimer()
-					var rc *secure.Conn
-					rc, wireBytes = sealed(b, frames)
-					rb := newRebuilder(&datapath.MemConn{}, store, time.Second)
-					b.StartTimer()
-					cpu.Start()
-					err := rebuildAll(ctx, rb, rc)
-					cpu.Stop()
-					if err != nil {
-						b.Fatal(err)
-					}
-				}
-				b.StopTimer()
-				cpu.Report(b, st.RAMBytes(), b.N)
+				wireBytes := benchRebuild(b, st.RAMBytes(), frames, store)
 				b.ReportMetric(float64(wireBytes)/float64(st.RAMBytes()), "wire/RAM")
 			})
 		}
 	}
+}
+
+// benchRebuild times the rebuild of frames from store b.N times (sealing them anew each time, untimed) and reports
+// the CPU per GiB of guest RAM. It returns the sealed stream's bytes.
+func benchRebuild(b *testing.B, ramBytes int64, frames []datapath.Frame, store *dedup.ContentStore) (wireBytes int) {
+	ctx := context.Background()
+	b.SetBytes(ramBytes)
+	var cpu datapath.CPU
+	b.ResetTimer()
+	for range b.N {
+		b.StopTimer()
+		var rc *secure.Conn
+		rc, wireBytes = sealed(b, frames)
+		rb := newRebuilder(&datapath.MemConn{}, store, time.Second)
+		b.StartTimer()
+		cpu.Start()
+		err := rebuildAll(ctx, rb, rc)
+		cpu.Stop()
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	cpu.Report(b, ramBytes, b.N)
+	return wireBytes
 }
 
 // rebuildAll feeds the rebuilder every frame of rc until STREAM_END, as a VM connection's reader does.

@@ -52,23 +52,5 @@ func TestRebuildFromSlotStore(t *testing.T) {
 func BenchmarkRebuildSlotStore(b *testing.B) {
 	mix := datapath.ReferenceHeavy
 	st, frames, _ := rebuildInput(b, mix, dedup.CodecZstd)
-	store := slotStore(b, st)
-	ctx := context.Background()
-	b.SetBytes(st.RAMBytes())
-	var cpu datapath.CPU
-	b.ResetTimer()
-	for range b.N {
-		b.StopTimer()
-		rc, _ := sealed(b, frames)
-		rb := newRebuilder(&datapath.MemConn{}, store, time.Second)
-		b.StartTimer()
-		cpu.Start()
-		err := rebuildAll(ctx, rb, rc)
-		cpu.Stop()
-		if err != nil {
-			b.Fatal(err)
-		}
-	}
-	b.StopTimer()
-	cpu.Report(b, st.RAMBytes(), b.N)
+	benchRebuild(b, st.RAMBytes(), frames, slotStore(b, st))
 }
