@@ -71,35 +71,32 @@ func (o OK) Append(b []byte) []byte {
 	b = strconv.AppendUint(b, o.Seq, 10)
 	b = append(b, " t="...)
 	b = strconv.AppendInt(b, o.UnixMilli, 10)
-	b = append(b, " gen="...)
-	b = strconv.AppendUint(b, o.Gen, 10)
-	b = append(b, " dirtied="...)
-	b = strconv.AppendUint(b, o.Dirtied, 10)
-	b = append(b, " verified="...)
-	b = strconv.AppendUint(b, o.Verified, 10)
-	b = append(b, " pass="...)
-	b = strconv.AppendUint(b, o.Pass, 10)
-	b = append(b, " bad="...)
-	b = strconv.AppendUint(b, o.Bad, 10)
+	b = appendFields(b, []field{{"gen", o.Gen}, {"dirtied", o.Dirtied}, {"verified", o.Verified}, {"pass", o.Pass}, {"bad", o.Bad}})
 	if o.Disk {
-		b = append(b, " dwrites="...)
-		b = strconv.AppendUint(b, o.DiskWrites, 10)
-		b = append(b, " dverified="...)
-		b = strconv.AppendUint(b, o.DiskVerified, 10)
-		b = append(b, " dpass="...)
-		b = strconv.AppendUint(b, o.DiskPass, 10)
+		b = appendFields(b, []field{{"dwrites", o.DiskWrites}, {"dverified", o.DiskVerified}, {"dpass", o.DiskPass}})
 	}
 	if o.Cache {
-		b = append(b, " cverified="...)
-		b = strconv.AppendUint(b, o.CacheVerified, 10)
-		b = append(b, " cpass="...)
-		b = strconv.AppendUint(b, o.CachePass, 10)
+		b = appendFields(b, []field{{"cverified", o.CacheVerified}, {"cpass", o.CachePass}})
 	}
 	if o.Net {
-		b = append(b, " nsent="...)
-		b = strconv.AppendUint(b, o.NetSent, 10)
-		b = append(b, " nrecv="...)
-		b = strconv.AppendUint(b, o.NetRecv, 10)
+		b = appendFields(b, []field{{"nsent", o.NetSent}, {"nrecv", o.NetRecv}})
+	}
+	return b
+}
+
+// field is one " name=value" of a line.
+type field struct {
+	name  string
+	value uint64
+}
+
+// appendFields appends " name=value" for each field.
+func appendFields(b []byte, fs []field) []byte {
+	for _, f := range fs {
+		b = append(b, ' ')
+		b = append(b, f.name...)
+		b = append(b, '=')
+		b = strconv.AppendUint(b, f.value, 10)
 	}
 	return b
 }
