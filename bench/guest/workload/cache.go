@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"io"
-	"math"
 	"os"
 	"time"
 
@@ -27,11 +26,8 @@ type cachePart struct {
 	vrate  float64 // blocks checked per second
 	period float64
 
-	verifyCredit float64
-	vcursor      int
-	verified     uint64 // since the last line
-	pass         uint64
-	ioFailed     bool
+	sweep
+	ioFailed bool
 }
 
 // newCachePart reads the first size bytes of dev into the page cache, 1 MiB at a time, and notes their sums.
@@ -56,19 +52,7 @@ func newCachePart(dev io.ReaderAt, size int64, vperiod, period time.Duration) (*
 
 // advance checks the blocks due after dt seconds, with credit capped at one period's worth, and returns the failures.
 func (c *cachePart) advance(dt float64, emit func([]byte), line []byte) uint64 {
-	var bad uint64
-	n := len(c.sums)
-	c.verifyCredit = math.Min(c.verifyCredit+dt*c.vrate, math.Max(1, c.vrate*c.period))
-	for ; c.verifyCredit >= 1; c.verifyCredit-- {
-		bad += c.verify(c.vcursor, emit, line)
-		c.verified++
-		c.vcursor++
-		if c.vcursor == n {
-			c.vcursor = 0
-			c.pass++
-		}
-	}
-	return bad
+	return c.advanceSweep(dt, c.vrate, c.period, len(c.sums), func(i int) uint64 { return c.verify(i, emit, line) })
 }
 
 func (c *cachePart) verify(i int, emit func([]byte), line []byte) uint64 {

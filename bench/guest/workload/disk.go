@@ -41,15 +41,12 @@ type diskPart struct {
 	vrate  float64
 	period float64
 
-	writeCredit  float64
-	verifyCredit float64
-	wcursor      int
-	vcursor      int
+	writeCredit float64
+	wcursor     int
+	sweep
 
 	writes   uint64 // block writes since start
-	verified uint64 // since the last line
-	pass     uint64
-	ioFailed bool // the last I/O failed: the next failure is not reported again
+	ioFailed bool   // the last I/O failed: the next failure is not reported again
 }
 
 // newDiskPart lays blocks blocks over dev and fills them at generation 0.
@@ -98,17 +95,7 @@ func (d *diskPart) advance(dt float64, emit func([]byte), line []byte) uint64 {
 		d.gens[i]++
 		d.writes++
 	}
-	d.verifyCredit = math.Min(d.verifyCredit+dt*d.vrate, math.Max(1, d.vrate*d.period))
-	for ; d.verifyCredit >= 1; d.verifyCredit-- {
-		bad += d.verify(d.vcursor, emit, line)
-		d.verified++
-		d.vcursor++
-		if d.vcursor == n {
-			d.vcursor = 0
-			d.pass++
-		}
-	}
-	return bad
+	return bad + d.advanceSweep(dt, d.vrate, d.period, n, func(i int) uint64 { return d.verify(i, emit, line) })
 }
 
 // write puts block i at generation gen on the disk, durably.

@@ -123,18 +123,15 @@ type engine struct {
 	nextLine time.Time
 	last     time.Time
 
-	dirtyCredit  float64
-	verifyCredit float64
-	cursor       int    // next page of the sequential pattern
-	rng          uint64 // state of the random pattern
-	vcursor      int    // next page to verify
+	dirtyCredit float64
+	cursor      int    // next page of the sequential pattern
+	rng         uint64 // state of the random pattern
+	sweep              // the pages to verify
 
-	seq      uint64
-	gen      uint64 // dirty writes since start
-	dirtied  uint64 // since the last line
-	verified uint64 // since the last line
-	pass     uint64
-	bad      uint64
+	seq     uint64
+	gen     uint64 // dirty writes since start
+	dirtied uint64 // since the last line
+	bad     uint64
 }
 
 // newEngine lays the working set over mem and fills it, the disk's blocks over dev when it is not nil, and reads
@@ -206,16 +203,7 @@ func (e *engine) advance(now time.Time, out io.Writer) {
 	}
 
 	vrate := float64(n) / e.cfg.vperiod.Seconds()
-	e.verifyCredit = math.Min(e.verifyCredit+dt*vrate, math.Max(1, vrate*p))
-	for ; e.verifyCredit >= 1; e.verifyCredit-- {
-		e.verify(e.vcursor, out)
-		e.verified++
-		e.vcursor++
-		if e.vcursor == n {
-			e.vcursor = 0
-			e.pass++
-		}
-	}
+	e.advanceSweep(dt, vrate, p, n, func(i int) uint64 { e.verify(i, out); return 0 })
 
 	if e.disk != nil {
 		e.bad += e.disk.advance(dt, func(line []byte) { e.emit(out, line) }, e.line[:0])
