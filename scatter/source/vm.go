@@ -379,8 +379,8 @@ func destinationCaps(caps map[string]bool) map[string]bool {
 	return out
 }
 
-// openEarly starts the first migrations (as many as run at once) right after placement: their destinations start
-// while the seed and the prime run, and they wait at their gate before touching the source QEMU.
+// openEarly starts the first migrations (as many as run at once) right after the seed: their destinations start
+// while the prime runs, and they wait at their gate before touching the source QEMU.
 func (s *sender) openEarly(ctx context.Context) {
 	n := 0
 	for _, vm := range s.vms {
