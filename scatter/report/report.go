@@ -74,6 +74,9 @@ type PageCounts struct {
 	Zero       int64 `json:"zero"`
 	Literal    int64 `json:"literal"`
 	Referenced int64 `json:"referenced"`
+	// Unchanged counts pages QEMU sent again with the exact bytes the stream had last sent literal at the same
+	// address (a page dirtied before QEMU's pass read it, then sent again by the next pass): they are not sent.
+	Unchanged int64 `json:"unchanged,omitempty"`
 }
 
 // Totals sums the run.

@@ -114,7 +114,8 @@ func (m *vmMigration) pump(ctx context.Context) error {
 		}
 		return nil
 	}
-	var sent int64
+	var wireBytes int64
+	sent := literalsSent{digester: m.s.digester, at: map[uint64]dedup.Digest{}}
 	lastProgress := time.Now()
 	for {
 		if ctx.Err() != nil {
@@ -140,10 +141,15 @@ func (m *vmMigration) pump(ctx context.Context) error {
 		case stream.Page:
 			m.pages.Total++
 			m.counters.stream.Add(dedup.PageSize)
+			if sent.same(e) {
+				m.pages.Unchanged++
+				continue
+			}
 			var placed dedup.Placed
 			batch, placed = dedup.AppendPage(batch, dedup.Page{Block: uint16(e.Block), Offset: uint64(e.Offset), Zero: e.Zero,
 				Fill: e.Fill, Data: e.Data}, fingerprint, held, lc.method)
 			block, offset := uint16(e.Block), uint64(e.Offset)
+			sent.record(e, placed.Kind)
 			switch placed.Kind {
 			case dedup.RecordZero:
 				m.pages.Zero++
@@ -188,8 +194,8 @@ func (m *vmMigration) pump(ctx context.Context) error {
 			return m.toReceiver(err)
 		}
 		if time.Since(lastProgress) > 500*time.Millisecond {
-			sent = sc.BytesOut()
-			m.s.progress.set(m.vm.spec.Name, "migrating", fmt.Sprintf("%d pages, %s sent", m.pages.Total, fmtBytes(sent)))
+			wireBytes = sc.BytesOut()
+			m.s.progress.set(m.vm.spec.Name, "migrating", fmt.Sprintf("%d pages, %s sent", m.pages.Total, fmtBytes(wireBytes)))
 			lastProgress = time.Now()
 		}
 	}
@@ -201,4 +207,37 @@ func (m *vmMigration) toReceiver(err error) error {
 		return nil
 	}
 	return fmt.Errorf("receiver %s: connection lost while sending the stream (did the receiver stop?): %w", m.vm.target.addr, err)
+}
+
+// literalsSent remembers, for each address the stream last sent as a literal page, the keyed digest of the bytes it
+// sent, so that a page QEMU sends again with the same bytes is left out: the destination has it. QEMU sends a page
+// twice when the guest writes it after the dirty-bitmap sync that began a pass and before the pass reads it (the
+// pass reads the new bytes, and the next sync finds the page dirty again). References and zero pages cost a few
+// bytes and are not tracked; only literals, which cost a page each, are.
+type literalsSent struct {
+	digester *dedup.Digester
+	at       map[uint64]dedup.Digest // by pageKey
+}
+
+func pageKey(p stream.Page) uint64 { return uint64(p.Block)<<48 | uint64(p.Offset)/dedup.PageSize }
+
+// same reports whether p's bytes are exactly those the stream last sent literal at p's address.
+func (l *literalsSent) same(p stream.Page) bool {
+	if len(l.at) == 0 || p.Zero {
+		return false
+	}
+	dg, ok := l.at[pageKey(p)]
+	return ok && l.digester.Sum(p.Data) == dg
+}
+
+// record notes what the stream sends at p's address: a literal's digest, or that it no longer holds a literal there.
+func (l *literalsSent) record(p stream.Page, kind dedup.RecordKind) {
+	if l.digester == nil {
+		return
+	}
+	if kind == dedup.RecordLiteral {
+		l.at[pageKey(p)] = l.digester.Sum(p.Data)
+	} else if len(l.at) > 0 {
+		delete(l.at, pageKey(p))
+	}
 }
