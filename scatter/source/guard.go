@@ -32,7 +32,7 @@ func (m *vmMigration) newGuardWatch(log *slog.Logger) *guardWatch {
 	g := converge.NewDowntimeGuard(m.s.cfg.Policy.Downtime, m.s.linkShare())
 	userCap := converge.QEMUMaxBandwidth(m.s.cfg.MaxBandwidth)
 	return &guardWatch{m: m, g: g, start: time.Now(), userCap: userCap, log: log,
-		set: converge.GuardSetting{Downtime: g.Limit(), MaxBandwidth: userCap}} // as applyPolicy left them
+		set: converge.GuardSetting{Downtime: m.mig.downtime, MaxBandwidth: userCap}} // as applyPolicy left them
 }
 
 func (w *guardWatch) observe(ctx context.Context, mi qmp.MigrationInfo) {

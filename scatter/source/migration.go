@@ -35,6 +35,10 @@ type sourceMigration struct {
 	saved    *Settings
 	unpinned func() // gives the vCPUs their CPUs back, if the policy pinned them
 	vcpus    int    // the VM's vCPU threads as QEMU listed them before `migrate` (0: unknown)
+	// downtime is the limit applyPolicy gave QEMU: from the link's share when the prime had measured it, else the
+	// policy's own; the downtime guard corrects it on its first reading.
+	downtime time.Duration
+	tuned    chan struct{} // closed when the watch has set QEMU's parameters for the stream to flow
 }
 
 // startMigration saves the source's settings, sets the policy's and starts QEMU's migration into our socket;
@@ -60,7 +64,7 @@ func (m *vmMigration) startMigration(ctx context.Context) {
 	}
 	mctx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	mig := &sourceMigration{sock: filepath.Join(s.tmpDir, vm.spec.Name+".sock"), cancel: stop, saved: saved,
-		watched: make(chan struct{}), pumped: make(chan struct{})}
+		watched: make(chan struct{}), pumped: make(chan struct{}), tuned: make(chan struct{})}
 	m.mig = mig
 	ln, err := net.Listen("unix", mig.sock)
 	if err != nil {
@@ -74,8 +78,9 @@ func (m *vmMigration) startMigration(ctx context.Context) {
 	if tids, err := vm.qmp.VCPUThreads(opCtx); err == nil {
 		mig.vcpus = len(tids)
 	}
+	mig.downtime = max(time.Millisecond, converge.StartingDowntime(s.cfg.Policy.Downtime, s.primedLinkShare()))
 	if err := applyPolicy(opCtx, vm.qmp, s.cfg.Policy, s.cfg.Policy.CapabilitiesFor(mig.vcpus), s.cfg.MaxBandwidth,
-		converge.StartingDowntime(s.cfg.Policy.Downtime, s.linkShare())); err != nil {
+		mig.downtime); err != nil {
 		close(mig.watched)
 		close(mig.pumped)
 		fail(fmt.Errorf("setting migration parameters: %w", err))

@@ -103,6 +103,7 @@ func (s *sender) prime(ctx context.Context, sm *dedup.SharingMap, rep *report.Re
 		if g != nil && g.sender != nil && !capped {
 			p.capGroups(int64(8 * p.probe.Rate()))
 			capped = true
+			s.primeTailStarts()
 		}
 		for start := 0; start < len(b.contents); start += prepareWindow {
 			window := b.contents[start:min(start+prepareWindow, len(b.contents))]

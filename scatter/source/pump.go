@@ -80,6 +80,20 @@ const pagesFrameTarget = 64 << 10
 // pump decodes the source QEMU's stream and sends it to the receiver as frames. It runs on its own goroutine and
 // is the only writer of stream frames; it returns nil at the source stream's clean end (STREAM_END sent).
 func (m *vmMigration) pump(ctx context.Context) error {
+	// The stream waits in its socket (QEMU blocks writing) until the prime is over and the target's held contents
+	// are known.
+	select {
+	case <-m.s.primed:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if m.mig != nil {
+		select { // and until the watch has given QEMU the downtime limit the link's share calls for
+		case <-m.mig.tuned:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 	dec := stream.NewDecoder(m.src)
 	sc := m.conn()
 	if sc == nil {
@@ -116,6 +130,7 @@ func (m *vmMigration) pump(ctx context.Context) error {
 	}
 	var wireBytes int64
 	sent := literalsSent{digester: m.s.digester, at: map[uint64]dedup.Digest{}}
+	firstPage := true
 	lastProgress := time.Now()
 	for {
 		if ctx.Err() != nil {
@@ -139,6 +154,10 @@ func (m *vmMigration) pump(ctx context.Context) error {
 		case stream.SectionBegin:
 			err = sc.Send(wire.FrameSection, wire.AppendSection(nil, byte(e.Kind), e.SectionID), false)
 		case stream.Page:
+			if firstPage {
+				firstPage = false
+				m.log.Debug("the stream's first page", "since_migrate_ms", time.Since(m.started).Milliseconds())
+			}
 			m.pages.Total++
 			m.counters.stream.Add(dedup.PageSize)
 			if sent.same(e) {

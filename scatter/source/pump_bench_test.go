@@ -41,7 +41,8 @@ func adaptivePumpFor(tb testing.TB, st *datapath.Stream, codec dedup.Codec, adap
 	}
 	vm := &sourceVM{spec: VMSpec{Name: "bench"}, target: t, report: &report.VMReport{Name: "bench"}}
 	s := &sender{codec: codec, adaptive: adaptive, linkRate: link, progress: newProgress(nil), targets: []*targetConn{t}, vms: []*sourceVM{vm},
-		sharing: &dedup.SharingMap{PerVM: [][]dedup.ContentID{mine}}, costs: make([]uint32, len(st.Held))}
+		sharing: &dedup.SharingMap{PerVM: [][]dedup.ContentID{mine}}, costs: make([]uint32, len(st.Held)), primed: make(chan struct{})}
+	close(s.primed)
 	sc, rc, err := datapath.Pair(benchKey, w, r)
 	if err != nil {
 		tb.Fatal(err)

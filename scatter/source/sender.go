@@ -201,7 +201,8 @@ func newSender(cfg Config) (*sender, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &sender{cfg: cfg, log: log, codec: codec, adaptive: adaptive, progress: newProgress(cfg.Progress)}
+	s := &sender{cfg: cfg, log: log, codec: codec, adaptive: adaptive, progress: newProgress(cfg.Progress), primed: make(chan struct{}),
+		primeTail: make(chan struct{})}
 	if _, err := rand.Read(s.session[:]); err != nil {
 		return nil, err
 	}
@@ -249,7 +250,17 @@ type sender struct {
 	iface    string         // the data-plane interface, for its counters
 	streams  atomic.Int32   // pumps running: the streams that share the link now
 	virt     *libvirtSource // libvirt domains (Config.Libvirt); nil for QMP VMs
+	// primed is closed when the prime is over (done, failed or skipped): the held indexes and linkRate are final
+	// from then on. The first migrations start before it (openEarly), and their pumps and watches wait for it.
+	primed chan struct{}
+	// primeTail is closed when the prime's last stage starts (its multicast groups), or with primed: the first
+	// migrations' source QEMUs start their migrations then, so that their set-up overlaps the prime's end.
+	primeTail     chan struct{}
+	primeTailOnce sync.Once
 }
+
+// primeTailStarts says the prime is in its last stage.
+func (s *sender) primeTailStarts() { s.primeTailOnce.Do(func() { close(s.primeTail) }) }
 
 // A prime smaller than this measures set-up more than the link: the downtime guard then does without a share.
 const (
@@ -266,6 +277,18 @@ func (s *sender) linkShare() float64 {
 // as migrations end.
 func (s *sender) linkShareNow() float64 {
 	return s.linkRate / float64(max(1, s.streams.Load()))
+}
+
+// primedLinkShare is linkShare once the prime is over, and 0 (unknown) before: a migration that starts during the
+// prime (openEarly) sets QEMU's parameters without it, and its downtime guard, which waits for the prime, corrects
+// them.
+func (s *sender) primedLinkShare() float64 {
+	select {
+	case <-s.primed:
+		return s.linkShare()
+	default:
+		return 0
+	}
 }
 
 // contentCost is what content id cost to bring to target t, for the report's bound: its compressed size as primed,
@@ -431,6 +454,8 @@ func (s *sender) run(ctx context.Context) (*report.Report, error) {
 	}
 	rep.Totals.Phases.Prime = phase.lap()
 	s.linkRate = primeRate.Rate()
+	close(s.primed)
+	s.primeTailStarts()
 
 	// Phase 6: the migrations, a bounded number at once.
 	var mg errgroup.Group
@@ -442,8 +467,8 @@ func (s *sender) run(ctx context.Context) (*report.Report, error) {
 		mg.Go(func() error {
 			if vm.mig == nil {
 				s.startMigration(mctx, vm)
+				close(vm.mig.gate)
 			}
-			close(vm.mig.gate)
 			<-vm.done
 			s.checkpoint(rep)
 			return nil

@@ -46,7 +46,21 @@ func applyPolicy(ctx context.Context, q *qmp.Client, p converge.Policy, caps map
 // to the policy's steering and to the downtime guard: one reader of QEMU per VM. The caller joins it before it
 // reports the VM's outcome or rolls it back, so no decision of either lands after that.
 func (m *vmMigration) watch(ctx context.Context, log *slog.Logger) {
+	select { // the stream flows, and the link's share is known, once the prime is over
+	case <-m.s.primed:
+	case <-ctx.Done():
+		return
+	}
 	q, p := m.vm.qmp, m.s.cfg.Policy
+	// A migration started during the prime got the policy's own downtime limit; before its stream flows, QEMU gets
+	// the one the link's share calls for (QEMU's first rate sample, at reference speed, would otherwise take the
+	// whole limit and stop the VM with its literals still to send).
+	if d := max(time.Millisecond, converge.StartingDowntime(p.Downtime, m.s.linkShare())); d != m.mig.downtime {
+		if err := q.SetParameters(ctx, qmp.MigrationParameters{DowntimeLimit: new(d)}); err == nil {
+			m.mig.downtime = d
+		}
+	}
+	close(m.mig.tuned)
 	steering := p.Steering()
 	guard := m.newGuardWatch(log)
 	// The policy's clock runs from the start of the run (timebound's deadline covers the whole send), or from now
