@@ -46,6 +46,9 @@ type primer struct {
 	// missing: dropped multicast contents, and contents its store had no room for).
 	digests []dedup.Digest
 	sentTo  [][]dedup.ContentID
+	// late holds, per target, the contents left out for its seed that the seed did not bring (settleSeeds): they
+	// are primed to it alone at the end (primeLate).
+	late [][]dedup.ContentID
 }
 
 // primeGroup is one multicast group: the batches of one target set of two or more targets.
@@ -68,18 +71,18 @@ func (s *sender) prime(ctx context.Context, sm *dedup.SharingMap, rep *report.Re
 	s.costs = make([]uint32, sm.Distinct())
 	p := &primer{s: s, sm: sm, digester: s.digester, held: make([]*dedup.HeldIndex, n),
 		pinned: make([][]uint64, n), frames: make([][]byte, n), sent: make([]int, n),
-		digests: make([]dedup.Digest, sm.Distinct()), sentTo: make([][]dedup.ContentID, n)}
-	for i, t := range s.targets {
+		digests: make([]dedup.Digest, sm.Distinct()), sentTo: make([][]dedup.ContentID, n), late: make([][]dedup.ContentID, n)}
+	for i := range s.targets {
 		p.held[i] = dedup.NewHeldIndex(s.fingerprint(), p.digester)
 		p.pinned[i] = make([]uint64, (sm.Distinct()+63)/64)
-		for _, e := range t.seedHeld { // what the seed brought is held as the prime's contents are
-			p.held[i].Add(e.id, e.fp, e.dg)
-		}
 	}
 	s.fitStores(sm, rep)
 	if err := p.openGroups(ctx, rep); err != nil {
 		return err
 	}
+	// The seed goes out now and the prime does not wait for its answers (settleSeeds, at the end): the targets read
+	// their files while the first contents travel.
+	p.seedSend(rep)
 	defer func() {
 		p.closeGroups()
 		rep.Totals.PrimeBytes += p.multicastBytes
@@ -147,6 +150,10 @@ func (s *sender) prime(ctx context.Context, sm *dedup.SharingMap, rep *report.Re
 				return err
 			}
 		}
+	}
+	p.settleSeeds(ctx, rep)
+	if err := p.primeLate(ctx); err != nil {
+		return err
 	}
 	rep.Totals.LowerBoundUnicastBytes, rep.Totals.LowerBoundMulticastBytes = p.lowerBound, p.lowerBoundOnce
 	rep.Totals.LowerBoundBytes, rep.Totals.LowerBoundCompressedBytes = p.lowerBound, p.lowerCompressed

@@ -28,7 +28,7 @@ func (s *sender) fitStores(sm *dedup.SharingMap, rep *report.Report) {
 	for i, t := range s.targets {
 		caps[i] = grouping.Unlimited
 		if t.sc != nil {
-			caps[i] = max(storeCapacity(t.info)-len(t.seedHeld), 0)
+			caps[i] = max(storeCapacity(t.info)-t.seedCount(), 0)
 		}
 	}
 	// The target of each sharing-map VM slot (-1: not migrated, or not placed).
@@ -70,10 +70,10 @@ func (s *sender) fitStores(sm *dedup.SharingMap, rep *report.Report) {
 			continue
 		}
 		rep.Stores = append(rep.Stores, report.StoreReport{Target: t.addr, Capacity: storeCapacity(t.info),
-			Seeded: len(t.seedHeld), Wanted: fit.Wanted[i], LeftOut: fit.LeftOut[i]})
+			Seeded: t.seedCount(), Wanted: fit.Wanted[i], LeftOut: fit.LeftOut[i]})
 		if fit.LeftOut[i] > 0 {
 			rep.Warnings = append(rep.Warnings, fmt.Sprintf("prime to %s: its content store holds %d contents; %d of the %d it needed were left out, and their pages travel literal (raise its receive --store-limit or --store-disk to prime them)",
-				t.addr, storeCapacity(t.info), fit.LeftOut[i], fit.Wanted[i]+len(t.seedHeld)))
+				t.addr, storeCapacity(t.info), fit.LeftOut[i], fit.Wanted[i]+t.seedCount()))
 			s.log.Info("prime cut to the target's content store", "target", t.addr, "capacity", storeCapacity(t.info),
 				"wanted", fit.Wanted[i], "left_out", fit.LeftOut[i])
 		}

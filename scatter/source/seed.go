@@ -17,11 +17,12 @@ import (
 
 // The seed (between placement and the prime): a guest's RAM holds copies of the files its QEMU booted it from (a
 // directly booted kernel lies in it twice, once where QEMU loaded it and once where its decompressor moved it),
-// and a target has those files, because its destination QEMU starts from the same command line. So before the
-// prime the sender tells each target which contents it can read from its own copies of its VMs' boot files, and
+// and a target has those files, because its destination QEMU starts from the same command line. So as the prime
+// starts the sender tells each target which contents it can read from its own copies of its VMs' boot files, and
 // with the digest of the exact bytes; the target reads them, keeps those whose bytes match, and says which did not
-// (a file that differs between the hosts). Those contents then cost the network nothing. docs/control.md has the
-// frames.
+// (a file that differs between the hosts). Those contents then cost the network nothing. The prime does not wait
+// for the answer: it leaves the seed's contents out and primes, at its end, those a target could not read.
+// docs/control.md has the frames.
 
 // seedTarget is what the sender seeds to one target.
 type seedTarget struct {
@@ -30,6 +31,7 @@ type seedTarget struct {
 	frames  [][]byte
 	ids     []dedup.ContentID
 	entries map[dedup.ContentID]seedEntry
+	sent    time.Time
 }
 
 type seedEntry struct {
@@ -97,10 +99,12 @@ func (s *sender) indexBootFiles() *bootIndex {
 	return b
 }
 
-// seed runs the seed with every target that has VMs (phase 4b), from boot, the index of the VMs' boot files. It
-// fills each target's seeded set; a failure costs bytes only (the contents are primed instead) and becomes a
-// warning.
-func (s *sender) seed(ctx context.Context, sm *dedup.SharingMap, rep *report.Report, boot *bootIndex) {
+// seedBuild prepares the seed of every target that has VMs (phase 4b), from boot, the index of the VMs' boot files:
+// one record per content and target that needs it and has the file it is in. It marks those contents seeded at
+// once (targetConn.seeded), so that the prime leaves them out; the targets' answers come during the prime
+// (primer.settleSeeds), and a content a target could not read from its files is primed to it then. A failure costs
+// bytes only (the contents are primed instead) and becomes a warning.
+func (s *sender) seedBuild(sm *dedup.SharingMap, rep *report.Report, boot *bootIndex) {
 	// The boot files of each target's VMs.
 	paths, readers := boot.paths, boot.readers
 	perTarget := make([][]int, len(s.targets)) // indices into paths
@@ -179,15 +183,31 @@ func (s *sender) seed(ctx context.Context, sm *dedup.SharingMap, rep *report.Rep
 	}
 
 	s.log.Debug("seed: records built", "ms", time.Since(t0).Milliseconds())
-	// Send every target its seed, then collect the answers.
-	salt := s.digester.Salt()
 	for ti, st := range seeds {
 		if st == nil {
 			continue
 		}
 		t := s.targets[ti]
+		t.seedPending = st
+		t.seeded = make([]uint64, (sm.Distinct()+63)/64)
+		for _, id := range st.ids {
+			t.seeded[id/64] |= 1 << (id % 64)
+		}
+	}
+}
+
+// seedSend sends every target its seed (built by seedBuild). The prime does it once the multicast groups are
+// joined: the target answers at SEED_DONE, and the answer, read at the prime's end (settleSeeds), must not come
+// between a JOIN and its JOINED.
+func (p *primer) seedSend(rep *report.Report) {
+	salt := p.s.digester.Salt()
+	for _, t := range p.s.targets {
+		st := t.seedPending
+		if st == nil {
+			continue
+		}
 		if len(st.records) > 0 {
-			st.frames = append(st.frames, st.records)
+			st.frames, st.records = append(st.frames, st.records), nil
 		}
 		err := t.sc.SendJSON(wire.FrameSeedFiles, wire.SeedFilesMsg{Files: st.files, Salt: salt[:]})
 		for _, fr := range st.frames {
@@ -198,21 +218,30 @@ func (s *sender) seed(ctx context.Context, sm *dedup.SharingMap, rep *report.Rep
 		if err == nil {
 			err = t.sc.SendJSON(wire.FrameSeedDone, wire.SeedDoneMsg{Records: len(st.ids)})
 		}
+		st.sent = time.Now()
 		if err != nil {
 			rep.Warnings = append(rep.Warnings, fmt.Sprintf("seed to %s: %v", t.addr, err))
-			seeds[ti] = nil
+			p.unseed(t)
 		}
 	}
-	for ti, st := range seeds {
+}
+
+// settleSeeds reads every target's answer to its seed (in the prime's end, before PRIME_ACK, which its receiver
+// sends after it): what it read from its files enters its held index; what it could not read is primed to it
+// (primeLate).
+func (p *primer) settleSeeds(ctx context.Context, rep *report.Report) {
+	for ti, t := range p.s.targets {
+		st := t.seedPending
 		if st == nil {
 			continue
 		}
-		t := s.targets[ti]
 		var ack wire.SeedAckMsg
 		if err := t.sc.ExpectWithin(ctx, wire.FrameSeedAck, &ack, 30*time.Second); err != nil {
 			rep.Warnings = append(rep.Warnings, fmt.Sprintf("seed to %s: %v; its boot file pages are primed", t.addr, err))
+			p.unseed(t)
 			continue
 		}
+		t.seedPending = nil
 		for _, e := range ack.Errors {
 			rep.Warnings = append(rep.Warnings, fmt.Sprintf("seed to %s: %s; those pages are primed", t.addr, e))
 		}
@@ -220,19 +249,60 @@ func (s *sender) seed(ctx context.Context, sm *dedup.SharingMap, rep *report.Rep
 		for _, id := range ack.Missing {
 			missing[dedup.ContentID(id)] = true
 		}
-		t.seeded = make([]uint64, (sm.Distinct()+63)/64)
 		for _, id := range st.ids {
 			if missing[id] {
+				t.seeded[id/64] &^= 1 << (id % 64)
+				p.late[ti] = append(p.late[ti], id)
 				continue
 			}
-			t.seeded[id/64] |= 1 << (id % 64)
 			e := st.entries[id]
 			t.seedHeld = append(t.seedHeld, heldEntry{id: id, fp: e.fp, dg: e.dg})
+			p.held[ti].Add(id, e.fp, e.dg) // what the seed brought is held as the prime's contents are
 		}
 		rep.Totals.SeededContents += int64(len(t.seedHeld))
-		s.log.Debug("seed: acknowledged", "target", t.addr, "ms", time.Since(t0).Milliseconds())
-		s.log.Info("seed done", "target", t.addr, "contents", len(t.seedHeld), "missing", len(ack.Missing))
+		for i := range rep.Stores {
+			if rep.Stores[i].Target == t.addr {
+				rep.Stores[i].Seeded = len(t.seedHeld)
+			}
+		}
+		p.s.log.Debug("seed: acknowledged", "target", t.addr, "ms", time.Since(st.sent).Milliseconds())
+		p.s.log.Info("seed done", "target", t.addr, "contents", len(t.seedHeld), "missing", len(ack.Missing))
 	}
+}
+
+// unseed gives up on t's seed: every content it was to read from its files is primed to it instead.
+func (p *primer) unseed(t *targetConn) {
+	st := t.seedPending
+	t.seedPending = nil
+	ti := p.s.targetIndex(t)
+	for _, id := range st.ids {
+		t.seeded[id/64] &^= 1 << (id % 64)
+		p.late[ti] = append(p.late[ti], id)
+	}
+}
+
+// primeLate primes to each target, alone, the contents the prime left out for its seed and the seed did not bring.
+func (p *primer) primeLate(ctx context.Context) error {
+	for ti, ids := range p.late {
+		if len(ids) == 0 {
+			continue
+		}
+		raw := make([]uint32, len(ids))
+		for i, id := range ids {
+			raw[i] = uint32(id)
+		}
+		bundles, err := p.prepare(ctx, raw, dedup.MaxBundlePages)
+		if err != nil {
+			return err
+		}
+		for i := range bundles {
+			if err := p.one(ctx, &bundles[i], []int{ti}, nil); err != nil {
+				return err
+			}
+		}
+		p.late[ti] = nil
+	}
+	return nil
 }
 
 // heldEntry is one content a target holds, as the sender's held index records it.
@@ -242,7 +312,15 @@ type heldEntry struct {
 	dg dedup.Digest
 }
 
-// isSeeded reports whether target t read content id from its own files.
+// seedCount is how many contents t reads from its own files: those it was asked to until it answers.
+func (t *targetConn) seedCount() int {
+	if t.seedPending != nil {
+		return len(t.seedPending.ids)
+	}
+	return len(t.seedHeld)
+}
+
+// isSeeded reports whether target t read content id from its own files (or was asked to, until it answers).
 func (t *targetConn) isSeeded(id dedup.ContentID) bool {
 	return int(id/64) < len(t.seeded) && t.seeded[id/64]&(1<<(id%64)) != 0
 }

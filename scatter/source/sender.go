@@ -125,10 +125,12 @@ type targetConn struct {
 	err    error            // set if the receiver could not be reached
 	held   *dedup.HeldIndex // contents the receiver confirmed holding; nil before the prime
 	pinned []uint64         // bitset of contents it holds for no VM in particular (until the session ends)
-	// The seed: contents the receiver read from its own copies of the boot files (a bitset by content id), and
-	// what the held index records of each.
-	seeded   []uint64
-	seedHeld []heldEntry
+	// The seed: contents the receiver reads from its own copies of the boot files (a bitset by content id: those
+	// it was asked to read until it answers, then those it read), what the held index records of each, and the
+	// seed sent and not yet answered.
+	seeded      []uint64
+	seedHeld    []heldEntry
+	seedPending *seedTarget
 }
 
 // streamSocketBuffer is the send buffer of a VM stream's socket (the kernel doubles it).
@@ -437,11 +439,9 @@ func (s *sender) run(ctx context.Context) (*report.Report, error) {
 	s.stopMigrations = func() { stopMigrations(errors.New("the run ended")) }
 	context.AfterFunc(ctx, func() { stopMigrations(context.Cause(ctx)) })
 	if sm != nil {
-		s.seed(ctx, sm, rep, boot())
+		s.seedBuild(sm, rep, boot())
 	}
-	// The first migrations' destinations start now, while the prime runs. Not before the seed: four QEMUs starting
-	// on the targets took the CPU the targets' seed readers needed, and the seed's round trip, which the prime
-	// waits for, went from 0.10-0.12 s to 0.25 s (measured on the bench's 4 guests, 2 targets).
+	// The first migrations' destinations start now, while the prime runs.
 	s.openEarly(mctx)
 	rep.Totals.Phases.Seed = phase.lap()
 	// Phase 5: the prime. A failed prime costs bytes, never correctness: pages then travel literal.
