@@ -97,3 +97,22 @@ func TestProbeCacheFollowsTheFile(t *testing.T) {
 		t.Errorf("upgraded file not probed again: %s", b.Version)
 	}
 }
+
+// The receiver probes its likely QEMU as it starts, so that a session's INFO answers from the cache.
+func TestWarmProbesFillsTheCache(t *testing.T) {
+	bin := t.TempDir()
+	t.Setenv("PATH", bin)
+	path := fakeQEMU(t, bin, "qemu-system-x86_64", "7.2.22")
+	r := &Receiver{log: slog.New(slog.DiscardHandler)}
+	r.warmProbes(context.Background())
+	if p, ok := r.probes.probes[path]; !ok || p.binary.Version.String() != "7.2.22" {
+		t.Fatalf("cache after warmProbes: %+v", r.probes.probes)
+	}
+	// Without a QEMU on PATH it leaves the cache empty, for the session to report.
+	t.Setenv("PATH", t.TempDir())
+	r = &Receiver{log: slog.New(slog.DiscardHandler)}
+	r.warmProbes(context.Background())
+	if len(r.probes.probes) != 0 {
+		t.Fatalf("cache without a QEMU: %+v", r.probes.probes)
+	}
+}

@@ -168,6 +168,7 @@ func NewReceiver(cfg Config) (*Receiver, error) {
 func (r *Receiver) Serve(ctx context.Context, ln net.Listener) error {
 	r.restore()
 	r.log.Info("receiver listening", "addr", ln.Addr().String(), "data_dir", r.cfg.DataDir)
+	go r.warmProbes(ctx)
 	go func() { <-ctx.Done(); ln.Close() }()
 	var conns sync.Map
 	failures := 0 // temporary accept errors in a row
