@@ -19,6 +19,10 @@ const contentFrameTarget = 256 << 10
 // maxDigestsFrame bounds a DIGESTS frame: whole records, well under the connection's frame limit.
 const maxDigestsFrame = (1 << 20) / wire.DigestRecordLen * wire.DigestRecordLen
 
+// destinationsAfter is how many bytes of the prime's TCP part go out before the first destinations start
+// (sender.openDestinations): by then TCP runs at the link's rate, and the targets' receivers keep up with it.
+const destinationsAfter = 8 << 20
+
 // multicastChunk bounds the bytes of one multicast Send (and so the memory held for repairs).
 const multicastChunk = 8 << 20
 
@@ -106,6 +110,7 @@ func (s *sender) prime(ctx context.Context, sm *dedup.SharingMap, rep *report.Re
 		if g != nil && g.sender != nil && !capped {
 			p.capGroups(int64(8 * p.probe.Rate()))
 			capped = true
+			s.startDestinations()
 			s.primeTailStarts()
 		}
 		for start := 0; start < len(b.contents); start += prepareWindow {
@@ -312,6 +317,9 @@ func (p *primer) flush(ti int) error {
 	}
 	if p.unicastBytes += int64(len(p.frames[ti])); p.unicastBytes >= 1<<20 {
 		p.probe.Start() // a socket buffer's worth in: TCP is past its start, the link busy
+	}
+	if p.unicastBytes >= destinationsAfter {
+		p.s.startDestinations()
 	}
 	err := p.s.targets[ti].sc.Send(wire.FrameContent, p.frames[ti], false)
 	p.frames[ti] = p.frames[ti][:0]

@@ -384,10 +384,10 @@ func destinationCaps(caps map[string]bool) map[string]bool {
 	return out
 }
 
-// openEarly starts the first migrations (as many as run at once) right after the seed: their destinations start
-// while the prime runs, and so do their source migrations, once the destination is ready and the prime is in its
-// last stage (primeTail); the pump and the watch wait for the prime's end (s.primed), so QEMU's stream waits in its
-// socket until every reference it can make is known. What this overlaps with the prime: the destination's start,
+// openEarly starts the first migrations (as many as run at once) during the prime (sender.openDestinations): their
+// destinations start while the prime runs, and so do their source migrations, once the destination is ready and
+// the prime is in its last stage (primeTail); the pump and the watch wait for the prime's end (s.primed), so QEMU's
+// stream waits in its socket until every reference it can make is known. What this overlaps with the prime: the destination's start,
 // the QMP round trips before `migrate`, and QEMU's migration set-up (its first dirty-bitmap sync, 0.3 core-seconds
 // for a 128 MiB guest under TCG). What it costs: the pages the guest writes between that sync and its pass
 // reading them go twice, unless their bytes did not change since (the pump leaves those out: literalsSent).
