@@ -78,7 +78,7 @@ func (m *vmDriver) launched(gen uint64, h *destination, qc net.Conn, err error) 
 	}
 	m.log.Info("destination started", "pid", h.pid, "dir", m.dir)
 	if !m.r.cfg.NoPrefault {
-		h.prefault(m.r.log.With("vm", m.name))
+		h.beginPrefault(m.r.log.With("vm", m.name))
 	}
 	m.qc = qc
 	if c := m.streamConn; c != nil {

@@ -198,9 +198,9 @@ func (h *destination) client(ctx context.Context) (*qmp.Client, error) {
 	return q, nil
 }
 
-// prefault starts the allocation of a launched destination's RAM (prefault.go), which ends, at the latest, when the
+// beginPrefault starts the allocation of a launched destination's RAM (prefault.go), which ends, at the latest, when the
 // destination is killed or let go.
-func (h *destination) prefault(log *slog.Logger) {
+func (h *destination) beginPrefault(log *slog.Logger) {
 	h.mu.Lock()
 	q := h.q
 	h.mu.Unlock()

@@ -54,8 +54,8 @@ type prefault struct {
 	allocating bool           // a Preallocate is outstanding: QEMU answers nothing until it returns
 }
 
-// startPrefault starts the prefault of the launched destination h (QMP client q) on a goroutine of its own, and
-// returns it; nil (logged) when this receiver could not give the QEMU its scheduling back after SCHED_IDLE.
+// startPrefault starts the prefault of the launched destination QEMU pid (QMP client q) on a goroutine of its own,
+// and returns it; nil (logged) when this receiver could not give the QEMU its scheduling back after SCHED_IDLE.
 func startPrefault(q *qmp.Client, pid int, log *slog.Logger) *prefault {
 	// Leaving SCHED_IDLE takes CAP_SYS_NICE (or an RLIMIT_NICE that allows nice 0): a receiver without it would leave
 	// the VM at idle priority for good.

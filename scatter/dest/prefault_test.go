@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/vmscatter/vmscatter/qemu/qemutest"
 	"github.com/vmscatter/vmscatter/qemu/qmp"
 	"github.com/vmscatter/vmscatter/scatter/wire"
 )
@@ -141,16 +143,12 @@ func rssBytes(t *testing.T, pid int) int64 {
 	return 0
 }
 
-// A real QEMU waiting for its stream (-incoming defer, paused) allocates its 64 MiB: query-memdev says prealloc, its
-// RSS grew by about the RAM's size, its threads have their scheduling back, and the outcome is logged.
-func TestPrefaultRealQEMU(t *testing.T) {
-	bin := requireQEMU(t)
-	if !hasCapSysNice() {
-		t.Skip("the prefault needs CAP_SYS_NICE, which this test process lacks")
-	}
-	dir := t.TempDir()
-	sock := filepath.Join(dir, "qmp.sock")
-	cmd := exec.Command(bin, "-accel", "tcg", "-machine", "pc", "-m", "64", "-nodefaults", "-display", "none",
+// incomingQEMU starts a paused QEMU with ram of RAM that waits for its stream (-incoming defer), as a destination
+// does, and connects to its QMP socket. It is killed by its pid when the test ends.
+func incomingQEMU(t *testing.T, ctx context.Context, bin, ram string) (*qmp.Client, int) {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "qmp.sock")
+	cmd := exec.Command(bin, "-accel", "tcg", "-machine", "pc", "-m", ram, "-nodefaults", "-display", "none",
 		"-no-user-config", "-S", "-incoming", "defer", "-qmp", "unix:"+sock+",server=on,wait=off")
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -158,16 +156,33 @@ func TestPrefaultRealQEMU(t *testing.T) {
 	exited := make(chan struct{})
 	go func() { cmd.Wait(); close(exited) }()
 	t.Cleanup(func() { cmd.Process.Kill(); <-exited })
-	pid := cmd.Process.Pid
-	ctx, cancel := context.WithTimeout(context.Background(), waitBound)
-	defer cancel()
 	var q *qmp.Client
 	eventually(t, "QEMU opens its QMP socket", func() bool {
 		var err error
 		q, err = qmp.Dial(ctx, sock)
 		return err == nil
 	})
-	defer q.Close()
+	t.Cleanup(func() { q.Close() })
+	return q, cmd.Process.Pid
+}
+
+// A real QEMU of each version, waiting for its stream (-incoming defer, paused), allocates its 64 MiB: query-memdev
+// says prealloc, its RSS grew by about the RAM's size, its threads have their scheduling back, and the outcome is
+// logged.
+func TestPrefaultRealQEMU(t *testing.T) {
+	requireQEMU(t)
+	if !hasCapSysNice() {
+		t.Skip("the prefault needs CAP_SYS_NICE, which this test process lacks")
+	}
+	for _, v := range qemutest.Versions {
+		t.Run(v, func(t *testing.T) { testPrefaultRealQEMU(t, qemutest.Binary(t, v)) })
+	}
+}
+
+func testPrefaultRealQEMU(t *testing.T, bin string) {
+	ctx, cancel := context.WithTimeout(context.Background(), waitBound)
+	defer cancel()
+	q, pid := incomingQEMU(t, ctx, bin, "64")
 	wantPol, wantNice := policy(t, pid)
 	before := rssBytes(t, pid)
 
@@ -208,6 +223,46 @@ func TestPrefaultRealQEMU(t *testing.T) {
 		t.Errorf("status after the prefault = %q, %v; want inmigrate", st, err)
 	}
 	p.stop() // after the end: returns at once
+}
+
+// While QEMU allocates 512 MiB, its threads are at SCHED_IDLE and the prefault holds it; a boost gives every thread
+// its scheduling back at once, before the allocation ends; stop waits for the end.
+func TestPrefaultBoostRealQEMU(t *testing.T) {
+	bin := requireQEMU(t)
+	if !hasCapSysNice() {
+		t.Skip("the prefault needs CAP_SYS_NICE, which this test process lacks")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), waitBound)
+	defer cancel()
+	q, pid := incomingQEMU(t, ctx, bin, "512")
+	wantPol, _ := policy(t, pid)
+	p := startPrefault(q, pid, slog.New(slog.NewTextHandler(testWriter{t}, nil)))
+	for !p.holding() {
+		select {
+		case <-p.done:
+			t.Fatal("the prefault ended before it was seen allocating")
+		case <-time.After(time.Millisecond):
+		}
+	}
+	idle := 0
+	for _, pol := range threadPolicies(t, pid) {
+		if pol == unix.SCHED_IDLE {
+			idle++
+		}
+	}
+	if idle == 0 {
+		t.Error("no thread of the allocating QEMU is at SCHED_IDLE")
+	}
+	p.boost()
+	for tid, pol := range threadPolicies(t, pid) {
+		if pol != wantPol {
+			t.Errorf("thread %d: policy %d after the boost, want %d", tid, pol, wantPol)
+		}
+	}
+	p.stop()
+	if !p.over {
+		t.Error("stop returned before the prefault ended")
+	}
 }
 
 // A receiver's launched destination allocates its RAM after READY, logged once with no error, and is torn down as
@@ -260,5 +315,23 @@ func TestDriverPrefaultsLaunchedDestination(t *testing.T) {
 				t.Errorf("ABORTED before the destination was gone")
 			}
 		})
+	}
+}
+
+// The rebuilder calls its started hook (the prefault's boost) once, at the stream's first frame, whatever that frame.
+func TestRebuilderStartedOnce(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	rb := newRebuilder(a, nil, 0)
+	calls := 0
+	rb.started = func() { calls++ }
+	for range 3 {
+		if err := rb.frame(context.Background(), wire.FrameHello, nil); err == nil {
+			t.Fatal("a HELLO in a stream was accepted")
+		}
+	}
+	if calls != 1 {
+		t.Fatalf("started called %d times, want once", calls)
 	}
 }
