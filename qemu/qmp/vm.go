@@ -163,7 +163,8 @@ func (q *Client) MemoryBackends(ctx context.Context) ([]MemoryBackend, error) {
 	}
 	out := make([]MemoryBackend, len(mds))
 	for i, m := range mds {
-		out[i] = MemoryBackend{ID: m.ID, Size: m.Size, Prealloc: m.Prealloc, Share: m.Share, Reserve: m.Reserve == nil || *m.Reserve}
+		out[i] = MemoryBackend{ID: m.ID, Size: m.Size, Prealloc: m.Prealloc, Share: m.Share,
+			Reserve: m.Reserve == nil || *m.Reserve}
 	}
 	return out, nil
 }

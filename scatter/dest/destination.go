@@ -198,8 +198,8 @@ func (h *destination) client(ctx context.Context) (*qmp.Client, error) {
 	return q, nil
 }
 
-// beginPrefault starts the allocation of a launched destination's RAM (prefault.go), which ends, at the latest, when the
-// destination is killed or let go.
+// beginPrefault starts the allocation of a launched destination's RAM (prefault.go), which ends, at the latest,
+// when the destination is killed or let go.
 func (h *destination) beginPrefault(log *slog.Logger) {
 	h.mu.Lock()
 	q := h.q

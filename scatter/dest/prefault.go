@@ -29,9 +29,11 @@ import (
 //     thread's policy), so that the prime, which this host's CPUs serve first, never waits for it;
 //   - when the VM's stream starts (its first frame reaches the rebuilder) the threads get their scheduling back at
 //     once (boost): the load waits for the rest of the allocation, which must not crawl at idle priority then;
-//   - the destination's run state is known without asking (allocating).
+//   - the destination's run state is known without asking (holding): STATE does not wait for it.
 //
-// A prefault never fails the VM: what goes wrong is logged and the load faults pages in as it did without one.
+// A prefault never fails the VM: what goes wrong is logged and the load faults pages in as it did without one. A
+// receiver that dies mid-prefault leaves its QEMU at idle priority, but that destination has not loaded (its stream
+// would have boosted it), so the restarted receiver tears it down (Prepare).
 
 // prefaultBound bounds a destination's prefault. QEMU goes on allocating past it (nothing stops a qom-set), but its
 // threads have their scheduling back by then: the prefault's goroutine ends.
@@ -94,7 +96,8 @@ func (p *prefault) run(ctx context.Context, q *qmp.Client) {
 	}
 	boosted := p.boosted
 	p.mu.Unlock()
-	args := []any{"pid", p.pid, "ms", time.Since(start).Milliseconds(), "backends", len(paths), "bytes", bytes, "boosted", boosted}
+	args := []any{"pid", p.pid, "ms", time.Since(start).Milliseconds(), "backends", len(paths), "bytes", bytes,
+		"boosted", boosted}
 	if err != nil {
 		args = append(args, "err", err)
 	}

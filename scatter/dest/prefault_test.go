@@ -32,7 +32,8 @@ func TestPrefaultPaths(t *testing.T) {
 		wantBytes int64
 	}{
 		{"the main RAM", []qmp.MemoryBackend{ram}, nil, []string{"/objects/pc.ram"}, 64 << 20},
-		{"allocated already (-mem-prealloc)", []qmp.MemoryBackend{{ID: "pc.ram", Size: 1, Reserve: true, Prealloc: true}}, nil, nil, 0},
+		{"allocated already (-mem-prealloc)", []qmp.MemoryBackend{{ID: "pc.ram", Size: 1, Reserve: true, Prealloc: true}},
+			nil, nil, 0},
 		{"shared", []qmp.MemoryBackend{{ID: "shm", Size: 1, Reserve: true, Share: true}}, nil, nil, 0},
 		{"no reserved swap", []qmp.MemoryBackend{{ID: "m", Size: 1}}, nil, nil, 0},
 		{"no id: the main RAM, once", []qmp.MemoryBackend{{Size: 8, Reserve: true}, {Size: 8, Reserve: true}}, nil,
@@ -40,7 +41,8 @@ func TestPrefaultPaths(t *testing.T) {
 		{"NUMA nodes, a DIMM and a virtio-mem device",
 			[]qmp.MemoryBackend{{ID: "n0", Size: 1 << 20, Reserve: true}, {ID: "n1", Size: 2 << 20, Reserve: true},
 				{ID: "dimm0", Size: 4 << 20, Reserve: true}, {ID: "vmem0", Size: 1 << 30, Reserve: true}},
-			[]qmp.MemoryDevice{{Type: qmp.MemoryDeviceDIMM, Memdev: "/objects/dimm0"}, {Type: qmp.MemoryDeviceVirtioMem, Memdev: "/objects/vmem0"}},
+			[]qmp.MemoryDevice{{Type: qmp.MemoryDeviceDIMM, Memdev: "/objects/dimm0"},
+				{Type: qmp.MemoryDeviceVirtioMem, Memdev: "/objects/vmem0"}},
 			[]string{"/objects/n0", "/objects/n1", "/objects/dimm0"}, 7 << 20},
 	} {
 		paths, bytes := prefaultPaths(c.backends, c.devs)
@@ -103,7 +105,8 @@ func TestPrefaultSchedulingAndBoost(t *testing.T) {
 	}
 	p.boost()
 	if pol, nice := policy(t, pid); pol != wantPol || nice != wantNice || !p.boosted || p.lowered {
-		t.Fatalf("after boost: policy %d nice %d (boosted %v, lowered %v), want %d %d", pol, nice, p.boosted, p.lowered, wantPol, wantNice)
+		t.Fatalf("after boost: policy %d nice %d (boosted %v, lowered %v), want %d %d", pol, nice, p.boosted, p.lowered,
+			wantPol, wantNice)
 	}
 	if err := p.lower(); err != nil {
 		t.Fatal(err)
