@@ -32,7 +32,11 @@ func receiveCommand() *cli.Command {
 
    Each run's primed pages go to a file under DATA-DIR/store/ (unlinked once open, so nothing of it outlives the run),
    at most --store-disk of it; memory holds their index, at most --store-limit (about 160 bytes a page). The receiver
-   tells the sender how many pages that is, and the sender primes no more (docs/store.md).`,
+   tells the sender how many pages that is, and the sender primes no more (docs/store.md).
+
+   While the prime runs, each destination allocates its RAM at idle CPU priority (--prefault, on by default), so
+   that its stream loads without faulting pages in; it needs CAP_SYS_NICE to give the QEMU its priority back, and
+   is skipped without it (docs/store.md).`,
 		ArgsUsage: " ",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "listen", Value: ":7400", Usage: "control and data address, `ADDR:PORT`"},
@@ -46,6 +50,7 @@ func receiveCommand() *cli.Command {
 			&cli.StringFlag{Name: "qemu", Usage: "the QEMU binary every destination runs (default: the source's binary name, e.g. qemu-system-x86_64, on this host's `PATH`)"},
 			&cli.StringSliceFlag{Name: "allow-path", Usage: "a `DIR` guest files may come from besides --data-dir: disks, kernels, initrds, memory backends on shared storage (repeatable); destination command lines and seeds use nothing else"},
 			&cli.StringFlag{Name: "runas", Usage: "`USER` destination QEMUs drop to after start-up (default: stay as the receiver's user)"},
+			&cli.BoolFlag{Name: "prefault", Value: true, Usage: "allocate each destination's RAM while the prime runs, at idle CPU priority, so that loading the stream copies pages instead of faulting them in (placement already counts each VM's whole RAM); --prefault=false turns it off"},
 			hostKeyFlag(), allowPeersFlag(),
 			logLevelFlag,
 		},
@@ -80,7 +85,7 @@ func receiveCommand() *cli.Command {
 			}
 			r, err := dest.NewReceiver(dest.Config{DataDir: c.String("data-dir"), Key: key, HostKey: hostKey, Peers: peers, StoreLimit: limit, StoreDisk: disk,
 				Capacity: uint64(capacity), MaxVMs: c.Int("max-vms"), Iface: c.String("iface"), QEMU: c.String("qemu"), Log: log,
-				AllowPaths: c.StringSlice("allow-path"), RunAs: c.String("runas")})
+				AllowPaths: c.StringSlice("allow-path"), RunAs: c.String("runas"), NoPrefault: !c.Bool("prefault")})
 			if err != nil {
 				return withCode(ExitError, err)
 			}

@@ -111,6 +111,8 @@ func TestTypedMethodsSendAndParse(t *testing.T) {
 			"max-cpu-throttle": 99, "max-postcopy-bandwidth": 0, "tls-hostname": "", "throttle-trigger-threshold": 50,
 			"max-bandwidth": 134217728, "cpu-throttle-increment": 10}`),
 		"human-monitor-command": ret(`"Host virtual address for 0x0 (pc.ram) is 0x7f0000000000\r\n"`),
+		"query-memdev": ret(`[{"share": false, "reserve": true, "prealloc": false, "host-nodes": [], "size": 67108864, "merge": true, "dump": true, "policy": "default", "id": "pc.ram"},
+			{"share": true, "prealloc": true, "size": 1048576, "merge": true, "dump": true, "policy": "default"}]`),
 	}
 	r, q := newRecorder(t, answers)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -129,6 +131,7 @@ func TestTypedMethodsSendAndParse(t *testing.T) {
 		caps    map[string]bool
 		params  MigrationParameters
 		hmp     string
+		mds     []MemoryBackend
 	)
 	steps := []struct {
 		call    func() error
@@ -159,6 +162,9 @@ func TestTypedMethodsSendAndParse(t *testing.T) {
 				MaxBandwidth: new(int64(1) << 40), CPUThrottleInitial: new(20), CPUThrottleIncrement: new(10)})
 		}, "migrate-set-parameters", `{"downtime-limit": 2001, "max-bandwidth": 1099511627776, "cpu-throttle-initial": 20, "cpu-throttle-increment": 10}`},
 		{func() (err error) { hmp, err = q.HMP(ctx, "gpa2hva 0"); return }, "human-monitor-command", `{"command-line": "gpa2hva 0"}`},
+		{func() (err error) { mds, err = q.MemoryBackends(ctx); return }, "query-memdev", ""},
+		{func() error { return q.QOMSet(ctx, "/objects/m", "merge", false) }, "qom-set", `{"path": "/objects/m", "property": "merge", "value": false}`},
+		{func() error { return q.Preallocate(ctx, "/objects/pc.ram", 0) }, "qom-set", `{"path": "/objects/pc.ram", "property": "prealloc", "value": true}`},
 		{func() error { return q.Quit(ctx) }, "quit", ""},
 	}
 	for i, s := range steps {
@@ -241,6 +247,11 @@ func TestTypedMethodsSendAndParse(t *testing.T) {
 	if !strings.Contains(hmp, "pc.ram") {
 		t.Errorf("HMP = %q", hmp)
 	}
+	// The second backend is from a QEMU that gives neither its id nor "reserve" (before 6.0): no path, reserved.
+	wantMds := []MemoryBackend{{ID: "pc.ram", Size: 64 << 20, Reserve: true}, {Size: 1 << 20, Prealloc: true, Share: true, Reserve: true}}
+	if !reflect.DeepEqual(mds, wantMds) || mds[0].Path() != "/objects/pc.ram" || mds[1].Path() != "" {
+		t.Errorf("MemoryBackends = %+v", mds)
+	}
 
 	// Empty sets send nothing.
 	n := len(r.commands())
@@ -252,6 +263,16 @@ func TestTypedMethodsSendAndParse(t *testing.T) {
 	}
 	if len(r.commands()) != n {
 		t.Errorf("empty SetCapabilities/SetParameters sent %v", r.commands()[n:])
+	}
+
+	// Preallocate with threads sets prealloc-threads first: prealloc's setter reads it.
+	if err := q.Preallocate(ctx, "/objects/mem0", 2); err != nil {
+		t.Fatal(err)
+	}
+	got := r.commands()[n:]
+	if len(got) != 2 || canonical(t, got[0]["arguments"]) != canonical(t, `{"path": "/objects/mem0", "property": "prealloc-threads", "value": 2}`) ||
+		canonical(t, got[1]["arguments"]) != canonical(t, `{"path": "/objects/mem0", "property": "prealloc", "value": true}`) {
+		t.Errorf("Preallocate(mem0, 2) sent %v", got)
 	}
 }
 

@@ -131,6 +131,63 @@ func (q *Client) MemoryDevices(ctx context.Context) ([]MemoryDevice, error) {
 	return out, nil
 }
 
+// MemoryBackend is one host memory backend (query-memdev): the RAM of -m (an implicit backend, whose id is the
+// machine's default RAM id, "pc.ram" on x86) or an -object memory-backend-*.
+type MemoryBackend struct {
+	ID       string // the object's id; "" from a QEMU that does not say (query-memdev has had "id" since 6.0)
+	Size     int64  // bytes
+	Prealloc bool   // every page is allocated (prealloc=on, -mem-prealloc, or a run-time Preallocate)
+	Share    bool   // share=on: the pages are a file's or shared memory's, which other processes may map
+	Reserve  bool   // swap space is reserved (reserve=on, the default): prealloc=on needs it
+}
+
+// Path is the backend's QOM path, "" when the QEMU did not give its id.
+func (b MemoryBackend) Path() string {
+	if b.ID == "" {
+		return ""
+	}
+	return "/objects/" + b.ID
+}
+
+// MemoryBackends lists the VM's host memory backends (query-memdev).
+func (q *Client) MemoryBackends(ctx context.Context) ([]MemoryBackend, error) {
+	var mds []struct {
+		ID       string `json:"id"`
+		Size     int64  `json:"size"`
+		Prealloc bool   `json:"prealloc"`
+		Share    bool   `json:"share"`
+		Reserve  *bool  `json:"reserve"` // since 6.1
+	}
+	if err := q.Execute(ctx, "query-memdev", nil, &mds); err != nil {
+		return nil, err
+	}
+	out := make([]MemoryBackend, len(mds))
+	for i, m := range mds {
+		out[i] = MemoryBackend{ID: m.ID, Size: m.Size, Prealloc: m.Prealloc, Share: m.Share,
+			Reserve: m.Reserve == nil || *m.Reserve}
+	}
+	return out, nil
+}
+
+// QOMSet sets property of the QOM object at path to value (qom-set).
+func (q *Client) QOMSet(ctx context.Context, path, property string, value any) error {
+	return q.Execute(ctx, "qom-set", map[string]any{"path": path, "property": property, "value": value}, nil)
+}
+
+// Preallocate allocates every page of the memory backend at path now, keeping their contents: it sets the backend's
+// prealloc-threads to threads (if threads > 0), then prealloc to true (backends/hostmem.c does the allocation in the
+// setter). QEMU's main loop does nothing else until the allocation is done: no other QMP command is answered, no
+// incoming migration loads, and the threads it starts for the work inherit its main thread's scheduling. A
+// context that ends returns at once but stops nothing in QEMU.
+func (q *Client) Preallocate(ctx context.Context, path string, threads int) error {
+	if threads > 0 {
+		if err := q.QOMSet(ctx, path, "prealloc-threads", threads); err != nil {
+			return err
+		}
+	}
+	return q.QOMSet(ctx, path, "prealloc", true)
+}
+
 // Version is a QEMU's version (query-version).
 type Version struct {
 	Major, Minor, Micro int

@@ -77,9 +77,15 @@ func (m *vmDriver) launched(gen uint64, h *destination, qc net.Conn, err error) 
 		return
 	}
 	m.log.Info("destination started", "pid", h.pid, "dir", m.dir)
+	if !m.r.cfg.NoPrefault {
+		h.beginPrefault(m.r.log.With("vm", m.name))
+	}
 	m.qc = qc
 	if c := m.streamConn; c != nil {
 		m.stream = newRebuilder(qc, c.store, m.r.cfg.RefWait)
+		if pf := h.pf; pf != nil {
+			m.stream.started = pf.boost // the load must not wait for an allocation at idle priority
+		}
 		c.setStream(m.stream)
 		go relayReturnPath(qc, c)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
 	"net"
 	"os"
@@ -50,6 +51,8 @@ type destination struct {
 	q   *qmp.Client // nil until connected (adopted), and after release
 	rel chan struct{}
 	one sync.Once
+
+	pf *prefault // the allocation of its RAM ahead of the stream (prefault.go); nil when none was started
 }
 
 // launchDestination does what LaunchDest asks: it starts the destination QEMU paused (-S, -incoming defer) from
@@ -195,9 +198,22 @@ func (h *destination) client(ctx context.Context) (*qmp.Client, error) {
 	return q, nil
 }
 
+// beginPrefault starts the allocation of a launched destination's RAM (prefault.go), which ends, at the latest,
+// when the destination is killed or let go.
+func (h *destination) beginPrefault(log *slog.Logger) {
+	h.mu.Lock()
+	q := h.q
+	h.mu.Unlock()
+	if h.proc == nil || q == nil || h.pf != nil {
+		return
+	}
+	h.pf = startPrefault(q, h.pid, log)
+}
+
 // kill sends SIGKILL to the process by its pid (an adopted one only if it is still a QEMU) and returns; the exit
 // is seen by the driver's exit watch, and a launched process is reaped by its own Wait.
 func (h *destination) kill() {
+	h.pf.stop()
 	h.mu.Lock()
 	if h.q != nil {
 		h.q.Close()
@@ -219,6 +235,7 @@ func (h *destination) kill() {
 // release lets the destination go without touching the process: its QMP connection is closed (QEMU serves one
 // client, and the operator may want it) and the exit watch of an adopted process ends.
 func (h *destination) release() {
+	h.pf.stop()
 	h.one.Do(func() { close(h.rel) })
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -301,10 +318,14 @@ func (h *destination) start(run bool) (commit.Event, qmp.RunState, bool) {
 }
 
 // runState is the destination's run state for STATE: QEMU's own ("running", "paused", ...), or "unknown" when
-// it exists but does not answer in time.
+// it exists but does not answer in time. A destination that is allocating its RAM answers nothing until it is done,
+// and is "inmigrate" meanwhile (prefault.holding).
 func (h *destination) runState() string {
 	if h.gone() {
 		return "gone"
+	}
+	if h.pf.holding() {
+		return string(qmp.RunStateInMigrate)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), stateTimeout)
 	defer cancel()

@@ -25,6 +25,7 @@ type rebuilder struct {
 	pages   int
 	refs    int
 	zbuf    []byte // decoded PAGES_Z payloads
+	started func() // called at the stream's first frame, then dropped; nil for none
 }
 
 func newRebuilder(w net.Conn, store *dedup.ContentStore, refWait time.Duration) *rebuilder {
@@ -46,6 +47,10 @@ func isStreamFrame(t wire.FrameType) bool {
 // frame re-encodes one stream frame into the destination's stream. At STREAM_END it flushes what it holds and
 // closes the destination's input, whatever the destination still expects.
 func (rb *rebuilder) frame(ctx context.Context, t wire.FrameType, b []byte) (err error) {
+	if rb.started != nil {
+		rb.started()
+		rb.started = nil
+	}
 	switch t {
 	case wire.FramePrefix:
 		err = rb.enc.WritePrefix(b)

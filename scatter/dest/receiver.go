@@ -49,6 +49,10 @@ type Config struct {
 	// name) looked up on this host's PATH.
 	QEMU string
 
+	// NoPrefault turns off the allocation of each launched destination's RAM while the prime runs (prefault.go;
+	// `receive --prefault=false`): the zero Config prefaults, as receive does by default.
+	NoPrefault bool
+
 	LoadTimeout time.Duration // from the end of the source stream to the destination being loaded; 0 means 2 min
 	RefWait     time.Duration // how long a reference may wait for content still in flight; 0 means 30 s
 	Bounds      Bounds        // how long a VM's migration may stay in each phase (bounds.go); zero: the defaults
