@@ -23,8 +23,12 @@ const maxDigestsFrame = (1 << 20) / wire.DigestRecordLen * wire.DigestRecordLen
 // (sender.openDestinations): by then TCP runs at the link's rate, and the targets' receivers keep up with it.
 const destinationsAfter = 8 << 20
 
-// multicastChunk bounds the bytes of one multicast Send (and so the memory held for repairs).
-const multicastChunk = 8 << 20
+// multicastChunk bounds the bytes of one multicast Send (and so the memory held for repairs: two chunks, the one
+// being sent and the next being queued). A group's first Send takes firstMulticastChunk.
+const (
+	multicastChunk      = 8 << 20
+	firstMulticastChunk = 1 << 20
+)
 
 // primer is the state of one prime (phase 5), owned by the sender's goroutine.
 type primer struct {
@@ -63,6 +67,18 @@ type primeGroup struct {
 	objects []multicast.Object
 	queued  int    // payload bytes of objects
 	digests []byte // DIGESTS records of objects' contents, sent to every member before the objects
+	sends   int    // Sends started
+	// inflight is the Send under way (one at a time per group), which the prime's loop does not wait for while it
+	// prepares the next chunk: the link stays busy between chunks. Its outcome is taken (settleGroup) before the next
+	// Send, and at the end of the group's batch.
+	inflight chan groupSent
+}
+
+// groupSent is the outcome of one Send of a group's objects.
+type groupSent struct {
+	objects []multicast.Object
+	res     multicast.Result
+	err     error
 }
 
 // prime sends every distinct content once to each target that needs it (phase 5), batch by batch in the
@@ -278,8 +294,10 @@ func (p *primer) one(ctx context.Context, b *preparedBundle, targets []int, g *p
 		for _, ti := range targets {
 			hold(ti)
 		}
-		if g.queued >= multicastChunk {
-			return p.flushGroup(ctx, g)
+		// A group's first Send is small, so that the link, which the TCP part has just left, waits for one
+		// chunk's preparation at most that long; the later ones are prepared while the one before is sent.
+		if g.queued >= multicastChunk || (g.sends == 0 && g.queued >= firstMulticastChunk) {
+			return p.sendGroup(ctx, g)
 		}
 		return nil
 	}
@@ -329,8 +347,21 @@ func (p *primer) flush(ti int) error {
 	return nil
 }
 
-// flushGroup multicasts the group's queued objects; targets the transport dropped get them by unicast.
+// flushGroup multicasts the group's queued objects and waits for every Send of the group to end; targets the
+// transport dropped get their objects by unicast.
 func (p *primer) flushGroup(ctx context.Context, g *primeGroup) error {
+	if err := p.sendGroup(ctx, g); err != nil {
+		return err
+	}
+	return p.settleGroup(g)
+}
+
+// sendGroup starts multicasting the group's queued objects, once the Send before it has ended (settleGroup), and
+// returns without waiting for it.
+func (p *primer) sendGroup(ctx context.Context, g *primeGroup) error {
+	if err := p.settleGroup(g); err != nil {
+		return err
+	}
 	if len(g.objects) == 0 {
 		return nil
 	}
@@ -350,14 +381,31 @@ func (p *primer) flushGroup(ctx context.Context, g *primeGroup) error {
 	for i, ti := range g.targets {
 		ids[i] = multicast.ReceiverID(ti)
 	}
-	res, err := g.sender.Send(ctx, ids, g.objects)
-	if err != nil {
-		return fmt.Errorf("multicast to %s: %w", g.addr, err)
+	objects := g.objects
+	g.objects, g.queued = nil, 0
+	g.sends++
+	g.inflight = make(chan groupSent, 1)
+	go func(out chan<- groupSent) {
+		res, err := g.sender.Send(ctx, ids, objects)
+		out <- groupSent{objects: objects, res: res, err: err}
+	}(g.inflight)
+	return nil
+}
+
+// settleGroup waits for the group's Send under way, if any; the targets it dropped get its objects by unicast.
+func (p *primer) settleGroup(g *primeGroup) error {
+	if g.inflight == nil {
+		return nil
 	}
-	for _, id := range res.Dropped {
+	sent := <-g.inflight
+	g.inflight = nil
+	if sent.err != nil {
+		return fmt.Errorf("multicast to %s: %w", g.addr, sent.err)
+	}
+	for _, id := range sent.res.Dropped {
 		ti := int(id)
 		p.s.log.Warn("multicast receiver dropped as too slow; serving it by unicast", "target", p.s.targets[ti].addr)
-		for _, o := range g.objects {
+		for _, o := range sent.objects {
 			p.frames[ti] = append(p.frames[ti], o.Payload...) // the same bundle as on unicast
 			if len(p.frames[ti]) >= contentFrameTarget {
 				if err := p.flush(ti); err != nil {
@@ -366,7 +414,6 @@ func (p *primer) flushGroup(ctx context.Context, g *primeGroup) error {
 			}
 		}
 	}
-	g.objects, g.queued = g.objects[:0], 0
 	return nil
 }
 

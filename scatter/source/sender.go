@@ -475,7 +475,9 @@ func (s *sender) run(ctx context.Context) (*report.Report, error) {
 	var mg errgroup.Group
 	mg.SetLimit(s.cfg.Parallel)
 	for _, vm := range s.vms {
-		if vm.report.Status != "" { // inventory or placement already settled it
+		// A VM the inventory or placement settled is left out. One that openEarly started is its migration's
+		// to report on from then on: its Status is read once it is done.
+		if vm.mig == nil && vm.report.Status != "" {
 			continue
 		}
 		mg.Go(func() error {
