@@ -46,6 +46,7 @@ type primer struct {
 	holders                             []int          // the current window's contents' holder VMs, back to back
 	probe                               host.IfaceRate // the link under TCP: first unicast frames to first multicast batch
 	unicastBytes                        int64          // CONTENT bytes queued so far
+	unicastStart                        time.Time      // the first CONTENT frame's queueing
 	lowerBound, lowerCompressed         int64          // once per target that needs it (unicast)
 	lowerBoundOnce, lowerCompressedOnce int64          // once in all (multicast)
 	multicastBytes                      int64          // datagram payload bytes the group senders sent
@@ -124,7 +125,7 @@ func (s *sender) prime(ctx context.Context, sm *dedup.SharingMap, rep *report.Re
 	for _, b := range p.unicastFirst() {
 		g := p.groups[targetSetKey(b.targets)]
 		if g != nil && g.sender != nil && !capped {
-			p.capGroups(int64(8 * p.probe.Rate()))
+			p.capGroups(p.linkBps())
 			capped = true
 			s.startDestinations()
 			s.primeTailStarts()
@@ -212,6 +213,8 @@ const (
 // it).
 func (p *primer) capGroups(bps int64) {
 	if bps <= 0 {
+		p.s.log.Warn("multicast rate not capped: the prime's TCP part gave no measure of the link's rate",
+			"tcp_bytes", p.unicastBytes, "tcp_ms", time.Since(p.unicastStart).Milliseconds())
 		return
 	}
 	limit := bps + bps/10
@@ -221,6 +224,22 @@ func (p *primer) capGroups(bps int64) {
 		}
 	}
 	p.s.log.Info("multicast rate capped at the measured link rate", "link_bps", bps, "cap_bps", limit)
+}
+
+// linkBps is the link's rate in bits/s as the prime's TCP part measured it: from the interface's counter
+// (probe), or, when that gave nothing (a counter that could not be read, or a sample too small), from the bytes the
+// part queued over its time, which overstates the rate by what the sockets still hold. 0 when neither is a sample.
+func (p *primer) linkBps() int64 {
+	if r := p.probe.Rate(); r > 0 {
+		return int64(8 * r)
+	}
+	d := time.Since(p.unicastStart)
+	if p.unicastStart.IsZero() || d < minProbeTime || p.unicastBytes < minProbeBytes {
+		return 0
+	}
+	bps := int64(8 * float64(p.unicastBytes) / d.Seconds())
+	p.s.log.Info("the link's rate from the bytes the prime queued (the interface's counter gave none)", "bps", bps)
+	return bps
 }
 
 // seededAtAny reports whether some target in targets read content id from its own files.
@@ -333,6 +352,9 @@ func (p *primer) flush(ti int) error {
 	if len(p.frames[ti]) == 0 {
 		return nil
 	}
+	if p.unicastStart.IsZero() {
+		p.unicastStart = time.Now()
+	}
 	if p.unicastBytes += int64(len(p.frames[ti])); p.unicastBytes >= 1<<20 {
 		p.probe.Start() // a socket buffer's worth in: TCP is past its start, the link busy
 	}
@@ -404,7 +426,10 @@ func (p *primer) settleGroup(g *primeGroup) error {
 	}
 	for _, id := range sent.res.Dropped {
 		ti := int(id)
-		p.s.log.Warn("multicast receiver dropped as too slow; serving it by unicast", "target", p.s.targets[ti].addr)
+		st := g.sender.Stats()
+		p.s.log.Warn("multicast receiver dropped as too slow; serving it by unicast", "target", p.s.targets[ti].addr,
+			"group_sent", st.Transport.BytesSent, "data", st.Engine.DataBytes, "repair", st.Engine.RepairBytes,
+			"rate_bps", st.Engine.RateBps, "cuts", st.Engine.RateCuts)
 		for _, o := range sent.objects {
 			p.frames[ti] = append(p.frames[ti], o.Payload...) // the same bundle as on unicast
 			if len(p.frames[ti]) >= contentFrameTarget {
