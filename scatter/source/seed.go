@@ -221,7 +221,7 @@ func (p *primer) seedSend(rep *report.Report) {
 		st.sent = time.Now()
 		if err != nil {
 			rep.Warnings = append(rep.Warnings, fmt.Sprintf("seed to %s: %v", t.addr, err))
-			p.unseed(t)
+			p.unseed(t, false) // before the prime's loop: it primes them as it goes
 		}
 	}
 }
@@ -238,7 +238,7 @@ func (p *primer) settleSeeds(ctx context.Context, rep *report.Report) {
 		var ack wire.SeedAckMsg
 		if err := t.sc.ExpectWithin(ctx, wire.FrameSeedAck, &ack, 30*time.Second); err != nil {
 			rep.Warnings = append(rep.Warnings, fmt.Sprintf("seed to %s: %v; its boot file pages are primed", t.addr, err))
-			p.unseed(t)
+			p.unseed(t, true)
 			continue
 		}
 		t.seedPending = nil
@@ -270,14 +270,17 @@ func (p *primer) settleSeeds(ctx context.Context, rep *report.Report) {
 	}
 }
 
-// unseed gives up on t's seed: every content it was to read from its files is primed to it instead.
-func (p *primer) unseed(t *targetConn) {
+// unseed gives up on t's seed: every content it was to read from its files is primed to it instead, by the
+// prime's loop if it has not run yet, else (late) at its end.
+func (p *primer) unseed(t *targetConn, late bool) {
 	st := t.seedPending
 	t.seedPending = nil
 	ti := p.s.targetIndex(t)
 	for _, id := range st.ids {
 		t.seeded[id/64] &^= 1 << (id % 64)
-		p.late[ti] = append(p.late[ti], id)
+		if late {
+			p.late[ti] = append(p.late[ti], id)
+		}
 	}
 }
 
