@@ -125,7 +125,7 @@ func (s *sender) prime(ctx context.Context, sm *dedup.SharingMap, rep *report.Re
 	for _, b := range p.unicastFirst() {
 		g := p.groups[targetSetKey(b.targets)]
 		if g != nil && g.sender != nil && !capped {
-			p.capGroups(p.linkBps())
+			p.capGroups(int64(8 * p.probe.Rate()))
 			capped = true
 			s.startDestinations()
 			s.primeTailStarts()
@@ -224,22 +224,6 @@ func (p *primer) capGroups(bps int64) {
 		}
 	}
 	p.s.log.Info("multicast rate capped at the measured link rate", "link_bps", bps, "cap_bps", limit)
-}
-
-// linkBps is the link's rate in bits/s as the prime's TCP part measured it: from the interface's counter
-// (probe), or, when that gave nothing (a counter that could not be read, or a sample too small), from the bytes the
-// part queued over its time, which overstates the rate by what the sockets still hold. 0 when neither is a sample.
-func (p *primer) linkBps() int64 {
-	if r := p.probe.Rate(); r > 0 {
-		return int64(8 * r)
-	}
-	d := time.Since(p.unicastStart)
-	if p.unicastStart.IsZero() || d < minProbeTime || p.unicastBytes < minProbeBytes {
-		return 0
-	}
-	bps := int64(8 * float64(p.unicastBytes) / d.Seconds())
-	p.s.log.Info("the link's rate from the bytes the prime queued (the interface's counter gave none)", "bps", bps)
-	return bps
 }
 
 // seededAtAny reports whether some target in targets read content id from its own files.
