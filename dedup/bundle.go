@@ -21,6 +21,12 @@ const MaxEncodedBundle = MaxBundlePages * PageSize
 // CompressPages appends pages (1 to MaxBundlePages whole pages, back to back) compressed together with c to dst, or
 // the pages as they are when compression does not make them smaller, and returns the codec it used.
 func CompressPages(dst, pages []byte, c Codec) ([]byte, Codec) {
+	return CompressPagesEffort(dst, pages, c, EffortFast)
+}
+
+// CompressPagesEffort is CompressPages with zstd at the given effort; the other codecs have one. The bytes decode
+// alike whatever the effort.
+func CompressPagesEffort(dst, pages []byte, c Codec, e Effort) ([]byte, Codec) {
 	n := len(pages) / PageSize
 	if n < 1 || n > MaxBundlePages || len(pages)%PageSize != 0 {
 		panic(fmt.Sprintf("dedup: CompressPages of %d bytes", len(pages)))
@@ -33,6 +39,9 @@ func CompressPages(dst, pages []byte, c Codec) ([]byte, Codec) {
 		dst = dst[:start+len(enc)]
 	case CodecZstd:
 		enc, _ := bundleZstd.get()
+		if e == EffortMore {
+			enc, _ = bundleZstdMore.get()
+		}
 		dst = enc.EncodeAll(pages, dst)
 	default:
 		return append(dst, pages...), CodecNone

@@ -50,6 +50,10 @@ type primer struct {
 	lowerBound, lowerCompressed         int64          // once per target that needs it (unicast)
 	lowerBoundOnce, lowerCompressedOnce int64          // once in all (multicast)
 	multicastBytes                      int64          // datagram payload bytes the group senders sent
+	// effort picks how hard the windows' bundles are compressed, from where each window's time went: preparing it,
+	// or waiting (linkWait) for the link to take it (sends blocked on a full socket, a group's chunk under way).
+	effort   dedup.EffortControl
+	linkWait time.Duration
 	// The contents sent: each one's digest, by id, and per target the ids sent to it, by a group or alone. They
 	// enter the target's held index at the end (finish), less those its receiver did not store (PRIME_ACK's
 	// missing: dropped multicast contents, and contents its store had no room for).
@@ -143,23 +147,31 @@ func (s *sender) prime(ctx context.Context, sm *dedup.SharingMap, rep *report.Re
 					partial = append(partial, id)
 				}
 			}
+			t0, waited := time.Now(), p.linkWait
 			bundles, err := p.prepare(ctx, full, dedup.MaxBundlePages)
 			if err != nil {
 				return err
 			}
+			prepared := time.Since(t0)
 			for i := range bundles {
 				if err := p.one(ctx, &bundles[i], b.targets, g); err != nil {
 					return err
 				}
 			}
+			t0 = time.Now()
 			if bundles, err = p.prepare(ctx, partial, 1); err != nil {
 				return err
 			}
+			prepared += time.Since(t0)
 			for i := range bundles {
 				rest = p.notSeeded(rest[:0], bundles[i].contents[0].id, b.targets)
 				if err := p.one(ctx, &bundles[i], rest, nil); err != nil {
 					return err
 				}
+			}
+			if was := p.effort.Effort(); p.effort.Observe(prepared, p.linkWait-waited) != was {
+				s.log.Debug("prime: compression effort changed", "effort", p.effort.Effort(), "prepare_ms", prepared.Milliseconds(),
+					"link_wait_ms", (p.linkWait - waited).Milliseconds())
 			}
 			done += len(window)
 			if time.Since(lastProgress) > time.Second {
@@ -173,6 +185,8 @@ func (s *sender) prime(ctx context.Context, sm *dedup.SharingMap, rep *report.Re
 			}
 		}
 	}
+	fast, more := p.effort.Windows()
+	s.log.Debug("prime: compression effort", "windows_fast", fast, "windows_more", more)
 	p.settleSeeds(ctx, rep)
 	if err := p.primeLate(ctx); err != nil {
 		return err
@@ -345,7 +359,9 @@ func (p *primer) flush(ti int) error {
 	if p.unicastBytes >= destinationsAfter {
 		p.s.startDestinations()
 	}
+	t0 := time.Now()
 	err := p.s.targets[ti].sc.Send(wire.FrameContent, p.frames[ti], false)
+	p.linkWait += time.Since(t0)
 	p.frames[ti] = p.frames[ti][:0]
 	if err != nil {
 		return fmt.Errorf("prime to %s: %w", p.s.targets[ti].addr, err)
@@ -403,7 +419,9 @@ func (p *primer) settleGroup(g *primeGroup) error {
 	if g.inflight == nil {
 		return nil
 	}
+	t0 := time.Now()
 	sent := <-g.inflight
+	p.linkWait += time.Since(t0)
 	g.inflight = nil
 	if sent.err != nil {
 		return fmt.Errorf("multicast to %s: %w", g.addr, sent.err)

@@ -101,6 +101,7 @@ func (p *primer) prepare(ctx context.Context, ids []uint32, maxPer int) ([]prepa
 		headLen += cl
 	}
 
+	effort := p.effort.Effort()
 	next := make(chan int, len(bundles))
 	for i := range bundles {
 		next <- i
@@ -115,7 +116,7 @@ func (p *primer) prepare(ctx context.Context, ids []uint32, maxPer int) ([]prepa
 				for _, c := range b.contents {
 					raw = append(raw, c.page...)
 				}
-				b.data, b.codec = dedup.CompressPages(nil, raw, p.s.codec)
+				b.data, b.codec = dedup.CompressPagesEffort(nil, raw, p.s.codec, effort)
 			}
 			return nil
 		})
