@@ -77,6 +77,8 @@ type primeGroup struct {
 	// prepares the next chunk: the link stays busy between chunks. Its outcome is taken (settleGroup) before the next
 	// Send, and at the end of the group's batch.
 	inflight chan groupSent
+	rtt      time.Duration // the probe's longest round trip at openGroups
+	checked  bool          // recheckGroup ran
 }
 
 // groupSent is the outcome of one Send of a group's objects.
@@ -128,9 +130,15 @@ func (s *sender) prime(ctx context.Context, sm *dedup.SharingMap, rep *report.Re
 	capped := false
 	for _, b := range p.unicastFirst() {
 		g := p.groups[targetSetKey(b.targets)]
+		if g != nil && g.sender != nil && !g.checked {
+			g.checked = true
+			p.recheckGroup(ctx, g, rep)
+		}
 		if g != nil && g.sender != nil && !capped {
 			p.capGroups(int64(8 * p.probe.Rate()))
 			capped = true
+		}
+		if g != nil { // the groups' batches, served by their group or not, are the prime's last stage
 			s.startDestinations()
 			s.primeTailStarts()
 		}

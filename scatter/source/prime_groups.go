@@ -119,7 +119,8 @@ func (p *primer) openGroups(ctx context.Context, rep *report.Report) error {
 		for i, ti := range g.targets {
 			want[i] = multicast.ReceiverID(ti)
 		}
-		heard, _, err := ms.Probe(ctx, want, multicast.DefaultProbeTimeout)
+		heard, rtt, err := ms.Probe(ctx, want, multicast.DefaultProbeTimeout)
+		g.rtt = rtt
 		if err == nil && len(heard) < len(want) {
 			err = fmt.Errorf("%d of %d targets heard the probe", len(heard), len(want))
 		}
@@ -156,6 +157,35 @@ func newGroupCrypto(runKey [32]byte, session wire.SessionID, num int) groupCrypt
 	sid := seal.GroupSession(binary.BigEndian.Uint64(session[:8]), uint16(num))
 	return groupCrypto{key: seal.GroupKey(runKey, sid), session: sid}
 }
+
+// recheckGroup probes a group again as its data is about to flow. The probe at openGroups may be answered before
+// the network's snooping switches have learned the group (they flood a group they do not know yet), and a switch
+// that then leaves the source's port out of it carries the data to the receivers and none of their
+// acknowledgements back: the sender would hear nothing for 3 s, drop them as silent and send the group's contents
+// by unicast. IGMPv2 report suppression did that in the lab (docs/benchmarks.md). A group whose members do not
+// answer now goes by unicast at once.
+func (p *primer) recheckGroup(ctx context.Context, g *primeGroup, rep *report.Report) {
+	want := make([]multicast.ReceiverID, len(g.targets))
+	for i, ti := range g.targets {
+		want[i] = multicast.ReceiverID(ti)
+	}
+	heard, _, err := g.sender.Probe(ctx, want, max(recheckTimeout, 10*g.rtt))
+	if ctx.Err() != nil || (err == nil && len(heard) == len(want)) {
+		return
+	}
+	if err == nil {
+		err = fmt.Errorf("%d of %d targets answered its probe", len(heard), len(want))
+	}
+	rep.Warnings = append(rep.Warnings, fmt.Sprintf("multicast group %s stopped answering before its data (%v); its contents go by unicast (behind IGMP snooping, run the querier with IGMPv3)", g.addr, err))
+	p.s.log.Warn("multicast group stopped answering; its contents go by unicast", "group", g.addr, "err", err)
+	p.multicastBytes += int64(g.sender.Stats().Transport.BytesSent)
+	g.sender.Close()
+	g.sender = nil
+}
+
+// recheckTimeout is the least time recheckGroup waits for the members' answers: as long as the first probe's
+// (multicast.DefaultProbeTimeout), and far below the 3 s of silence it saves.
+const recheckTimeout = multicast.DefaultProbeTimeout
 
 // closeGroups ends every group: the members leave, the senders close, and their bytes count as prime bytes.
 func (p *primer) closeGroups() {
