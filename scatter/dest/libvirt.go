@@ -9,6 +9,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"syscall"
 	"time"
 
@@ -74,13 +75,12 @@ func (r *Receiver) serveLibvirt(ctx context.Context, c *vmConn, b []byte) error 
 	for _, u := range unchecked {
 		log.Warn("disk image not checked: the operator keeps it reachable from every host", "image", u)
 	}
-	if err := makeSocketDir(filepath.Dir(open.Socket)); err != nil {
+	dir := filepath.Dir(open.Socket)
+	if err := r.sockets.acquire(dir); err != nil {
 		c.refuse(0, fmt.Sprintf("creating the migration socket's directory: %v", err))
 		return err
 	}
-	// The run's directory goes with its last socket (QEMU unlinks its own when its load ends); a directory still in
-	// use is not empty, and stays.
-	defer os.Remove(filepath.Dir(open.Socket))
+	defer r.sockets.release(dir)
 	if err := c.send(wire.FrameReady, wire.ReadyMsg{}); err != nil {
 		return err
 	}
@@ -174,6 +174,43 @@ func (ls *libvirtStream) run(ctx context.Context) error {
 			return nil
 		}
 	}
+}
+
+// socketDirs counts, per run's socket directory, the libvirt migrations of this receiver that use it. The directory
+// goes when the last of them ends, not when the first one's socket does: a VM whose destination QEMU has not yet
+// created its socket (its libvirt job not yet at Prepare) would find the directory gone, and libvirt's
+// migrate-incoming fails to bind there (seen in TestLibvirtScatter: two VMs to one target, the second rolled back).
+type socketDirs struct {
+	mu   sync.Mutex
+	used map[string]int
+}
+
+// acquire creates dir if this is its first user (makeSocketDir), and counts one more user.
+func (d *socketDirs) acquire(dir string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.used[dir] == 0 {
+		if err := makeSocketDir(dir); err != nil {
+			return err
+		}
+	}
+	if d.used == nil {
+		d.used = map[string]int{}
+	}
+	d.used[dir]++
+	return nil
+}
+
+// release counts one user less, and removes dir when it was the last and dir is empty (QEMU unlinks its socket when
+// its load ends; a socket left there is left alone).
+func (d *socketDirs) release(dir string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.used[dir]--; d.used[dir] > 0 {
+		return
+	}
+	delete(d.used, dir)
+	_ = os.Remove(dir)
 }
 
 // libvirtQEMUUser is the user libvirt runs QEMU as on Debian and Ubuntu (qemu.conf's default).

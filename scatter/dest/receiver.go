@@ -89,6 +89,7 @@ type Receiver struct {
 	closed   bool                 // Serve returned: nothing more is posted to a VM
 	wg       sync.WaitGroup
 	probes   probeCache // what the QEMU binaries said of themselves
+	sockets  socketDirs // libvirt migrations' socket directories, shared by a run's VMs
 }
 
 // session is one sender's run on this receiver: its content store, shared by the VMs it migrates here.
