@@ -119,23 +119,7 @@ func TestMulticastReachesEveryReceiver(t *testing.T) {
 			group := &net.UDPAddr{IP: net.IPv4(239, 255, 7, 1), Port: 7401}
 			var recvs []*ipv4.PacketConn
 			for _, name := range []string{"a", "b"} {
-				h := l.Host(name)
-				err := h.Do(func() error {
-					c, err := net.ListenPacket("udp4", fmt.Sprintf("0.0.0.0:%d", group.Port))
-					if err != nil {
-						return err
-					}
-					ifi, err := net.InterfaceByName(h.Iface)
-					if err != nil {
-						return err
-					}
-					p := ipv4.NewPacketConn(c)
-					recvs = append(recvs, p)
-					return p.JoinGroup(ifi, group)
-				})
-				if err != nil {
-					t.Fatal(err)
-				}
+				recvs = append(recvs, joinGroup(t, l.Host(name), group))
 			}
 			defer func() {
 				for _, p := range recvs {
@@ -379,24 +363,7 @@ func TestSnoopingKeepsEveryMember(t *testing.T) {
 		group := &net.UDPAddr{IP: net.IPv4(239, 255, 9, byte(n)), Port: 7401}
 		var conns []*ipv4.PacketConn
 		for _, name := range []string{"a", "b", "src"} { // the receivers first, as the sender asks them to
-			h := l.Host(name)
-			err := h.Do(func() error {
-				c, err := net.ListenPacket("udp4", fmt.Sprintf("0.0.0.0:%d", group.Port))
-				if err != nil {
-					return err
-				}
-				ifi, err := net.InterfaceByName(h.Iface)
-				if err != nil {
-					c.Close()
-					return err
-				}
-				p := ipv4.NewPacketConn(c)
-				conns = append(conns, p)
-				return p.JoinGroup(ifi, group)
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
+			conns = append(conns, joinGroup(t, l.Host(name), group))
 		}
 		var members string
 		for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
@@ -423,4 +390,31 @@ func TestSnoopingKeepsEveryMember(t *testing.T) {
 			t.Fatalf("group %v: the bridge forwards it to %q, want every member (a b src)", group.IP, members)
 		}
 	}
+}
+
+// joinGroup opens a UDP socket on group's port in h's namespace and joins the group on h's interface.
+func joinGroup(t *testing.T, h *Host, group *net.UDPAddr) *ipv4.PacketConn {
+	t.Helper()
+	var p *ipv4.PacketConn
+	err := h.Do(func() error {
+		c, err := net.ListenPacket("udp4", fmt.Sprintf("0.0.0.0:%d", group.Port))
+		if err != nil {
+			return err
+		}
+		ifi, err := net.InterfaceByName(h.Iface)
+		if err != nil {
+			c.Close()
+			return err
+		}
+		p = ipv4.NewPacketConn(c)
+		if err := p.JoinGroup(ifi, group); err != nil {
+			p.Close()
+			return err
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
