@@ -270,6 +270,29 @@ func TestShapingVisibleInCounters(t *testing.T) {
 	if got := rxAfter - rxBefore; got < sent/5 || got > sent*4/5 {
 		t.Fatalf("ingress 50%% loss: %d of %d bytes reached b", got, sent)
 	}
+	// Loss limited to a prefix the traffic does not go to: all of it reaches b.
+	if err := b.ShapeIngress(Shaping{Loss: 100, To: netip.MustParsePrefix("239.255.0.0/16")}); err != nil {
+		t.Fatal(err)
+	}
+	rxBefore, _, _ = b.Counters()
+	sent = blast(t, a, dst, n, size)
+	rxAfter, _, _ = b.Counters()
+	if got := rxAfter - rxBefore; got < sent*9/10 {
+		t.Fatalf("loss only to 239.255/16: %d of %d bytes reached b", got, sent)
+	}
+	// And to its own address: none does.
+	if err := b.ShapeIngress(Shaping{Loss: 100, To: netip.PrefixFrom(b.Addr, 32)}); err != nil {
+		t.Fatal(err)
+	}
+	rxBefore, _, _ = b.Counters()
+	sent = blast(t, a, dst, n, size)
+	rxAfter, _, _ = b.Counters()
+	if got := rxAfter - rxBefore; got > sent/10 {
+		t.Fatalf("loss to %v: %d of %d bytes reached b", b.Addr, got, sent)
+	}
+	if err := b.ShapeIngress(Shaping{}); err != nil {
+		t.Fatal(err)
+	}
 	// Delay needs netem, which minimal kernels lack.
 	if err := a.Shape(Shaping{Delay: 5 * time.Millisecond}); errors.Is(err, ErrUnsupported) {
 		t.Logf("delay: %v", err)
@@ -341,11 +364,19 @@ func TestConfigRejects(t *testing.T) {
 }
 
 func TestLossProgram(t *testing.T) {
-	if p := lossProgram(50); p != "4,32 0 0 4294963256,53 0 1 2147483648,6 0 0 0,6 0 0 2" {
+	if p := lossProgram(50, netip.Prefix{}); p != "4,32 0 0 4294963256,53 0 1 2147483648,6 0 0 0,6 0 0 2" {
 		t.Fatalf("50%%: %s", p)
 	}
-	if p := lossProgram(100); p != "1,6 0 0 2" {
+	if p := lossProgram(100, netip.Prefix{}); p != "1,6 0 0 2" {
 		t.Fatalf("100%%: %s", p)
+	}
+	groups := netip.MustParsePrefix("239.255.0.0/16")
+	if p := lossProgram(100, groups); p != "7,40 0 0 12,21 0 4 2048,32 0 0 30,84 0 0 4294901760,21 0 1 4026466304,6 0 0 2,6 0 0 0" {
+		t.Fatalf("100%% to %v: %s", groups, p)
+	}
+	if p := lossProgram(50, groups); p != "10,40 0 0 12,21 0 7 2048,32 0 0 30,84 0 0 4294901760,21 0 4 4026466304,"+
+		"32 0 0 4294963256,53 0 1 2147483648,6 0 0 0,6 0 0 2,6 0 0 0" {
+		t.Fatalf("50%% to %v: %s", groups, p)
 	}
 }
 

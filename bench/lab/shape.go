@@ -1,8 +1,10 @@
 package lab
 
 import (
+	"encoding/binary"
 	"fmt"
 	"math"
+	"net/netip"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -14,6 +16,9 @@ type Shaping struct {
 	Rate  uint64        // bits per second; 0 means unlimited
 	Loss  float64       // percent of packets dropped at random, in [0, 100]
 	Delay time.Duration // one-way delay added; needs sch_netem
+	// To limits Loss to IPv4 packets whose destination lies in this prefix (e.g. 239.255.0.0/16: a host's multicast
+	// groups); the zero value means every packet. Not with Delay.
+	To netip.Prefix
 }
 
 // Shape impairs what the host sends (its eth0 egress), replacing any earlier Shape. Shape(Shaping{}) clears it.
@@ -26,7 +31,7 @@ func (h *Host) ShapeIngress(s Shaping) error { return shape(h.lab.BridgeNS, h.po
 // shape sets dev's egress in namespace ns: netem when a delay is asked for, else htb for rate and a classic-BPF
 // filter (ld rand; drop below a threshold) for loss, which need no sch_netem.
 func shape(ns, dev string, s Shaping) error {
-	if !(s.Loss >= 0 && s.Loss <= 100) || s.Delay < 0 {
+	if !(s.Loss >= 0 && s.Loss <= 100) || s.Delay < 0 || (s.To.IsValid() && (!s.To.Addr().Is4() || s.Delay > 0)) {
 		return fmt.Errorf("%w: shaping %+v", ErrConfig, s)
 	}
 	// Clear: deleting what is absent fails, harmlessly.
@@ -59,7 +64,7 @@ func shape(ns, dev string, s Shaping) error {
 		if err := tc(ns, "qdisc", "add", "dev", dev, "clsact"); err != nil {
 			return err
 		}
-		return tc(ns, "filter", "add", "dev", dev, "egress", "bpf", "da", "bytecode", lossProgram(s.Loss))
+		return tc(ns, "filter", "add", "dev", dev, "egress", "bpf", "da", "bytecode", lossProgram(s.Loss, s.To))
 	}
 	return nil
 }
@@ -70,13 +75,36 @@ func shape(ns, dev string, s Shaping) error {
 //	jge #threshold, 0, 1
 //	ret #0             ; TC_ACT_OK: pass
 //	ret #2             ; TC_ACT_SHOT: drop
-func lossProgram(loss float64) string {
+//
+// With a valid prefix to, it first passes every packet that is not IPv4 to that prefix (at a device's egress a
+// packet starts at its Ethernet header):
+//
+//	ldh [12]; jeq #0x800, 0, PASS        ; IPv4?
+//	ld [30]; and #mask; jeq #net, 0, PASS ; its destination in the prefix?
+//	... the loss above ...
+//	PASS: ret #0
+func lossProgram(loss float64, to netip.Prefix) string {
 	threshold := uint64(math.Round(loss / 100 * (1 << 32)))
-	if threshold > math.MaxUint32 { // 100%: no random number reaches it
-		return "1,6 0 0 2"
-	}
 	const ldRand = 0xfffff000 + 56
-	return fmt.Sprintf("4,32 0 0 %d,53 0 1 %d,6 0 0 0,6 0 0 2", uint32(ldRand), threshold)
+	drop := []string{"6 0 0 2"}
+	if threshold <= math.MaxUint32 { // under 100%: some random numbers reach it
+		drop = []string{fmt.Sprintf("32 0 0 %d", uint32(ldRand)), fmt.Sprintf("53 0 1 %d", threshold), "6 0 0 0", "6 0 0 2"}
+	}
+	prog := drop
+	if to.IsValid() {
+		mask := uint32(0)
+		if to.Bits() > 0 {
+			mask = ^uint32(0) << (32 - to.Bits())
+		}
+		net := binary.BigEndian.Uint32(to.Masked().Addr().AsSlice())
+		d := len(drop) // the jumps to PASS skip the checks after them and the loss
+		prog = append([]string{
+			"40 0 0 12", fmt.Sprintf("21 0 %d 2048", d+3),
+			"32 0 0 30", fmt.Sprintf("84 0 0 %d", mask), fmt.Sprintf("21 0 %d %d", d, net),
+		}, drop...)
+		prog = append(prog, "6 0 0 0")
+	}
+	return fmt.Sprintf("%d,%s", len(prog), strings.Join(prog, ","))
 }
 
 func tc(ns string, args ...string) error {
