@@ -1,6 +1,7 @@
 package dedup
 
 import (
+	"bytes"
 	"encoding/binary"
 	"os"
 	"path/filepath"
@@ -13,8 +14,9 @@ import (
 )
 
 // TestPrimeCompressionExperiments measures, on real guests' RAM, what the prime's bundles would weigh under other
-// choices: bundles ordered by similarity, zstd's default level, a dictionary trained on the guests' own pages
-// (docs/benchmarks.md, section 5). It needs raw RAM images, such as bench/scale's capture makes:
+// choices: bundles ordered by similarity, zstd's default level, bigger bundles, one stream with its history, a
+// dictionary trained on the guests' own pages (docs/benchmarks.md, section 5). It needs raw RAM images, such as
+// bench/scale's capture makes:
 //
 //	go test ./bench/scale -run TestCapture -scale.capture /tmp/cap -scale.sameseed
 //	VMSCATTER_PAGE_IMAGES='/tmp/cap/img*.ram' go test ./dedup -run TestPrimeCompressionExperiments -v
@@ -49,18 +51,21 @@ func TestPrimeCompressionExperiments(t *testing.T) {
 	t.Logf("%d images, %d distinct non-zero pages (%.1f MiB)", len(paths), len(pages), float64(len(pages)*PageSize)/(1<<20))
 
 	const window = 1024 // the prime's prepareWindow
-	bundled := func(order [][]byte, enc *zstd.Encoder) (int, time.Duration) {
-		total, buf, out := 0, make([]byte, 0, MaxBundlePages*PageSize), []byte(nil)
+	bundledBy := func(per int, order [][]byte, enc *zstd.Encoder) (int, time.Duration) {
+		total, buf, out := 0, make([]byte, 0, per*PageSize), []byte(nil)
 		t0 := time.Now()
-		for i := 0; i < len(order); i += MaxBundlePages {
+		for i := 0; i < len(order); i += per {
 			buf = buf[:0]
-			for _, p := range order[i:min(i+MaxBundlePages, len(order))] {
+			for _, p := range order[i:min(i+per, len(order))] {
 				buf = append(buf, p...)
 			}
 			out = enc.EncodeAll(buf, out[:0])
 			total += min(len(out), len(buf))
 		}
 		return total, time.Since(t0)
+	}
+	bundled := func(order [][]byte, enc *zstd.Encoder) (int, time.Duration) {
+		return bundledBy(MaxBundlePages, order, enc)
 	}
 	newEnc := func(opts ...zstd.EOption) *zstd.Encoder {
 		e, err := zstd.NewWriter(nil, append([]zstd.EOption{zstd.WithEncoderCRC(false), zstd.WithWindowSize(64 << 10),
@@ -79,10 +84,28 @@ func TestPrimeCompressionExperiments(t *testing.T) {
 	report("zstd fastest, scan order (the prime)", base, d, base)
 	n, d := bundled(pages, newEnc(zstd.WithEncoderLevel(zstd.SpeedDefault)))
 	report("zstd default level, scan order", n, d, base)
+	n, d = bundledBy(63, pages, newEnc(zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithWindowSize(256<<10)))
+	report("zstd fastest, bundles of 63 pages", n, d, base)
+	// One zstd stream for all, as a TCP prime to one target could be: each bundle flushed, with the history before it.
+	var sink bytes.Buffer
+	stream, err := zstd.NewWriter(&sink, zstd.WithEncoderCRC(false), zstd.WithWindowSize(1<<20), zstd.WithEncoderConcurrency(1),
+		zstd.WithEncoderLevel(zstd.SpeedFastest))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	for i := 0; i < len(pages); i += MaxBundlePages {
+		for _, p := range pages[i:min(i+MaxBundlePages, len(pages))] {
+			stream.Write(p)
+		}
+		stream.Flush()
+	}
+	stream.Close()
+	report("zstd fastest, one stream (1 MiB window)", sink.Len(), time.Since(t0), base)
 
 	// Similarity: within each window, sort by a MinHash of the page's aligned non-zero 8-byte words.
 	sorted := slices.Clone(pages)
-	t0 := time.Now()
+	t0 = time.Now()
 	for i := 0; i < len(sorted); i += window {
 		w := sorted[i:min(i+window, len(sorted))]
 		keys := make(map[*byte][2]uint64, len(w))
