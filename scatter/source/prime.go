@@ -39,6 +39,8 @@ type primer struct {
 	pinned                              [][]uint64         // per target: contents kept for no VM in particular
 	frames                              [][]byte           // per target: the CONTENT frame being filled
 	sent                                []int              // per target: contents sent to it
+	dropped                             []int              // per target: contents it did not store (PRIME_ACK's missing)
+	capped                              bool               // capGroups ran
 	groups                              map[string]*primeGroup
 	slots                               []int
 	heads                               []wire.BundleHead
@@ -93,50 +95,76 @@ type groupSent struct {
 // over the targets' control connections. It records what each target confirmed holding. Each content's bytes are
 // read once, at prime time, from a page that still has the scanned fingerprint; the keyed digest is taken over
 // exactly the bytes sent, so a later reference is exact whatever the guest did in between.
-func (s *sender) prime(ctx context.Context, sm *dedup.SharingMap, rep *report.Report) error {
+//
+// It leaves to its overlap (returned, nil when there is none) the contents that the streams' first pass reaches
+// last (overlapContents): the caller runs it once the prime is over, while the streams start, and merges it into
+// the report once the migrations are done.
+func (s *sender) prime(ctx context.Context, sm *dedup.SharingMap, rep *report.Report) (*overlap, error) {
 	n := len(s.targets)
 	s.costs = make([]uint32, sm.Distinct())
 	p := &primer{s: s, sm: sm, digester: s.digester, held: make([]*dedup.HeldIndex, n),
-		pinned: make([][]uint64, n), frames: make([][]byte, n), sent: make([]int, n),
+		pinned: make([][]uint64, n), frames: make([][]byte, n), sent: make([]int, n), dropped: make([]int, n),
 		digests: make([]dedup.Digest, sm.Distinct()), sentTo: make([][]dedup.ContentID, n), late: make([][]dedup.ContentID, n)}
 	for i := range s.targets {
 		p.held[i] = dedup.NewHeldIndex(s.fingerprint(), p.digester)
 		p.pinned[i] = make([]uint64, (sm.Distinct()+63)/64)
 	}
 	s.fitStores(sm, rep)
+	head, tail := s.batches, []primeBatch(nil)
+	if pick := overlapContents(sm, s.batches, overlapBudget, overlapFrom); pick != nil {
+		head, tail = splitBatches(s.batches, pick)
+	}
 	if err := p.openGroups(ctx, rep); err != nil {
-		return err
+		return nil, err
 	}
 	// The seed goes out now and the prime does not wait for its answers (settleSeeds, at the end): the targets read
 	// their files while the first contents travel.
 	p.seedSend(rep)
+	ended := false
 	defer func() {
-		p.closeGroups()
-		rep.Totals.PrimeBytes += p.multicastBytes
-		for _, t := range s.targets {
-			if t.sc != nil {
-				rep.Totals.PrimeBytes += t.sc.BytesOut()
-			}
+		if !ended {
+			p.end()
+			p.report(rep)
 		}
 	}()
+	p.probe = host.IfaceRate{Iface: s.iface, MinBytes: minProbeBytes, MinTime: minProbeTime}
+	if err := p.sendBatches(ctx, head, rep); err != nil {
+		return nil, err
+	}
+	fast, more := p.effort.Windows()
+	s.log.Debug("prime: compression effort", "windows_fast", fast, "windows_more", more)
+	p.settleSeeds(ctx, rep)
+	if err := p.primeLate(ctx); err != nil {
+		return nil, err
+	}
+	if err := p.finish(ctx, rep); err != nil || len(tail) == 0 {
+		return nil, err
+	}
+	ended = true // the overlap ends the groups and reports
+	return &overlap{p: p, batches: tail}, nil
+}
+
+// sendBatches sends the batches' contents, in unicastFirst's order. The prime's own part (rep set) checks and caps
+// each group as its first batch starts, and starts the destinations and the source migrations at the first; the
+// overlap (rep nil) finds all that done.
+func (p *primer) sendBatches(ctx context.Context, batches []primeBatch, rep *report.Report) error {
+	s := p.s
 	done, total := 0, 0
-	for _, b := range s.batches {
+	for _, b := range batches {
 		total += len(b.contents)
 	}
 	lastProgress := time.Now()
 	var full, partial []uint32
 	var rest []int
-	p.probe = host.IfaceRate{Iface: s.iface, MinBytes: minProbeBytes, MinTime: minProbeTime}
-	capped := false
-	for _, b := range p.unicastFirst() {
+	for _, b := range p.unicastFirst(batches) {
 		g := p.groups[targetSetKey(b.targets)]
-		if g != nil && g.sender != nil && !g.checked {
+		if g != nil && g.sender != nil && !g.checked && rep != nil {
 			g.checked = true
 			p.recheckGroup(ctx, g, rep)
 		}
-		if g != nil && g.sender != nil && !capped {
+		if g != nil && g.sender != nil && !p.capped {
 			p.capGroups(int64(8 * p.probe.Rate()))
-			capped = true
+			p.capped = true
 		}
 		if g != nil { // the groups' batches, served by their group or not, are the prime's last stage
 			s.startDestinations()
@@ -182,7 +210,7 @@ func (s *sender) prime(ctx context.Context, sm *dedup.SharingMap, rep *report.Re
 					"link_wait_ms", (p.linkWait - waited).Milliseconds())
 			}
 			done += len(window)
-			if time.Since(lastProgress) > time.Second {
+			if rep != nil && time.Since(lastProgress) > time.Second {
 				s.progress.set("(prime)", "priming", fmt.Sprintf("%d of %d contents", done, total))
 				lastProgress = time.Now()
 			}
@@ -193,18 +221,25 @@ func (s *sender) prime(ctx context.Context, sm *dedup.SharingMap, rep *report.Re
 			}
 		}
 	}
-	fast, more := p.effort.Windows()
-	s.log.Debug("prime: compression effort", "windows_fast", fast, "windows_more", more)
-	p.settleSeeds(ctx, rep)
-	if err := p.primeLate(ctx); err != nil {
-		return err
+	return nil
+}
+
+// end ends the groups: the members leave, the senders close, and their bytes count as prime bytes.
+func (p *primer) end() { p.closeGroups() }
+
+// report puts the prime's figures into rep: its bytes and the lower bounds over what it sent.
+func (p *primer) report(rep *report.Report) {
+	rep.Totals.PrimeBytes += p.multicastBytes
+	for _, t := range p.s.targets {
+		if t.sc != nil {
+			rep.Totals.PrimeBytes += t.sc.BytesOut()
+		}
 	}
 	rep.Totals.LowerBoundUnicastBytes, rep.Totals.LowerBoundMulticastBytes = p.lowerBound, p.lowerBoundOnce
 	rep.Totals.LowerBoundBytes, rep.Totals.LowerBoundCompressedBytes = p.lowerBound, p.lowerCompressed
 	if rep.Transport == TransportMulticast {
 		rep.Totals.LowerBoundBytes, rep.Totals.LowerBoundCompressedBytes = p.lowerBoundOnce, p.lowerCompressedOnce
 	}
-	return p.finish(ctx, rep)
 }
 
 // unicastFirst orders the schedule's batches so that the unicast ones go first and those of working multicast
@@ -213,9 +248,9 @@ func (s *sender) prime(ctx context.Context, sm *dedup.SharingMap, rep *report.Re
 // on a link ten times slower (a 100 Mbit/s uplink under the 1 Gbit/s default), came down so slowly that a prime
 // never outlasted it (measured: 39.7 MB of repairs for 14 MB of data; with the cap, a few percent). And a
 // multicast batch never shares the link with unicast content still draining from socket buffers.
-func (p *primer) unicastFirst() []primeBatch {
+func (p *primer) unicastFirst(batches []primeBatch) []primeBatch {
 	var mc, uc []primeBatch
-	for _, b := range p.s.batches {
+	for _, b := range batches {
 		if g := p.groups[targetSetKey(b.targets)]; g != nil && g.sender != nil {
 			mc = append(mc, b)
 		} else {
@@ -468,8 +503,9 @@ func (p *primer) finish(ctx context.Context, rep *report.Report) error {
 		}
 	}
 	for ti, t := range s.targets {
-		if t.sc != nil && p.sent[ti] == 0 && len(t.seedHeld) > 0 {
-			t.held, t.pinned = p.held[ti], p.pinned[ti] // the seed brought everything this target needs
+		if t.sc != nil && p.sent[ti] == 0 {
+			// The seed brought everything this target needs, or it needs nothing yet: the overlap may add to it.
+			t.held, t.pinned = p.held[ti], p.pinned[ti]
 		}
 		if t.sc == nil || p.sent[ti] == 0 {
 			continue
@@ -480,6 +516,7 @@ func (p *primer) finish(ctx context.Context, rep *report.Report) error {
 			continue
 		}
 		dropped := p.holdSent(ti, ack.Missing)
+		p.dropped[ti] += dropped
 		if dropped > 0 {
 			rep.Warnings = append(rep.Warnings, fmt.Sprintf("prime to %s: it did not store %d contents (multicast ones not matching their digests, or no room in its store); their pages travel literal",
 				t.addr, dropped))
@@ -498,7 +535,11 @@ func (p *primer) finish(ctx context.Context, rep *report.Report) error {
 // holdSent adds to target ti's held index the contents sent to it, less those its receiver reported missing, and
 // returns how many of them it left out. Only the ids sent to ti count: a missing id it was never sent (a forged
 // one) changes nothing.
-func (p *primer) holdSent(ti int, missing []uint32) int {
+func (p *primer) holdSent(ti int, missing []uint32) int { return p.holdSentIf(ti, missing, nil) }
+
+// holdSentIf is holdSent when ok, given how many of the contents sent the receiver reported missing, agrees (nil
+// agrees); else it adds nothing and returns -1. Either way the contents sent are settled.
+func (p *primer) holdSentIf(ti int, missing []uint32, ok func(dropped int) bool) int {
 	gone := make(map[dedup.ContentID]bool, len(missing))
 	for _, id := range missing {
 		gone[dedup.ContentID(id)] = true
@@ -507,11 +548,18 @@ func (p *primer) holdSent(ti int, missing []uint32) int {
 	for _, id := range p.sentTo[ti] {
 		if gone[id] {
 			left++
-			continue
 		}
-		p.held[ti].Add(id, p.sm.Contents[id].FP, p.digests[id])
 	}
+	sent := p.sentTo[ti]
 	p.sentTo[ti] = nil
+	if ok != nil && !ok(left) {
+		return -1
+	}
+	for _, id := range sent {
+		if !gone[id] {
+			p.held[ti].Add(id, p.sm.Contents[id].FP, p.digests[id])
+		}
+	}
 	return left
 }
 

@@ -460,8 +460,10 @@ func (s *sender) run(ctx context.Context) (*report.Report, error) {
 	// Phase 5: the prime. A failed prime costs bytes, never correctness: pages then travel literal.
 	primeRate := host.IfaceRate{Iface: iface, MinBytes: minRateSampleBytes, MinTime: minRateSampleTime}
 	primeRate.Start()
+	var ov *overlap
 	if sm != nil {
-		if err := s.prime(ctx, sm, rep); err != nil {
+		var err error
+		if ov, err = s.prime(ctx, sm, rep); err != nil {
 			rep.Warnings = append(rep.Warnings, fmt.Sprintf("prime failed, pages travel literal: %v", err))
 		}
 	}
@@ -470,6 +472,15 @@ func (s *sender) run(ctx context.Context) (*report.Report, error) {
 	s.linkRate = primeRate.Rate()
 	close(s.primed)
 	s.primeTailStarts()
+	// The prime's overlap runs beside the streams; once the migrations are over nothing needs the rest of it.
+	octx, stopOverlap := context.WithCancel(ctx)
+	defer stopOverlap()
+	overlapDone := make(chan struct{})
+	if ov != nil {
+		go func() { defer close(overlapDone); ov.run(octx) }()
+	} else {
+		close(overlapDone)
+	}
 
 	// Phase 6: the migrations, a bounded number at once.
 	var mg errgroup.Group
@@ -492,6 +503,16 @@ func (s *sender) run(ctx context.Context) (*report.Report, error) {
 	}
 	mg.Wait()
 	rep.Totals.Phases.Migrate = phase.lap()
+	select {
+	case <-overlapDone:
+		if ov != nil {
+			ov.merge(rep, false)
+		}
+	default:
+		stopOverlap()
+		<-overlapDone
+		ov.merge(rep, true)
+	}
 
 	var images []*report.FinalImage
 	for _, vm := range s.vms {

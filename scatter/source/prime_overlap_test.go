@@ -1,0 +1,89 @@
+package source
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"slices"
+	"testing"
+
+	"github.com/vmscatter/vmscatter/dedup"
+)
+
+// overlapMap scans two VMs of 100 pages each: VM 0 holds contents 0-99 in order, VM 1 holds contents 50-99 in its
+// first half and 100-149 in its second.
+func overlapMap(t *testing.T) *dedup.SharingMap {
+	t.Helper()
+	page := func(i int) []byte {
+		pg := make([]byte, dedup.PageSize)
+		binary.LittleEndian.PutUint64(pg, uint64(i)+1)
+		return pg
+	}
+	var a, b []byte
+	for i := range 100 {
+		a = append(a, page(i)...)
+	}
+	for i := 50; i < 150; i++ {
+		b = append(b, page(i)...)
+	}
+	sm, err := dedup.Scan(context.Background(), []dedup.Region{
+		{VM: 0, Block: "pc.ram", Size: int64(len(a)), R: bytes.NewReader(a)},
+		{VM: 1, Block: "pc.ram", Size: int64(len(b)), R: bytes.NewReader(b)},
+	}, dedup.ScanOptions{})
+	if err != nil || sm.Distinct() != 150 {
+		t.Fatalf("scan: %v, %d distinct", err, sm.Distinct())
+	}
+	return sm
+}
+
+// TestOverlapTakesTheLatestContents: only contents whose every page lies in the last part of its VM's RAM are left
+// to the overlap, the latest first, within the budget; a content also held early in another VM stays in the prime.
+func TestOverlapTakesTheLatestContents(t *testing.T) {
+	sm := overlapMap(t)
+	all := make([]uint32, 150)
+	for i := range all {
+		all[i] = uint32(i)
+	}
+	batches := []primeBatch{{targets: []int{0}, contents: all[:100]}, {targets: []int{1}, contents: all[100:]}}
+	picked := func(pick []bool) []uint32 {
+		var out []uint32
+		for id, ok := range pick {
+			if ok {
+				out = append(out, uint32(id))
+			}
+		}
+		return out
+	}
+	// From 0.5 on: contents 50-99 are at 0.5-0.99 in VM 0 but 0-0.49 in VM 1; 100-149 at 0.5-0.99 in VM 1.
+	if got := picked(overlapContents(sm, batches, 1<<30, 0.5)); !slices.Equal(got, all[100:]) {
+		t.Fatalf("picked %v, want 100-149", got)
+	}
+	// A budget of 10 pages: the 10 latest.
+	if got := picked(overlapContents(sm, batches, 10*dedup.PageSize, 0.5)); !slices.Equal(got, all[140:]) {
+		t.Fatalf("picked %v, want 140-149", got)
+	}
+	if pick := overlapContents(sm, batches, 1<<30, 1.0); pick != nil {
+		t.Fatalf("picked %v from the end of RAM on", picked(pick))
+	}
+	if pick := overlapContents(sm, batches, dedup.PageSize-1, 0.5); pick != nil {
+		t.Fatal("picked contents within a budget of less than a page")
+	}
+}
+
+// TestSplitBatchesKeepsEveryBatch: the head keeps every batch and the order of their contents, the tail only the
+// batches with picked contents.
+func TestSplitBatchesKeepsEveryBatch(t *testing.T) {
+	pick := make([]bool, 10)
+	pick[2], pick[3], pick[7] = true, true, true
+	batches := []primeBatch{{targets: []int{0}, contents: []uint32{1, 2, 4}}, {targets: []int{0, 1}, contents: []uint32{3, 7}},
+		{targets: []int{1}, contents: []uint32{5, 6}}}
+	head, tail := splitBatches(batches, pick)
+	if len(head) != 3 || !slices.Equal(head[0].contents, []uint32{1, 4}) || len(head[1].contents) != 0 ||
+		!slices.Equal(head[1].targets, []int{0, 1}) || !slices.Equal(head[2].contents, []uint32{5, 6}) {
+		t.Fatalf("head %+v", head)
+	}
+	if len(tail) != 2 || !slices.Equal(tail[0].contents, []uint32{2}) || !slices.Equal(tail[0].targets, []int{0}) ||
+		!slices.Equal(tail[1].contents, []uint32{3, 7}) || !slices.Equal(tail[1].targets, []int{0, 1}) {
+		t.Fatalf("tail %+v", tail)
+	}
+}
