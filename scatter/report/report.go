@@ -89,6 +89,9 @@ type Totals struct {
 	RAMBytes   int64 `json:"ram_bytes"`
 	WireBytes  int64 `json:"wire_bytes"`
 	PrimeBytes int64 `json:"prime_bytes"`
+	// PrimeOverlapContents counts the contents the prime left to its overlap: sent and confirmed while the streams
+	// began, within prime_bytes.
+	PrimeOverlapContents int `json:"prime_overlap_contents"`
 	// SourceLinkBytes is what left the source's data-plane interface during the run, from its counters (all
 	// traffic on it, not only vmscatter's); -1 when the interface could not be read.
 	SourceLinkBytes int64  `json:"source_link_bytes"`

@@ -11,21 +11,39 @@ import (
 // a VM may reference a content only if it is one of them (it held the content at the scan), or if the content was
 // stored for no VM in particular (kept until the session ends).
 type vmHeld struct {
-	held   *dedup.HeldIndex
-	mine   []dedup.ContentID // sorted: the contents this VM held at the scan
-	pinned []uint64          // bitset: contents stored for no VM in particular
+	held    *dedup.HeldIndex
+	mine    []dedup.ContentID // sorted: the contents this VM held at the scan
+	pinned  []uint64          // bitset: contents stored for no VM in particular
+	overlap *overlapWait      // the prime's overlap to this target, or nil
 }
 
 func (v vmHeld) LookupFP(page []byte, fp dedup.Fingerprint) (dedup.ContentID, bool) {
+	id, ok := v.lookup(page, fp)
+	if ok || v.overlap == nil {
+		return id, ok
+	}
+	// A content the overlap sends this VM's target: worth waiting for rather than sending literal.
+	if oid, pending := v.overlap.ids[fp]; pending && v.mayUse(oid) && v.overlap.wait() {
+		return v.lookup(page, fp)
+	}
+	return 0, false
+}
+
+func (v vmHeld) lookup(page []byte, fp dedup.Fingerprint) (dedup.ContentID, bool) {
 	id, ok := v.held.LookupFP(page, fp)
-	if !ok {
+	if !ok || !v.mayUse(id) {
 		return 0, false
 	}
+	return id, true
+}
+
+// mayUse says whether the VM may reference content id: one of its own, or one stored for no VM in particular.
+func (v vmHeld) mayUse(id dedup.ContentID) bool {
 	if int(id/64) < len(v.pinned) && v.pinned[id/64]&(1<<(id%64)) != 0 {
-		return id, true
+		return true
 	}
 	_, found := slices.BinarySearch(v.mine, id)
-	return id, found
+	return found
 }
 
 // heldFor returns what a VM may reference on its target (confirmed primes only).
@@ -38,5 +56,5 @@ func (s *sender) heldFor(vm *sourceVM) dedup.Holder {
 	if i := s.vmIndex(vm); i < len(s.sharing.PerVM) {
 		mine = s.sharing.PerVM[i]
 	}
-	return vmHeld{held: t.held, mine: mine, pinned: t.pinned}
+	return vmHeld{held: t.held, mine: mine, pinned: t.pinned, overlap: t.overlap}
 }

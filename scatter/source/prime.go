@@ -113,6 +113,11 @@ func (s *sender) prime(ctx context.Context, sm *dedup.SharingMap, rep *report.Re
 	head, tail := s.batches, []primeBatch(nil)
 	if pick := overlapContents(sm, s.batches, overlapBudget, overlapFrom); pick != nil {
 		head, tail = splitBatches(s.batches, pick)
+		for ti, t := range s.targets {
+			if o := newOverlapWait(sm, tail, ti); len(o.ids) > 0 {
+				t.overlap = o
+			}
+		}
 	}
 	if err := p.openGroups(ctx, rep); err != nil {
 		return nil, err
@@ -138,6 +143,11 @@ func (s *sender) prime(ctx context.Context, sm *dedup.SharingMap, rep *report.Re
 		return nil, err
 	}
 	if err := p.finish(ctx, rep); err != nil || len(tail) == 0 {
+		for _, t := range s.targets {
+			if t.overlap != nil {
+				t.overlap.settle() // no overlap: nothing to wait for
+			}
+		}
 		return nil, err
 	}
 	ended = true // the overlap ends the groups and reports

@@ -5,6 +5,8 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"sync"
+	"time"
 
 	"github.com/vmscatter/vmscatter/dedup"
 	"github.com/vmscatter/vmscatter/scatter/report"
@@ -18,13 +20,64 @@ import (
 // They are primed once the prime's own part is confirmed and the streams flow, and confirmed the same way (a second
 // PRIME_DONE); until then a page of one goes literal, as a page of any content its target does not hold does.
 const (
-	// overlapBudget bounds the overlap's contents, in bytes of pages: about 0.15 s of a 200 Mbit/s link for
-	// contents that do not compress, no more than the time the streams take to reach them.
-	overlapBudget = 4 << 20
+	// overlapBudget bounds the overlap's contents, in bytes of pages: about 0.35 s of a 200 Mbit/s link for
+	// contents that do not compress, about the time the streams took to reach them in the bench. Measured there
+	// (docs/benchmarks.md): with 4 MiB the link still idled 0.08-0.11 s after the prime, with 8 MiB 0.04-0.08 s.
+	overlapBudget = 8 << 20
 	// overlapFrom is where, in a VM's RAM, a content's pages must all lie (from this fraction on) to be left to the
 	// overlap.
 	overlapFrom = 0.5
 )
+
+// overlapMaxWait bounds a stream's wait for the overlap (overlapWait): beyond it, a receiver that does not answer,
+// the page goes literal.
+const overlapMaxWait = 5 * time.Second
+
+// overlapWait is the prime's overlap as one target's streams see it: the fingerprints of the contents it sends the
+// target, and done, closed once the target confirmed them (they are in its held index then) or failed to. A stream
+// that meets a page with one of those fingerprints waits for done before it looks the page up again: on a host
+// whose first pass outruns the overlap, its pages would otherwise go literal after their contents were sent.
+type overlapWait struct {
+	ids  map[dedup.Fingerprint]dedup.ContentID // read-only once the overlap starts
+	done chan struct{}
+	once sync.Once
+}
+
+func newOverlapWait(sm *dedup.SharingMap, tail []primeBatch, ti int) *overlapWait {
+	o := &overlapWait{ids: map[dedup.Fingerprint]dedup.ContentID{}, done: make(chan struct{})}
+	for _, b := range tail {
+		if slices.Contains(b.targets, ti) {
+			for _, id := range b.contents {
+				o.ids[sm.Contents[id].FP] = dedup.ContentID(id)
+			}
+		}
+	}
+	return o
+}
+
+// settle says the overlap to this target is over, confirmed or not.
+func (o *overlapWait) settle() {
+	if o != nil {
+		o.once.Do(func() { close(o.done) })
+	}
+}
+
+// wait waits for the overlap to this target to be over, at most overlapMaxWait; it reports whether it is.
+func (o *overlapWait) wait() bool {
+	select {
+	case <-o.done:
+		return true
+	default:
+	}
+	t := time.NewTimer(overlapMaxWait)
+	defer t.Stop()
+	select {
+	case <-o.done:
+		return true
+	case <-t.C:
+		return false
+	}
+}
 
 // overlapContents picks the contents of the batches that the prime leaves to its overlap, or returns nil: those
 // whose every scanned page lies at or beyond the fraction from of its VM's RAM, the latest first (by the earliest
@@ -107,6 +160,13 @@ type overlap struct {
 func (o *overlap) run(ctx context.Context) {
 	p := o.p
 	defer p.end()
+	defer func() {
+		for _, t := range p.s.targets {
+			if t.overlap != nil {
+				t.overlap.settle()
+			}
+		}
+	}()
 	if o.err = p.sendBatches(ctx, o.batches, nil); o.err == nil {
 		o.warnings = p.finishOverlap(ctx)
 	}
@@ -115,6 +175,9 @@ func (o *overlap) run(ctx context.Context) {
 // merge puts the overlap's outcome and the prime's figures into rep; call it once run has returned.
 func (o *overlap) merge(rep *report.Report, cancelled bool) {
 	o.p.report(rep)
+	for _, b := range o.batches {
+		rep.Totals.PrimeOverlapContents += len(b.contents)
+	}
 	rep.Warnings = append(rep.Warnings, o.warnings...)
 	if o.err != nil && !cancelled {
 		rep.Warnings = append(rep.Warnings, fmt.Sprintf("the prime's last contents were not all sent, their pages travel literal: %v", o.err))
@@ -144,7 +207,9 @@ func (p *primer) finishOverlap(ctx context.Context) (warnings []string) {
 	for _, ti := range asked {
 		t := s.targets[ti]
 		var ack wire.PrimeAckMsg
-		if err := t.sc.Expect(ctx, wire.FramePrimeAck, &ack); err != nil {
+		err := t.sc.Expect(ctx, wire.FramePrimeAck, &ack)
+		if err != nil {
+			t.overlap.settle()
 			warnings = append(warnings, fmt.Sprintf("prime to %s: its last contents failed, their pages travel literal: %v", t.addr, err))
 			continue
 		}
@@ -152,6 +217,7 @@ func (p *primer) finishOverlap(ctx context.Context) (warnings []string) {
 		dropped := p.holdSentIf(ti, ack.Missing, func(dropped int) bool {
 			return ack.Held >= p.sent[ti]-p.dropped[ti]-dropped+len(t.seedHeld)
 		})
+		t.overlap.settle() // its streams look again: what it holds now is in its held index
 		if dropped < 0 {
 			warnings = append(warnings, fmt.Sprintf("prime to %s: it holds %d contents, fewer than it was sent; the pages of the last %d travel literal",
 				t.addr, ack.Held, len(sent)))

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/vmscatter/vmscatter/dedup"
 )
@@ -85,5 +86,48 @@ func TestSplitBatchesKeepsEveryBatch(t *testing.T) {
 	if len(tail) != 2 || !slices.Equal(tail[0].contents, []uint32{2}) || !slices.Equal(tail[0].targets, []int{0}) ||
 		!slices.Equal(tail[1].contents, []uint32{3, 7}) || !slices.Equal(tail[1].targets, []int{0, 1}) {
 		t.Fatalf("tail %+v", tail)
+	}
+}
+
+// TestStreamWaitsForTheOverlap: a page whose content the overlap is sending the VM's target waits for the overlap
+// to be confirmed and then becomes a reference; a page of a content the VM may not reference does not wait.
+func TestStreamWaitsForTheOverlap(t *testing.T) {
+	var salt [32]byte
+	d := dedup.NewDigester(salt)
+	held := dedup.NewHeldIndex(dedup.XXHash, d)
+	mine, other := bytes.Repeat([]byte{7}, dedup.PageSize), bytes.Repeat([]byte{8}, dedup.PageSize)
+	ow := &overlapWait{ids: map[dedup.Fingerprint]dedup.ContentID{dedup.XXHash(mine): 3, dedup.XXHash(other): 4}, done: make(chan struct{})}
+	v := vmHeld{held: held, mine: []dedup.ContentID{1, 3}, overlap: ow}
+
+	if _, ok := v.LookupFP(other, dedup.XXHash(other)); ok {
+		t.Fatal("content 4 is not the VM's, yet it was referenced")
+	}
+	type result struct {
+		id dedup.ContentID
+		ok bool
+	}
+	got := make(chan result, 1)
+	go func() {
+		id, ok := v.LookupFP(mine, dedup.XXHash(mine))
+		got <- result{id, ok}
+	}()
+	select {
+	case r := <-got:
+		t.Fatalf("the lookup did not wait for the overlap: %+v", r)
+	case <-time.After(100 * time.Millisecond):
+	}
+	held.AddPage(3, mine) // confirmed
+	ow.settle()
+	select {
+	case r := <-got:
+		if !r.ok || r.id != 3 {
+			t.Fatalf("after the overlap: %+v, want content 3", r)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the lookup still waits after the overlap ended")
+	}
+	// Over, an unconfirmed content goes literal at once.
+	if _, ok := v.LookupFP(other, dedup.XXHash(other)); ok {
+		t.Fatal("content 4 referenced")
 	}
 }

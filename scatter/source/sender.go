@@ -131,6 +131,9 @@ type targetConn struct {
 	seeded      []uint64
 	seedHeld    []heldEntry
 	seedPending *seedTarget
+	// overlap is what the prime's overlap sends this target (nil: nothing): a stream waits for it rather than send
+	// one of its contents literal.
+	overlap *overlapWait
 }
 
 // streamSocketBuffer is the send buffer of a VM stream's socket (the kernel doubles it).
