@@ -255,8 +255,9 @@ type sender struct {
 	iface    string         // the data-plane interface, for its counters
 	streams  atomic.Int32   // pumps running: the streams that share the link now
 	virt     *libvirtSource // libvirt domains (Config.Libvirt); nil for QMP VMs
-	// primed is closed when the prime is over (done, failed or skipped): the held indexes and linkRate are final
-	// from then on. The first migrations start before it (openEarly), and their pumps and watches wait for it.
+	// primed is closed when the prime's own part is over (done, failed or skipped): linkRate is final from then on,
+	// and the held indexes only grow, by what the prime's overlap confirms (prime_overlap.go). The first migrations
+	// start before it (openEarly), and their pumps and watches wait for it.
 	primed chan struct{}
 	// primeTail is closed when the prime's last stage starts (its multicast groups), or with primed: the first
 	// migrations' source QEMUs start their migrations then, so that their set-up overlaps the prime's end.
