@@ -1,7 +1,11 @@
 package source
 
 import (
+	"context"
 	"slices"
+	"time"
+
+	"github.com/vmscatter/vmscatter/qemu/qmp"
 
 	"github.com/vmscatter/vmscatter/dedup"
 )
@@ -15,6 +19,9 @@ type vmHeld struct {
 	mine    []dedup.ContentID // sorted: the contents this VM held at the scan
 	pinned  []uint64          // bitset: contents stored for no VM in particular
 	overlap *overlapWait      // the prime's overlap to this target, or nil
+	// mayWait says whether a stream may still wait for the overlap: not once the source QEMU has stopped the VM to
+	// switch over, when a wait would add to its downtime (nil: never wait).
+	mayWait func() bool
 }
 
 func (v vmHeld) LookupFP(page []byte, fp dedup.Fingerprint) (dedup.ContentID, bool) {
@@ -23,7 +30,7 @@ func (v vmHeld) LookupFP(page []byte, fp dedup.Fingerprint) (dedup.ContentID, bo
 		return id, ok
 	}
 	// A content the overlap sends this VM's target: worth waiting for rather than sending literal.
-	if oid, pending := v.overlap.ids[fp]; pending && v.mayUse(oid) && v.overlap.wait() {
+	if oid, pending := v.overlap.ids[fp]; pending && v.mayUse(oid) && v.overlap.wait(v.mayWait) {
 		return v.lookup(page, fp)
 	}
 	return 0, false
@@ -56,5 +63,14 @@ func (s *sender) heldFor(vm *sourceVM) dedup.Holder {
 	if i := s.vmIndex(vm); i < len(s.sharing.PerVM) {
 		mine = s.sharing.PerVM[i]
 	}
-	return vmHeld{held: t.held, mine: mine, pinned: t.pinned, overlap: t.overlap}
+	v := vmHeld{held: t.held, mine: mine, pinned: t.pinned, overlap: t.overlap}
+	if q := vm.qmp; q != nil && t.overlap != nil {
+		v.mayWait = func() bool {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			st, err := q.Status(ctx)
+			return err == nil && st != qmp.RunStateFinishMigrate && st != qmp.RunStatePostMigrate
+		}
+	}
+	return v
 }

@@ -36,7 +36,10 @@ const overlapMaxWait = 5 * time.Second
 // overlapWait is the prime's overlap as one target's streams see it: the fingerprints of the contents it sends the
 // target, and done, closed once the target confirmed them (they are in its held index then) or failed to. A stream
 // that meets a page with one of those fingerprints waits for done before it looks the page up again: on a host
-// whose first pass outruns the overlap, its pages would otherwise go literal after their contents were sent.
+// whose first pass outruns the overlap, its pages would otherwise go literal after their contents were sent. It
+// waits only while the source VM runs (or is paused): QEMU may finish a guest that dirties nothing while its stream
+// waits (its last pages are in the socket by then), and the wait would then be downtime; the stream sends the page
+// literal instead.
 type overlapWait struct {
 	ids  map[dedup.Fingerprint]dedup.ContentID // read-only once the overlap starts
 	done chan struct{}
@@ -62,22 +65,37 @@ func (o *overlapWait) settle() {
 	}
 }
 
-// wait waits for the overlap to this target to be over, at most overlapMaxWait; it reports whether it is.
-func (o *overlapWait) wait() bool {
+// wait waits for the overlap to this target to be over, at most overlapMaxWait and only while mayWait agrees
+// (asked at once, then every overlapPoll); it reports whether the overlap is over.
+func (o *overlapWait) wait(mayWait func() bool) bool {
 	select {
 	case <-o.done:
 		return true
 	default:
 	}
-	t := time.NewTimer(overlapMaxWait)
-	defer t.Stop()
-	select {
-	case <-o.done:
-		return true
-	case <-t.C:
+	if mayWait == nil || !mayWait() {
 		return false
 	}
+	deadline := time.NewTimer(overlapMaxWait)
+	defer deadline.Stop()
+	tick := time.NewTicker(overlapPoll)
+	defer tick.Stop()
+	for {
+		select {
+		case <-o.done:
+			return true
+		case <-deadline.C:
+			return false
+		case <-tick.C:
+			if !mayWait() {
+				return false
+			}
+		}
+	}
 }
+
+// overlapPoll is how often a waiting stream asks whether it may still wait.
+const overlapPoll = 20 * time.Millisecond
 
 // overlapContents picks the contents of the batches that the prime leaves to its overlap, or returns nil: those
 // whose every scanned page lies at or beyond the fraction from of its VM's RAM, the latest first (by the earliest

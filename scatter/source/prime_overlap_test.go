@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -97,7 +98,12 @@ func TestStreamWaitsForTheOverlap(t *testing.T) {
 	held := dedup.NewHeldIndex(dedup.XXHash, d)
 	mine, other := bytes.Repeat([]byte{7}, dedup.PageSize), bytes.Repeat([]byte{8}, dedup.PageSize)
 	ow := &overlapWait{ids: map[dedup.Fingerprint]dedup.ContentID{dedup.XXHash(mine): 3, dedup.XXHash(other): 4}, done: make(chan struct{})}
-	v := vmHeld{held: held, mine: []dedup.ContentID{1, 3}, overlap: ow}
+	v := vmHeld{held: held, mine: []dedup.ContentID{1, 3}, overlap: ow, mayWait: func() bool { return true }}
+	stopped := v
+	stopped.mayWait = func() bool { return false } // the source QEMU switching over
+	if _, ok := stopped.LookupFP(mine, dedup.XXHash(mine)); ok {
+		t.Fatal("a stream whose VM is switching over waited for the overlap")
+	}
 
 	if _, ok := v.LookupFP(other, dedup.XXHash(other)); ok {
 		t.Fatal("content 4 is not the VM's, yet it was referenced")
@@ -129,5 +135,18 @@ func TestStreamWaitsForTheOverlap(t *testing.T) {
 	// Over, an unconfirmed content goes literal at once.
 	if _, ok := v.LookupFP(other, dedup.XXHash(other)); ok {
 		t.Fatal("content 4 referenced")
+	}
+}
+
+// TestOverlapWaitEndsWhenTheVMStops: a wait under way ends, the overlap not over, once the VM may no longer wait.
+func TestOverlapWaitEndsWhenTheVMStops(t *testing.T) {
+	ow := &overlapWait{done: make(chan struct{})}
+	var asked atomic.Int32
+	mayWait := func() bool { return asked.Add(1) < 3 } // running, running, then switching over
+	if ow.wait(mayWait) {
+		t.Fatal("the wait reported the overlap over")
+	}
+	if n := asked.Load(); n != 3 { // it ended at the first no, not at its bound
+		t.Fatalf("asked %d times, want 3", n)
 	}
 }
