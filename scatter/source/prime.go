@@ -111,13 +111,9 @@ func (s *sender) prime(ctx context.Context, sm *dedup.SharingMap, rep *report.Re
 	}
 	s.fitStores(sm, rep)
 	head, tail := s.batches, []primeBatch(nil)
-	if pick := overlapContents(sm, s.batches, overlapBudget, overlapFrom); pick != nil {
-		head, tail = splitBatches(s.batches, pick)
-		for ti, t := range s.targets {
-			if o := newOverlapWait(sm, tail, ti); len(o.ids) > 0 {
-				t.overlap = o
-			}
-		}
+	latest := overlapContents(sm, s.batches, overlapBudget, overlapFrom)
+	if len(latest) > 0 {
+		head, tail = splitBatches(s.batches, pickOf(sm, latest))
 	}
 	if err := p.openGroups(ctx, rep); err != nil {
 		return nil, err
@@ -135,6 +131,20 @@ func (s *sender) prime(ctx context.Context, sm *dedup.SharingMap, rep *report.Re
 	p.probe = host.IfaceRate{Iface: s.iface, MinBytes: minProbeBytes, MinTime: minProbeTime}
 	if err := p.sendBatches(ctx, head, rep); err != nil {
 		return nil, err
+	}
+	// The overlap is to fill the link for a moment, not to hold the streams up: on a slow link the prime sends all
+	// but the latest of its contents now.
+	if keep := overlapKeep(latest, p.probe.Rate()); keep < len(latest) {
+		var now []primeBatch
+		now, tail = splitBatches(tail, pickOf(sm, latest[:keep]))
+		if err := p.sendBatches(ctx, now, rep); err != nil {
+			return nil, err
+		}
+	}
+	for ti, t := range s.targets {
+		if o := newOverlapWait(sm, tail, ti); len(o.ids) > 0 {
+			t.overlap = o
+		}
 	}
 	fast, more := p.effort.Windows()
 	s.log.Debug("prime: compression effort", "windows_fast", fast, "windows_more", more)

@@ -27,7 +27,28 @@ const (
 	// overlapFrom is where, in a VM's RAM, a content's pages must all lie (from this fraction on) to be left to the
 	// overlap.
 	overlapFrom = 0.5
+	// overlapSpan bounds the overlap's time on the link as the prime measured it (overlapKeep): on a slow link
+	// overlapBudget would take seconds, which the streams would spend waiting for it.
+	overlapSpan = 350 * time.Millisecond
 )
+
+// overlapKeep is how many of the latest contents (overlapContents' order) the overlap keeps on a link of rate
+// bytes/s: those that fit overlapSpan, counted as whole pages; all of them when the rate is unknown (0).
+func overlapKeep(latest []uint32, rate float64) int {
+	if rate <= 0 {
+		return len(latest)
+	}
+	return min(len(latest), int(rate*overlapSpan.Seconds())/dedup.PageSize)
+}
+
+// pickOf marks ids in a bitmap over the map's contents.
+func pickOf(sm *dedup.SharingMap, ids []uint32) []bool {
+	pick := make([]bool, sm.Distinct())
+	for _, id := range ids {
+		pick[id] = true
+	}
+	return pick
+}
 
 // overlapMaxWait bounds a stream's wait for the overlap (overlapWait): beyond it, a receiver that does not answer,
 // the page goes literal.
@@ -97,11 +118,11 @@ func (o *overlapWait) wait(mayWait func() bool) bool {
 // overlapPoll is how often a waiting stream asks whether it may still wait.
 const overlapPoll = 20 * time.Millisecond
 
-// overlapContents picks the contents of the batches that the prime leaves to its overlap, or returns nil: those
-// whose every scanned page lies at or beyond the fraction from of its VM's RAM, the latest first (by the earliest
-// of its pages), until they weigh budget bytes of pages. A content with more holders than a bundle names (kept for
+// overlapContents picks the contents of the batches that the prime leaves to its overlap, the latest first, or
+// returns nil: those whose every scanned page lies at or beyond the fraction from of its VM's RAM, by the earliest
+// of its pages, until they weigh budget bytes of pages. A content with more holders than a bundle names (kept for
 // no VM in particular, which would change the targets' pinned sets while the streams read them) is never picked.
-func overlapContents(sm *dedup.SharingMap, batches []primeBatch, budget int64, from float64) []bool {
+func overlapContents(sm *dedup.SharingMap, batches []primeBatch, budget int64, from float64) []uint32 {
 	type late struct {
 		id  uint32
 		pos float64
@@ -131,14 +152,14 @@ func overlapContents(sm *dedup.SharingMap, batches []primeBatch, budget int64, f
 		return nil
 	}
 	slices.SortStableFunc(cands, func(a, b late) int { return cmp.Compare(b.pos, a.pos) })
-	pick := make([]bool, sm.Distinct())
+	var out []uint32
 	for i, c := range cands {
 		if int64(i+1)*dedup.PageSize > budget {
 			break
 		}
-		pick[c.id] = true
+		out = append(out, c.id)
 	}
-	return pick
+	return out
 }
 
 // splitBatches splits each batch into the contents not picked (head) and those picked (tail), in order. Every

@@ -47,13 +47,9 @@ func TestOverlapTakesTheLatestContents(t *testing.T) {
 		all[i] = uint32(i)
 	}
 	batches := []primeBatch{{targets: []int{0}, contents: all[:100]}, {targets: []int{1}, contents: all[100:]}}
-	picked := func(pick []bool) []uint32 {
-		var out []uint32
-		for id, ok := range pick {
-			if ok {
-				out = append(out, uint32(id))
-			}
-		}
+	picked := func(latest []uint32) []uint32 {
+		out := slices.Clone(latest)
+		slices.Sort(out)
 		return out
 	}
 	// From 0.5 on: contents 50-99 are at 0.5-0.99 in VM 0 but 0-0.49 in VM 1; 100-149 at 0.5-0.99 in VM 1.
@@ -64,11 +60,22 @@ func TestOverlapTakesTheLatestContents(t *testing.T) {
 	if got := picked(overlapContents(sm, batches, 10*dedup.PageSize, 0.5)); !slices.Equal(got, all[140:]) {
 		t.Fatalf("picked %v, want 140-149", got)
 	}
+	if latest := overlapContents(sm, batches, 1<<30, 0.5); latest[0] != 149 || latest[49] != 100 {
+		t.Fatalf("order %v, want the latest first", latest)
+	}
 	if pick := overlapContents(sm, batches, 1<<30, 1.0); pick != nil {
 		t.Fatalf("picked %v from the end of RAM on", picked(pick))
 	}
 	if pick := overlapContents(sm, batches, dedup.PageSize-1, 0.5); pick != nil {
 		t.Fatal("picked contents within a budget of less than a page")
+	}
+	// On a link of 10 pages per overlapSpan, the 10 latest; at an unknown rate, all.
+	latest := overlapContents(sm, batches, 1<<30, 0.5)
+	if k := overlapKeep(latest, 10*dedup.PageSize/overlapSpan.Seconds()); k != 10 {
+		t.Fatalf("keep %d, want 10", k)
+	}
+	if k := overlapKeep(latest, 0); k != len(latest) {
+		t.Fatalf("keep %d at an unknown rate, want all %d", k, len(latest))
 	}
 }
 
@@ -77,6 +84,9 @@ func TestOverlapTakesTheLatestContents(t *testing.T) {
 func TestSplitBatchesKeepsEveryBatch(t *testing.T) {
 	pick := make([]bool, 10)
 	pick[2], pick[3], pick[7] = true, true, true
+	if !slices.Equal(pick, pickOf(&dedup.SharingMap{Contents: make([]dedup.Content, 10)}, []uint32{7, 2, 3})) {
+		t.Fatal("pickOf")
+	}
 	batches := []primeBatch{{targets: []int{0}, contents: []uint32{1, 2, 4}}, {targets: []int{0, 1}, contents: []uint32{3, 7}},
 		{targets: []int{1}, contents: []uint32{5, 6}}}
 	head, tail := splitBatches(batches, pick)
