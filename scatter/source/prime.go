@@ -124,7 +124,7 @@ func (s *sender) prime(ctx context.Context, sm *dedup.SharingMap, rep *report.Re
 	ended := false
 	defer func() {
 		if !ended {
-			p.end()
+			p.closeGroups()
 			p.report(rep)
 		}
 	}()
@@ -153,11 +153,7 @@ func (s *sender) prime(ctx context.Context, sm *dedup.SharingMap, rep *report.Re
 		return nil, err
 	}
 	if err := p.finish(ctx, rep); err != nil || len(tail) == 0 {
-		for _, t := range s.targets {
-			if t.overlap != nil {
-				t.overlap.settle() // no overlap: nothing to wait for
-			}
-		}
+		p.settleOverlaps() // no overlap: nothing to wait for
 		return nil, err
 	}
 	ended = true // the overlap ends the groups and reports
@@ -243,9 +239,6 @@ func (p *primer) sendBatches(ctx context.Context, batches []primeBatch, rep *rep
 	}
 	return nil
 }
-
-// end ends the groups: the members leave, the senders close, and their bytes count as prime bytes.
-func (p *primer) end() { p.closeGroups() }
 
 // report puts the prime's figures into rep: its bytes and the lower bounds over what it sent.
 func (p *primer) report(rep *report.Report) {

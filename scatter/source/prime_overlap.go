@@ -79,6 +79,13 @@ func newOverlapWait(sm *dedup.SharingMap, tail []primeBatch, ti int) *overlapWai
 	return o
 }
 
+// settleOverlaps says the overlap is over for every target, confirmed or not.
+func (p *primer) settleOverlaps() {
+	for _, t := range p.s.targets {
+		t.overlap.settle()
+	}
+}
+
 // settle says the overlap to this target is over, confirmed or not.
 func (o *overlapWait) settle() {
 	if o != nil {
@@ -198,14 +205,8 @@ type overlap struct {
 // did not confirm is never referenced.
 func (o *overlap) run(ctx context.Context) {
 	p := o.p
-	defer p.end()
-	defer func() {
-		for _, t := range p.s.targets {
-			if t.overlap != nil {
-				t.overlap.settle()
-			}
-		}
-	}()
+	defer p.closeGroups()
+	defer p.settleOverlaps()
 	if o.err = p.sendBatches(ctx, o.batches, nil); o.err == nil {
 		o.warnings = p.finishOverlap(ctx)
 	}
